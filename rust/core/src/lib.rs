@@ -1,0 +1,23 @@
+//! ferroflow-core: the engine behind ferroflow, in pure Rust.
+//!
+//! The core owns a run: the task graph and its validation ([`graph`]), the state
+//! machine ([`state`]), the built-in triggers ([`trigger`]) and the run table with
+//! dependency counting, skip propagation, retry timers, map expansion and
+//! depth-first ordering ([`run`]). It speaks integer ids and compact enums and
+//! performs no I/O: a host (the Python binding, or a test) asks for ready runs,
+//! executes them wherever it likes and reports outcomes back.
+#![deny(unsafe_code)]
+
+pub mod error;
+pub mod graph;
+pub mod ids;
+pub mod run;
+pub mod state;
+pub mod trigger;
+
+pub use error::CoreError;
+pub use graph::{EdgeSpec, Graph, TaskSpec};
+pub use ids::{EdgeId, RunId, TaskId};
+pub use run::{FlatSource, FlowOutcome, Host, Outcome, Ready, Run};
+pub use state::StateKind;
+pub use trigger::Trigger;

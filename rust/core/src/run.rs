@@ -1,0 +1,813 @@
+//! One run of a flow: the run table, dependency counting, triggers, skips, retry
+//! timers, map expansion and depth-first ordering.
+//!
+//! # The algorithm
+//! Runs `0..n_tasks` are the tasks' own runs. Every task counts the inputs it still
+//! waits for in two counters: `pending_whole` (edges that need the whole upstream
+//! finished) and `pending_expand` (*elementwise* edges — mapped edges from a mapped
+//! task — that only need the upstream's children to exist). When both reach zero
+//! the task's run is pushed on the ready stack.
+//!
+//! A mapped task's own run never executes: when it is popped the core checks its
+//! inputs, asks the [`Host`] for the lengths of the mapped inputs, and *expands*
+//! it into children appended to the run table (parent state `Mapped`). Child `i`
+//! of a task fed by an elementwise edge waits only for child `i` of its upstream
+//! (a per-run `pending` counter), so a map chain runs branch by branch.
+//!
+//! The ready stack is LIFO: whatever a completion makes ready runs next, which
+//! gives depth-first order (child `i` of stage 2 runs right after child `i` of
+//! stage 1). A freshly expanded map pushes its ready children as one compact range
+//! item, popped in index order, so a million children cost one stack entry. When a
+//! run is popped its upstream states are counted, `skip_on_upstream_skip` and the
+//! built-in trigger are applied, and only then is it handed to the host as
+//! [`Ready`]. Retries wait on a timer heap of their own; nothing else waits for
+//! them. The run is over when the stack, the timers and the in-flight set are all
+//! empty.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::error::CoreError;
+use crate::graph::Graph;
+use crate::ids::{EdgeId, RunId, TaskId};
+use crate::state::StateKind;
+use crate::trigger::{Trigger, TriggerDecision, UpstreamCounts};
+
+/// Questions the core asks the host about results it does not hold.
+pub trait Host {
+    /// `len(result)` of a finished run, or why it cannot be mapped over.
+    fn len_of(&mut self, run: RunId) -> Result<u32, String>;
+    /// `len(result[item])` of a finished run (for flattening), or why not.
+    fn len_of_item(&mut self, run: RunId, item: u32) -> Result<u32, String>;
+}
+
+/// What the host reports when a run it executed ends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Success,
+    Cached,
+    Skipped(Option<String>),
+    /// `retryable`: the error matches the task's `retry_on`.
+    Failed {
+        message: Option<String>,
+        retryable: bool,
+    },
+    TimedOut {
+        message: Option<String>,
+        retryable: bool,
+    },
+    TriggerFailed(Option<String>),
+    /// The RETRY signal: retry after `retry_delay` even past `max_retries`.
+    Retry(Option<String>),
+    /// The LOOP signal: run again at once with the loop count + 1.
+    Loop(Option<String>),
+    Paused(Option<String>),
+    Cancelled(Option<String>),
+}
+
+/// A run the host should execute now.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Ready {
+    pub run: RunId,
+    pub task: TaskId,
+    pub map_index: Option<u32>,
+    /// 1 on the first attempt.
+    pub run_count: u32,
+    /// 0 until the task raises LOOP.
+    pub loop_count: u32,
+    /// The task has a custom trigger the host must evaluate before running it.
+    pub custom_trigger: bool,
+}
+
+/// Where one input value of a run comes from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `result[run]`
+    Run(RunId),
+    /// `result[run][item]`
+    Item(RunId, u32),
+    /// `result[run][outer][inner]`
+    Nested(RunId, u32, u32),
+    /// `[result[base + i] for i in 0..len]` (a reduce over mapped children).
+    Children(RunId, u32),
+}
+
+/// Where element `j` of a flattened mapped input comes from.
+pub type FlatSource = Source;
+
+/// The flow's final verdict from its reference tasks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlowOutcome {
+    Success,
+    /// Reference tasks that failed (or have a failed child).
+    Failed(Vec<TaskId>),
+    Cancelled,
+    /// Reference tasks that did not finish (paused, or waiting on a paused task).
+    Unfinished(Vec<TaskId>),
+}
+
+#[derive(Copy, Clone, Debug)]
+enum Item {
+    One(RunId),
+    Range { next: u32, end: u32 },
+}
+
+#[derive(Clone, Debug, Default)]
+struct TaskRec {
+    pending_whole: u32,
+    pending_expand: u32,
+    /// `(first child run, number of children)` once expanded.
+    children: Option<(u32, u32)>,
+    unfinished: u32,
+    whole_done: bool,
+}
+
+/// The state of one flow run.
+pub struct Run {
+    graph: Graph,
+    // Per run (struct of arrays).
+    task_of: Vec<TaskId>,
+    state: Vec<StateKind>,
+    pending: Vec<u32>,
+    run_count: Vec<u16>,
+    // Sparse per-run data.
+    loop_count: HashMap<u32, u32>,
+    messages: HashMap<u32, String>,
+    // Per task.
+    tasks: Vec<TaskRec>,
+    // Prefix sums of element counts for flattened mapped edges.
+    flat: HashMap<u32, Vec<u32>>,
+    stack: Vec<Item>,
+    timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    in_flight: u32,
+    journal: Option<Vec<(RunId, StateKind)>>,
+    cancelled: bool,
+}
+
+impl Run {
+    /// Start a run of a validated graph: every task Pending, roots ready.
+    pub fn new(graph: Graph) -> Run {
+        let n = graph.n_tasks();
+        let mut tasks = vec![TaskRec::default(); n];
+        for (t, rec) in tasks.iter_mut().enumerate() {
+            for &e in graph.ins(TaskId(t as u32)) {
+                if graph.is_elementwise(e) {
+                    rec.pending_expand += 1;
+                } else {
+                    rec.pending_whole += 1;
+                }
+            }
+        }
+        let mut stack = Vec::new();
+        for t in (0..n).rev() {
+            if tasks[t].pending_whole == 0 && tasks[t].pending_expand == 0 {
+                stack.push(Item::One(RunId(t as u32)));
+            }
+        }
+        Run {
+            task_of: (0..n as u32).map(TaskId).collect(),
+            state: vec![StateKind::Pending; n],
+            pending: vec![0; n],
+            run_count: vec![0; n],
+            loop_count: HashMap::new(),
+            messages: HashMap::new(),
+            tasks,
+            flat: HashMap::new(),
+            stack,
+            timers: BinaryHeap::new(),
+            in_flight: 0,
+            journal: None,
+            cancelled: false,
+            graph,
+        }
+    }
+
+    /// Record every state transition for [`Run::drain_journal`].
+    pub fn enable_journal(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// Take the transitions recorded since the last call.
+    pub fn drain_journal(&mut self) -> Vec<(RunId, StateKind)> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The graph being run.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Number of runs in the table (tasks plus expanded children).
+    pub fn n_runs(&self) -> usize {
+        self.state.len()
+    }
+
+    fn check(&self, run: RunId) -> Result<(), CoreError> {
+        if run.idx() < self.state.len() {
+            Ok(())
+        } else {
+            Err(CoreError::UnknownRun(run.0))
+        }
+    }
+
+    /// State of a run.
+    pub fn state(&self, run: RunId) -> Result<StateKind, CoreError> {
+        self.check(run)?;
+        Ok(self.state[run.idx()])
+    }
+
+    /// The task a run belongs to.
+    pub fn task_of(&self, run: RunId) -> Result<TaskId, CoreError> {
+        self.check(run)?;
+        Ok(self.task_of[run.idx()])
+    }
+
+    /// The map index of a child run (`None` for a task's own run).
+    pub fn map_index(&self, run: RunId) -> Option<u32> {
+        if run.idx() < self.graph.n_tasks() {
+            return None;
+        }
+        let t = self.task_of.get(run.idx())?;
+        self.tasks[t.idx()].children.map(|(base, _)| run.0 - base)
+    }
+
+    /// How many times a run was started (1 on the first attempt).
+    pub fn run_count(&self, run: RunId) -> u32 {
+        self.run_count.get(run.idx()).map_or(0, |&c| u32::from(c))
+    }
+
+    /// How many times a run looped.
+    pub fn loop_count(&self, run: RunId) -> u32 {
+        self.loop_count.get(&run.0).copied().unwrap_or(0)
+    }
+
+    /// The message of a run's current state, if any.
+    pub fn message(&self, run: RunId) -> Option<&str> {
+        self.messages.get(&run.0).map(String::as_str)
+    }
+
+    /// `(first child run, number of children)` of an expanded mapped task.
+    pub fn children(&self, task: TaskId) -> Option<(RunId, u32)> {
+        self.tasks
+            .get(task.idx())?
+            .children
+            .map(|(b, n)| (RunId(b), n))
+    }
+
+    /// Runs that have been handed out and not completed.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// True when nothing is ready, waiting on a timer or executing.
+    pub fn is_done(&self) -> bool {
+        self.stack.is_empty() && self.timers.is_empty() && self.in_flight == 0
+    }
+
+    /// When the earliest retry timer fires, if any.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    fn set(&mut self, run: RunId, kind: StateKind, message: Option<String>) {
+        self.state[run.idx()] = kind;
+        match message {
+            Some(m) => {
+                self.messages.insert(run.0, m);
+            }
+            None => {
+                if !self.messages.is_empty() {
+                    self.messages.remove(&run.0);
+                }
+            }
+        }
+        if let Some(j) = self.journal.as_mut() {
+            j.push((run, kind));
+        }
+    }
+
+    fn push_ready(&mut self, run: RunId) {
+        self.stack.push(Item::One(run));
+    }
+
+    fn pop(&mut self) -> Option<RunId> {
+        match self.stack.last_mut()? {
+            Item::One(r) => {
+                let r = *r;
+                self.stack.pop();
+                Some(r)
+            }
+            Item::Range { next, end } => {
+                let r = *next;
+                *next += 1;
+                if *next >= *end {
+                    self.stack.pop();
+                }
+                Some(RunId(r))
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            if let Some(Reverse((_, r))) = self.timers.pop() {
+                self.push_ready(RunId(r));
+            }
+        }
+    }
+
+    /// The next run to execute, or `None` when nothing is ready now (check
+    /// [`Run::is_done`] and [`Run::next_wakeup`]). Runs that end without executing
+    /// (skipped, trigger failed, paused, mapped parents) are settled on the way.
+    pub fn next_ready(&mut self, now: Instant, host: &mut dyn Host) -> Option<Ready> {
+        self.fire_timers(now);
+        while let Some(run) = self.pop() {
+            if let Some(ready) = self.prepare(run, host) {
+                return Some(ready);
+            }
+        }
+        None
+    }
+
+    fn prepare(&mut self, run: RunId, host: &mut dyn Host) -> Option<Ready> {
+        let task = self.task_of[run.idx()];
+        let is_parent = run.idx() < self.graph.n_tasks();
+        let st = self.state[run.idx()];
+        if is_parent && self.graph.is_mapped(task) {
+            self.expand(task, host);
+            return None;
+        }
+        let spec = &self.graph.tasks[task.idx()];
+        let custom = spec.trigger == Trigger::Custom;
+        if st == StateKind::Pending {
+            let counts = self.upstream_counts(run);
+            let spec = &self.graph.tasks[task.idx()];
+            if spec.skip_on_upstream_skip && counts.skipped > 0 {
+                self.finish(
+                    run,
+                    StateKind::Skipped,
+                    Some("Upstream task was skipped.".into()),
+                );
+                return None;
+            }
+            if !custom {
+                match spec.trigger.decide(counts) {
+                    TriggerDecision::Run => {}
+                    TriggerDecision::Fail(msg) => {
+                        self.finish(run, StateKind::TriggerFailed, Some(msg));
+                        return None;
+                    }
+                    TriggerDecision::Pause => {
+                        self.set(
+                            run,
+                            StateKind::Paused,
+                            Some("Trigger was \"manual_only\": waiting for approval.".into()),
+                        );
+                        return None;
+                    }
+                }
+            }
+        }
+        let looping = st == StateKind::Looped;
+        if !looping {
+            let c = &mut self.run_count[run.idx()];
+            *c = c.saturating_add(1);
+        }
+        self.set(run, StateKind::Running, None);
+        self.in_flight += 1;
+        Some(Ready {
+            run,
+            task,
+            map_index: if is_parent { None } else { self.map_index(run) },
+            run_count: u32::from(self.run_count[run.idx()]),
+            loop_count: self.loop_count(run),
+            custom_trigger: custom && st == StateKind::Pending,
+        })
+    }
+
+    /// The upstream runs whose states a run's trigger sees, per input edge.
+    pub fn upstream_runs(&self, run: RunId) -> Vec<(EdgeId, Vec<RunId>)> {
+        let Some(&task) = self.task_of.get(run.idx()) else {
+            return Vec::new();
+        };
+        let child = self.map_index(run);
+        self.graph
+            .ins(task)
+            .iter()
+            .map(|&e| {
+                let mut runs = Vec::new();
+                self.for_upstream(e, child, |r| runs.push(r));
+                (e, runs)
+            })
+            .collect()
+    }
+
+    fn for_upstream(&self, e: EdgeId, child: Option<u32>, mut f: impl FnMut(RunId)) {
+        let spec = self.graph.edge(e);
+        let u = spec.upstream;
+        let rec = &self.tasks[u.idx()];
+        match (child, rec.children) {
+            (Some(i), Some((base, _))) if self.graph.is_elementwise(e) => f(RunId(base + i)),
+            (_, Some((base, n))) if !spec.mapped => (base..base + n).for_each(|r| f(RunId(r))),
+            _ => f(RunId(u.0)),
+        }
+    }
+
+    fn upstream_counts(&self, run: RunId) -> UpstreamCounts {
+        let task = self.task_of[run.idx()];
+        let child = self.map_index(run);
+        let mut c = UpstreamCounts::default();
+        for &e in self.graph.ins(task) {
+            self.for_upstream(e, child, |r| {
+                let s = self.state[r.idx()];
+                c.total += 1;
+                c.successful += u32::from(s.is_successful());
+                c.failed += u32::from(s.is_failed());
+                c.skipped += u32::from(s.is_skipped());
+            });
+        }
+        c
+    }
+
+    fn expand(&mut self, task: TaskId, host: &mut dyn Host) {
+        let parent = RunId(task.0);
+        let spec = &self.graph.tasks[task.idx()];
+        let skip = spec.skip_on_upstream_skip;
+        let name = spec.name.clone();
+        // Parent-level checks: skipped inputs, and inputs to map over that did not succeed.
+        let mut skipped = false;
+        let mut bad: Option<String> = None;
+        for &e in self.graph.ins(task) {
+            let es = self.graph.edge(e);
+            let us = self.state[es.upstream.idx()];
+            skipped |= us.is_skipped();
+            if (es.mapped || es.flattened)
+                && (!us.is_successful() || us.is_skipped())
+                && bad.is_none()
+            {
+                bad = Some(self.graph.tasks[es.upstream.idx()].name.clone());
+            }
+        }
+        if skip && skipped {
+            self.finish(
+                parent,
+                StateKind::Skipped,
+                Some("Upstream task was skipped.".into()),
+            );
+            return;
+        }
+        if let Some(up) = bad {
+            self.finish(
+                parent,
+                StateKind::TriggerFailed,
+                Some(format!("Upstream task '{up}' of mapped task '{name}' did not succeed: nothing to map over.")),
+            );
+            return;
+        }
+        // Lengths of the mapped inputs; the map zips to the shortest.
+        let mut n = u32::MAX;
+        let ins: Vec<EdgeId> = self.graph.ins(task).to_vec();
+        for e in ins {
+            let es = *self.graph.edge(e);
+            if !es.mapped {
+                continue;
+            }
+            let u = es.upstream;
+            let len = if self.graph.is_elementwise(e) {
+                Ok(self.tasks[u.idx()].children.map_or(0, |(_, n)| n))
+            } else if es.flattened {
+                self.flat_prefix(e, host)
+                    .map(|p| p.last().copied().unwrap_or(0))
+            } else {
+                host.len_of(RunId(u.0))
+            };
+            match len {
+                Ok(l) => n = n.min(l),
+                Err(why) => {
+                    let up = &self.graph.tasks[u.idx()].name;
+                    self.finish(
+                        parent,
+                        StateKind::Failed,
+                        Some(format!(
+                            "Cannot map '{name}' over the result of '{up}': {why}"
+                        )),
+                    );
+                    return;
+                }
+            }
+        }
+        if n == u32::MAX {
+            n = 0;
+        }
+        let base = self.state.len() as u64;
+        if base + u64::from(n) >= u64::from(u32::MAX) {
+            self.finish(
+                parent,
+                StateKind::Failed,
+                Some(CoreError::TooManyRuns(u64::from(u32::MAX)).to_string()),
+            );
+            return;
+        }
+        let base = base as u32;
+        let elementwise: Vec<TaskId> = self
+            .graph
+            .ins(task)
+            .iter()
+            .filter(|&&e| self.graph.is_elementwise(e))
+            .map(|&e| self.graph.edge(e).upstream)
+            .collect();
+        let total = self.state.len() + n as usize;
+        self.task_of.resize(total, task);
+        self.state.resize(total, StateKind::Pending);
+        self.run_count.resize(total, 0);
+        let mut all_ready = true;
+        if elementwise.is_empty() {
+            self.pending.resize(total, 0);
+        } else {
+            self.pending.reserve(n as usize);
+            for i in 0..n {
+                let mut p = 0;
+                for u in &elementwise {
+                    if let Some((ub, _)) = self.tasks[u.idx()].children
+                        && !self.state[(ub + i) as usize].is_finished()
+                    {
+                        p += 1;
+                    }
+                }
+                all_ready &= p == 0;
+                self.pending.push(p);
+            }
+        }
+        if let Some(j) = self.journal.as_mut() {
+            j.extend((base..base + n).map(|r| (RunId(r), StateKind::Pending)));
+        }
+        self.tasks[task.idx()].children = Some((base, n));
+        self.tasks[task.idx()].unfinished = n;
+        self.set(parent, StateKind::Mapped, None);
+        // Ready children first, then downstream parents on top of them, so that
+        // downstream maps expand before our first child runs (depth-first).
+        if all_ready {
+            if n > 0 {
+                self.stack.push(Item::Range {
+                    next: base,
+                    end: base + n,
+                });
+            }
+        } else {
+            for i in (0..n).rev() {
+                if self.pending[(base + i) as usize] == 0 {
+                    self.push_ready(RunId(base + i));
+                }
+            }
+        }
+        let outs: Vec<EdgeId> = self.graph.outs(task).to_vec();
+        for e in outs {
+            if self.graph.is_elementwise(e) {
+                let d = self.graph.edge(e).downstream;
+                self.dec_expand(d);
+            }
+        }
+        if n == 0 {
+            self.whole_done(task);
+        }
+    }
+
+    fn flat_prefix(&mut self, e: EdgeId, host: &mut dyn Host) -> Result<Vec<u32>, String> {
+        let u = self.graph.edge(e).upstream;
+        let mut prefix = Vec::new();
+        let mut acc: u32 = 0;
+        let mut add = |l: u32, prefix: &mut Vec<u32>| -> Result<(), String> {
+            acc = acc.checked_add(l).ok_or("too many elements to flatten")?;
+            prefix.push(acc);
+            Ok(())
+        };
+        if let Some((base, n)) = self.tasks[u.idx()].children {
+            for r in base..base + n {
+                let s = self.state[r as usize];
+                if !s.is_successful() || s.is_skipped() {
+                    return Err(format!("child {} did not succeed ({})", r - base, s.name()));
+                }
+                add(host.len_of(RunId(r))?, &mut prefix)?;
+            }
+        } else {
+            let outer = host.len_of(RunId(u.0))?;
+            for k in 0..outer {
+                add(host.len_of_item(RunId(u.0), k)?, &mut prefix)?;
+            }
+        }
+        self.flat.insert(e.0, prefix.clone());
+        Ok(prefix)
+    }
+
+    /// Where input edge `e` of a run gets its value.
+    pub fn source(&self, e: EdgeId, run: RunId) -> Source {
+        let spec = self.graph.edge(e);
+        let u = spec.upstream;
+        let child = self.map_index(run);
+        let rec = &self.tasks[u.idx()];
+        match (spec.mapped, child) {
+            (true, Some(i)) => {
+                if spec.flattened {
+                    let prefix = self.flat.get(&e.0).map_or(&[][..], Vec::as_slice);
+                    // First k with prefix[k] > i.
+                    let k = prefix.partition_point(|&p| p <= i) as u32;
+                    let start = if k == 0 { 0 } else { prefix[(k - 1) as usize] };
+                    match rec.children {
+                        Some((base, _)) => Source::Item(RunId(base + k), i - start),
+                        None => Source::Nested(RunId(u.0), k, i - start),
+                    }
+                } else {
+                    match rec.children {
+                        Some((base, _)) => Source::Run(RunId(base + i)),
+                        None => Source::Item(RunId(u.0), i),
+                    }
+                }
+            }
+            _ => match rec.children {
+                Some((base, n)) => Source::Children(RunId(base), n),
+                None => Source::Run(RunId(u.0)),
+            },
+        }
+    }
+
+    fn dec_expand(&mut self, d: TaskId) {
+        let rec = &mut self.tasks[d.idx()];
+        rec.pending_expand -= 1;
+        if rec.pending_expand == 0 && rec.pending_whole == 0 {
+            self.push_ready(RunId(d.0));
+        }
+    }
+
+    fn dec_whole(&mut self, d: TaskId) {
+        let rec = &mut self.tasks[d.idx()];
+        rec.pending_whole -= 1;
+        if rec.pending_expand == 0 && rec.pending_whole == 0 {
+            self.push_ready(RunId(d.0));
+        }
+    }
+
+    fn finish(&mut self, run: RunId, kind: StateKind, message: Option<String>) {
+        self.set(run, kind, message);
+        let task = self.task_of[run.idx()];
+        if run.idx() < self.graph.n_tasks() {
+            self.whole_done(task);
+            return;
+        }
+        let Some((base, _)) = self.tasks[task.idx()].children else {
+            return;
+        };
+        let i = run.0 - base;
+        let n_outs = self.graph.outs(task).len();
+        for k in 0..n_outs {
+            let e = self.graph.outs(task)[k];
+            if !self.graph.is_elementwise(e) {
+                continue;
+            }
+            let d = self.graph.edge(e).downstream;
+            if let Some((db, dn)) = self.tasks[d.idx()].children
+                && i < dn
+            {
+                let p = &mut self.pending[(db + i) as usize];
+                *p -= 1;
+                if *p == 0 {
+                    self.push_ready(RunId(db + i));
+                }
+            }
+        }
+        let rec = &mut self.tasks[task.idx()];
+        rec.unfinished -= 1;
+        if rec.unfinished == 0 {
+            self.whole_done(task);
+        }
+    }
+
+    fn whole_done(&mut self, task: TaskId) {
+        let expanded = {
+            let rec = &mut self.tasks[task.idx()];
+            if rec.whole_done {
+                return;
+            }
+            rec.whole_done = true;
+            rec.children.is_some()
+        };
+        let n_outs = self.graph.outs(task).len();
+        for k in 0..n_outs {
+            let e = self.graph.outs(task)[k];
+            let d = self.graph.edge(e).downstream;
+            if self.graph.is_elementwise(e) {
+                if !expanded {
+                    self.dec_expand(d);
+                }
+            } else {
+                self.dec_whole(d);
+            }
+        }
+    }
+
+    /// Report how a run handed out by [`Run::next_ready`] ended.
+    pub fn complete(
+        &mut self,
+        run: RunId,
+        outcome: Outcome,
+        now: Instant,
+    ) -> Result<(), CoreError> {
+        self.check(run)?;
+        let st = self.state[run.idx()];
+        if st != StateKind::Running {
+            return Err(CoreError::NotRunning {
+                run: run.0,
+                state: st.name(),
+            });
+        }
+        self.in_flight -= 1;
+        let task = self.task_of[run.idx()];
+        let spec = &self.graph.tasks[task.idx()];
+        let (max_retries, delay) = (spec.max_retries, spec.retry_delay);
+        let retry = |this: &mut Self, msg: Option<String>, delay: Duration| {
+            this.set(run, StateKind::Retrying, msg);
+            this.timers.push(Reverse((now + delay, run.0)));
+        };
+        match outcome {
+            Outcome::Success => self.finish(run, StateKind::Success, None),
+            Outcome::Cached => self.finish(run, StateKind::Cached, None),
+            Outcome::Skipped(m) => self.finish(run, StateKind::Skipped, m),
+            Outcome::TriggerFailed(m) => self.finish(run, StateKind::TriggerFailed, m),
+            Outcome::Cancelled(m) => self.finish(run, StateKind::Cancelled, m),
+            Outcome::Failed { message, retryable } | Outcome::TimedOut { message, retryable }
+                if retryable && self.run_count(run) <= max_retries =>
+            {
+                retry(self, message, delay);
+            }
+            Outcome::Failed { message, .. } => self.finish(run, StateKind::Failed, message),
+            Outcome::TimedOut { message, .. } => self.finish(run, StateKind::TimedOut, message),
+            Outcome::Retry(m) => retry(self, m, delay),
+            Outcome::Loop(m) => {
+                *self.loop_count.entry(run.0).or_insert(0) += 1;
+                self.set(run, StateKind::Looped, m);
+                self.push_ready(run);
+            }
+            Outcome::Paused(m) => self.set(run, StateKind::Paused, m),
+        }
+        Ok(())
+    }
+
+    /// Stop the run: running runs and waiting retries become Cancelled, nothing
+    /// else starts. Finished runs keep their states; the rest stay Pending.
+    pub fn cancel(&mut self, message: &str) {
+        self.cancelled = true;
+        self.stack.clear();
+        self.timers.clear();
+        self.in_flight = 0;
+        for r in 0..self.state.len() {
+            if matches!(
+                self.state[r],
+                StateKind::Running | StateKind::Retrying | StateKind::Looped
+            ) {
+                self.set(
+                    RunId(r as u32),
+                    StateKind::Cancelled,
+                    Some(message.to_string()),
+                );
+            }
+        }
+    }
+
+    /// The flow's verdict over its reference tasks.
+    pub fn outcome(&self, reference: &[TaskId]) -> FlowOutcome {
+        let mut failed = Vec::new();
+        let mut unfinished = Vec::new();
+        let mut cancelled = self.cancelled;
+        for &t in reference {
+            let mut states = vec![self.state[t.idx()]];
+            if let Some((base, n)) = self.tasks[t.idx()].children {
+                states.extend(&self.state[base as usize..(base + n) as usize]);
+            }
+            if states.iter().any(|s| s.is_failed()) {
+                failed.push(t);
+            } else if states.iter().any(|&s| s == StateKind::Cancelled) {
+                cancelled = true;
+            } else if states
+                .iter()
+                .any(|s| !s.is_finished() || *s == StateKind::Looped)
+            {
+                unfinished.push(t);
+            }
+        }
+        if cancelled {
+            FlowOutcome::Cancelled
+        } else if !failed.is_empty() {
+            FlowOutcome::Failed(failed)
+        } else if !unfinished.is_empty() {
+            FlowOutcome::Unfinished(unfinished)
+        } else {
+            FlowOutcome::Success
+        }
+    }
+}

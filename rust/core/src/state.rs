@@ -1,0 +1,100 @@
+//! Task-run states. The numeric codes are shared with the Python side
+//! (`ferroflow.states.BY_CODE`): change both together.
+
+/// The state of one task run, as a one-byte code.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum StateKind {
+    Pending = 0,
+    Scheduled = 1,
+    Paused = 2,
+    Resume = 3,
+    Retrying = 4,
+    Running = 5,
+    Success = 6,
+    Cached = 7,
+    Mapped = 8,
+    Skipped = 9,
+    Looped = 10,
+    Failed = 11,
+    TimedOut = 12,
+    TriggerFailed = 13,
+    Cancelled = 14,
+}
+
+impl StateKind {
+    /// All states, indexed by code.
+    pub const ALL: [StateKind; 15] = [
+        StateKind::Pending,
+        StateKind::Scheduled,
+        StateKind::Paused,
+        StateKind::Resume,
+        StateKind::Retrying,
+        StateKind::Running,
+        StateKind::Success,
+        StateKind::Cached,
+        StateKind::Mapped,
+        StateKind::Skipped,
+        StateKind::Looped,
+        StateKind::Failed,
+        StateKind::TimedOut,
+        StateKind::TriggerFailed,
+        StateKind::Cancelled,
+    ];
+
+    /// The state with this code, if any.
+    pub fn from_code(code: u8) -> Option<StateKind> {
+        Self::ALL.get(code as usize).copied()
+    }
+
+    /// The state's class name, as in `ferroflow.states`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StateKind::Pending => "Pending",
+            StateKind::Scheduled => "Scheduled",
+            StateKind::Paused => "Paused",
+            StateKind::Resume => "Resume",
+            StateKind::Retrying => "Retrying",
+            StateKind::Running => "Running",
+            StateKind::Success => "Success",
+            StateKind::Cached => "Cached",
+            StateKind::Mapped => "Mapped",
+            StateKind::Skipped => "Skipped",
+            StateKind::Looped => "Looped",
+            StateKind::Failed => "Failed",
+            StateKind::TimedOut => "TimedOut",
+            StateKind::TriggerFailed => "TriggerFailed",
+            StateKind::Cancelled => "Cancelled",
+        }
+    }
+
+    /// Finished: Success and its children, Failed and its children, Cancelled, Looped.
+    #[inline]
+    pub fn is_finished(self) -> bool {
+        (self as u8) >= StateKind::Success as u8
+    }
+
+    /// Successful: Success, Cached, Mapped, Skipped.
+    #[inline]
+    pub fn is_successful(self) -> bool {
+        matches!(
+            self,
+            StateKind::Success | StateKind::Cached | StateKind::Mapped | StateKind::Skipped
+        )
+    }
+
+    /// Failed: Failed, TimedOut, TriggerFailed.
+    #[inline]
+    pub fn is_failed(self) -> bool {
+        matches!(
+            self,
+            StateKind::Failed | StateKind::TimedOut | StateKind::TriggerFailed
+        )
+    }
+
+    /// Skipped.
+    #[inline]
+    pub fn is_skipped(self) -> bool {
+        self == StateKind::Skipped
+    }
+}

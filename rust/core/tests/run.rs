@@ -1,0 +1,353 @@
+//! Behaviour of the run engine, driven through its public API.
+mod common;
+
+use std::time::Duration;
+
+use common::{Lens, drive, state};
+use ferroflow_core::{
+    EdgeSpec, FlowOutcome, Graph, Outcome, Run, RunId, StateKind, TaskId, TaskSpec, Trigger,
+};
+
+fn tasks(n: usize) -> Vec<TaskSpec> {
+    (0..n).map(|i| TaskSpec::new(format!("t{i}"))).collect()
+}
+
+fn fail() -> Outcome {
+    Outcome::Failed {
+        message: Some("boom".into()),
+        retryable: true,
+    }
+}
+
+#[test]
+fn chain_runs_in_order_and_failure_stops_downstream() {
+    let g = Graph::new(tasks(3), vec![EdgeSpec::new(0, 1), EdgeSpec::new(1, 2)]).unwrap();
+    let mut run = Run::new(g);
+    let order = drive(&mut run, &mut Lens::default(), |_, r| {
+        if r.task == TaskId(1) {
+            fail()
+        } else {
+            Outcome::Success
+        }
+    });
+    assert_eq!(order, vec![RunId(0), RunId(1)]);
+    assert_eq!(state(&run, 0), StateKind::Success);
+    assert_eq!(state(&run, 1), StateKind::Failed);
+    assert_eq!(state(&run, 2), StateKind::TriggerFailed);
+    assert_eq!(
+        run.outcome(&[TaskId(2)]),
+        FlowOutcome::Failed(vec![TaskId(2)])
+    );
+}
+
+#[test]
+fn skip_propagates_unless_disabled() {
+    let mut t = tasks(4);
+    t[3].skip_on_upstream_skip = false;
+    t[3].trigger = Trigger::AllFinished;
+    let g = Graph::new(
+        t,
+        vec![
+            EdgeSpec::new(0, 1),
+            EdgeSpec::new(1, 2),
+            EdgeSpec::new(1, 3),
+        ],
+    )
+    .unwrap();
+    let mut run = Run::new(g);
+    drive(&mut run, &mut Lens::default(), |_, r| {
+        if r.task == TaskId(1) {
+            Outcome::Skipped(None)
+        } else {
+            Outcome::Success
+        }
+    });
+    assert_eq!(state(&run, 2), StateKind::Skipped);
+    assert_eq!(state(&run, 3), StateKind::Success);
+    assert_eq!(run.outcome(&[TaskId(2), TaskId(3)]), FlowOutcome::Success);
+}
+
+#[test]
+fn retry_waits_only_for_itself() {
+    // t0 fails once with a long delay; t1..t3 is an independent chain that must all
+    // run before t0's retry.
+    let mut t = tasks(4);
+    t[0].max_retries = 2;
+    t[0].retry_delay = Duration::from_secs(60);
+    let g = Graph::new(t, vec![EdgeSpec::new(1, 2), EdgeSpec::new(2, 3)]).unwrap();
+    let mut run = Run::new(g);
+    let mut attempts = 0;
+    let order = drive(&mut run, &mut Lens::default(), |_, r| {
+        if r.task == TaskId(0) {
+            attempts += 1;
+            if attempts == 1 {
+                return fail();
+            }
+        }
+        Outcome::Success
+    });
+    assert_eq!(
+        order,
+        vec![RunId(0), RunId(1), RunId(2), RunId(3), RunId(0)]
+    );
+    assert_eq!(state(&run, 0), StateKind::Success);
+    assert_eq!(run.run_count(RunId(0)), 2);
+}
+
+#[test]
+fn retries_exhausted_and_not_retryable() {
+    let mut t = tasks(2);
+    t[0].max_retries = 2;
+    t[1].max_retries = 5;
+    let g = Graph::new(t, vec![]).unwrap();
+    let mut run = Run::new(g);
+    drive(&mut run, &mut Lens::default(), |_, r| {
+        if r.task == TaskId(0) {
+            fail()
+        } else {
+            Outcome::Failed {
+                message: None,
+                retryable: false,
+            }
+        }
+    });
+    assert_eq!(run.run_count(RunId(0)), 3);
+    assert_eq!(run.run_count(RunId(1)), 1);
+    assert_eq!(state(&run, 0), StateKind::Failed);
+    assert_eq!(run.message(RunId(0)), Some("boom"));
+}
+
+#[test]
+fn loop_reruns_with_count() {
+    let g = Graph::new(tasks(1), vec![]).unwrap();
+    let mut run = Run::new(g);
+    let mut seen = Vec::new();
+    drive(&mut run, &mut Lens::default(), |_, r| {
+        seen.push(r.loop_count);
+        if r.loop_count < 3 {
+            Outcome::Loop(None)
+        } else {
+            Outcome::Success
+        }
+    });
+    assert_eq!(seen, vec![0, 1, 2, 3]);
+    assert_eq!(run.run_count(RunId(0)), 1);
+}
+
+#[test]
+fn manual_only_pauses_and_flow_is_unfinished() {
+    let mut t = tasks(2);
+    t[1].trigger = Trigger::ManualOnly;
+    let g = Graph::new(t, vec![EdgeSpec::new(0, 1)]).unwrap();
+    let mut run = Run::new(g);
+    drive(&mut run, &mut Lens::default(), |_, _| Outcome::Success);
+    assert_eq!(state(&run, 1), StateKind::Paused);
+    assert_eq!(
+        run.outcome(&[TaskId(1)]),
+        FlowOutcome::Unfinished(vec![TaskId(1)])
+    );
+}
+
+#[test]
+fn map_expands_and_reduce_sees_children() {
+    // 0: source list of 5, 1: mapped over 0, 2: reduce of 1.
+    let g = Graph::new(
+        tasks(3),
+        vec![EdgeSpec::new(0, 1).mapped(), EdgeSpec::new(1, 2)],
+    )
+    .unwrap();
+    let mut run = Run::new(g);
+    let mut lens = Lens::default();
+    lens.len.insert(0, Ok(5));
+    drive(&mut run, &mut lens, |run, r| {
+        if run.map_index(r.run) == Some(2) {
+            fail()
+        } else {
+            Outcome::Success
+        }
+    });
+    let (base, n) = run.children(TaskId(1)).unwrap();
+    assert_eq!(n, 5);
+    assert_eq!(state(&run, 1), StateKind::Mapped);
+    assert_eq!(state(&run, base.0 + 2), StateKind::Failed);
+    assert_eq!(state(&run, 2), StateKind::TriggerFailed);
+    assert_eq!(run.upstream_runs(RunId(2))[0].1.len(), 5);
+    assert_eq!(
+        run.outcome(&[TaskId(1)]),
+        FlowOutcome::Failed(vec![TaskId(1)])
+    );
+}
+
+#[test]
+fn map_chain_is_depth_first_and_failure_stays_in_branch() {
+    // 0: source (len 3), 1 = map(0), 2 = map(1), 3 = map(2)
+    let g = Graph::new(
+        tasks(4),
+        vec![
+            EdgeSpec::new(0, 1).mapped(),
+            EdgeSpec::new(1, 2).mapped(),
+            EdgeSpec::new(2, 3).mapped(),
+        ],
+    )
+    .unwrap();
+    let mut run = Run::new(g);
+    let mut lens = Lens::default();
+    lens.len.insert(0, Ok(3));
+    let order = drive(&mut run, &mut lens, |run, r| {
+        if r.task == TaskId(2) && run.map_index(r.run) == Some(1) {
+            fail()
+        } else {
+            Outcome::Success
+        }
+    });
+    let idx: Vec<(u32, Option<u32>)> = order
+        .iter()
+        .map(|&r| (run.task_of(r).unwrap().0, run.map_index(r)))
+        .collect();
+    assert_eq!(
+        idx,
+        vec![
+            (0, None),
+            (1, Some(0)),
+            (2, Some(0)),
+            (3, Some(0)),
+            (1, Some(1)),
+            (2, Some(1)),
+            (1, Some(2)),
+            (2, Some(2)),
+            (3, Some(2)),
+        ]
+    );
+    let (b3, _) = run.children(TaskId(3)).unwrap();
+    assert_eq!(state(&run, b3.0 + 1), StateKind::TriggerFailed);
+    assert_eq!(state(&run, b3.0), StateKind::Success);
+}
+
+#[test]
+fn zip_to_shortest_and_empty_map() {
+    // 0 (len 4), 1 (len 2) -> 2 = map(0, 1); 3 (len 0) -> 4 = map(3) -> 5 = map(4) -> 6 reduce
+    let g = Graph::new(
+        tasks(7),
+        vec![
+            EdgeSpec::new(0, 2).mapped(),
+            EdgeSpec::new(1, 2).mapped(),
+            EdgeSpec::new(3, 4).mapped(),
+            EdgeSpec::new(4, 5).mapped(),
+            EdgeSpec::new(5, 6),
+        ],
+    )
+    .unwrap();
+    let mut run = Run::new(g);
+    let mut lens = Lens::default();
+    lens.len.insert(0, Ok(4));
+    lens.len.insert(1, Ok(2));
+    lens.len.insert(3, Ok(0));
+    drive(&mut run, &mut lens, |_, _| Outcome::Success);
+    assert_eq!(run.children(TaskId(2)).unwrap().1, 2);
+    assert_eq!(run.children(TaskId(5)).unwrap().1, 0);
+    assert_eq!(state(&run, 6), StateKind::Success);
+}
+
+#[test]
+fn unmappable_input_fails_parent_with_message() {
+    let g = Graph::new(
+        tasks(3),
+        vec![EdgeSpec::new(0, 1).mapped(), EdgeSpec::new(1, 2).mapped()],
+    )
+    .unwrap();
+    let mut run = Run::new(g);
+    let mut lens = Lens::default();
+    lens.len
+        .insert(0, Err("int is not a sized sequence".into()));
+    drive(&mut run, &mut lens, |_, _| Outcome::Success);
+    assert_eq!(state(&run, 1), StateKind::Failed);
+    assert!(
+        run.message(RunId(1))
+            .unwrap()
+            .contains("int is not a sized sequence")
+    );
+    assert_eq!(state(&run, 2), StateKind::TriggerFailed);
+}
+
+#[test]
+fn flatten_across_children() {
+    // 0 (len 3) -> 1 = map(0); 1 children return [0], [0,1], [0,1,2] -> 2 = map(flatten(1))
+    let g = Graph::new(
+        tasks(3),
+        vec![
+            EdgeSpec::new(0, 1).mapped(),
+            EdgeSpec::new(1, 2).mapped().flattened(),
+        ],
+    )
+    .unwrap();
+    let mut run = Run::new(g);
+    let mut lens = Lens::default();
+    lens.len.insert(0, Ok(3));
+    // children of task 1 are runs 3, 4, 5
+    for (i, r) in (3..6).enumerate() {
+        lens.len.insert(r, Ok(i as u32 + 1));
+    }
+    drive(&mut run, &mut lens, |_, _| Outcome::Success);
+    let (b2, n2) = run.children(TaskId(2)).unwrap();
+    assert_eq!(n2, 6);
+    let e = run.graph().ins(TaskId(2))[0];
+    use ferroflow_core::run::Source;
+    assert_eq!(run.source(e, RunId(b2.0)), Source::Item(RunId(3), 0));
+    assert_eq!(run.source(e, RunId(b2.0 + 2)), Source::Item(RunId(4), 1));
+    assert_eq!(run.source(e, RunId(b2.0 + 5)), Source::Item(RunId(5), 2));
+}
+
+#[test]
+fn child_retries_on_its_own() {
+    let mut t = tasks(2);
+    t[1].max_retries = 1;
+    t[1].retry_delay = Duration::from_secs(1);
+    let g = Graph::new(t, vec![EdgeSpec::new(0, 1).mapped()]).unwrap();
+    let mut run = Run::new(g);
+    let mut lens = Lens::default();
+    lens.len.insert(0, Ok(3));
+    drive(&mut run, &mut lens, |run, r| {
+        if run.map_index(r.run) == Some(1) && r.run_count == 1 {
+            fail()
+        } else {
+            Outcome::Success
+        }
+    });
+    let (b, _) = run.children(TaskId(1)).unwrap();
+    assert_eq!(run.run_count(RunId(b.0 + 1)), 2);
+    assert_eq!(run.run_count(RunId(b.0)), 1);
+    assert_eq!(state(&run, b.0 + 1), StateKind::Success);
+}
+
+#[test]
+fn cancel_keeps_finished_states() {
+    let g = Graph::new(tasks(3), vec![EdgeSpec::new(0, 1), EdgeSpec::new(1, 2)]).unwrap();
+    let mut run = Run::new(g);
+    let now = std::time::Instant::now();
+    let mut lens = Lens::default();
+    let r0 = run.next_ready(now, &mut lens).unwrap();
+    run.complete(r0.run, Outcome::Success, now).unwrap();
+    let r1 = run.next_ready(now, &mut lens).unwrap();
+    run.cancel("interrupted");
+    assert!(run.is_done());
+    assert_eq!(state(&run, 0), StateKind::Success);
+    assert_eq!(state(&run, r1.run.0), StateKind::Cancelled);
+    assert_eq!(state(&run, 2), StateKind::Pending);
+    assert!(run.complete(r1.run, Outcome::Success, now).is_err());
+    assert_eq!(run.outcome(&[TaskId(2)]), FlowOutcome::Cancelled);
+}
+
+#[test]
+fn million_children_fit() {
+    let g = Graph::new(
+        tasks(3),
+        vec![EdgeSpec::new(0, 1).mapped(), EdgeSpec::new(1, 2)],
+    )
+    .unwrap();
+    let mut run = Run::new(g);
+    let mut lens = Lens::default();
+    lens.len.insert(0, Ok(1_000_000));
+    let order = drive(&mut run, &mut lens, |_, _| Outcome::Success);
+    assert_eq!(order.len(), 1_000_002);
+    assert_eq!(state(&run, 2), StateKind::Success);
+}
