@@ -205,6 +205,7 @@ pub fn find_cycle(n: usize, edges: impl IntoIterator<Item = (u32, u32)>) -> Opti
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -364,6 +364,10 @@ impl Run {
                         self.finish(run, StateKind::TriggerFailed, Some(msg));
                         return None;
                     }
+                    TriggerDecision::Skip(msg) => {
+                        self.finish(run, StateKind::Skipped, Some(msg));
+                        return None;
+                    }
                     TriggerDecision::Pause => {
                         self.set(
                             run,
@@ -791,7 +795,7 @@ impl Run {
             }
             if states.iter().any(|s| s.is_failed()) {
                 failed.push(t);
-            } else if states.iter().any(|&s| s == StateKind::Cancelled) {
+            } else if states.contains(&StateKind::Cancelled) {
                 cancelled = true;
             } else if states
                 .iter()

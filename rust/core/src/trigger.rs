@@ -18,6 +18,8 @@ pub enum TriggerDecision {
     Run,
     Fail(String),
     Pause,
+    /// `not_all_skipped` with every upstream skipped: the task is Skipped.
+    Skip(String),
 }
 
 /// A trigger of a task.
@@ -43,14 +45,33 @@ pub enum Trigger {
     Custom,
 }
 
-fn bound(b: Option<f64>, total: u32) -> Option<f64> {
-    b.map(|v| if v < 1.0 { v * f64::from(total) } else { v })
+/// Lower bound as a whole count: fractions below 1 are proportions of `total`;
+/// rounded up (with a little slack for float error), like the Python triggers.
+fn lower(b: Option<f64>, total: u32) -> Option<f64> {
+    b.map(|v| {
+        if v < 1.0 {
+            (v * f64::from(total) - 1e-9).ceil()
+        } else {
+            v.ceil()
+        }
+    })
+}
+
+/// Upper bound as a whole count, rounded down.
+fn upper(b: Option<f64>, total: u32) -> Option<f64> {
+    b.map(|v| {
+        if v < 1.0 {
+            (v * f64::from(total) + 1e-9).floor()
+        } else {
+            v.floor()
+        }
+    })
 }
 
 fn some(name: &str, count: u32, total: u32, lo: Option<f64>, hi: Option<f64>) -> TriggerDecision {
     let c = f64::from(count);
-    let lo_v = bound(lo, total);
-    let hi_v = bound(hi, total);
+    let lo_v = lower(lo, total);
+    let hi_v = upper(hi, total);
     if lo_v.is_some_and(|l| c < l) || hi_v.is_some_and(|h| c > h) {
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x}"));
         TriggerDecision::Fail(format!(
@@ -105,9 +126,12 @@ impl Trigger {
                 fail("none of the upstream tasks succeeded")
             }
             Trigger::AnyFailed if c.failed == 0 => fail("none of the upstream tasks failed"),
-            Trigger::NotAllSkipped if c.skipped == c.total => TriggerDecision::Fail(
-                "Trigger was \"not_all_skipped\" but all upstream tasks were skipped.".into(),
-            ),
+            Trigger::NotAllSkipped if c.skipped == c.total => {
+                TriggerDecision::Skip("All upstream tasks were skipped.".into())
+            }
+            Trigger::NotAllSkipped if c.successful < c.total => {
+                fail("some of the upstream tasks did not succeed")
+            }
             Trigger::SomeSuccessful { at_least, at_most } => some(
                 "some_successful",
                 c.successful,
@@ -124,6 +148,7 @@ impl Trigger {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -168,6 +193,10 @@ mod tests {
         );
         assert!(matches!(
             Trigger::NotAllSkipped.decide(counts(2, 2, 0, 2)),
+            TriggerDecision::Skip(_)
+        ));
+        assert!(matches!(
+            Trigger::NotAllSkipped.decide(counts(2, 1, 1, 0)),
             TriggerDecision::Fail(_)
         ));
         assert_eq!(

@@ -1,4 +1,5 @@
 //! Behaviour of the run engine, driven through its public API.
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use std::time::Duration;

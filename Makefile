@@ -1,0 +1,61 @@
+# ferroflow developer tasks. Needs only python3 (3.10+), pip and cargo; everything else is
+# installed into .venv by `make venv` (every target that needs it depends on it).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp
+PY_DIRS := python tests benches examples
+
+# maturin installs into the virtualenv named by VIRTUAL_ENV; CONDA_PREFIX would confuse it.
+MATURIN_DEVELOP := env -u CONDA_PREFIX VIRTUAL_ENV="$(CURDIR)/$(VENV)" "$(BIN)/maturin" develop
+
+.PHONY: venv build build-release test demo bench lint typecheck fmt
+
+venv: $(STAMP)
+
+# (Re)create .venv when it is missing or its interpreter no longer runs, then install the
+# pinned dev requirements; re-run whenever requirements-dev.txt is newer than the stamp.
+$(STAMP): requirements-dev.txt
+	@if ! "$(BIN)/python" -c '' 2>/dev/null; then \
+		echo "creating $(VENV) with $(PYTHON)"; \
+		$(PYTHON) -m venv --clear $(VENV); \
+	fi
+	"$(BIN)/python" -m pip install --disable-pip-version-check --progress-bar off \
+		-r requirements-dev.txt
+	touch $(STAMP)
+
+build: venv
+	$(MATURIN_DEVELOP)
+
+build-release: venv
+	$(MATURIN_DEVELOP) --release
+
+test: venv
+	cargo test -p ferroflow-core
+	$(MATURIN_DEVELOP)
+	"$(BIN)/python" -m pytest tests
+
+demo: build-release
+	"$(BIN)/python" examples/demo.py
+
+bench: build-release
+	"$(BIN)/python" -m pytest benches --benchmark-only
+	"$(BIN)/python" benches/compare.py
+
+lint: venv
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	"$(BIN)/ruff" check $(PY_DIRS)
+	"$(BIN)/ruff" format --check $(PY_DIRS)
+
+typecheck: venv
+	"$(BIN)/mypy" python/ferroflow
+
+fmt: venv
+	cargo fmt --all
+	"$(BIN)/ruff" format $(PY_DIRS)

@@ -1,0 +1,492 @@
+"""The engine glue: turns a built flow into a native run and its result into States.
+
+How a run works
+---------------
+``run_flow`` compiles the flow (``flow._compile()``: tasks in insertion order, edges,
+constants, reference tasks), validates parameters, and hands the native ``Runner``
+three things per task: the core options (retries, trigger, skip rule), a *call spec*
+(what to call and where each argument comes from: an input edge or a constant) and
+the edges. The Rust core then owns the run: it decides what is ready, evaluates the
+built-in triggers and skip propagation, expands maps, keeps retry timers, and calls
+each task's function directly. Only tasks that need Python-level machinery (state
+handlers, ``on_failure``, a timeout, a custom trigger) call back into this module
+through the three hooks below, so plain tasks pay nothing for features they do not
+use. When the run ends, task States are built lazily from the runner: nothing is
+allocated per task until ``state.result[task]`` is read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from ferroflow import _native
+from ferroflow import runtime as _context
+from ferroflow.exceptions import ParameterError
+from ferroflow.signals import FAIL, FerroflowSignal
+from ferroflow.states import (
+    BY_CODE,
+    Cancelled,
+    Failed,
+    Mapped,
+    Pending,
+    Retrying,
+    Running,
+    State,
+    Success,
+    TimedOut,
+    TriggerFailed,
+)
+
+if TYPE_CHECKING:
+    from ferroflow.flow import CompiledFlow, Flow
+    from ferroflow.task import Task
+
+__all__ = ["run_flow"]
+
+# Call kinds understood by the native runner.
+_CALL, _HOOK, _VALUE, _LIST, _TUPLE = 0, 1, 2, 3, 4
+_RUNNING_CODE = Running.code
+
+_TOKENS = itertools.count(1)
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _trigger_spec(task: Task) -> tuple[Any, ...]:
+    spec = getattr(task.trigger, "_ff_builtin", None)
+    return spec if spec is not None else ("custom",)
+
+
+def _needs_hook(task: Task) -> bool:
+    return bool(task.state_handlers) or task.on_failure is not None or task.timeout is not None
+
+
+def _retry_delay(task: Task) -> float:
+    delay = task.retry_delay
+    if delay is None:
+        return 0.0
+    if isinstance(delay, timedelta):
+        return delay.total_seconds()
+    return float(delay)
+
+
+def _retry_on(task: Task) -> Any:
+    retry_on = getattr(task, "retry_on", None)
+    if retry_on is None:
+        return None
+    if isinstance(retry_on, (list, set)):
+        return tuple(retry_on)
+    return retry_on
+
+
+class _Plan:
+    """The static, per-flow part of a native run (reused while the flow is unchanged)."""
+
+    def __init__(self, compiled: CompiledFlow) -> None:
+        from ferroflow.task import Parameter
+
+        tasks = compiled.tasks
+        self.tasks = tasks
+        self.edges = compiled.edges
+        self.edge_ids = compiled.edge_ids
+        self.reference = list(compiled.reference)
+        self.mapped_task = [False] * len(tasks)
+        in_edges: list[list[int]] = [[] for _ in tasks]
+        for i, (_up, down, _key, mapped, _flat) in enumerate(compiled.edge_ids):
+            in_edges[down].append(i)
+            if mapped:
+                self.mapped_task[down] = True
+        self.task_opts = [
+            (t.name, int(t.max_retries or 0), _retry_delay(t), _trigger_spec(t), bool(t.skip_on_upstream_skip))
+            for t in tasks
+        ]
+        self.parameters: dict[str, int] = {}
+        self.calls: list[tuple[Any, ...] | None] = []
+        self.observed = False
+        for tid, t in enumerate(tasks):
+            if isinstance(t, Parameter):
+                self.parameters[t.name] = tid
+                self.calls.append(None)  # filled per run with the value
+                continue
+            kind_name = type(t).__name__
+            keyed = {compiled.edge_ids[e][2]: e for e in in_edges[tid] if compiled.edge_ids[e][2] is not None}
+            consts = compiled.constants[tid]
+            if kind_name == "Constant" and hasattr(t, "value") and not keyed:
+                self.calls.append((_VALUE, t.value, [], [], None, False))
+                continue
+            if kind_name in ("List", "Tuple") and not consts and all(k.startswith("arg_") for k in keyed):
+                order = sorted(keyed, key=lambda k: int(k[4:]))
+                pos = [(0, keyed[k]) for k in order]
+                kind = _LIST if kind_name == "List" else _TUPLE
+                self.calls.append((kind, None, pos, [], None, False))
+                continue
+            positional, _kwonly, _var_kw = t._ff_signature()
+            slots: dict[str, tuple[int, Any]] = {k: (0, e) for k, e in keyed.items()}
+            for k, v in consts.items():
+                slots[k] = (1, v)
+            pos_slots = []
+            for name in positional:
+                if name not in slots:
+                    break
+                pos_slots.append(slots.pop(name))
+            kw_slots = list(slots.items())
+            hook = _needs_hook(t) or _trigger_spec(t) == ("custom",)
+            self.observed |= bool(t.state_handlers) or t.on_failure is not None
+            observed = bool(t.state_handlers) or t.on_failure is not None
+            self.calls.append(
+                (_HOOK if _needs_hook(t) else _CALL, t.run, pos_slots, kw_slots, _retry_on(t), observed)
+            )
+            del hook
+
+
+def _plan_for(flow: Flow) -> _Plan:
+    compiled = flow._compile()
+    cached = flow.__dict__.get("_ff_plan")
+    if cached is not None and cached[0] is compiled:
+        return cached[1]
+    plan = _Plan(compiled)
+    flow.__dict__["_ff_plan"] = (compiled, plan)
+    return plan
+
+
+def _resolve_parameters(flow: Flow, plan: _Plan, given: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(given) - set(plan.parameters))
+    if unknown:
+        known = ", ".join(sorted(plan.parameters)) or "none"
+        raise ParameterError(
+            f"flow '{flow.name}' has no parameter {', '.join(repr(u) for u in unknown)} "
+            f"(its parameters: {known})",
+            parameter=unknown[0],
+        )
+    values: dict[str, Any] = {}
+    for name, tid in plan.parameters.items():
+        p = plan.tasks[tid]
+        if name in given:
+            values[name] = p.validate_value(given[name])
+        elif p.required:
+            raise ParameterError(
+                f"flow '{flow.name}' requires a value for parameter '{name}'", parameter=name
+            )
+        else:
+            values[name] = p.default
+    return values
+
+
+class FlowRun:
+    """One execution of a flow: the native runner plus what Python needs around it."""
+
+    def __init__(self, flow: Flow, plan: _Plan, parameters: dict[str, Any]) -> None:
+        self.flow = flow
+        self.plan = plan
+        self.parameters = parameters
+        self.flow_run_id = str(uuid.uuid4())
+        self.token = next(_TOKENS)
+        self.started = datetime.now(timezone.utc)
+        self._full_names: dict[tuple[int, int], str] = {}
+        calls = list(plan.calls)
+        for name, tid in plan.parameters.items():
+            calls[tid] = (_VALUE, parameters[name], [], [], None, False)
+        self.runner = _native.Runner(
+            plan.task_opts,
+            plan.edge_ids and [(u, d, k is not None, m, f) for (u, d, k, m, f) in plan.edge_ids],
+            calls,
+            plan.reference,
+            (self._run_hook, self._trigger_hook, self._observe_hook if plan.observed else None),
+            FerroflowSignal,
+            self.token,
+        )
+
+    # --- context -------------------------------------------------------------------
+    def flow_value(self, name: str) -> Any:
+        if name == "flow_name":
+            return self.flow.name
+        if name == "flow_run_id":
+            return self.flow_run_id
+        if name == "parameters":
+            return dict(self.parameters)
+        if name == "today":
+            return self.started.strftime("%Y-%m-%d")
+        if name == "date" or name == "scheduled_start_time":
+            return self.started
+        raise AttributeError(name)
+
+    def task_value(self, name: str, cur: tuple[Any, ...]) -> Any:
+        _token, run_id, task_id, map_index, run_count, loop_count, loop_result = cur
+        task = self.plan.tasks[task_id]
+        if name == "task_name":
+            return task.name
+        if name == "task_full_name":
+            return task.name if map_index < 0 else f"{task.name}[{map_index}]"
+        if name == "task_slug":
+            return task.slug
+        if name == "task_run_id":
+            return f"{self.flow_run_id}/{run_id}"
+        if name == "map_index":
+            return None if map_index < 0 else map_index
+        if name == "task_run_count":
+            return run_count
+        if name == "task_loop_count":
+            return loop_count + 1
+        if name == "task_loop_result":
+            return loop_result
+        if name == "task_tags":
+            return set(task.tags)
+        raise AttributeError(name)
+
+    # --- hooks called by the native runner ----------------------------------------------
+    def _handle(self, task: Task, old: State, new: State) -> State:
+        for handler in task.state_handlers:
+            replaced = handler(task, old, new)
+            if isinstance(replaced, State):
+                new = replaced
+        return new
+
+    def _run_hook(
+        self,
+        run_id: int,
+        task_id: int,
+        map_index: int,
+        run_count: int,
+        loop_count: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        func: Callable[..., Any],
+    ) -> tuple[int, Any, str | None, bool]:
+        task = self.plan.tasks[task_id]
+        old: State = Retrying(run_count=run_count - 1) if run_count > 1 else Pending()
+        running: State = Running("Starting task run.")
+        try:
+            running = self._handle(task, old, running)
+        except Exception as exc:
+            err = Failed(f"A state handler raised an error: {exc!r}", exc)
+            return Failed.code, exc, err.message, False  # type: ignore[return-value]
+        retryable = False
+        try:
+            if task.timeout is not None:
+                value = _call_with_timeout(func, args, kwargs or {}, task.timeout)
+            else:
+                value = func(*args, **(kwargs or {}))
+            new: State = Success("Task run succeeded.", value)
+        except _Timeout:
+            new = TimedOut(f"Task timed out after {task.timeout:g} s.")
+            retryable = True
+        except KeyboardInterrupt as exc:
+            return Cancelled.code, exc, "Interrupted by the user (KeyboardInterrupt).", False  # type: ignore[return-value]
+        except FerroflowSignal as sig:
+            new = sig.to_state()
+            retryable = isinstance(sig, FAIL) or type(sig) is FerroflowSignal
+        except BaseException as exc:
+            new = Failed(f"Error during execution of task: {exc!r}", exc)
+            retry_on = _retry_on(task)
+            retryable = isinstance(exc, retry_on) if retry_on is not None else isinstance(exc, Exception)
+        shown = new
+        will_retry = (
+            new.is_failed()
+            and not isinstance(new, TriggerFailed)
+            and retryable
+            and run_count <= (task.max_retries or 0)
+        )
+        if will_retry:
+            start = datetime.now(timezone.utc) + timedelta(seconds=_retry_delay(task))
+            shown = Retrying(new.message, new.result, start_time=start, run_count=run_count)
+        try:
+            final = self._handle(task, running, shown)
+        except Exception as exc:
+            final = Failed(f"A state handler raised an error: {exc!r}", exc)
+            shown = final
+            retryable = False
+        if final.is_failed() and task.on_failure is not None:
+            try:
+                task.on_failure(task, final)
+            except Exception as exc:
+                final = Failed(f"The on_failure handler raised an error: {exc!r}", exc)
+        if final is shown and will_retry:
+            return Failed.code, new.result, new.message, True  # type: ignore[return-value]
+        code = type(final).code
+        if code is None or code == _RUNNING_CODE:
+            code = Failed.code
+        return code, final.result, final.message, retryable
+
+    def _trigger_hook(
+        self, run_id: int, task_id: int, upstream: list[tuple[int, list[tuple[int, int, str | None, Any]]]]
+    ) -> tuple[int, str | None]:
+        task = self.plan.tasks[task_id]
+        n_tasks = len(self.plan.tasks)
+        states: dict[Any, State] = {}
+        for edge_id, runs in upstream:
+            built = [BY_CODE[c](m, r) for (_rid, c, m, r) in runs]
+            up = self.plan.edge_ids[edge_id][0]
+            is_reduce = (
+                self.plan.mapped_task[up]
+                and not self.plan.edge_ids[edge_id][3]
+                and (not runs or runs[0][0] >= n_tasks)
+            )
+            states[self.plan.edges[edge_id]] = Mapped(map_states=built) if is_reduce else built[0]
+        try:
+            ok = task.trigger(states)
+        except FerroflowSignal as sig:
+            return type(sig).code, sig.message or f"Trigger raised {type(sig).__name__}."
+        except Exception as exc:
+            return TriggerFailed.code, f"The trigger raised an error: {exc!r}"
+        if ok:
+            return _RUNNING_CODE, None  # type: ignore[return-value]
+        name = getattr(task.trigger, "__name__", "custom")
+        return TriggerFailed.code, f'Trigger "{name}" was not satisfied.'  # type: ignore[return-value]
+
+    def _observe_hook(self, run_id: int, task_id: int, code: int, message: str | None) -> None:
+        task = self.plan.tasks[task_id]
+        state = BY_CODE[code](message)
+        try:
+            self._handle(task, Pending(), state)
+            if state.is_failed() and task.on_failure is not None:
+                task.on_failure(task, state)
+        except Exception:  # noqa: BLE001 - the core already decided this state
+            pass
+
+    # --- results --------------------------------------------------------------------------
+    def task_state(self, task_id: int) -> State:
+        runner = self.runner
+        code, message, result, run_count, loop_count = runner.state(task_id)
+        cls = BY_CODE[code]
+        if cls is Mapped:
+            children = runner.children(task_id)
+            base, n = children if children is not None else (0, 0)
+            return Mapped._lazy(
+                message,
+                lambda: self._child_states(base, n),
+                lambda: runner.results(base, n),
+            )
+        if cls is Retrying:
+            return Retrying(message, result, run_count=run_count)
+        return cls(message, result)
+
+    def _child_states(self, base: int, n: int) -> list[State]:
+        runner = self.runner
+        codes = runner.codes(base, n)
+        results = runner.results(base, n)
+        out: list[State] = []
+        for i in range(n):
+            cls = BY_CODE[codes[i]]
+            if cls is Success:
+                out.append(Success(None, results[i]))
+            else:
+                _c, message, result, _rc, _lc = runner.state(base + i)
+                out.append(cls(message, result))
+        return out
+
+
+class _TaskStates(Mapping["Task", State]):
+    """``{task: State}`` for every task of a finished run, States built on demand."""
+
+    def __init__(self, run: FlowRun) -> None:
+        self._run = run
+        self._ids = {id(t): i for i, t in enumerate(run.plan.tasks)}
+        self._cache: dict[int, State] = {}
+
+    def __getitem__(self, task: Task) -> State:
+        tid = self._ids.get(id(task))
+        if tid is None or self._run.plan.tasks[tid] is not task:
+            raise KeyError(task)
+        state = self._cache.get(tid)
+        if state is None:
+            state = self._cache[tid] = self._run.task_state(tid)
+        return state
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self._run.plan.tasks)
+
+    def __len__(self) -> int:
+        return len(self._run.plan.tasks)
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{t!r}: {self[t]!r}" for t in self) + "}"
+
+
+def _call_with_timeout(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> Any:
+    """Run ``func`` in a helper thread; abandon it when ``timeout`` seconds pass."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = func(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="ferroflow-timeout", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise _Timeout
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _flow_state(run: FlowRun) -> State:
+    kind, ids = run.runner.outcome()
+    names = ", ".join(repr(run.plan.tasks[i].name) for i in ids)
+    if kind == "success":
+        state: State = Success("All reference tasks succeeded.")
+    elif kind == "failed":
+        state = Failed(f"Some reference tasks failed: {names}")
+    elif kind == "cancelled":
+        state = Cancelled("Flow run was cancelled.")
+    else:
+        state = Running(f"Some reference tasks did not finish (paused or waiting): {names}")
+    results = _TaskStates(run)
+    state._loader = lambda: results  # built on first access, like every task state
+    return state
+
+
+def run_flow(
+    flow: Flow,
+    parameters: dict[str, Any] | None = None,
+    executor: Any = None,
+    **parameter_values: Any,
+) -> State:
+    """Run ``flow`` to the end and return its final State (see ``Flow.run``)."""
+    given = dict(parameters or {})
+    given.update(parameter_values)
+    flow.validate()
+    plan = _plan_for(flow)
+    values = _resolve_parameters(flow, plan, given)
+    if executor is None:
+        executor = getattr(flow, "executor", None)
+    if executor is None:
+        from ferroflow.executors import LocalExecutor
+
+        executor = LocalExecutor()
+    run = FlowRun(flow, plan, values)
+    handlers = list(getattr(flow, "state_handlers", None) or [])
+    state: State = Running("Running flow.")
+    for handler in handlers:
+        new = handler(flow, Pending(), state)
+        state = new if isinstance(new, State) else state
+    _context._register(run.token, run)
+    try:
+        executor.execute(run)
+    finally:
+        _context._unregister(run.token)
+    final = _flow_state(run)
+    terminal = getattr(flow, "terminal_state_handler", None)
+    if terminal is not None:
+        ref_states = {run.task_state(i) for i in plan.reference}
+        replaced = terminal(flow, final, ref_states)
+        if isinstance(replaced, State):
+            if replaced._loader is None and replaced.result is None:
+                replaced._loader = final._loader
+            final = replaced
+    for handler in handlers:
+        new = handler(flow, state, final)
+        final = new if isinstance(new, State) else final
+    on_failure = getattr(flow, "on_failure", None)
+    if final.is_failed() and on_failure is not None:
+        on_failure(flow, final)
+    return final

@@ -1,0 +1,210 @@
+"""The typed errors ferroflow raises.
+
+Every error raised because of bad input derives from one base class,
+:class:`FerroflowError`, so ``except FerroflowError`` catches them all. Failures of user
+code inside a task are never raised: they become the task's ``Failed`` state.
+
+Example:
+    >>> from ferroflow.exceptions import CycleError, FerroflowError, GraphError
+    >>> err = CycleError(["a", "b"])
+    >>> str(err)
+    'cycle: a -> b -> a'
+    >>> isinstance(err, GraphError) and isinstance(err, FerroflowError)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "BindError",
+    "CycleError",
+    "EdgeError",
+    "ExecutorError",
+    "FerroflowError",
+    "FlowContextError",
+    "GraphError",
+    "MappingError",
+    "ParameterError",
+    "ResultError",
+    "StoreError",
+    "TaskDefinitionError",
+]
+
+
+class FerroflowError(Exception):
+    """Base class of every error ferroflow raises on bad input.
+
+    Example:
+        >>> try:
+        ...     raise ExecutorError("cannot reach tcp://scheduler:8786")
+        ... except FerroflowError as err:
+        ...     print(type(err).__name__)
+        ExecutorError
+    """
+
+
+class GraphError(FerroflowError):
+    """Base class of the errors raised while a flow's graph is built or validated.
+
+    Example:
+        >>> issubclass(CycleError, GraphError)
+        True
+    """
+
+
+class CycleError(GraphError):
+    """The flow's graph has a cycle.
+
+    Raised at the latest by ``flow.validate()`` / ``flow.run()``, before anything runs.
+
+    Args:
+        tasks: the names of the tasks on the cycle, each once, in edge order (the first
+            task is not repeated at the end; the message closes the loop itself).
+        message: overrides the default message ``"cycle: a -> b -> a"``.
+
+    Attributes:
+        tasks: the names of the tasks on the cycle, in edge order.
+
+    Example:
+        >>> err = CycleError(["load", "clean"])
+        >>> err.tasks
+        ['load', 'clean']
+        >>> str(err)
+        'cycle: load -> clean -> load'
+    """
+
+    tasks: list[str]
+
+    def __init__(self, tasks: Iterable[str], message: str | None = None) -> None:
+        self.tasks = list(tasks)
+        if message is None:
+            path = [*self.tasks, self.tasks[0]] if self.tasks else []
+            message = "cycle: " + " -> ".join(path)
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.tasks, str(self)))
+
+
+class BindError(GraphError, TypeError):
+    """Arguments bound to a task do not fit its signature.
+
+    Raised when a task is called in a flow (or bound with ``flow.set_dependencies``) with an
+    unknown keyword, the same argument twice, too many positional arguments, or when a
+    required argument is never bound (reported by ``flow.validate()``). It is also a
+    ``TypeError``, like calling a function with bad arguments.
+
+    Example:
+        >>> isinstance(BindError("add() got an unexpected keyword argument 'z'"), TypeError)
+        True
+    """
+
+
+class EdgeError(GraphError):
+    """An edge that the graph cannot hold.
+
+    Raised when it is made: an edge into a ``Parameter``, an edge from a task to itself,
+    two edges for the same argument key of one task, or two Parameters with one name.
+
+    Example:
+        >>> issubclass(EdgeError, GraphError)
+        True
+    """
+
+
+class FlowContextError(FerroflowError):
+    """A task was called outside a ``with Flow(...):`` block.
+
+    Calling a task only builds the graph; to run the function directly use ``task.run()``.
+
+    Example:
+        >>> str(FlowContextError("call tasks inside `with Flow(...)`"))
+        'call tasks inside `with Flow(...)`'
+    """
+
+
+class TaskDefinitionError(FerroflowError, ValueError):
+    """Invalid task options, raised when the task is constructed.
+
+    For example ``max_retries`` without ``retry_delay``, a ``retry_on`` that is not an
+    exception type, a bare string for ``tags``, a zero or negative ``timeout``, or bad
+    trigger bounds. It is also a ``ValueError``.
+
+    Example:
+        >>> isinstance(TaskDefinitionError("timeout must be > 0"), ValueError)
+        True
+    """
+
+
+class ParameterError(FerroflowError, ValueError):
+    """A parameter value is unknown, missing or invalid.
+
+    Raised by ``flow.run`` before anything runs for an unknown parameter name, a missing
+    required parameter, or a value that fails the parameter's declared type; and when a
+    ``Parameter``'s own default fails its declared type.
+
+    Args:
+        message: what went wrong and what to do.
+        parameter: the name of the parameter at fault, when there is one.
+
+    Attributes:
+        parameter: the name of the parameter at fault, or ``None``.
+
+    Example:
+        >>> err = ParameterError("missing required parameter 'n'", parameter="n")
+        >>> err.parameter
+        'n'
+    """
+
+    parameter: str | None
+
+    def __init__(self, message: str, parameter: str | None = None) -> None:
+        self.parameter = parameter
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.parameter))
+
+
+class MappingError(FerroflowError):
+    """A mapped call cannot be built, e.g. a constant input that is not a sized sequence.
+
+    At run time an unmappable input is not raised: the mapped task ends ``Failed``.
+
+    Example:
+        >>> issubclass(MappingError, FerroflowError)
+        True
+    """
+
+
+class ExecutorError(FerroflowError):
+    """An executor cannot start or was given bad options (e.g. ``max_workers < 1``,
+    an unreachable Dask scheduler).
+
+    Example:
+        >>> str(ExecutorError("max_workers must be >= 1, got 0"))
+        'max_workers must be >= 1, got 0'
+    """
+
+
+class StoreError(FerroflowError):
+    """The run store cannot be used: a corrupt database file, a read-only
+    ``FERROFLOW_HOME``, or an unknown run id. The message names the path and what to do.
+
+    Example:
+        >>> issubclass(StoreError, FerroflowError)
+        True
+    """
+
+
+class ResultError(FerroflowError):
+    """A result or target cannot be written or read (bad location template, a path
+    outside the result directory, an unknown template key, a serializer failure).
+
+    Example:
+        >>> issubclass(ResultError, FerroflowError)
+        True
+    """

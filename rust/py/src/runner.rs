@@ -1,0 +1,1146 @@
+//! The run driver: one `Runner` per flow run. It owns the core `Run`, the Python
+//! objects of the flow (callables, constants) and the result slab, and executes
+//! ready runs in the calling thread (the local executor).
+//!
+//! Hot path for a plain task: pop a ready run from the core, assemble its
+//! arguments (a prebuilt tuple when they are all constants), call the user's
+//! function directly, store the returned object, tell the core. No State objects
+//! and no Python-level wrapper; tasks that need hooks (state handlers, caching,
+//! targets, timeouts, custom triggers) go through a Python hook instead.
+
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::time::{Duration, Instant};
+
+use ferroflow_core::run::Source;
+use ferroflow_core::{
+    EdgeId, EdgeSpec, FlowOutcome, Graph, Host, Outcome, Ready, Run, RunId, StateKind, TaskId,
+    TaskSpec, Trigger,
+};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PySequence, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::errors::{ff_error, to_py};
+
+/// What the calling thread is executing, for `ferroflow.context`.
+struct Current {
+    token: u64,
+    run: u32,
+    task: u32,
+    map_index: i64,
+    run_count: u32,
+    loop_count: u32,
+    loop_result: Option<Py<PyAny>>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
+}
+
+pub fn current(py: Python<'_>) -> Option<Py<PyAny>> {
+    CURRENT.with(|c| {
+        let c = c.borrow();
+        let c = c.as_ref()?;
+        let lr = c
+            .loop_result
+            .as_ref()
+            .map_or_else(|| py.None(), |v| v.clone_ref(py));
+        (
+            c.token,
+            c.run,
+            c.task,
+            c.map_index,
+            c.run_count,
+            c.loop_count,
+            lr,
+        )
+            .into_pyobject(py)
+            .ok()
+            .map(|t| t.into_any().unbind())
+    })
+}
+
+fn set_current(cur: Option<Current>) {
+    CURRENT.with(|c| *c.borrow_mut() = cur);
+}
+
+/// One argument of a task: the value of an input edge, or a constant.
+enum Slot {
+    Edge(EdgeId),
+    Const(Py<PyAny>),
+}
+
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Kind {
+    /// Call the callable with the arguments.
+    Call,
+    /// Call the Python run hook (handlers, caching, timeouts, ...).
+    Hook,
+    /// The callable *is* the value (parameters, constants).
+    Value,
+    /// Build a list / tuple of the positional arguments.
+    List,
+    Tuple,
+}
+
+struct Call {
+    kind: Kind,
+    func: Py<PyAny>,
+    pos: Vec<Slot>,
+    kw: Vec<(Py<PyString>, Slot)>,
+    /// Prebuilt positional tuple when every argument is a constant.
+    const_args: Option<Py<PyTuple>>,
+    /// Exception type(s) that allow a retry; None means any exception.
+    retry_on: Option<Py<PyAny>>,
+    /// The task has state handlers: report core-decided transitions to Python.
+    observed: bool,
+}
+
+struct Inner {
+    run: Run,
+    calls: Vec<Call>,
+    results: Vec<Option<Py<PyAny>>>,
+    reference: Vec<TaskId>,
+    run_hook: Option<Py<PyAny>>,
+    trigger_hook: Option<Py<PyAny>>,
+    observe_hook: Option<Py<PyAny>>,
+    signal_base: Py<PyAny>,
+    token: u64,
+    observing: bool,
+    epoch: Instant,
+    finished: bool,
+}
+
+/// The result slab seen by the core when it needs lengths for mapping.
+struct LenHost<'a, 'py> {
+    py: Python<'py>,
+    results: &'a [Option<Py<PyAny>>],
+}
+
+fn seq_len(obj: &Bound<'_, PyAny>) -> Result<u32, String> {
+    let tname = || {
+        obj.get_type()
+            .name()
+            .map_or_else(|_| "object".to_string(), |n| n.to_string())
+    };
+    match obj.cast::<PySequence>() {
+        Ok(seq) => match seq.len() {
+            Ok(n) => u32::try_from(n).map_err(|_| format!("{n} elements are too many to map over")),
+            Err(e) => Err(format!("len() of the {} failed: {e}", tname())),
+        },
+        Err(_) => Err(format!(
+            "a {} is not a sized sequence (use a list or tuple)",
+            tname()
+        )),
+    }
+}
+
+impl LenHost<'_, '_> {
+    fn get(&self, run: RunId) -> Bound<'_, PyAny> {
+        match self.results.get(run.idx()) {
+            Some(Some(v)) => v.bind(self.py).clone(),
+            _ => self.py.None().into_bound(self.py),
+        }
+    }
+}
+
+impl Host for LenHost<'_, '_> {
+    fn len_of(&mut self, run: RunId) -> Result<u32, String> {
+        seq_len(&self.get(run))
+    }
+    fn len_of_item(&mut self, run: RunId, item: u32) -> Result<u32, String> {
+        let v = self.get(run);
+        let it = v
+            .get_item(item)
+            .map_err(|e| format!("item {item} could not be read: {e}"))?;
+        seq_len(&it).map_err(|e| format!("item {item}: {e}"))
+    }
+}
+
+fn parse_trigger(spec: &Bound<'_, PyTuple>) -> PyResult<Trigger> {
+    let name: String = spec.get_item(0)?.extract()?;
+    let bound = |i: usize| -> PyResult<Option<f64>> {
+        match spec.get_item(i) {
+            Ok(v) if !v.is_none() => Ok(Some(v.extract()?)),
+            _ => Ok(None),
+        }
+    };
+    Ok(match name.as_str() {
+        "all_successful" => Trigger::AllSuccessful,
+        "all_failed" => Trigger::AllFailed,
+        "any_successful" => Trigger::AnySuccessful,
+        "any_failed" => Trigger::AnyFailed,
+        "all_finished" | "always_run" => Trigger::AllFinished,
+        "manual_only" => Trigger::ManualOnly,
+        "not_all_skipped" => Trigger::NotAllSkipped,
+        "some_successful" => Trigger::SomeSuccessful {
+            at_least: bound(1)?,
+            at_most: bound(2)?,
+        },
+        "some_failed" => Trigger::SomeFailed {
+            at_least: bound(1)?,
+            at_most: bound(2)?,
+        },
+        "custom" => Trigger::Custom,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown trigger kind '{other}'"
+            )));
+        }
+    })
+}
+
+fn parse_slot(n_edges: usize, slot: &Bound<'_, PyTuple>) -> PyResult<Slot> {
+    let tag: u8 = slot.get_item(0)?.extract()?;
+    let v = slot.get_item(1)?;
+    if tag == 0 {
+        let e: u32 = v.extract()?;
+        if e as usize >= n_edges {
+            return Err(PyValueError::new_err(format!(
+                "argument refers to unknown edge {e}"
+            )));
+        }
+        Ok(Slot::Edge(EdgeId(e)))
+    } else {
+        Ok(Slot::Const(v.unbind()))
+    }
+}
+
+fn parse_call(py: Python<'_>, n_edges: usize, t: &Bound<'_, PyTuple>) -> PyResult<Call> {
+    let kind = match t.get_item(0)?.extract::<u8>()? {
+        0 => Kind::Call,
+        1 => Kind::Hook,
+        2 => Kind::Value,
+        3 => Kind::List,
+        4 => Kind::Tuple,
+        k => return Err(PyValueError::new_err(format!("unknown call kind {k}"))),
+    };
+    let func = t.get_item(1)?.unbind();
+    let mut pos = Vec::new();
+    for s in t.get_item(2)?.try_iter()? {
+        pos.push(parse_slot(n_edges, s?.cast::<PyTuple>()?)?);
+    }
+    let mut kw = Vec::new();
+    for item in t.get_item(3)?.try_iter()? {
+        let item = item?;
+        let pair = item.cast::<PyTuple>()?;
+        let name = pair.get_item(0)?.cast_into::<PyString>()?.unbind();
+        kw.push((
+            name,
+            parse_slot(n_edges, pair.get_item(1)?.cast::<PyTuple>()?)?,
+        ));
+    }
+    let retry_on = t.get_item(4)?;
+    let retry_on = if retry_on.is_none() {
+        None
+    } else {
+        Some(retry_on.unbind())
+    };
+    let observed: bool = t.get_item(5)?.extract()?;
+    let const_args = if kw.is_empty() && pos.iter().all(|s| matches!(s, Slot::Const(_))) {
+        let vals = pos.iter().map(|s| match s {
+            Slot::Const(v) => v.clone_ref(py),
+            Slot::Edge(_) => py.None(),
+        });
+        Some(PyTuple::new(py, vals)?.unbind())
+    } else {
+        None
+    };
+    Ok(Call {
+        kind,
+        func,
+        pos,
+        kw,
+        const_args,
+        retry_on,
+        observed,
+    })
+}
+
+impl Inner {
+    fn result<'py>(&self, py: Python<'py>, r: RunId) -> Bound<'py, PyAny> {
+        match self.results.get(r.idx()) {
+            Some(Some(v)) => v.bind(py).clone(),
+            _ => py.None().into_bound(py),
+        }
+    }
+
+    fn value_of<'py>(&self, py: Python<'py>, e: EdgeId, run: RunId) -> PyResult<Bound<'py, PyAny>> {
+        let v = match self.run.source(e, run) {
+            Source::Run(r) => self.result(py, r),
+            Source::Item(r, i) => self.result(py, r).get_item(i)?,
+            Source::Nested(r, k, i) => self.result(py, r).get_item(k)?.get_item(i)?,
+            Source::Children(base, n) => {
+                PyList::new(py, (base.0..base.0 + n).map(|r| self.result(py, RunId(r))))?.into_any()
+            }
+        };
+        let spec = self.run.graph().edge(e);
+        if spec.flattened && !spec.mapped {
+            let out = PyList::empty(py);
+            for sub in v.try_iter()? {
+                for x in sub?.try_iter()? {
+                    out.append(x?)?;
+                }
+            }
+            return Ok(out.into_any());
+        }
+        Ok(v)
+    }
+
+    fn slot<'py>(&self, py: Python<'py>, s: &Slot, run: RunId) -> PyResult<Bound<'py, PyAny>> {
+        match s {
+            Slot::Const(v) => Ok(v.bind(py).clone()),
+            Slot::Edge(e) => self.value_of(py, *e, run),
+        }
+    }
+
+    fn args<'py>(
+        &self,
+        py: Python<'py>,
+        call: &Call,
+        run: RunId,
+    ) -> PyResult<(Bound<'py, PyTuple>, Option<Bound<'py, PyDict>>)> {
+        if let Some(t) = &call.const_args {
+            return Ok((t.bind(py).clone(), None));
+        }
+        let mut pos = Vec::with_capacity(call.pos.len());
+        for s in &call.pos {
+            pos.push(self.slot(py, s, run)?);
+        }
+        let kw = if call.kw.is_empty() {
+            None
+        } else {
+            let d = PyDict::new(py);
+            for (k, s) in &call.kw {
+                d.set_item(k.bind(py), self.slot(py, s, run)?)?;
+            }
+            Some(d)
+        };
+        Ok((PyTuple::new(py, pos)?, kw))
+    }
+
+    /// Turn an exception raised by a task into an outcome and a stored value.
+    fn classify(
+        &self,
+        py: Python<'_>,
+        err: PyErr,
+        retry_on: Option<&Py<PyAny>>,
+    ) -> (Outcome, Py<PyAny>, bool) {
+        if err.is_instance_of::<PyKeyboardInterrupt>(py) {
+            let v = err.into_value(py).into_any();
+            return (
+                Outcome::Cancelled(Some("Interrupted by the user (KeyboardInterrupt).".into())),
+                v,
+                true,
+            );
+        }
+        let value = err.value(py).clone();
+        if err.is_instance(py, self.signal_base.bind(py)) {
+            let code: u8 = value
+                .getattr("code")
+                .and_then(|c| c.extract())
+                .unwrap_or(11);
+            let msg: Option<String> = value.getattr("message").ok().and_then(|m| m.extract().ok());
+            let result = value
+                .getattr("result")
+                .map_or_else(|_| py.None(), Bound::unbind);
+            let out = match StateKind::from_code(code) {
+                Some(StateKind::Success) => Outcome::Success,
+                Some(StateKind::Skipped) => Outcome::Skipped(msg),
+                Some(StateKind::TriggerFailed) => Outcome::TriggerFailed(msg),
+                Some(StateKind::Retrying) => Outcome::Retry(msg),
+                Some(StateKind::Looped) => Outcome::Loop(msg),
+                Some(StateKind::Paused) => Outcome::Paused(msg),
+                _ => {
+                    // FAIL: retries apply. Keep the signal itself as the result.
+                    return (
+                        Outcome::Failed {
+                            message: msg,
+                            retryable: true,
+                        },
+                        value.into_any().unbind(),
+                        false,
+                    );
+                }
+            };
+            return (out, result, false);
+        }
+        let retryable = match retry_on {
+            None => err.is_instance_of::<pyo3::exceptions::PyException>(py),
+            Some(types) => err.is_instance(py, types.bind(py)),
+        };
+        let repr = value
+            .repr()
+            .map_or_else(|_| "<unprintable error>".to_string(), |r| r.to_string());
+        let msg = format!("Error during execution of task: {repr}");
+        (
+            Outcome::Failed {
+                message: Some(msg),
+                retryable,
+            },
+            value.into_any().unbind(),
+            false,
+        )
+    }
+
+    /// Turn a popped run into work to call, or settle it at once (constants,
+    /// collections, custom triggers that say no, argument errors). Returns the
+    /// work, or the outcome and value to record now.
+    fn prepare_work(&self, py: Python<'_>, ready: Ready) -> Result<Work, Settled> {
+        if ready.custom_trigger
+            && let Some(o) = self.check_trigger(py, ready)
+        {
+            return Err((o, None));
+        }
+        let call = &self.calls[ready.task.idx()];
+        if call.kind == Kind::Value {
+            return Err((Outcome::Success, Some(call.func.clone_ref(py))));
+        }
+        let (args, kwargs) = match self.args(py, call, ready.run) {
+            Ok(a) => a,
+            Err(e) => {
+                let msg = format!("Could not assemble the inputs of the task: {e}");
+                let failed = Outcome::Failed {
+                    message: Some(msg),
+                    retryable: false,
+                };
+                return Err((failed, Some(e.into_value(py).into_any())));
+            }
+        };
+        match call.kind {
+            Kind::List => {
+                let list = PyList::new(py, args.iter())
+                    .map_or_else(|_| py.None(), |l| l.into_any().unbind());
+                return Err((Outcome::Success, Some(list)));
+            }
+            Kind::Tuple => return Err((Outcome::Success, Some(args.into_any().unbind()))),
+            _ => {}
+        }
+        let map_index = ready.map_index.map_or(-1, i64::from);
+        let loop_result = if ready.loop_count > 0 {
+            self.results
+                .get(ready.run.idx())
+                .and_then(|r| r.as_ref().map(|v| v.clone_ref(py)))
+        } else {
+            None
+        };
+        let (hooked, func, args, kwargs) = if call.kind == Kind::Hook {
+            let Some(hook) = &self.run_hook else {
+                let msg = "internal error: task needs the run hook but none was given".to_string();
+                return Err((
+                    Outcome::Failed {
+                        message: Some(msg),
+                        retryable: false,
+                    },
+                    None,
+                ));
+            };
+            let hook_args = (
+                ready.run.0,
+                ready.task.0,
+                map_index,
+                ready.run_count,
+                ready.loop_count,
+                args,
+                kwargs,
+                call.func.bind(py),
+            )
+                .into_pyobject(py);
+            match hook_args {
+                Ok(t) => (true, hook.clone_ref(py), t.unbind(), None),
+                Err(e) => {
+                    return Err((
+                        Outcome::Failed {
+                            message: Some(e.to_string()),
+                            retryable: false,
+                        },
+                        None,
+                    ));
+                }
+            }
+        } else {
+            (
+                false,
+                call.func.clone_ref(py),
+                args.unbind(),
+                kwargs.map(Bound::unbind),
+            )
+        };
+        Ok(Work {
+            current: Current {
+                token: self.token,
+                run: ready.run.0,
+                task: ready.task.0,
+                map_index,
+                run_count: ready.run_count,
+                loop_count: ready.loop_count,
+                loop_result,
+            },
+            run: ready.run,
+            hooked,
+            func,
+            args,
+            kwargs,
+        })
+    }
+
+    /// Interpret what calling a work item produced.
+    fn interpret(
+        &self,
+        py: Python<'_>,
+        work_run: RunId,
+        hooked: bool,
+        res: PyResult<Py<PyAny>>,
+    ) -> (Outcome, Option<Py<PyAny>>, bool) {
+        let retry_on = self
+            .run
+            .task_of(work_run)
+            .ok()
+            .and_then(|t| self.calls[t.idx()].retry_on.as_ref());
+        let value = match res {
+            Ok(v) => v,
+            Err(e) => {
+                let (o, v, cancel) = self.classify(py, e, retry_on);
+                return (o, Some(v), cancel);
+            }
+        };
+        if !hooked {
+            return (Outcome::Success, Some(value), false);
+        }
+        match value
+            .bind(py)
+            .extract::<(u8, Py<PyAny>, Option<String>, bool)>()
+        {
+            Ok((code, value, msg, retryable)) => {
+                let out = match StateKind::from_code(code) {
+                    Some(StateKind::Success) => Outcome::Success,
+                    Some(StateKind::Cached) => Outcome::Cached,
+                    Some(StateKind::Skipped) => Outcome::Skipped(msg),
+                    Some(StateKind::TriggerFailed) => Outcome::TriggerFailed(msg),
+                    Some(StateKind::Retrying) => Outcome::Retry(msg),
+                    Some(StateKind::Looped) => Outcome::Loop(msg),
+                    Some(StateKind::Paused) => Outcome::Paused(msg),
+                    Some(StateKind::TimedOut) => Outcome::TimedOut {
+                        message: msg,
+                        retryable,
+                    },
+                    Some(StateKind::Cancelled) => {
+                        return (Outcome::Cancelled(msg), Some(value), true);
+                    }
+                    _ => Outcome::Failed {
+                        message: msg,
+                        retryable,
+                    },
+                };
+                (out, Some(value), false)
+            }
+            Err(e) => {
+                let msg = format!("internal error: the run hook returned a bad value: {e}");
+                (
+                    Outcome::Failed {
+                        message: Some(msg),
+                        retryable: false,
+                    },
+                    None,
+                    false,
+                )
+            }
+        }
+    }
+
+    /// Record an outcome in the core. Returns true when the whole run must stop.
+    fn settle(
+        &mut self,
+        py: Python<'_>,
+        run: RunId,
+        outcome: Outcome,
+        value: Option<Py<PyAny>>,
+        cancel: bool,
+    ) -> PyResult<bool> {
+        if let Some(v) = value {
+            self.results[run.idx()] = Some(v);
+        }
+        let t = match outcome {
+            Outcome::Failed { .. } | Outcome::TimedOut { .. } | Outcome::Retry(_) => Instant::now(),
+            _ => self.epoch,
+        };
+        self.run
+            .complete(run, outcome, t)
+            .map_err(|e| to_py(py, e))?;
+        Ok(cancel)
+    }
+
+    /// Pop ready runs until one needs calling; settle the others on the way.
+    /// Returns None when nothing is ready now.
+    fn next_work(&mut self, py: Python<'_>) -> PyResult<Option<Work>> {
+        loop {
+            let now = if self.run.next_wakeup().is_some() {
+                Instant::now()
+            } else {
+                self.epoch
+            };
+            let ready = {
+                let mut host = LenHost {
+                    py,
+                    results: &self.results,
+                };
+                self.run.next_ready(now, &mut host)
+            };
+            self.grow();
+            if self.observing {
+                self.observe(py)?;
+            }
+            let Some(ready) = ready else { return Ok(None) };
+            match self.prepare_work(py, ready) {
+                Ok(w) => return Ok(Some(w)),
+                Err((outcome, value)) => {
+                    self.settle(py, ready.run, outcome, value, false)?;
+                }
+            }
+        }
+    }
+
+    /// Ask the Python trigger hook whether a run with a custom trigger may run.
+    fn check_trigger(&self, py: Python<'_>, ready: Ready) -> Option<Outcome> {
+        let hook = self.trigger_hook.as_ref()?;
+        let upstream: Vec<UpstreamRow> = self
+            .run
+            .upstream_runs(ready.run)
+            .into_iter()
+            .map(|(e, runs)| {
+                let states = runs
+                    .into_iter()
+                    .map(|r| {
+                        let code = self.run.state(r).map_or(0, |s| s as u8);
+                        (
+                            r.0,
+                            code,
+                            self.run.message(r).map(str::to_string),
+                            self.result(py, r).unbind(),
+                        )
+                    })
+                    .collect();
+                (e.0, states)
+            })
+            .collect();
+        match hook
+            .bind(py)
+            .call1((ready.run.0, ready.task.0, upstream))
+            .and_then(|r| r.extract::<(u8, Option<String>)>())
+        {
+            Ok((code, msg)) => match StateKind::from_code(code) {
+                Some(StateKind::Running) => None,
+                Some(StateKind::Paused) => Some(Outcome::Paused(msg)),
+                Some(StateKind::Skipped) => Some(Outcome::Skipped(msg)),
+                _ => Some(Outcome::TriggerFailed(msg)),
+            },
+            Err(e) => Some(Outcome::TriggerFailed(Some(format!(
+                "The trigger raised an error: {e}"
+            )))),
+        }
+    }
+
+    fn observe(&mut self, py: Python<'_>) -> PyResult<()> {
+        let journal = self.run.drain_journal();
+        let Some(hook) = &self.observe_hook else {
+            return Ok(());
+        };
+        for (r, kind) in journal {
+            if matches!(kind, StateKind::Running | StateKind::Pending) {
+                continue;
+            }
+            let Ok(task) = self.run.task_of(r) else {
+                continue;
+            };
+            if !self.calls[task.idx()].observed {
+                continue;
+            }
+            let msg = self.run.message(r).map(str::to_string);
+            hook.bind(py).call1((r.0, task.0, kind as u8, msg))?;
+        }
+        Ok(())
+    }
+
+    fn grow(&mut self) {
+        let n = self.run.n_runs();
+        if self.results.len() < n {
+            self.results.resize_with(n, || None);
+        }
+    }
+
+    /// Wait for the next retry timer (at most `cap`) without holding the
+    /// interpreter. Returns false when Ctrl-C was pressed.
+    fn wait_timer(&self, py: Python<'_>, cap: Duration) -> PyResult<bool> {
+        let wait = self.run.next_wakeup().map_or(cap, |w| {
+            w.saturating_duration_since(Instant::now()).min(cap)
+        });
+        py.detach(|| std::thread::sleep(wait));
+        interrupted(py).map(|i| !i)
+    }
+
+    fn end(&mut self, py: Python<'_>, cancel_reason: Option<&str>) -> PyResult<()> {
+        if let Some(reason) = cancel_reason {
+            self.run.cancel(reason);
+            if self.observing {
+                self.observe(py)?;
+            }
+        }
+        set_current(None);
+        self.finished = true;
+        Ok(())
+    }
+
+    fn run_local(&mut self, py: Python<'_>) -> PyResult<()> {
+        let mut cancel = false;
+        loop {
+            if let Some(work) = self.next_work(py)? {
+                let run = work.run;
+                let hooked = work.hooked;
+                let res = work.call(py);
+                let (outcome, value, stop) = self.interpret(py, run, hooked, res);
+                if self.settle(py, run, outcome, value, stop)? {
+                    cancel = true;
+                    break;
+                }
+                continue;
+            }
+            if self.run.is_done() || self.run.next_wakeup().is_none() {
+                break;
+            }
+            if !self.wait_timer(py, Duration::from_millis(50))? {
+                cancel = true;
+                break;
+            }
+        }
+        self.end(py, cancel.then_some(INTERRUPTED))
+    }
+
+    /// Run with `n` native worker threads that attach to the interpreter to call
+    /// tasks; this thread keeps the core and settles completions.
+    fn run_threads(&mut self, py: Python<'_>, n: usize) -> PyResult<()> {
+        let (work_tx, work_rx) = mpsc::channel::<Work>();
+        let (done_tx, mut done_rx) = mpsc::channel::<Done>();
+        let work_rx = Arc::new(Mutex::new(work_rx));
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
+            let rx = Arc::clone(&work_rx);
+            let tx = done_tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("ferroflow-worker-{i}"))
+                .spawn(move || worker_loop(&rx, &tx));
+            match spawned {
+                Ok(h) => workers.push(h),
+                Err(e) => {
+                    return Err(ff_error(
+                        py,
+                        "ExecutorError",
+                        format!("could not start worker thread: {e}"),
+                    ));
+                }
+            }
+        }
+        drop(done_tx);
+        let mut in_flight = 0usize;
+        let mut cancel = false;
+        'outer: loop {
+            while in_flight < n {
+                match self.next_work(py)? {
+                    Some(w) => {
+                        if work_tx.send(w).is_err() {
+                            return Err(ff_error(
+                                py,
+                                "ExecutorError",
+                                "worker threads stopped unexpectedly".into(),
+                            ));
+                        }
+                        in_flight += 1;
+                    }
+                    None => break,
+                }
+            }
+            if in_flight == 0 {
+                if self.run.is_done() || self.run.next_wakeup().is_none() {
+                    break;
+                }
+                if !self.wait_timer(py, Duration::from_millis(50))? {
+                    cancel = true;
+                    break;
+                }
+                continue;
+            }
+            let cap = Duration::from_millis(50);
+            let wait = self.run.next_wakeup().map_or(cap, |w| {
+                w.saturating_duration_since(Instant::now()).min(cap)
+            });
+            // The receiver is moved into the detached closure and back (it is Send, not Sync).
+            let (rx, first) = py.detach(move || {
+                let r = done_rx.recv_timeout(wait);
+                (done_rx, r)
+            });
+            done_rx = rx;
+            let mut batch: Vec<Done> = Vec::new();
+            match first {
+                Ok(d) => batch.push(d),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(ff_error(
+                        py,
+                        "ExecutorError",
+                        "worker threads stopped unexpectedly".into(),
+                    ));
+                }
+            }
+            while let Ok(d) = done_rx.try_recv() {
+                batch.push(d);
+            }
+            for d in batch {
+                in_flight -= 1;
+                let (outcome, value, stop) = self.interpret(py, d.run, d.hooked, d.result);
+                if self.settle(py, d.run, outcome, value, stop)? {
+                    cancel = true;
+                    break 'outer;
+                }
+            }
+            if interrupted(py)? {
+                cancel = true;
+                break;
+            }
+        }
+        drop(work_tx);
+        if !cancel {
+            // Every worker is idle; let them see the closed channel and exit.
+            py.detach(|| {
+                for w in workers {
+                    let _ = w.join();
+                }
+            });
+        }
+        // On cancel, workers still inside a task are abandoned: they exit when
+        // their call returns and they find the channel closed.
+        self.end(py, cancel.then_some(INTERRUPTED))
+    }
+}
+
+const INTERRUPTED: &str = "Flow run interrupted (KeyboardInterrupt).";
+
+/// Check for Ctrl-C. `Ok(true)` when it was pressed; other signal-handler errors
+/// propagate.
+fn interrupted(py: Python<'_>) -> PyResult<bool> {
+    match py.check_signals() {
+        Ok(()) => Ok(false),
+        Err(e) if e.is_instance_of::<PyKeyboardInterrupt>(py) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// A run to call: `func(*args, **kwargs)` with the task's context set.
+struct Work {
+    current: Current,
+    run: RunId,
+    hooked: bool,
+    func: Py<PyAny>,
+    args: Py<PyTuple>,
+    kwargs: Option<Py<PyDict>>,
+}
+
+/// A finished call, sent back by a worker thread.
+struct Done {
+    run: RunId,
+    hooked: bool,
+    result: PyResult<Py<PyAny>>,
+}
+
+/// Result of settling a run without calling it.
+type Settled = (Outcome, Option<Py<PyAny>>);
+
+impl Work {
+    fn call(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let Work {
+            current,
+            func,
+            args,
+            kwargs,
+            ..
+        } = self;
+        set_current(Some(current));
+        func.bind(py)
+            .call(args.bind(py), kwargs.as_ref().map(|k| k.bind(py)))
+            .map(Bound::unbind)
+    }
+}
+
+fn worker_loop(rx: &Mutex<mpsc::Receiver<Work>>, tx: &mpsc::Sender<Done>) {
+    loop {
+        let next = match rx.lock() {
+            Ok(guard) => guard.recv(),
+            Err(_) => return,
+        };
+        let Ok(work) = next else { return };
+        let (run, hooked) = (work.run, work.hooked);
+        let result = Python::attach(|py| {
+            let r = work.call(py);
+            set_current(None);
+            r
+        });
+        if tx
+            .send(Done {
+                run,
+                hooked,
+                result,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// One flow run, driven from Python (`ferroflow._native.Runner`).
+#[pyclass(frozen, module = "ferroflow._native", name = "Runner")]
+pub struct PyRunner {
+    inner: Mutex<Inner>,
+}
+
+impl PyRunner {
+    fn lock(&self, py: Python<'_>) -> PyResult<MutexGuard<'_, Inner>> {
+        match self.inner.try_lock() {
+            Ok(g) => Ok(g),
+            Err(std::sync::TryLockError::WouldBlock) => Err(ff_error(
+                py,
+                "FerroflowError",
+                "this flow run is still executing; its states can be read when flow.run() returns"
+                    .into(),
+            )),
+            Err(std::sync::TryLockError::Poisoned(_)) => Err(PyRuntimeError::new_err(
+                "the run state is corrupt after an internal panic",
+            )),
+        }
+    }
+}
+
+type TaskOpts<'py> = (String, u32, f64, Bound<'py, PyTuple>, bool);
+type Hooks = (Option<Py<PyAny>>, Option<Py<PyAny>>, Option<Py<PyAny>>);
+/// `(state_code, message, result, run_count, loop_count)`.
+type StateRow = (u8, Option<String>, Py<PyAny>, u32, u32);
+/// Upstream states of one input edge for a custom trigger: `(run, code, message, result)`.
+type UpstreamRow = (u32, Vec<(u32, u8, Option<String>, Py<PyAny>)>);
+
+#[pymethods]
+impl PyRunner {
+    /// Build a run. `tasks`: `(name, max_retries, retry_delay_s, trigger_spec,
+    /// skip_on_upstream_skip)`; `edges`: `(upstream, downstream, keyed, mapped,
+    /// flattened)`; `calls`: `(kind, callable, pos_slots, kw_slots, retry_on,
+    /// observed)` with slots `(0, edge_id)` or `(1, constant)`; `hooks`:
+    /// `(run_hook, trigger_hook, observe_hook)` (each may be None).
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        tasks: Vec<TaskOpts<'_>>,
+        edges: Vec<(u32, u32, bool, bool, bool)>,
+        calls: Vec<Bound<'_, PyTuple>>,
+        reference: Vec<u32>,
+        hooks: Hooks,
+        signal_base: Py<PyAny>,
+        token: u64,
+    ) -> PyResult<Self> {
+        if calls.len() != tasks.len() {
+            return Err(PyValueError::new_err("one call spec per task is required"));
+        }
+        let mut specs = Vec::with_capacity(tasks.len());
+        for (name, max_retries, delay, trig, skip) in tasks {
+            if !(delay.is_finite() && delay >= 0.0) {
+                return Err(ff_error(
+                    py,
+                    "TaskDefinitionError",
+                    format!("task '{name}': retry_delay must be >= 0 seconds"),
+                ));
+            }
+            specs.push(TaskSpec {
+                trigger: parse_trigger(&trig)?,
+                name,
+                max_retries,
+                retry_delay: Duration::from_secs_f64(delay),
+                skip_on_upstream_skip: skip,
+            });
+        }
+        let edge_specs: Vec<EdgeSpec> = edges
+            .iter()
+            .map(|&(u, d, keyed, mapped, flattened)| EdgeSpec {
+                upstream: TaskId(u),
+                downstream: TaskId(d),
+                keyed,
+                mapped,
+                flattened,
+            })
+            .collect();
+        let n_tasks = specs.len();
+        let graph = py
+            .detach(|| Graph::new(specs, edge_specs))
+            .map_err(|e| to_py(py, e))?;
+        let mut parsed = Vec::with_capacity(calls.len());
+        for c in &calls {
+            parsed.push(parse_call(py, edges.len(), c)?);
+        }
+        let mut reference_ids = Vec::with_capacity(reference.len());
+        for r in reference {
+            if r as usize >= n_tasks {
+                return Err(PyValueError::new_err(format!("unknown reference task {r}")));
+            }
+            reference_ids.push(TaskId(r));
+        }
+        let observing = parsed.iter().any(|c| c.observed);
+        let mut run = Run::new(graph);
+        if observing {
+            run.enable_journal();
+        }
+        let (run_hook, trigger_hook, observe_hook) = hooks;
+        Ok(PyRunner {
+            inner: Mutex::new(Inner {
+                results: Vec::with_capacity(n_tasks),
+                run,
+                calls: parsed,
+                reference: reference_ids,
+                run_hook,
+                trigger_hook,
+                observe_hook,
+                signal_base,
+                token,
+                observing,
+                epoch: Instant::now(),
+                finished: false,
+            }),
+        })
+    }
+
+    /// Run the flow to the end in the calling thread.
+    fn run_local(&self, py: Python<'_>) -> PyResult<()> {
+        let mut inner = self.lock(py)?;
+        if inner.finished {
+            return Err(ff_error(
+                py,
+                "FerroflowError",
+                "this flow run has already been executed".into(),
+            ));
+        }
+        inner.run_local(py)
+    }
+
+    /// Run the flow with `n` native worker threads.
+    fn run_threads(&self, py: Python<'_>, n: usize) -> PyResult<()> {
+        if n == 0 {
+            return Err(ff_error(
+                py,
+                "ExecutorError",
+                "max_workers must be at least 1".into(),
+            ));
+        }
+        let mut inner = self.lock(py)?;
+        if inner.finished {
+            return Err(ff_error(
+                py,
+                "FerroflowError",
+                "this flow run has already been executed".into(),
+            ));
+        }
+        inner.run_threads(py, n)
+    }
+
+    /// The flow's verdict: `("success" | "failed" | "cancelled" | "unfinished", task ids)`.
+    fn outcome(&self, py: Python<'_>) -> PyResult<(&'static str, Vec<u32>)> {
+        let inner = self.lock(py)?;
+        Ok(match inner.run.outcome(&inner.reference) {
+            FlowOutcome::Success => ("success", vec![]),
+            FlowOutcome::Failed(t) => ("failed", t.into_iter().map(|t| t.0).collect()),
+            FlowOutcome::Cancelled => ("cancelled", vec![]),
+            FlowOutcome::Unfinished(t) => ("unfinished", t.into_iter().map(|t| t.0).collect()),
+        })
+    }
+
+    /// `(state_code, message, result, run_count, loop_count)` of a run.
+    fn state(&self, py: Python<'_>, run: u32) -> PyResult<StateRow> {
+        let inner = self.lock(py)?;
+        let r = RunId(run);
+        let code = inner.run.state(r).map_err(|e| to_py(py, e))? as u8;
+        Ok((
+            code,
+            inner.run.message(r).map(str::to_string),
+            inner.result(py, r).unbind(),
+            inner.run.run_count(r),
+            inner.run.loop_count(r),
+        ))
+    }
+
+    /// `(first_child_run, n_children)` of an expanded mapped task, or None.
+    fn children(&self, py: Python<'_>, task: u32) -> PyResult<Option<(u32, u32)>> {
+        let inner = self.lock(py)?;
+        Ok(inner.run.children(TaskId(task)).map(|(b, n)| (b.0, n)))
+    }
+
+    /// State codes of runs `first..first+n` as bytes.
+    fn codes<'py>(&self, py: Python<'py>, first: u32, n: u32) -> PyResult<Bound<'py, PyBytes>> {
+        let inner = self.lock(py)?;
+        let mut out = Vec::with_capacity(n as usize);
+        for r in first..first.saturating_add(n) {
+            out.push(inner.run.state(RunId(r)).map_err(|e| to_py(py, e))? as u8);
+        }
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// Results of runs `first..first+n` as a list.
+    fn results<'py>(&self, py: Python<'py>, first: u32, n: u32) -> PyResult<Bound<'py, PyList>> {
+        let inner = self.lock(py)?;
+        PyList::new(
+            py,
+            (first..first.saturating_add(n)).map(|r| inner.result(py, RunId(r))),
+        )
+    }
+
+    /// Number of runs (tasks plus mapped children).
+    fn n_runs(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.lock(py)?.run.n_runs())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Ok(inner) = self.inner.try_lock() else {
+            return Ok(());
+        };
+        for c in &inner.calls {
+            visit.call(&c.func)?;
+            for s in c.pos.iter().chain(c.kw.iter().map(|(_, s)| s)) {
+                if let Slot::Const(v) = s {
+                    visit.call(v)?;
+                }
+            }
+            if let Some(t) = &c.const_args {
+                visit.call(t)?;
+            }
+            if let Some(r) = &c.retry_on {
+                visit.call(r)?;
+            }
+        }
+        for r in inner.results.iter().flatten() {
+            visit.call(r)?;
+        }
+        for h in [&inner.run_hook, &inner.trigger_hook, &inner.observe_hook]
+            .into_iter()
+            .flatten()
+        {
+            visit.call(h)?;
+        }
+        visit.call(&inner.signal_base)?;
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        if let Ok(mut inner) = self.inner.try_lock() {
+            inner.calls.clear();
+            inner.results.clear();
+            inner.run_hook = None;
+            inner.trigger_hook = None;
+            inner.observe_hook = None;
+        }
+    }
+}
