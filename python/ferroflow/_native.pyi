@@ -22,6 +22,7 @@ class Runner:
         hooks: tuple[Callable[..., Any] | None, Callable[..., Any] | None, Callable[..., Any] | None],
         signal_base: type[BaseException],
         token: int,
+        release: bool = False,
     ) -> None: ...
     def run_local(self) -> None:
         """Run the flow to the end in the calling thread."""
@@ -37,3 +38,5 @@ class Runner:
         """Results of runs ``first .. first + n``."""
     def n_runs(self) -> int:
         """Number of runs: tasks plus mapped children."""
+    def run_threads(self, n: int) -> None:
+        """Run the flow with ``n`` native worker threads."""

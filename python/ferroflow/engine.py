@@ -182,7 +182,9 @@ def _resolve_parameters(flow: Flow, plan: _Plan, given: dict[str, Any]) -> dict[
 class FlowRun:
     """One execution of a flow: the native runner plus what Python needs around it."""
 
-    def __init__(self, flow: Flow, plan: _Plan, parameters: dict[str, Any]) -> None:
+    def __init__(
+        self, flow: Flow, plan: _Plan, parameters: dict[str, Any], release_results: bool = False
+    ) -> None:
         self.flow = flow
         self.plan = plan
         self.parameters = parameters
@@ -201,6 +203,7 @@ class FlowRun:
             (self._run_hook, self._trigger_hook, self._observe_hook if plan.observed else None),
             FerroflowSignal,
             self.token,
+            release_results,
         )
 
     # --- context -------------------------------------------------------------------
@@ -449,9 +452,22 @@ def run_flow(
     flow: Flow,
     parameters: dict[str, Any] | None = None,
     executor: Any = None,
+    *,
+    release_results: bool = False,
     **parameter_values: Any,
 ) -> State:
-    """Run ``flow`` to the end and return its final State (see ``Flow.run``)."""
+    """Run ``flow`` to the end and return its final State (see ``Flow.run``).
+
+    Args:
+        flow: the flow to run.
+        parameters: parameter values by name.
+        executor: where tasks run [the flow's executor, else ``LocalExecutor()``].
+        release_results: drop each intermediate result as soon as no downstream task
+            run can still read it (results of reference and terminal tasks are always
+            kept). Bounds memory for long map chains; released results read as None
+            in the final states.
+        **parameter_values: more parameter values by name.
+    """
     given = dict(parameters or {})
     given.update(parameter_values)
     flow.validate()
@@ -463,7 +479,7 @@ def run_flow(
         from ferroflow.executors import LocalExecutor
 
         executor = LocalExecutor()
-    run = FlowRun(flow, plan, values)
+    run = FlowRun(flow, plan, values, release_results)
     handlers = list(getattr(flow, "state_handlers", None) or [])
     state: State = Running("Running flow.")
     for handler in handlers:

@@ -143,6 +143,22 @@ pub struct Run {
     in_flight: u32,
     journal: Option<Vec<(RunId, StateKind)>>,
     cancelled: bool,
+    release: Option<Release>,
+}
+
+/// Bookkeeping for releasing results nothing downstream still needs.
+struct Release {
+    /// Per task: never release (reference or terminal tasks).
+    keep: Vec<bool>,
+    /// Per task: every out-edge is elementwise, so child `i` can go as soon as
+    /// the downstream children `i` have finished.
+    per_child: Vec<bool>,
+    /// Per per-child task, once expanded: consumers left for each child.
+    remaining: HashMap<u32, Vec<u8>>,
+    /// Per task (whole scheme): out-edges whose downstream task has not finished.
+    whole_left: Vec<u32>,
+    /// Runs whose results may be dropped, for the host to drain.
+    out: Vec<RunId>,
 }
 
 impl Run {
@@ -179,6 +195,7 @@ impl Run {
             in_flight: 0,
             journal: None,
             cancelled: false,
+            release: None,
             graph,
         }
     }
@@ -186,6 +203,110 @@ impl Run {
     /// Record every state transition for [`Run::drain_journal`].
     pub fn enable_journal(&mut self) {
         self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// Release results early: after this, [`Run::drain_released`] lists runs whose
+    /// results no downstream run can still read. Results of `keep` tasks and of
+    /// tasks without downstream tasks are never released.
+    pub fn enable_release(&mut self, keep: &[TaskId]) {
+        let n = self.graph.n_tasks();
+        let mut keep_v = vec![false; n];
+        let mut per_child = vec![false; n];
+        let mut whole_left = vec![0u32; n];
+        for t in 0..n {
+            let tid = TaskId(t as u32);
+            let outs = self.graph.outs(tid);
+            keep_v[t] = outs.is_empty();
+            per_child[t] = !outs.is_empty() && outs.iter().all(|&e| self.graph.is_elementwise(e));
+            whole_left[t] = outs.len() as u32;
+        }
+        for k in keep {
+            if let Some(v) = keep_v.get_mut(k.idx()) {
+                *v = true;
+            }
+        }
+        self.release = Some(Release {
+            keep: keep_v,
+            per_child,
+            remaining: HashMap::new(),
+            whole_left,
+            out: Vec::new(),
+        });
+    }
+
+    /// Take the runs whose results were released since the last call.
+    pub fn drain_released(&mut self) -> Vec<RunId> {
+        self.release
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.out))
+            .unwrap_or_default()
+    }
+
+    /// A downstream child `i` of `d` finished: its elementwise inputs may go.
+    fn release_child_inputs(&mut self, d: TaskId, i: u32) {
+        let Some(rel) = self.release.as_mut() else {
+            return;
+        };
+        for &e in self.graph.ins(d) {
+            if !self.graph.is_elementwise(e) {
+                continue;
+            }
+            let u = self.graph.edge(e).upstream;
+            if !rel.per_child[u.idx()] || rel.keep[u.idx()] {
+                continue;
+            }
+            if let (Some(rem), Some((ub, _))) =
+                (rel.remaining.get_mut(&u.0), self.tasks[u.idx()].children)
+                && let Some(c) = rem.get_mut(i as usize)
+                && *c > 0
+            {
+                *c -= 1;
+                if *c == 0 {
+                    rel.out.push(RunId(ub + i));
+                }
+            }
+        }
+    }
+
+    /// Task `d` finished as a whole: inputs it never consumed child by child, and
+    /// whole inputs whose last consumer this was, may go.
+    fn release_task_inputs(&mut self, d: TaskId) {
+        let Some(rel) = self.release.as_mut() else {
+            return;
+        };
+        let d_children = self.tasks[d.idx()].children.map_or(0, |(_, n)| n);
+        for &e in self.graph.ins(d) {
+            let u = self.graph.edge(e).upstream;
+            if rel.keep[u.idx()] {
+                continue;
+            }
+            let urec = &self.tasks[u.idx()];
+            if rel.per_child[u.idx()] {
+                if !self.graph.is_elementwise(e) {
+                    continue;
+                }
+                if let (Some(rem), Some((ub, un))) = (rel.remaining.get_mut(&u.0), urec.children) {
+                    for i in d_children.min(un)..un {
+                        let c = &mut rem[i as usize];
+                        if *c > 0 {
+                            *c -= 1;
+                            if *c == 0 {
+                                rel.out.push(RunId(ub + i));
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            let left = &mut rel.whole_left[u.idx()];
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                rel.out.push(RunId(u.0));
+                if let Some((ub, un)) = urec.children {
+                    rel.out.extend((ub..ub + un).map(RunId));
+                }
+            }
+        }
     }
 
     /// Take the transitions recorded since the last call.
@@ -553,6 +674,13 @@ impl Run {
             j.extend((base..base + n).map(|r| (RunId(r), StateKind::Pending)));
         }
         self.tasks[task.idx()].children = Some((base, n));
+        if let Some(rel) = self.release.as_mut()
+            && rel.per_child[task.idx()]
+            && !rel.keep[task.idx()]
+        {
+            let consumers = self.graph.outs(task).len().min(u8::MAX as usize) as u8;
+            rel.remaining.insert(task.0, vec![consumers; n as usize]);
+        }
         self.tasks[task.idx()].unfinished = n;
         self.set(parent, StateKind::Mapped, None);
         // Ready children first, then downstream parents on top of them, so that
@@ -685,6 +813,9 @@ impl Run {
                 }
             }
         }
+        if self.release.is_some() {
+            self.release_child_inputs(task, i);
+        }
         let rec = &mut self.tasks[task.idx()];
         rec.unfinished -= 1;
         if rec.unfinished == 0 {
@@ -701,6 +832,9 @@ impl Run {
             rec.whole_done = true;
             rec.children.is_some()
         };
+        if self.release.is_some() {
+            self.release_task_inputs(task);
+        }
         let n_outs = self.graph.outs(task).len();
         for k in 0..n_outs {
             let e = self.graph.outs(task)[k];

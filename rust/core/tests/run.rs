@@ -352,3 +352,44 @@ fn million_children_fit() {
     assert_eq!(order.len(), 1_000_002);
     assert_eq!(state(&run, 2), StateKind::Success);
 }
+
+#[test]
+fn release_frees_inputs_branch_by_branch() {
+    // 0: source (len 3) -> 1 = map(0) -> 2 = map(1) -> 3 = map(2); 3 is terminal.
+    let g = Graph::new(
+        tasks(4),
+        vec![
+            EdgeSpec::new(0, 1).mapped(),
+            EdgeSpec::new(1, 2).mapped(),
+            EdgeSpec::new(2, 3).mapped(),
+        ],
+    )
+    .unwrap();
+    let mut run = Run::new(g);
+    run.enable_release(&[]);
+    let mut lens = Lens::default();
+    lens.len.insert(0, Ok(3));
+    let mut released_after: Vec<(RunId, Vec<RunId>)> = Vec::new();
+    let mut now = std::time::Instant::now();
+    while let Some(r) = run.next_ready(now, &mut lens) {
+        run.complete(r.run, Outcome::Success, now).unwrap();
+        released_after.push((r.run, run.drain_released()));
+        now += Duration::from_millis(1);
+    }
+    assert!(run.is_done());
+    let (b1, _) = run.children(TaskId(1)).unwrap();
+    let (b2, _) = run.children(TaskId(2)).unwrap();
+    let (b3, _) = run.children(TaskId(3)).unwrap();
+    // When child 0 of stage 2 finishes, child 0 of stage 1 is released at once.
+    let at = released_after.iter().find(|(r, _)| *r == b2).unwrap();
+    assert_eq!(at.1, vec![b1]);
+    let all: Vec<RunId> = released_after.iter().flat_map(|(_, v)| v.clone()).collect();
+    // The source (once task 1 is done), every stage-1 and stage-2 child: never stage 3.
+    assert!(all.contains(&RunId(0)));
+    for i in 0..3 {
+        assert!(all.contains(&RunId(b1.0 + i)));
+        assert!(all.contains(&RunId(b2.0 + i)));
+        assert!(!all.contains(&RunId(b3.0 + i)));
+    }
+    assert_eq!(all.len(), 7);
+}

@@ -109,6 +109,7 @@ struct Inner {
     signal_base: Py<PyAny>,
     token: u64,
     observing: bool,
+    releasing: bool,
     epoch: Instant,
     finished: bool,
 }
@@ -589,6 +590,7 @@ impl Inner {
                 self.run.next_ready(now, &mut host)
             };
             self.grow();
+            self.drop_released();
             if self.observing {
                 self.observe(py)?;
             }
@@ -661,6 +663,17 @@ impl Inner {
             hook.bind(py).call1((r.0, task.0, kind as u8, msg))?;
         }
         Ok(())
+    }
+
+    /// Drop results the core says nothing can read any more.
+    fn drop_released(&mut self) {
+        if self.releasing {
+            for r in self.run.drain_released() {
+                if let Some(slot) = self.results.get_mut(r.idx()) {
+                    *slot = None;
+                }
+            }
+        }
     }
 
     fn grow(&mut self) {
@@ -933,8 +946,10 @@ impl PyRunner {
     /// skip_on_upstream_skip)`; `edges`: `(upstream, downstream, keyed, mapped,
     /// flattened)`; `calls`: `(kind, callable, pos_slots, kw_slots, retry_on,
     /// observed)` with slots `(0, edge_id)` or `(1, constant)`; `hooks`:
-    /// `(run_hook, trigger_hook, observe_hook)` (each may be None).
+    /// `(run_hook, trigger_hook, observe_hook)` (each may be None); `release`:
+    /// drop intermediate results as soon as nothing downstream can read them.
     #[new]
+    #[pyo3(signature = (tasks, edges, calls, reference, hooks, signal_base, token, release=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -945,6 +960,7 @@ impl PyRunner {
         hooks: Hooks,
         signal_base: Py<PyAny>,
         token: u64,
+        release: bool,
     ) -> PyResult<Self> {
         if calls.len() != tasks.len() {
             return Err(PyValueError::new_err("one call spec per task is required"));
@@ -996,6 +1012,9 @@ impl PyRunner {
         if observing {
             run.enable_journal();
         }
+        if release {
+            run.enable_release(&reference_ids);
+        }
         let (run_hook, trigger_hook, observe_hook) = hooks;
         Ok(PyRunner {
             inner: Mutex::new(Inner {
@@ -1009,6 +1028,7 @@ impl PyRunner {
                 signal_base,
                 token,
                 observing,
+                releasing: release,
                 epoch: Instant::now(),
                 finished: false,
             }),
