@@ -9,6 +9,7 @@
 //! targets, timeouts, custom triggers) go through a Python hook instead.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
@@ -102,6 +103,7 @@ struct Inner {
     run: Run,
     calls: Vec<Call>,
     results: Vec<Option<Py<PyAny>>>,
+    loop_results: HashMap<u32, Py<PyAny>>,
     reference: Vec<TaskId>,
     run_hook: Option<Py<PyAny>>,
     trigger_hook: Option<Py<PyAny>>,
@@ -338,6 +340,10 @@ impl Inner {
             );
         }
         let value = err.value(py).clone();
+        // Keep the traceback on the exception object users get in the Failed state.
+        if let Some(tb) = err.traceback(py) {
+            let _ = value.setattr("__traceback__", tb);
+        }
         if err.is_instance(py, self.signal_base.bind(py)) {
             let code: u8 = value
                 .getattr("code")
@@ -421,9 +427,7 @@ impl Inner {
         }
         let map_index = ready.map_index.map_or(-1, i64::from);
         let loop_result = if ready.loop_count > 0 {
-            self.results
-                .get(ready.run.idx())
-                .and_then(|r| r.as_ref().map(|v| v.clone_ref(py)))
+            self.loop_results.get(&ready.run.0).map(|v| v.clone_ref(py))
         } else {
             None
         };
@@ -561,6 +565,10 @@ impl Inner {
         cancel: bool,
     ) -> PyResult<bool> {
         if let Some(v) = value {
+            if matches!(outcome, Outcome::Loop(_)) {
+                // Kept apart from the result slot so a retry of this iteration sees it.
+                self.loop_results.insert(run.0, v.clone_ref(py));
+            }
             self.results[run.idx()] = Some(v);
         }
         let t = match outcome {
@@ -570,6 +578,11 @@ impl Inner {
         self.run
             .complete(run, outcome, t)
             .map_err(|e| to_py(py, e))?;
+        if self.observing {
+            // The executed run's own transitions were already shown to its handlers.
+            self.run.drain_journal();
+        }
+        self.drop_released();
         Ok(cancel)
     }
 
@@ -1019,6 +1032,7 @@ impl PyRunner {
         Ok(PyRunner {
             inner: Mutex::new(Inner {
                 results: Vec::with_capacity(n_tasks),
+                loop_results: HashMap::new(),
                 run,
                 calls: parsed,
                 reference: reference_ids,
@@ -1141,7 +1155,12 @@ impl PyRunner {
                 visit.call(r)?;
             }
         }
-        for r in inner.results.iter().flatten() {
+        for r in inner
+            .results
+            .iter()
+            .flatten()
+            .chain(inner.loop_results.values())
+        {
             visit.call(r)?;
         }
         for h in [&inner.run_hook, &inner.trigger_hook, &inner.observe_hook]
@@ -1158,6 +1177,7 @@ impl PyRunner {
         if let Ok(mut inner) = self.inner.try_lock() {
             inner.calls.clear();
             inner.results.clear();
+            inner.loop_results.clear();
             inner.run_hook = None;
             inner.trigger_hook = None;
             inner.observe_hook = None;

@@ -1,0 +1,501 @@
+"""Running flows: dataflow, parameters, retries, triggers, skips, signals, handlers,
+context and logging (SPEC "Running", "States", "Signals", "Triggers and skips",
+"Retries, timeouts, handlers")."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import ferroflow
+from ferroflow import Flow, Parameter, Task, case, context, get_run_logger, merge, task
+from ferroflow import signals, triggers
+from ferroflow.exceptions import CycleError, ParameterError
+from ferroflow.states import (
+    Cancelled,
+    Failed,
+    Looped,
+    Paused,
+    Retrying,
+    Skipped,
+    State,
+    Success,
+    TimedOut,
+    TriggerFailed,
+)
+
+
+@task
+def inc(x: int) -> int:
+    return x + 1
+
+
+@task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@task
+def total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+@task
+def boom() -> None:
+    raise ValueError("boom")
+
+
+def test_dataflow_constants_and_collections(executor: Any) -> None:
+    with Flow("data") as flow:
+        a = inc(1)
+        b = add(a, y=10)
+        c = total([a, b, 5])
+        d = add(x=b, y=c)
+    state = flow.run(executor=executor)
+    assert state.is_successful()
+    assert isinstance(state, Success)
+    assert state.result[a].result == 2
+    assert state.result[b].result == 12
+    assert state.result[c].result == 19
+    assert state.result[d].result == 31
+    # Every task of the flow has a state, collection tasks included.
+    assert set(state.result) == set(flow.tasks)
+
+
+def test_parameters_defaults_required_and_types() -> None:
+    with Flow("params") as flow:
+        n = Parameter("n", default=3, type=int)
+        m = Parameter("m")
+        out = add(n, m)
+    assert flow.run(m=1).result[out].result == 4
+    assert flow.run(parameters={"n": "5", "m": 1}).result[out].result == 6  # coerced
+    with pytest.raises(ParameterError, match="'m'"):
+        flow.run()
+    with pytest.raises(ParameterError, match="nope"):
+        flow.run(m=1, nope=2)
+    with pytest.raises(ParameterError, match="'n'"):
+        flow.run(n="not a number", m=1)
+
+
+def test_failure_is_a_state_and_stops_downstream(executor: Any) -> None:
+    with Flow("fail") as flow:
+        b = boom()
+        after = inc(b)
+        free = inc(1)
+    state = flow.run(executor=executor)
+    assert isinstance(state, Failed)
+    assert "inc" in state.message
+    fb = state.result[b]
+    assert isinstance(fb, Failed)
+    assert isinstance(fb.result, ValueError)
+    assert fb.result.__traceback__ is not None
+    assert "boom" in fb.message
+    assert isinstance(state.result[after], TriggerFailed)
+    assert state.result[free].result == 2
+
+
+def test_retries_wait_only_for_their_own_delay(executor: Any) -> None:
+    calls: list[float] = []
+
+    @task(max_retries=2, retry_delay=timedelta(milliseconds=200))
+    def flaky() -> str:
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise RuntimeError("not yet")
+        return "ok"
+
+    finished: list[float] = []
+
+    @task
+    def quick(i: int) -> int:
+        finished.append(time.monotonic())
+        return i
+
+    with Flow("retry") as flow:
+        f = flaky()
+        qs = [quick(i) for i in range(5)]
+    state = flow.run(executor=executor)
+    assert state.result[f].result == "ok"
+    assert len(calls) == 3
+    assert calls[1] - calls[0] >= 0.19
+    # The independent tasks did not wait for the retry.
+    assert max(finished) < calls[1]
+    assert [state.result[q].result for q in qs] == list(range(5))
+
+
+def test_retry_on_filters_errors() -> None:
+    attempts = {"n": 0}
+
+    @task(max_retries=3, retry_delay=0, retry_on=KeyError)
+    def wrong_error() -> None:
+        attempts["n"] += 1
+        raise ValueError("not retried")
+
+    with Flow("retry_on") as flow:
+        t = wrong_error()
+    state = flow.run()
+    assert attempts["n"] == 1
+    assert isinstance(state.result[t], Failed)
+
+
+def test_triggers_and_skips(executor: Any) -> None:
+    @task
+    def skipper() -> None:
+        raise signals.SKIP("not today")
+
+    @task(trigger=triggers.all_failed)
+    def on_fail() -> str:
+        return "cleanup"
+
+    @task(trigger=triggers.always_run, skip_on_upstream_skip=False)
+    def always(x: Any) -> str:
+        return "ran"
+
+    with Flow("triggers") as flow:
+        s = skipper()
+        after_skip = inc(s)
+        after_after = inc(after_skip)
+        b = boom()
+        cleanup = on_fail(upstream_tasks=[b])
+        not_run = on_fail(upstream_tasks=[inc(1)])
+        a = always(s)
+    state = flow.run(executor=executor)
+    assert isinstance(state.result[s], Skipped)
+    assert state.result[s].message == "not today"
+    assert isinstance(state.result[after_skip], Skipped)
+    assert isinstance(state.result[after_after], Skipped)
+    assert state.result[cleanup].result == "cleanup"
+    assert isinstance(state.result[not_run], TriggerFailed)
+    assert state.result[a].result == "ran"
+
+
+def test_custom_trigger_and_trigger_that_raises(executor: Any) -> None:
+    seen: list[dict[Any, State]] = []
+
+    def picky(upstream: dict[Any, State]) -> bool:
+        seen.append(upstream)
+        return any(s.is_failed() for s in upstream.values())
+
+    def broken(upstream: dict[Any, State]) -> bool:
+        raise RuntimeError("trigger bug")
+
+    @task(trigger=picky)
+    def t1() -> str:
+        return "picky ran"
+
+    @task(trigger=broken)
+    def t2() -> str:
+        return "never"
+
+    with Flow("custom") as flow:
+        b = boom()
+        x = t1(upstream_tasks=[b])
+        y = t2(upstream_tasks=[inc(1)])
+        z = inc(2)
+    state = flow.run(executor=executor)
+    assert state.result[x].result == "picky ran"
+    assert len(seen) == 1 and all(isinstance(s, Failed) for s in seen[0].values())
+    assert isinstance(state.result[y], TriggerFailed)
+    assert "trigger bug" in state.result[y].message
+    assert state.result[z].result == 3  # the run went on
+
+
+def test_signals(executor: Any) -> None:
+    @task
+    def succeed() -> None:
+        raise signals.SUCCESS("early", result=7)
+
+    @task
+    def fail() -> None:
+        raise signals.FAIL("bad row")
+
+    @task
+    def trigger_fail() -> None:
+        raise signals.TRIGGERFAIL("nope")
+
+    @task
+    def pause() -> None:
+        raise signals.PAUSE("wait for me")
+
+    @task
+    def catches_everything() -> str:
+        try:
+            raise signals.SKIP("skipped despite except Exception")
+        except Exception:  # signals are BaseException: not caught here
+            return "swallowed"
+
+    with Flow("signals") as flow:
+        a, b, c, d, e = succeed(), fail(), trigger_fail(), pause(), catches_everything()
+    state = flow.run(executor=executor)
+    assert isinstance(state.result[a], Success) and state.result[a].result == 7
+    assert isinstance(state.result[b], Failed) and state.result[b].message == "bad row"
+    assert isinstance(state.result[c], TriggerFailed)
+    assert isinstance(state.result[d], Paused)
+    assert isinstance(state.result[e], Skipped)
+
+
+def test_retry_signal_retries_past_max_retries() -> None:
+    runs: list[int] = []
+
+    @task(retry_delay=0.01)
+    def again() -> int:
+        runs.append(context.task_run_count)
+        if len(runs) < 3:
+            raise signals.RETRY("once more")
+        return len(runs)
+
+    with Flow("retry-signal") as flow:
+        t = again()
+    state = flow.run()
+    assert state.result[t].result == 3
+    assert runs == [1, 2, 3]
+
+
+def test_loop_signal(executor: Any) -> None:
+    @task
+    def fib(n: int) -> int:
+        loop = context.task_loop_result or {"a": 0, "b": 1, "i": 0}
+        if loop["i"] < n:
+            raise signals.LOOP(
+                result={"a": loop["b"], "b": loop["a"] + loop["b"], "i": loop["i"] + 1}
+            )
+        return loop["a"]
+
+    counts: list[int] = []
+
+    @task(max_retries=1, retry_delay=0)
+    def loop_and_retry() -> int:
+        counts.append(context.task_loop_count)
+        if context.task_loop_count < 3:
+            raise signals.LOOP(result=context.task_loop_count)
+        if context.task_run_count == 1:
+            raise ValueError("fail once after looping")
+        return context.task_loop_result
+
+    with Flow("loop") as flow:
+        f = fib(10)
+        lr = loop_and_retry()
+    state = flow.run(executor=executor)
+    assert state.result[f].result == 55
+    assert state.result[lr].result == 2
+    assert counts[:3] == [1, 2, 3]
+
+
+def test_system_exit_is_a_failure() -> None:
+    @task
+    def exits() -> None:
+        raise SystemExit(3)
+
+    with Flow("exit") as flow:
+        t = exits()
+    state = flow.run()
+    assert isinstance(state.result[t], Failed)
+    assert isinstance(state.result[t].result, SystemExit)
+
+
+def test_state_handlers_on_failure_and_replacement(executor: Any) -> None:
+    log: list[tuple[str, str]] = []
+
+    def handler(t: Task, old: State, new: State) -> State | None:
+        log.append((type(old).__name__, type(new).__name__))
+        return None
+
+    failures: list[str] = []
+
+    def on_failure(t: Task, state: State) -> None:
+        failures.append(t.name)
+
+    def to_success(t: Task, old: State, new: State) -> State | None:
+        if new.is_failed():
+            return Success("rescued", result="fallback")
+        return None
+
+    @task(state_handlers=[handler], on_failure=on_failure, max_retries=1, retry_delay=0)
+    def failing() -> None:
+        raise ValueError("x")
+
+    @task(state_handlers=[to_success])
+    def rescued() -> None:
+        raise ValueError("y")
+
+    @task(state_handlers=[handler])
+    def skipped_by_upstream(x: Any) -> None:
+        return None
+
+    with Flow("handlers") as flow:
+        f = failing()
+        r = rescued()
+        s = skipped_by_upstream(task(lambda: (_ for _ in ()).throw(signals.SKIP()), name="sk")())
+    state = flow.run(executor=executor)
+    assert isinstance(state.result[f], Failed)
+    assert ("Pending", "Running") in log
+    assert ("Running", "Retrying") in log
+    assert ("Running", "Failed") in log
+    assert ("Pending", "Skipped") in log
+    assert failures == ["failing"]
+    assert state.result[r].result == "fallback"
+    assert isinstance(state.result[s], Skipped)
+
+
+def test_state_handler_that_raises_fails_the_task() -> None:
+    def bad(t: Task, old: State, new: State) -> None:
+        raise RuntimeError("handler bug")
+
+    @task(state_handlers=[bad])
+    def t1() -> int:
+        return 1
+
+    with Flow("bad-handler") as flow:
+        a = t1()
+        b = inc(5)
+    state = flow.run()
+    assert isinstance(state.result[a], Failed)
+    assert "handler bug" in state.result[a].message
+    assert state.result[b].result == 6
+
+
+def test_flow_handlers() -> None:
+    seen: list[str] = []
+
+    def flow_handler(flow: Flow, old: State, new: State) -> None:
+        seen.append(type(new).__name__)
+
+    def terminal(flow: Flow, state: State, refs: set[State]) -> State:
+        seen.append(f"terminal:{len(refs)}")
+        return Success("overridden")
+
+    with Flow("fh", state_handlers=[flow_handler], terminal_state_handler=terminal) as flow:
+        boom()
+    state = flow.run()
+    assert seen == ["Running", "terminal:1", "Success"]
+    assert state.message == "overridden"
+
+
+def test_reference_tasks_decide_the_flow_state() -> None:
+    with Flow("refs") as flow:
+        b = boom()
+        ok = inc(1)
+    flow.set_reference_tasks([ok])
+    assert flow.run().is_successful()
+
+
+def test_context_and_logger(caplog: pytest.LogCaptureFixture) -> None:
+    seen: dict[str, Any] = {}
+
+    @task(name="who", slug="who-1")
+    def who(x: int) -> int:
+        seen.update(context.to_dict())
+        get_run_logger().info("hello from %s", context.task_full_name)
+        return x
+
+    with Flow("ctx-flow") as flow:
+        n = Parameter("n", default=4)
+        w = who(n)
+    with caplog.at_level(logging.INFO, logger="ferroflow"):
+        state = flow.run()
+    assert state.result[w].result == 4
+    assert seen["flow_name"] == "ctx-flow"
+    assert seen["parameters"] == {"n": 4}
+    assert seen["task_name"] == "who"
+    assert seen["task_full_name"] == "who"
+    assert seen["task_slug"] == "who-1"
+    assert seen["map_index"] is None
+    assert seen["task_run_count"] == 1
+    assert seen["task_loop_count"] == 1
+    assert len(seen["today"]) == 10
+    rec = next(r for r in caplog.records if "hello from" in r.getMessage())
+    assert rec.flow_run_id == seen["flow_run_id"]  # type: ignore[attr-defined]
+    assert rec.task_run_id == seen["task_run_id"]  # type: ignore[attr-defined]
+    # Outside a run the context is empty.
+    assert context.get("flow_name") is None
+    with pytest.raises(AttributeError):
+        _ = context.task_name
+
+
+def test_case_and_merge(executor: Any) -> None:
+    @task
+    def cond(x: int) -> str:
+        return "even" if x % 2 == 0 else "odd"
+
+    @task
+    def label(s: str) -> str:
+        return s.upper()
+
+    with Flow("case") as flow:
+        n = Parameter("n", default=2)
+        c = cond(n)
+        with case(c, "even"):
+            e = label("even")
+        with case(c, "odd"):
+            o = label("odd")
+        m = merge(e, o)
+    state = flow.run(executor=executor)
+    assert state.result[m].result == "EVEN"
+    assert isinstance(state.result[o], Skipped)
+    state = flow.run(n=3, executor=executor)
+    assert state.result[m].result == "ODD"
+    assert isinstance(state.result[e], Skipped)
+
+
+def test_timeout_local_and_threads(executor: Any) -> None:
+    @task(timeout=0.2)
+    def sleepy() -> str:
+        time.sleep(2)
+        return "late"
+
+    @task(timeout=1)
+    def fast() -> str:
+        return "fast"
+
+    with Flow("timeout") as flow:
+        s = sleepy()
+        f = fast()
+    t0 = time.monotonic()
+    state = flow.run(executor=executor)
+    assert time.monotonic() - t0 < 1.5
+    assert isinstance(state.result[s], TimedOut)
+    assert state.result[f].result == "fast"
+
+
+def test_manual_only_pauses_and_flow_is_not_finished() -> None:
+    @task(trigger=triggers.manual_only)
+    def approve() -> int:
+        return 1
+
+    with Flow("manual") as flow:
+        a = approve(upstream_tasks=[inc(1)])
+        after = inc(a)
+    state = flow.run()
+    assert isinstance(state.result[a], Paused)
+    assert not state.is_finished()
+    assert state.result[after].is_pending()
+
+
+def test_cycle_is_reported_before_running() -> None:
+    ran: list[int] = []
+
+    @task
+    def record(x: Any = None) -> int:
+        ran.append(1)
+        return 1
+
+    with Flow("cycle") as flow:
+        a = record()
+        b = record(a)
+    flow.add_edge(b, a, key="x")
+    with pytest.raises(CycleError) as err:
+        flow.run()
+    assert ran == []
+    assert "record" in str(err.value)
+
+
+def test_version_and_public_names() -> None:
+    assert isinstance(ferroflow.__version__, str)
+    for name in ferroflow.__all__:
+        assert getattr(ferroflow, name) is not None
+    assert Looped.__name__ == "Looped" and Retrying.__name__ == "Retrying"
+    assert Cancelled.__name__ == "Cancelled"
