@@ -3,9 +3,10 @@
 //! The core owns a run: the task graph and its validation ([`graph`]), the state
 //! machine ([`state`]), the built-in triggers ([`trigger`]) and the run table with
 //! dependency counting, skip propagation, retry timers, map expansion and
-//! depth-first ordering ([`run`]). It speaks integer ids and compact enums and
-//! performs no I/O: a host (the Python binding, or a test) asks for ready runs,
-//! executes them wherever it likes and reports outcomes back.
+//! depth-first ordering ([`run`]). It speaks integer ids and compact enums; the
+//! run engine performs no I/O: a host (the Python binding, or a test) asks for
+//! ready runs, executes them wherever it likes and reports outcomes back. The run
+//! store ([`store`]) is the one part that touches disk, from its own writer thread.
 #![deny(unsafe_code)]
 
 pub mod error;
@@ -13,6 +14,7 @@ pub mod graph;
 pub mod ids;
 pub mod run;
 pub mod state;
+pub mod store;
 pub mod trigger;
 
 pub use error::CoreError;

@@ -1,0 +1,462 @@
+//! The read side of [`Store`] (and its few direct writes): rows and queries.
+
+use std::sync::Arc;
+
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::journal::{Fold, IdMap, transitions_of};
+use super::{FLOW_INTERRUPTED, FLOW_RUNNING, Store, StoreError};
+use crate::{RunId, StateKind, TaskId};
+
+/// One flow run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowRunRow {
+    /// Its id.
+    pub id: String,
+    /// The flow's name.
+    pub flow_name: String,
+    /// Its parameters, as the JSON text the recorder was given.
+    pub parameters_json: String,
+    /// `Running`, [`FLOW_INTERRUPTED`] or the name of its final [`crate::StateKind`].
+    pub state: String,
+    /// The final state's message (or why it was marked interrupted).
+    pub message: Option<String>,
+    /// When it started (seconds since the Unix epoch).
+    pub started: f64,
+    /// When it ended, if it did.
+    pub ended: Option<f64>,
+    /// The process that ran it.
+    pub pid: Option<u32>,
+    /// The machine that ran it.
+    pub host: Option<String>,
+    /// The flow run it resumed, if any.
+    pub resumed_from: Option<String>,
+}
+
+/// One task run, in its latest state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskRunRow {
+    /// Its id in the run table.
+    pub run: RunId,
+    /// The task.
+    pub task: TaskId,
+    /// The task's name (shared by the rows of one task).
+    pub task_name: Arc<str>,
+    /// The index of a mapped child.
+    pub map_index: Option<u32>,
+    /// How many attempts it made.
+    pub run_count: u32,
+    /// Its latest state (`Pending` until its first transition).
+    pub state: StateKind,
+    /// The latest state's message.
+    pub message: Option<String>,
+    /// When it first started running.
+    pub started: Option<f64>,
+    /// When it finished (`None` while not finished).
+    pub ended: Option<f64>,
+    /// Where its result was written, if it was.
+    pub result_location: Option<String>,
+}
+
+/// One state transition of a task run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TransitionRow {
+    /// The state entered.
+    pub state: StateKind,
+    /// Its message.
+    pub message: Option<String>,
+    /// When.
+    pub at: f64,
+}
+
+/// One log line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogRow {
+    /// The task run it belongs to (`None`: the flow run's own).
+    pub run: Option<RunId>,
+    /// The level, as Python's `logging` numbers it.
+    pub level: i32,
+    /// When.
+    pub at: f64,
+    /// The message.
+    pub message: String,
+}
+
+/// A finished task run whose result was written somewhere (for resume).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinishedTaskRun {
+    /// Its id in the run table.
+    pub run: RunId,
+    /// The task.
+    pub task: TaskId,
+    /// The task's name (shared by the rows of one task).
+    pub task_name: Arc<str>,
+    /// The index of a mapped child.
+    pub map_index: Option<u32>,
+    /// Its final state.
+    pub state: StateKind,
+    /// Where its result was written.
+    pub result_location: String,
+}
+
+/// One entry of the cache index.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CacheRow {
+    /// The task's stable key.
+    pub task_key: String,
+    /// The cache key (the task's `cache_key`, or its key by default).
+    pub cache_key: String,
+    /// A hash of the inputs the result was computed from (`""` when unused).
+    pub inputs_hash: String,
+    /// When the entry was made.
+    pub created: f64,
+    /// When it stops being valid (`None`: never).
+    pub expires: Option<f64>,
+    /// Where the cached result is.
+    pub result_location: String,
+    /// Which serializer wrote it (`""` when unknown).
+    pub serializer: String,
+}
+
+/// Task names as shared strings, so that a million rows of one task share one.
+struct Names {
+    by_task: IdMap<u32, Arc<str>>,
+    unknown: Arc<str>,
+}
+
+impl Names {
+    fn name(&self, task: u32) -> Arc<str> {
+        Arc::clone(self.by_task.get(&task).unwrap_or(&self.unknown))
+    }
+}
+
+fn shared_names(fold: &Fold) -> Names {
+    Names {
+        by_task: fold
+            .names
+            .iter()
+            .map(|(&t, n)| (t, Arc::from(n.as_str())))
+            .collect(),
+        unknown: Arc::from(""),
+    }
+}
+
+const FLOW_COLS: &str =
+    "id, flow_name, parameters, state, message, started, ended, pid, host, resumed_from";
+
+fn flow_row(r: &Row<'_>) -> rusqlite::Result<FlowRunRow> {
+    Ok(FlowRunRow {
+        id: r.get(0)?,
+        flow_name: r.get(1)?,
+        parameters_json: r.get(2)?,
+        state: r.get(3)?,
+        message: r.get(4)?,
+        started: r.get(5)?,
+        ended: r.get(6)?,
+        pid: r.get(7)?,
+        host: r.get(8)?,
+        resumed_from: r.get(9)?,
+    })
+}
+
+/// Add or replace a cache entry.
+pub(crate) const CACHE_PUT: &str = "INSERT INTO cache(task_key, cache_key, inputs_hash, \
+     created, expires, result_location, serializer) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+     ON CONFLICT(task_key, cache_key, inputs_hash) DO UPDATE SET created = excluded.created, \
+     expires = excluded.expires, result_location = excluded.result_location, \
+     serializer = excluded.serializer";
+
+const CACHE_COLS: &str =
+    "task_key, cache_key, inputs_hash, created, expires, result_location, serializer";
+
+fn cache_row(r: &Row<'_>) -> rusqlite::Result<CacheRow> {
+    Ok(CacheRow {
+        task_key: r.get(0)?,
+        cache_key: r.get(1)?,
+        inputs_hash: r.get(2)?,
+        created: r.get(3)?,
+        expires: r.get(4)?,
+        result_location: r.get(5)?,
+        serializer: r.get(6)?,
+    })
+}
+
+impl Store {
+    /// The most recently started flow runs, newest first.
+    pub fn list_flow_runs(&self, limit: usize) -> Result<Vec<FlowRunRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {FLOW_COLS} FROM flow_runs ORDER BY started DESC, key DESC LIMIT ?1"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([limit], flow_row)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// The flow run with this id, or the only one whose id starts with it (like a
+    /// git short id). `Ok(None)` when nothing matches (or the prefix is empty);
+    /// [`StoreError::AmbiguousId`] when several do.
+    pub fn flow_run(&self, id_or_prefix: &str) -> Result<Option<FlowRunRow>, StoreError> {
+        if id_or_prefix.is_empty() {
+            return Ok(None);
+        }
+        let exact = self
+            .conn
+            .prepare_cached(&format!("SELECT {FLOW_COLS} FROM flow_runs WHERE id = ?1"))
+            .and_then(|mut s| s.query_row([id_or_prefix], flow_row).optional())
+            .map_err(|e| self.err(e))?;
+        if exact.is_some() {
+            return Ok(exact);
+        }
+        // Ids sort together with their prefixes: the matches are the first rows
+        // at or after the prefix, on the unique index.
+        let ids: Vec<String> = self
+            .conn
+            .prepare_cached("SELECT id FROM flow_runs WHERE id >= ?1 ORDER BY id LIMIT 6")
+            .and_then(|mut s| {
+                s.query_map([id_or_prefix], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(|e| self.err(e))?
+            .into_iter()
+            .take_while(|id| id.starts_with(id_or_prefix))
+            .collect();
+        match ids.as_slice() {
+            [] => Ok(None),
+            [only] => {
+                let only = only.clone();
+                self.flow_run(&only)
+            }
+            _ => Err(StoreError::AmbiguousId {
+                prefix: id_or_prefix.to_string(),
+                matches: ids.into_iter().take(5).collect(),
+            }),
+        }
+    }
+
+    /// The journal blobs of a flow run (by full id), oldest first.
+    fn journal(&self, flow_run_id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT j.data FROM journal j JOIN flow_runs f ON j.flow_run = f.key \
+                 WHERE f.id = ?1 ORDER BY j.seq",
+            )
+            .and_then(|mut s| {
+                s.query_map([flow_run_id], |r| r.get::<_, Vec<u8>>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    fn damaged(&self, detail: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    /// Fold the journal of a flow run into its task runs.
+    fn fold(&self, flow_run_id: &str) -> Result<Fold, StoreError> {
+        let mut fold = Fold::default();
+        for blob in self.journal(flow_run_id)? {
+            fold.apply(&blob).map_err(|d| self.damaged(d))?;
+        }
+        Ok(fold)
+    }
+
+    /// The task runs of a flow run (by full id), in run-id order, each in its
+    /// latest state; empty when the flow run is unknown.
+    pub fn task_runs(&self, flow_run_id: &str) -> Result<Vec<TaskRunRow>, StoreError> {
+        let fold = self.fold(flow_run_id)?;
+        let names = shared_names(&fold);
+        Ok(fold
+            .runs
+            .into_sorted()
+            .into_iter()
+            .map(|(run, r)| TaskRunRow {
+                run: RunId(run),
+                task: TaskId(r.task),
+                task_name: names.name(r.task),
+                map_index: r.map_index,
+                run_count: r.run_count,
+                state: r.state.unwrap_or(StateKind::Pending),
+                message: r.message,
+                started: r.started,
+                ended: r.ended,
+                result_location: r.result_location,
+            })
+            .collect())
+    }
+
+    /// Every state transition of one task run, oldest first.
+    pub fn transitions(
+        &self,
+        flow_run_id: &str,
+        run: RunId,
+    ) -> Result<Vec<TransitionRow>, StoreError> {
+        let mut out = Vec::new();
+        for blob in self.journal(flow_run_id)? {
+            transitions_of(&blob, run.0, &mut out).map_err(|d| self.damaged(d))?;
+        }
+        Ok(out
+            .into_iter()
+            .map(|(state, message, at)| TransitionRow { state, message, at })
+            .collect())
+    }
+
+    /// The log lines of a flow run and its task runs, in the order written.
+    pub fn logs(&self, flow_run_id: &str) -> Result<Vec<LogRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT l.run, l.level, l.at, l.message FROM logs l \
+                 JOIN flow_runs f ON l.flow_run = f.key WHERE f.id = ?1 ORDER BY l.rowid",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([flow_run_id], |r| {
+                Ok(LogRow {
+                    run: r.get::<_, Option<u32>>(0)?.map(RunId),
+                    level: r.get(1)?,
+                    at: r.get(2)?,
+                    message: r.get(3)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// The finished task runs of a flow run that have a result location, in
+    /// run-id order: what a resume may reuse (if the result can be read back).
+    pub fn finished_task_runs_with_results(
+        &self,
+        flow_run_id: &str,
+    ) -> Result<Vec<FinishedTaskRun>, StoreError> {
+        let fold = self.fold(flow_run_id)?;
+        let names = shared_names(&fold);
+        Ok(fold
+            .runs
+            .into_sorted()
+            .into_iter()
+            .filter_map(|(run, r)| {
+                let state = r.state.filter(|s| s.is_finished())?;
+                Some(FinishedTaskRun {
+                    run: RunId(run),
+                    task: TaskId(r.task),
+                    task_name: names.name(r.task),
+                    map_index: r.map_index,
+                    state,
+                    result_location: r.result_location?,
+                })
+            })
+            .collect())
+    }
+
+    /// Mark a flow run [`FLOW_INTERRUPTED`] with this message if it is still
+    /// recorded as running. Returns whether it was.
+    pub fn mark_interrupted(&self, id: &str, message: &str) -> Result<bool, StoreError> {
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE flow_runs SET state = ?2, message = ?3 WHERE id = ?1 AND state = ?4",
+            )
+            .and_then(|mut s| s.execute(params![id, FLOW_INTERRUPTED, message, FLOW_RUNNING]))
+            .map_err(|e| self.err(e))?;
+        Ok(changed > 0)
+    }
+
+    /// Mark [`FLOW_INTERRUPTED`] every flow run recorded as running on `host` whose
+    /// process is gone, as `is_alive(pid)` tells (use [`super::pid_is_alive`]).
+    /// Runs of other hosts, or without a pid, are left alone. Returns the ids
+    /// marked.
+    pub fn fixup_interrupted(
+        &self,
+        host: &str,
+        mut is_alive: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let running: Vec<(String, Option<u32>)> = self
+            .conn
+            .prepare_cached("SELECT id, pid FROM flow_runs WHERE state = ?1 AND host = ?2")
+            .and_then(|mut s| {
+                s.query_map(params![FLOW_RUNNING, host], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(|e| self.err(e))?;
+        let mut marked = Vec::new();
+        for (id, pid) in running {
+            let Some(pid) = pid else { continue };
+            if is_alive(pid) {
+                continue;
+            }
+            let message =
+                format!("the process running it (pid {pid} on {host}) ended before it finished");
+            if self.mark_interrupted(&id, &message)? {
+                marked.push(id);
+            }
+        }
+        Ok(marked)
+    }
+
+    /// The newest unexpired cache entry for this task and cache key at time
+    /// `now`, if any.
+    pub fn cache_get(
+        &self,
+        task_key: &str,
+        cache_key: &str,
+        now: f64,
+    ) -> Result<Option<CacheRow>, StoreError> {
+        Ok(self
+            .cache_candidates(task_key, cache_key, now)?
+            .into_iter()
+            .next())
+    }
+
+    /// Every unexpired cache entry for this task and cache key at time `now`
+    /// (one per inputs hash), newest first — for cache validators that compare
+    /// inputs.
+    pub fn cache_candidates(
+        &self,
+        task_key: &str,
+        cache_key: &str,
+        now: f64,
+    ) -> Result<Vec<CacheRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {CACHE_COLS} FROM cache WHERE task_key = ?1 AND cache_key = ?2 \
+                 AND (expires IS NULL OR expires > ?3) ORDER BY created DESC"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![task_key, cache_key, now], cache_row)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Add a cache entry, replacing the one with the same task key, cache key
+    /// and inputs hash. (A run can also send [`super::Event::CachePut`].)
+    pub fn cache_put(&self, row: &CacheRow) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(CACHE_PUT)
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.task_key,
+                    row.cache_key,
+                    row.inputs_hash,
+                    row.created,
+                    row.expires,
+                    row.result_location,
+                    row.serializer
+                ])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,834 @@
+//! The run store on real SQLite files in a temporary directory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferroflow_core::store::{
+    CacheRow, Event, EventBuffer, FLOW_INTERRUPTED, NewTaskRun, Recorder, Store, StoreError,
+    StoreOptions, TransitionItem,
+};
+use ferroflow_core::{RunId, StateKind, TaskId};
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ferroflow-store-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.0.join("ferroflow.db")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        make_writable(&self.0);
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn make_writable(dir: &Path) {
+    #[cfg(unix)]
+    {
+        if dir.exists() {
+            set_mode(dir, 0o755);
+            if let Ok(entries) = fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        make_writable(&e.path());
+                    } else {
+                        set_mode(&e.path(), 0o644);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn id(s: &str) -> Arc<str> {
+    Arc::from(s)
+}
+
+fn started(flow_run_id: &Arc<str>, flow: &str) -> Event {
+    Event::FlowRunStarted {
+        id: Arc::clone(flow_run_id),
+        flow_name: flow.into(),
+        parameters_json: r#"{"x": 1}"#.into(),
+        started: 1000.0,
+        pid: std::process::id(),
+        host: "testhost".into(),
+        resumed_from: None,
+    }
+}
+
+fn task_run(run: u32, task: u32, name: &Arc<str>, map_index: Option<u32>) -> NewTaskRun {
+    NewTaskRun {
+        run: RunId(run),
+        task: TaskId(task),
+        task_name: Arc::clone(name),
+        map_index,
+    }
+}
+
+fn tr(run: u32, state: StateKind, run_count: u32, at: f64) -> TransitionItem {
+    TransitionItem {
+        run: RunId(run),
+        state,
+        message: None,
+        run_count,
+        at,
+        result_location: None,
+    }
+}
+
+fn transition(flow_run_id: &Arc<str>, item: TransitionItem) -> Event {
+    Event::Transition {
+        flow_run_id: Arc::clone(flow_run_id),
+        item,
+    }
+}
+
+#[test]
+fn recorder_is_send_and_sync_and_store_is_send() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Recorder>();
+    send::<Store>();
+    send_sync::<StoreError>();
+}
+
+#[test]
+fn round_trip_flow_run_task_runs_transitions_logs() {
+    let dir = TempDir::new("roundtrip");
+    // The store's directory does not exist yet: it is created.
+    let path = dir.0.join("home").join("ferroflow.db");
+    let rec = Recorder::start(&path).expect("start recorder");
+    let fr = id("7f3a9c00-0000-4000-8000-000000000001");
+    let add: Arc<str> = Arc::from("add");
+    let inc: Arc<str> = Arc::from("inc");
+    rec.send(started(&fr, "etl"));
+    rec.send(Event::TaskRuns {
+        flow_run_id: Arc::clone(&fr),
+        runs: vec![task_run(0, 0, &add, None), task_run(1, 1, &inc, None)],
+    });
+    rec.send(transition(&fr, tr(0, StateKind::Running, 1, 1001.0)));
+    rec.send(transition(
+        &fr,
+        TransitionItem {
+            message: Some("boom".into()),
+            ..tr(0, StateKind::Retrying, 1, 1002.0)
+        },
+    ));
+    rec.send(transition(&fr, tr(0, StateKind::Running, 2, 1003.0)));
+    rec.send(transition(
+        &fr,
+        TransitionItem {
+            result_location: Some("results/add-0.pickle".into()),
+            ..tr(0, StateKind::Success, 2, 1004.0)
+        },
+    ));
+    // Task 1 maps over two items: its children are registered when it expands.
+    rec.send(transition(&fr, tr(1, StateKind::Mapped, 1, 1005.0)));
+    rec.send(Event::TaskRuns {
+        flow_run_id: Arc::clone(&fr),
+        runs: vec![task_run(2, 1, &inc, Some(0)), task_run(3, 1, &inc, Some(1))],
+    });
+    rec.send(Event::Transitions {
+        flow_run_id: Arc::clone(&fr),
+        items: vec![
+            tr(2, StateKind::Running, 1, 1006.0),
+            tr(3, StateKind::Running, 1, 1006.5),
+            tr(2, StateKind::Success, 1, 1007.0),
+            TransitionItem {
+                message: Some("ValueError: bad".into()),
+                ..tr(3, StateKind::Failed, 1, 1008.0)
+            },
+        ],
+    });
+    rec.send(Event::ResultLocation {
+        flow_run_id: Arc::clone(&fr),
+        run: RunId(2),
+        location: "results/inc-0.pickle".into(),
+    });
+    rec.send(Event::Log {
+        flow_run_id: Arc::clone(&fr),
+        run: Some(RunId(3)),
+        level: 40,
+        at: 1008.0,
+        message: "task failed".into(),
+    });
+    rec.send(Event::Log {
+        flow_run_id: Arc::clone(&fr),
+        run: None,
+        level: 20,
+        at: 1009.0,
+        message: "flow finished".into(),
+    });
+    rec.send(Event::FlowRunEnded {
+        id: Arc::clone(&fr),
+        state: StateKind::Failed,
+        message: Some("some reference tasks failed".into()),
+        ended: 1010.0,
+    });
+    rec.flush().expect("flush");
+    // Readers see what is flushed while the recorder is still open.
+    let store = Store::open(&path).expect("open store");
+    assert_eq!(store.list_flow_runs(10).expect("list").len(), 1);
+    rec.close().expect("close");
+
+    let runs = store.list_flow_runs(10).expect("list");
+    assert_eq!(runs.len(), 1);
+    let f = &runs[0];
+    assert_eq!(f.id, &*fr);
+    assert_eq!(f.flow_name, "etl");
+    assert_eq!(f.parameters_json, r#"{"x": 1}"#);
+    assert_eq!(f.state, "Failed");
+    assert_eq!(f.message.as_deref(), Some("some reference tasks failed"));
+    assert_eq!(f.started, 1000.0);
+    assert_eq!(f.ended, Some(1010.0));
+    assert_eq!(f.pid, Some(std::process::id()));
+    assert_eq!(f.host.as_deref(), Some("testhost"));
+
+    let tasks = store.task_runs(&fr).expect("task runs");
+    assert_eq!(tasks.len(), 4);
+    let t0 = &tasks[0];
+    assert_eq!(
+        (t0.run, t0.task, &*t0.task_name),
+        (RunId(0), TaskId(0), "add")
+    );
+    assert_eq!(t0.state, StateKind::Success);
+    assert_eq!(t0.run_count, 2);
+    assert_eq!(t0.message, None);
+    assert_eq!(t0.started, Some(1001.0), "started is the first Running");
+    assert_eq!(t0.ended, Some(1004.0));
+    assert_eq!(t0.result_location.as_deref(), Some("results/add-0.pickle"));
+    assert_eq!(tasks[1].state, StateKind::Mapped);
+    assert_eq!(tasks[1].map_index, None);
+    assert_eq!(tasks[2].map_index, Some(0));
+    assert_eq!(
+        tasks[2].result_location.as_deref(),
+        Some("results/inc-0.pickle")
+    );
+    assert_eq!(tasks[3].map_index, Some(1));
+    assert_eq!(tasks[3].state, StateKind::Failed);
+    assert_eq!(tasks[3].message.as_deref(), Some("ValueError: bad"));
+
+    let hist = store.transitions(&fr, RunId(0)).expect("transitions");
+    let states: Vec<StateKind> = hist.iter().map(|t| t.state).collect();
+    use StateKind::{Retrying, Running, Success};
+    assert_eq!(states, [Running, Retrying, Running, Success]);
+    assert_eq!(hist[1].message.as_deref(), Some("boom"));
+    assert_eq!(hist[3].at, 1004.0);
+
+    let logs = store.logs(&fr).expect("logs");
+    assert_eq!(logs.len(), 2);
+    assert_eq!(logs[0].run, Some(RunId(3)));
+    assert_eq!(logs[0].level, 40);
+    assert_eq!(logs[1].run, None);
+    assert_eq!(logs[1].message, "flow finished");
+
+    let done = store
+        .finished_task_runs_with_results(&fr)
+        .expect("finished");
+    let done: Vec<(RunId, &str)> = done
+        .iter()
+        .map(|t| (t.run, t.result_location.as_str()))
+        .collect();
+    assert_eq!(
+        done,
+        [
+            (RunId(0), "results/add-0.pickle"),
+            (RunId(2), "results/inc-0.pickle")
+        ]
+    );
+    // Unknown flow runs read as empty.
+    assert!(store.task_runs("nope").expect("task runs").is_empty());
+}
+
+#[test]
+fn million_transitions_recorded_and_flushed() {
+    let dir = TempDir::new("million");
+    let path = dir.db();
+    let rec = Recorder::start(&path).expect("start recorder");
+    let name: Arc<str> = Arc::from("child");
+    const N: u32 = 1_000_000;
+
+    // Worst case for the caller: one `send` per transition.
+    let fr = id("one-event-each");
+    rec.send(started(&fr, "map"));
+    rec.send(Event::TaskRuns {
+        flow_run_id: Arc::clone(&fr),
+        runs: (0..N).map(|r| task_run(r, 1, &name, Some(r))).collect(),
+    });
+    rec.flush().expect("flush task runs");
+    let t1 = Instant::now();
+    for r in 0..N {
+        rec.send(transition(&fr, tr(r, StateKind::Running, 1, 2000.0)));
+    }
+    let send = t1.elapsed();
+    rec.flush().expect("flush transitions");
+    let single = t1.elapsed();
+
+    // A map as a run loop records it: the children registered at expansion in
+    // one event, then each child Running and Success, through an EventBuffer.
+    let fr2 = id("map-children");
+    let t2 = Instant::now();
+    let mut buf = EventBuffer::new();
+    buf.push(&rec, started(&fr2, "map"));
+    buf.push(
+        &rec,
+        Event::MapChildren {
+            flow_run_id: Arc::clone(&fr2),
+            task: TaskId(1),
+            task_name: Arc::clone(&name),
+            first_run: RunId(0),
+            count: N,
+        },
+    );
+    for r in 0..N {
+        buf.push(&rec, transition(&fr2, tr(r, StateKind::Running, 1, 3000.0)));
+        buf.push(
+            &rec,
+            transition(&fr2, tr(r, StateKind::Success, 1, 3000.25)),
+        );
+    }
+    buf.send(&rec);
+    let send_map = t2.elapsed();
+    rec.flush().expect("flush map");
+    let map = t2.elapsed();
+    let t_close = Instant::now();
+    rec.close().expect("close");
+    let close = t_close.elapsed();
+    println!(
+        "run store, {N} task runs per case:\n  one send per transition: caller {send:.2?}, all \
+         committed after {single:.2?}\n  map children (MapChildren + Running + Success each) \
+         through an EventBuffer: caller {send_map:.2?}, all committed after {map:.2?}\n  \
+         close (final WAL checkpoint): {close:.2?}"
+    );
+
+    let store = Store::open(&path).expect("open store");
+    let t3 = Instant::now();
+    let runs = store.task_runs(&fr2).expect("task runs");
+    println!(
+        "  reading back {} task runs: {:.2?}",
+        runs.len(),
+        t3.elapsed()
+    );
+    assert_eq!(runs.len(), N as usize);
+    assert!(
+        runs.iter()
+            .enumerate()
+            .all(|(i, r)| r.run == RunId(i as u32)
+                && r.map_index == Some(i as u32)
+                && r.state == StateKind::Success
+                && r.started == Some(3000.0)
+                && r.ended == Some(3000.25)
+                && &*r.task_name == "child")
+    );
+    let runs = store.task_runs(&fr).expect("task runs");
+    assert_eq!(runs.len(), N as usize);
+    assert!(
+        runs.iter()
+            .all(|r| r.state == StateKind::Running && r.ended.is_none())
+    );
+    let hist = store
+        .transitions(&fr2, RunId(123_456))
+        .expect("transitions");
+    let states: Vec<StateKind> = hist.iter().map(|t| t.state).collect();
+    assert_eq!(states, [StateKind::Running, StateKind::Success]);
+    assert_eq!(hist[1].at, 3000.25);
+    let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+        + fs::metadata(path.with_extension("db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+    println!("  store size: {:.1} MB", size as f64 / 1e6);
+}
+
+fn assert_message_helps(e: &StoreError, path: &Path) {
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "message names the path: {msg}"
+    );
+    assert!(
+        msg.contains("FERROFLOW_HOME") && msg.contains("recording off"),
+        "message says what to do: {msg}"
+    );
+}
+
+#[test]
+fn garbage_file_is_corrupt_and_left_untouched() {
+    let dir = TempDir::new("garbage");
+    let path = dir.db();
+    let garbage: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + 3) as u8).collect();
+    fs::write(&path, &garbage).expect("write garbage");
+    for attempt in 0..2 {
+        let err = if attempt == 0 {
+            Store::open(&path).expect_err("garbage store opens")
+        } else {
+            Recorder::start(&path).expect_err("garbage store records")
+        };
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        assert_message_helps(&err, &path);
+        assert!(err.to_string().contains("move the file aside"));
+    }
+    assert!(
+        fs::read(&path).expect("read back") == garbage,
+        "file changed"
+    );
+    let names: Vec<_> = fs::read_dir(&dir.0)
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "no -wal or -shm files left: {names:?}");
+
+    // A file that starts like SQLite but is damaged after the header.
+    let mut fake = b"SQLite format 3\0".to_vec();
+    fake.extend(std::iter::repeat_n(0xAB_u8, 8192));
+    fs::write(&path, &fake).expect("write fake");
+    let err = Store::open(&path).expect_err("damaged store opens");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert!(fs::read(&path).expect("read back") == fake, "file changed");
+
+    // A directory at the store path.
+    let as_dir = dir.0.join("dir.db");
+    fs::create_dir(&as_dir).expect("mkdir");
+    let err = Store::open(&as_dir).expect_err("directory opens");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+}
+
+#[test]
+fn sqlite_database_of_another_program_is_refused_untouched() {
+    let dir = TempDir::new("foreign");
+    let path = dir.db();
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch("CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('mine');")
+            .expect("create");
+    }
+    let before = fs::read(&path).expect("read");
+    let err = Store::open(&path).expect_err("foreign db opens");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert_message_helps(&err, &path);
+    assert!(
+        fs::read(&path).expect("read back") == before,
+        "file changed"
+    );
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = TempDir::new("newer");
+    let path = dir.db();
+    drop(Store::open(&path).expect("create store"));
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.pragma_update(None, "user_version", 99)
+            .expect("bump version");
+    }
+    let before = fs::read(&path).expect("read");
+    let err = Store::open(&path).expect_err("newer store opens");
+    assert_eq!(
+        err,
+        StoreError::NewerSchema {
+            path: path.clone(),
+            found: 99,
+            supported: ferroflow_core::store::SCHEMA_VERSION,
+        }
+    );
+    assert_message_helps(&err, &path);
+    assert!(matches!(
+        Recorder::start(&path),
+        Err(StoreError::NewerSchema { .. })
+    ));
+    assert!(
+        fs::read(&path).expect("read back") == before,
+        "file changed"
+    );
+}
+
+/// Whether permission bits stop this process from writing (not so for root).
+#[cfg(unix)]
+fn permissions_apply(dir: &Path) -> bool {
+    let probe = dir.join("probe");
+    fs::create_dir(&probe).expect("mkdir probe");
+    set_mode(&probe, 0o555);
+    let denied = fs::write(probe.join("x"), b"x").is_err();
+    set_mode(&probe, 0o755);
+    let _ = fs::remove_dir_all(&probe);
+    denied
+}
+
+#[test]
+fn unwritable_home_is_a_typed_error() {
+    let dir = TempDir::new("readonly");
+    // A FERROFLOW_HOME below a regular file cannot be created, even by root.
+    let file = dir.0.join("plainfile");
+    fs::write(&file, b"user data").expect("write file");
+    let path = file.join("home").join("ferroflow.db");
+    let err = Store::open(&path).expect_err("store below a file opens");
+    assert!(
+        matches!(err, StoreError::Io { .. } | StoreError::ReadOnly { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("plainfile"), "{err}");
+    assert!(err.to_string().contains("FERROFLOW_HOME"), "{err}");
+    assert!(matches!(
+        Recorder::start(&path),
+        Err(StoreError::Io { .. } | StoreError::ReadOnly { .. })
+    ));
+    assert_eq!(fs::read(&file).expect("read back"), b"user data");
+
+    // Permission bits: only meaningful when not running as root (root writes
+    // through chmod 555), so this part is skipped under root.
+    #[cfg(unix)]
+    if permissions_apply(&dir.0) {
+        let ro_home = dir.0.join("ro-home");
+        fs::create_dir(&ro_home).expect("mkdir");
+        set_mode(&ro_home, 0o555);
+        let path = ro_home.join("ferroflow.db");
+        let err = Store::open(&path).expect_err("store in read-only dir opens");
+        assert!(
+            matches!(err, StoreError::ReadOnly { .. } | StoreError::Io { .. }),
+            "{err:?}"
+        );
+        assert_message_helps(&err, &path);
+
+        // An existing store made read-only.
+        let rw_home = dir.0.join("rw-home");
+        let path = rw_home.join("ferroflow.db");
+        drop(Store::open(&path).expect("create store"));
+        set_mode(&path, 0o444);
+        set_mode(&rw_home, 0o555);
+        let err = Recorder::start(&path).expect_err("read-only store records");
+        assert!(
+            matches!(err, StoreError::ReadOnly { .. } | StoreError::Io { .. }),
+            "{err:?}"
+        );
+        assert_message_helps(&err, &path);
+    } else {
+        println!("running as root: permission-bit cases skipped");
+    }
+}
+
+#[test]
+fn locked_store_reports_lost_records() {
+    let dir = TempDir::new("locked");
+    let path = dir.db();
+    let options = StoreOptions {
+        busy_timeout: Duration::from_millis(100),
+        ..StoreOptions::default()
+    };
+    let rec = Recorder::start_with(&path, &options).expect("start");
+    let fr = id("locked-run");
+    rec.send(started(&fr, "f"));
+    rec.flush().expect("flush");
+
+    let other = rusqlite::Connection::open(&path).expect("open");
+    other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    rec.send(Event::Log {
+        flow_run_id: Arc::clone(&fr),
+        run: None,
+        level: 20,
+        at: 1.0,
+        message: "lost".into(),
+    });
+    let err = rec.flush().expect_err("flush while locked");
+    assert_eq!(err, StoreError::Locked { path: path.clone() });
+    assert_message_helps(&err, &path);
+    assert_eq!(rec.lost(), 1);
+    other.execute_batch("COMMIT").expect("unlock");
+    // The writer stopped: later records are counted, never silently dropped.
+    rec.send(Event::FlowRunEnded {
+        id: Arc::clone(&fr),
+        state: StateKind::Success,
+        message: None,
+        ended: 2.0,
+    });
+    assert_eq!(rec.error(), Some(err.clone()));
+    assert_eq!(rec.close(), Err(err));
+}
+
+#[test]
+fn events_for_unknown_runs_are_reported() {
+    let dir = TempDir::new("invalid");
+    let path = dir.db();
+    let rec = Recorder::start(&path).expect("start");
+    let fr = id("known");
+    rec.send(transition(
+        &id("unknown"),
+        tr(0, StateKind::Running, 1, 1.0),
+    ));
+    rec.send(started(&fr, "f"));
+    rec.send(transition(&fr, tr(5, StateKind::Running, 1, 1.0)));
+    let err = rec.flush().expect_err("flush");
+    assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+    assert!(err.to_string().contains("never"), "{err}");
+    // Both transitions are counted as lost: one names an unknown flow run, the
+    // other a task run that was never registered.
+    assert_eq!(rec.lost(), 2);
+    // The rest was written.
+    rec.send(Event::FlowRunEnded {
+        id: Arc::clone(&fr),
+        state: StateKind::Success,
+        message: None,
+        ended: 3.0,
+    });
+    assert!(rec.close().is_err());
+    let store = Store::open(&path).expect("open");
+    let f = store.flow_run("known").expect("lookup").expect("exists");
+    assert_eq!(f.state, "Success");
+    assert!(
+        store
+            .transitions("known", RunId(5))
+            .expect("hist")
+            .is_empty()
+    );
+}
+
+#[test]
+fn dropping_a_recorder_commits_what_was_sent() {
+    let dir = TempDir::new("drop");
+    let path = dir.db();
+    {
+        let rec = Recorder::start(&path).expect("start");
+        let fr = id("dropped");
+        rec.send(started(&fr, "f"));
+        for i in 0..1000 {
+            rec.send(Event::Log {
+                flow_run_id: Arc::clone(&fr),
+                run: None,
+                level: 20,
+                at: f64::from(i),
+                message: format!("line {i}"),
+            });
+        }
+    }
+    let store = Store::open(&path).expect("open");
+    assert_eq!(store.logs("dropped").expect("logs").len(), 1000);
+}
+
+#[test]
+fn flow_run_by_unique_prefix() {
+    let dir = TempDir::new("prefix");
+    let path = dir.db();
+    let rec = Recorder::start(&path).expect("start");
+    for fr in ["abc123", "abd456", "abd789", "xyz000"] {
+        rec.send(started(&id(fr), "f"));
+    }
+    rec.close().expect("close");
+    let store = Store::open(&path).expect("open");
+    let get = |p: &str| store.flow_run(p).map(|r| r.map(|r| r.id));
+    assert_eq!(get("abc123"), Ok(Some("abc123".into())));
+    assert_eq!(get("abc"), Ok(Some("abc123".into())));
+    assert_eq!(get("x"), Ok(Some("xyz000".into())));
+    assert_eq!(get("abd7"), Ok(Some("abd789".into())));
+    assert_eq!(get("abe"), Ok(None));
+    assert_eq!(get("zzz"), Ok(None));
+    assert_eq!(get(""), Ok(None));
+    match get("ab") {
+        Err(StoreError::AmbiguousId { prefix, matches }) => {
+            assert_eq!(prefix, "ab");
+            assert_eq!(matches, ["abc123", "abd456", "abd789"]);
+        }
+        other => panic!("expected an ambiguous prefix, got {other:?}"),
+    }
+    let err = store.flow_run("abd").expect_err("ambiguous");
+    assert!(err.to_string().contains("abd456"), "{err}");
+    // Newest first.
+    let ids: Vec<String> = store
+        .list_flow_runs(2)
+        .expect("list")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["xyz000", "abd789"]);
+}
+
+#[test]
+fn interrupted_runs_are_fixed_up() {
+    let dir = TempDir::new("interrupted");
+    let path = dir.db();
+    let rec = Recorder::start(&path).expect("start");
+    let mk = |fr: &str, pid: u32, host: &str| Event::FlowRunStarted {
+        id: id(fr),
+        flow_name: "f".into(),
+        parameters_json: "{}".into(),
+        started: 1.0,
+        pid,
+        host: host.into(),
+        resumed_from: None,
+    };
+    rec.send(mk("dead", 111, "here"));
+    rec.send(mk("alive", 222, "here"));
+    rec.send(mk("elsewhere", 111, "there"));
+    rec.send(mk("finished", 111, "here"));
+    rec.send(Event::FlowRunEnded {
+        id: id("finished"),
+        state: StateKind::Success,
+        message: None,
+        ended: 2.0,
+    });
+    rec.close().expect("close");
+
+    let store = Store::open(&path).expect("open");
+    let mut asked = Vec::new();
+    let marked = store
+        .fixup_interrupted("here", |pid| {
+            asked.push(pid);
+            pid == 222
+        })
+        .expect("fixup");
+    assert_eq!(marked, ["dead"]);
+    asked.sort_unstable();
+    assert_eq!(asked, [111, 222]);
+    let dead = store.flow_run("dead").expect("get").expect("exists");
+    assert_eq!(dead.state, FLOW_INTERRUPTED);
+    assert!(
+        dead.message.as_deref().unwrap_or("").contains("pid 111"),
+        "{dead:?}"
+    );
+    for (fr, state) in [
+        ("alive", "Running"),
+        ("elsewhere", "Running"),
+        ("finished", "Success"),
+    ] {
+        assert_eq!(
+            store.flow_run(fr).expect("get").expect("exists").state,
+            state
+        );
+    }
+    // Idempotent.
+    assert!(
+        store
+            .fixup_interrupted("here", |_| false)
+            .expect("fixup")
+            .contains(&"alive".to_string())
+    );
+    assert!(!store.mark_interrupted("dead", "again").expect("mark"));
+    // This process is alive.
+    assert!(ferroflow_core::store::pid_is_alive(std::process::id()));
+}
+
+#[test]
+fn cache_put_and_get_with_expiry() {
+    let dir = TempDir::new("cache");
+    let path = dir.db();
+    let store = Store::open(&path).expect("open");
+    let row = |hash: &str, created: f64, expires: Option<f64>| CacheRow {
+        task_key: "flow/task".into(),
+        cache_key: "k".into(),
+        inputs_hash: hash.into(),
+        created,
+        expires,
+        result_location: format!("results/{hash}"),
+        serializer: "pickle".into(),
+    };
+    assert_eq!(store.cache_get("flow/task", "k", 0.0), Ok(None));
+    store.cache_put(&row("a", 10.0, Some(20.0))).expect("put");
+    store.cache_put(&row("b", 12.0, None)).expect("put");
+    assert_eq!(
+        store.cache_get("flow/task", "k", 15.0),
+        Ok(Some(row("b", 12.0, None)))
+    );
+    assert_eq!(
+        store
+            .cache_candidates("flow/task", "k", 15.0)
+            .expect("candidates")
+            .len(),
+        2
+    );
+    // Expired entries are not returned.
+    assert_eq!(
+        store
+            .cache_candidates("flow/task", "k", 20.0)
+            .expect("c")
+            .len(),
+        1
+    );
+    // Same inputs hash: replaced.
+    store.cache_put(&row("a", 30.0, Some(40.0))).expect("put");
+    assert_eq!(
+        store.cache_get("flow/task", "k", 35.0),
+        Ok(Some(row("a", 30.0, Some(40.0))))
+    );
+    assert_eq!(store.cache_get("flow/task", "other", 35.0), Ok(None));
+
+    // Through the recorder, durable across connections.
+    let rec = store.recorder().expect("recorder");
+    rec.send(Event::CachePut(CacheRow {
+        cache_key: "other".into(),
+        ..row("c", 50.0, None)
+    }));
+    rec.close().expect("close");
+    let again = Store::open(&path).expect("reopen");
+    assert_eq!(
+        again
+            .cache_get("flow/task", "other", 1e12)
+            .expect("get")
+            .map(|r| r.result_location),
+        Some("results/c".into())
+    );
+}
+
+#[test]
+fn restarting_a_flow_run_keeps_its_task_runs() {
+    let dir = TempDir::new("restart");
+    let path = dir.db();
+    let fr = id("again");
+    let name: Arc<str> = Arc::from("t");
+    let rec = Recorder::start(&path).expect("start");
+    rec.send(started(&fr, "f"));
+    rec.send(Event::TaskRuns {
+        flow_run_id: Arc::clone(&fr),
+        runs: vec![task_run(0, 0, &name, None)],
+    });
+    rec.send(transition(
+        &fr,
+        TransitionItem {
+            result_location: Some("r0".into()),
+            ..tr(0, StateKind::Success, 1, 5.0)
+        },
+    ));
+    rec.send(Event::FlowRunEnded {
+        id: Arc::clone(&fr),
+        state: StateKind::Cancelled,
+        message: None,
+        ended: 6.0,
+    });
+    rec.close().expect("close");
+    // A second process (new recorder, so the id is looked up in the file).
+    let rec = Recorder::start(&path).expect("start");
+    rec.send(started(&fr, "f"));
+    rec.send(Event::TaskRuns {
+        flow_run_id: Arc::clone(&fr),
+        runs: vec![task_run(0, 0, &name, None)],
+    });
+    rec.close().expect("close");
+    let store = Store::open(&path).expect("open");
+    let f = store.flow_run("again").expect("get").expect("exists");
+    assert_eq!((f.state.as_str(), f.ended), ("Running", None));
+    let t = store.task_runs("again").expect("tasks");
+    assert_eq!(t[0].state, StateKind::Success);
+    assert_eq!(t[0].result_location.as_deref(), Some("r0"));
+}
