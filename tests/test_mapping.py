@@ -7,8 +7,18 @@ from typing import Any
 
 import pytest
 
-from ferroflow import Flow, apply_map, case, context, flatten, mapped, task, unmapped
-from ferroflow import signals, triggers
+from ferroflow import (
+    Flow,
+    apply_map,
+    case,
+    context,
+    flatten,
+    mapped,
+    signals,
+    task,
+    triggers,
+    unmapped,
+)
 from ferroflow.states import Failed, Mapped, Skipped, Success, TriggerFailed
 
 

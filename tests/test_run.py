@@ -12,8 +12,18 @@ from typing import Any
 import pytest
 
 import ferroflow
-from ferroflow import Flow, Parameter, Task, case, context, get_run_logger, merge, task
-from ferroflow import signals, triggers
+from ferroflow import (
+    Flow,
+    Parameter,
+    Task,
+    case,
+    context,
+    get_run_logger,
+    merge,
+    signals,
+    task,
+    triggers,
+)
 from ferroflow.exceptions import CycleError, ParameterError
 from ferroflow.states import (
     Cancelled,
@@ -377,7 +387,7 @@ def test_flow_handlers() -> None:
 
 def test_reference_tasks_decide_the_flow_state() -> None:
     with Flow("refs") as flow:
-        b = boom()
+        boom()
         ok = inc(1)
     flow.set_reference_tasks([ok])
     assert flow.run().is_successful()

@@ -17,9 +17,13 @@ class Runner:
         self,
         tasks: Sequence[tuple[str, int, float, tuple[Any, ...], bool]],
         edges: Sequence[tuple[int, int, bool, bool, bool]],
-        calls: Sequence[tuple[int, Any, list[tuple[int, Any]], list[tuple[str, tuple[int, Any]]], Any, bool]],
+        calls: Sequence[
+            tuple[int, Any, list[tuple[int, Any]], list[tuple[str, tuple[int, Any]]], Any, bool]
+        ],
         reference: Sequence[int],
-        hooks: tuple[Callable[..., Any] | None, Callable[..., Any] | None, Callable[..., Any] | None],
+        hooks: tuple[
+            Callable[..., Any] | None, Callable[..., Any] | None, Callable[..., Any] | None
+        ],
         signal_base: type[BaseException],
         token: int,
         release: bool = False,

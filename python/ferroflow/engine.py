@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ferroflow.flow import CompiledFlow, Flow
     from ferroflow.task import Task
 
-__all__ = ["run_flow"]
+__all__ = ["run_flow", "run_task"]
 
 # Call kinds understood by the native runner.
 _CALL, _HOOK, _VALUE, _LIST, _TUPLE = 0, 1, 2, 3, 4
@@ -78,12 +78,8 @@ def _retry_delay(task: Task) -> float:
 
 
 def _retry_on(task: Task) -> Any:
-    retry_on = getattr(task, "retry_on", None)
-    if retry_on is None:
-        return None
-    if isinstance(retry_on, (list, set)):
-        return tuple(retry_on)
-    return retry_on
+    # A tuple of exception types, or None for any exception.
+    return task.retry_on
 
 
 class _Plan:
@@ -104,7 +100,13 @@ class _Plan:
             if mapped:
                 self.mapped_task[down] = True
         self.task_opts = [
-            (t.name, int(t.max_retries or 0), _retry_delay(t), _trigger_spec(t), bool(t.skip_on_upstream_skip))
+            (
+                t.name,
+                int(t.max_retries or 0),
+                _retry_delay(t),
+                _trigger_spec(t),
+                bool(t.skip_on_upstream_skip),
+            )
             for t in tasks
         ]
         self.parameters: dict[str, int] = {}
@@ -116,12 +118,20 @@ class _Plan:
                 self.calls.append(None)  # filled per run with the value
                 continue
             kind_name = type(t).__name__
-            keyed = {compiled.edge_ids[e][2]: e for e in in_edges[tid] if compiled.edge_ids[e][2] is not None}
+            keyed = {
+                compiled.edge_ids[e][2]: e
+                for e in in_edges[tid]
+                if compiled.edge_ids[e][2] is not None
+            }
             consts = compiled.constants[tid]
             if kind_name == "Constant" and hasattr(t, "value") and not keyed:
                 self.calls.append((_VALUE, t.value, [], [], None, False))
                 continue
-            if kind_name in ("List", "Tuple") and not consts and all(k.startswith("arg_") for k in keyed):
+            if (
+                kind_name in ("List", "Tuple")
+                and not consts
+                and all(k.startswith("arg_") for k in keyed)
+            ):
                 order = sorted(keyed, key=lambda k: int(k[4:]))
                 pos = [(0, keyed[k]) for k in order]
                 kind = _LIST if kind_name == "List" else _TUPLE
@@ -141,7 +151,14 @@ class _Plan:
             self.observed |= bool(t.state_handlers) or t.on_failure is not None
             observed = bool(t.state_handlers) or t.on_failure is not None
             self.calls.append(
-                (_HOOK if _needs_hook(t) else _CALL, t.run, pos_slots, kw_slots, _retry_on(t), observed)
+                (
+                    _HOOK if _needs_hook(t) else _CALL,
+                    t.run,
+                    pos_slots,
+                    kw_slots,
+                    _retry_on(t),
+                    observed,
+                )
             )
             del hook
 
@@ -228,7 +245,7 @@ class FlowRun:
         if name == "task_full_name":
             return task.name if map_index < 0 else f"{task.name}[{map_index}]"
         if name == "task_slug":
-            return task.slug
+            return self.flow.slugs.get(task, task.slug)
         if name == "task_run_id":
             return f"{self.flow_run_id}/{run_id}"
         if name == "map_index":
@@ -243,14 +260,20 @@ class FlowRun:
             return set(task.tags)
         raise AttributeError(name)
 
-    # --- hooks called by the native runner ----------------------------------------------
-    def _handle(self, task: Task, old: State, new: State) -> State:
-        for handler in task.state_handlers:
-            replaced = handler(task, old, new)
-            if isinstance(replaced, State):
-                new = replaced
-        return new
+    def remote_info(self) -> Any:
+        """The context a worker process needs for this run."""
+        from ferroflow.runtime import RemoteRunInfo
 
+        slugs = self.flow.slugs
+        return RemoteRunInfo(
+            self.flow.name,
+            self.flow_run_id,
+            self.parameters,
+            self.started,
+            [(t.name, slugs.get(t, t.slug), frozenset(t.tags)) for t in self.plan.tasks],
+        )
+
+    # --- hooks called by the native runner ----------------------------------------------
     def _run_hook(
         self,
         run_id: int,
@@ -262,63 +285,13 @@ class FlowRun:
         kwargs: dict[str, Any] | None,
         func: Callable[..., Any],
     ) -> tuple[int, Any, str | None, bool]:
-        task = self.plan.tasks[task_id]
-        old: State = Retrying(run_count=run_count - 1) if run_count > 1 else Pending()
-        running: State = Running("Starting task run.")
-        try:
-            running = self._handle(task, old, running)
-        except Exception as exc:
-            err = Failed(f"A state handler raised an error: {exc!r}", exc)
-            return Failed.code, exc, err.message, False  # type: ignore[return-value]
-        retryable = False
-        try:
-            if task.timeout is not None:
-                value = _call_with_timeout(func, args, kwargs or {}, task.timeout)
-            else:
-                value = func(*args, **(kwargs or {}))
-            new: State = Success("Task run succeeded.", value)
-        except _Timeout:
-            new = TimedOut(f"Task timed out after {task.timeout:g} s.")
-            retryable = True
-        except KeyboardInterrupt as exc:
-            return Cancelled.code, exc, "Interrupted by the user (KeyboardInterrupt).", False  # type: ignore[return-value]
-        except FerroflowSignal as sig:
-            new = sig.to_state()
-            retryable = isinstance(sig, FAIL) or type(sig) is FerroflowSignal
-        except BaseException as exc:
-            new = Failed(f"Error during execution of task: {exc!r}", exc)
-            retry_on = _retry_on(task)
-            retryable = isinstance(exc, retry_on) if retry_on is not None else isinstance(exc, Exception)
-        shown = new
-        will_retry = (
-            new.is_failed()
-            and not isinstance(new, TriggerFailed)
-            and retryable
-            and run_count <= (task.max_retries or 0)
-        )
-        if will_retry:
-            start = datetime.now(timezone.utc) + timedelta(seconds=_retry_delay(task))
-            shown = Retrying(new.message, new.result, start_time=start, run_count=run_count)
-        try:
-            final = self._handle(task, running, shown)
-        except Exception as exc:
-            final = Failed(f"A state handler raised an error: {exc!r}", exc)
-            shown = final
-            retryable = False
-        if final.is_failed() and task.on_failure is not None:
-            try:
-                task.on_failure(task, final)
-            except Exception as exc:
-                final = Failed(f"The on_failure handler raised an error: {exc!r}", exc)
-        if final is shown and will_retry:
-            return Failed.code, new.result, new.message, True  # type: ignore[return-value]
-        code = type(final).code
-        if code is None or code == _RUNNING_CODE:
-            code = Failed.code
-        return code, final.result, final.message, retryable
+        return run_task(self.plan.tasks[task_id], run_count, args, kwargs, func)
 
     def _trigger_hook(
-        self, run_id: int, task_id: int, upstream: list[tuple[int, list[tuple[int, int, str | None, Any]]]]
+        self,
+        run_id: int,
+        task_id: int,
+        upstream: list[tuple[int, list[tuple[int, int, str | None, Any]]]],
     ) -> tuple[int, str | None]:
         task = self.plan.tasks[task_id]
         n_tasks = len(self.plan.tasks)
@@ -347,16 +320,16 @@ class FlowRun:
         task = self.plan.tasks[task_id]
         state = BY_CODE[code](message)
         try:
-            self._handle(task, Pending(), state)
+            _handle(task, Pending(), state)
             if state.is_failed() and task.on_failure is not None:
                 task.on_failure(task, state)
-        except Exception:  # noqa: BLE001 - the core already decided this state
+        except Exception:
             pass
 
     # --- results --------------------------------------------------------------------------
     def task_state(self, task_id: int) -> State:
         runner = self.runner
-        code, message, result, run_count, loop_count = runner.state(task_id)
+        code, message, result, run_count, _loop_count = runner.state(task_id)
         cls = BY_CODE[code]
         if cls is Mapped:
             children = runner.children(task_id)
@@ -383,6 +356,85 @@ class FlowRun:
                 _c, message, result, _rc, _lc = runner.state(base + i)
                 out.append(cls(message, result))
         return out
+
+
+def _handle(task: Task, old: State, new: State) -> State:
+    for handler in task.state_handlers:
+        replaced = handler(task, old, new)
+        if isinstance(replaced, State):
+            new = replaced
+    return new
+
+
+def run_task(
+    task: Task,
+    run_count: int,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None,
+    func: Callable[..., Any],
+    enforce_timeout: bool = True,
+) -> tuple[int, Any, str | None, bool]:
+    """Run one attempt of a task that needs Python-level machinery around the call:
+    state handlers, ``on_failure`` and (in this process) its timeout.
+
+    Returns ``(state code, value, message, retryable)`` for the core. Module-level and
+    free of engine state so that process and Dask workers can run it too; there the
+    executor enforces the timeout (``enforce_timeout=False``) by stopping the worker.
+    """
+    old: State = Retrying(run_count=run_count - 1) if run_count > 1 else Pending()
+    running: State = Running("Starting task run.")
+    try:
+        running = _handle(task, old, running)
+    except Exception as exc:
+        return Failed.code, exc, f"A state handler raised an error: {exc!r}", False  # type: ignore[return-value]
+    retryable = False
+    try:
+        if task.timeout is not None and enforce_timeout:
+            value = _call_with_timeout(func, args, kwargs or {}, task.timeout)
+        else:
+            value = func(*args, **(kwargs or {}))
+        new: State = Success("Task run succeeded.", value)
+    except _Timeout:
+        new = TimedOut(f"Task timed out after {task.timeout:g} s.")
+        retryable = True
+    except KeyboardInterrupt as exc:
+        return Cancelled.code, exc, "Interrupted by the user (KeyboardInterrupt).", False  # type: ignore[return-value]
+    except FerroflowSignal as sig:
+        new = sig.to_state()
+        retryable = isinstance(sig, FAIL) or type(sig) is FerroflowSignal
+    except BaseException as exc:
+        new = Failed(f"Error during execution of task: {exc!r}", exc)
+        retry_on = _retry_on(task)
+        retryable = (
+            isinstance(exc, retry_on) if retry_on is not None else isinstance(exc, Exception)
+        )
+    shown = new
+    will_retry = (
+        new.is_failed()
+        and not isinstance(new, TriggerFailed)
+        and retryable
+        and run_count <= (task.max_retries or 0)
+    )
+    if will_retry:
+        start = datetime.now(timezone.utc) + timedelta(seconds=_retry_delay(task))
+        shown = Retrying(new.message, new.result, start_time=start, run_count=run_count)
+    try:
+        final = _handle(task, running, shown)
+    except Exception as exc:
+        final = Failed(f"A state handler raised an error: {exc!r}", exc)
+        shown = final
+        retryable = False
+    if final.is_failed() and task.on_failure is not None:
+        try:
+            task.on_failure(task, final)
+        except Exception as exc:
+            final = Failed(f"The on_failure handler raised an error: {exc!r}", exc)
+    if final is shown and will_retry:
+        return Failed.code, new.result, new.message, True  # type: ignore[return-value]
+    code = type(final).code
+    if code is None or code == _RUNNING_CODE:
+        code = Failed.code
+    return code, final.result, final.message, retryable
 
 
 class _TaskStates(Mapping["Task", State]):
@@ -412,14 +464,16 @@ class _TaskStates(Mapping["Task", State]):
         return "{" + ", ".join(f"{t!r}: {self[t]!r}" for t in self) + "}"
 
 
-def _call_with_timeout(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> Any:
+def _call_with_timeout(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float
+) -> Any:
     """Run ``func`` in a helper thread; abandon it when ``timeout`` seconds pass."""
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
             box["value"] = func(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+        except BaseException as exc:
             box["error"] = exc
 
     worker = threading.Thread(target=target, name="ferroflow-timeout", daemon=True)

@@ -69,7 +69,69 @@ def _current() -> tuple[Any, tuple[Any, ...] | None]:
         run = _RUNS.get(cur[0])
         if run is not None:
             return run, cur
-    return getattr(_LOCAL, "run", None), None
+    # In a worker process the executor sets both on this thread.
+    return getattr(_LOCAL, "run", None), getattr(_LOCAL, "cur", None)
+
+
+class RemoteRunInfo:
+    """What ``ferroflow.context`` knows inside a worker process (or Dask worker).
+
+    Built by the driver and shipped once per worker; ``tasks`` holds
+    ``(name, slug, tags)`` per task id.
+    """
+
+    def __init__(
+        self,
+        flow_name: str,
+        flow_run_id: str,
+        parameters: dict[str, Any],
+        started: datetime.datetime,
+        tasks: list[tuple[str, str | None, frozenset[str]]],
+    ) -> None:
+        self.flow_name = flow_name
+        self.flow_run_id = flow_run_id
+        self.parameters = parameters
+        self.started = started
+        self.tasks = tasks
+
+    def flow_value(self, name: str) -> Any:
+        """A flow-level context value."""
+        if name == "flow_name":
+            return self.flow_name
+        if name == "flow_run_id":
+            return self.flow_run_id
+        if name == "parameters":
+            return dict(self.parameters)
+        if name == "today":
+            return self.started.strftime("%Y-%m-%d")
+        if name in ("date", "scheduled_start_time"):
+            return self.started
+        raise AttributeError(name)
+
+    def task_value(self, name: str, cur: tuple[Any, ...]) -> Any:
+        """A task-level context value for the task run described by ``cur``."""
+        _token, run_id, task_id, map_index, run_count, loop_count, loop_result = cur
+        tname, slug, tags = self.tasks[task_id]
+        values = {
+            "task_name": tname,
+            "task_full_name": tname if map_index < 0 else f"{tname}[{map_index}]",
+            "task_slug": slug,
+            "task_run_id": f"{self.flow_run_id}/{run_id}",
+            "map_index": None if map_index < 0 else map_index,
+            "task_run_count": run_count,
+            "task_loop_count": loop_count + 1,
+            "task_loop_result": loop_result,
+            "task_tags": set(tags),
+        }
+        if name not in values:
+            raise AttributeError(name)
+        return values[name]
+
+
+def _enter_remote(info: RemoteRunInfo | None, cur: tuple[Any, ...] | None) -> None:
+    """Set the context of the task run this thread executes in a worker."""
+    _LOCAL.run = info
+    _LOCAL.cur = cur
 
 
 class Context:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ferroflow.exceptions import ExecutorError
 
-__all__ = ["Executor", "LocalExecutor", "ThreadExecutor"]
+__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "ProcessExecutor", "ThreadExecutor"]
 
 
 class Executor:
@@ -89,3 +89,16 @@ class ThreadExecutor(Executor):
 
     def __repr__(self) -> str:
         return f"ThreadExecutor(max_workers={self.max_workers})"
+
+
+def __getattr__(name: str) -> Any:
+    # Heavier executors load on first use: multiprocessing and dask cost import time.
+    if name == "ProcessExecutor":
+        from ferroflow.executors.process import ProcessExecutor
+
+        return ProcessExecutor
+    if name == "DaskExecutor":
+        from ferroflow.executors.dask import DaskExecutor
+
+        return DaskExecutor
+    raise AttributeError(f"module 'ferroflow.executors' has no attribute {name!r}")

@@ -431,7 +431,7 @@ impl Inner {
         } else {
             None
         };
-        let (hooked, func, args, kwargs) = if call.kind == Kind::Hook {
+        let hook = if call.kind == Kind::Hook {
             let Some(hook) = &self.run_hook else {
                 let msg = "internal error: task needs the run hook but none was given".to_string();
                 return Err((
@@ -442,37 +442,15 @@ impl Inner {
                     None,
                 ));
             };
-            let hook_args = (
-                ready.run.0,
-                ready.task.0,
-                map_index,
-                ready.run_count,
-                ready.loop_count,
-                args,
-                kwargs,
-                call.func.bind(py),
-            )
-                .into_pyobject(py);
-            match hook_args {
-                Ok(t) => (true, hook.clone_ref(py), t.unbind(), None),
-                Err(e) => {
-                    return Err((
-                        Outcome::Failed {
-                            message: Some(e.to_string()),
-                            retryable: false,
-                        },
-                        None,
-                    ));
-                }
-            }
+            Some(hook.clone_ref(py))
         } else {
-            (
-                false,
-                call.func.clone_ref(py),
-                args.unbind(),
-                kwargs.map(Bound::unbind),
-            )
+            None
         };
+        let (func, args, kwargs) = (
+            call.func.clone_ref(py),
+            args.unbind(),
+            kwargs.map(Bound::unbind),
+        );
         Ok(Work {
             current: Current {
                 token: self.token,
@@ -484,7 +462,7 @@ impl Inner {
                 loop_result,
             },
             run: ready.run,
-            hooked,
+            hook,
             func,
             args,
             kwargs,
@@ -723,7 +701,7 @@ impl Inner {
         loop {
             if let Some(work) = self.next_work(py)? {
                 let run = work.run;
-                let hooked = work.hooked;
+                let hooked = work.hooked();
                 let res = work.call(py);
                 let (outcome, value, stop) = self.interpret(py, run, hooked, res);
                 if self.settle(py, run, outcome, value, stop)? {
@@ -865,7 +843,8 @@ fn interrupted(py: Python<'_>) -> PyResult<bool> {
 struct Work {
     current: Current,
     run: RunId,
-    hooked: bool,
+    /// The Python run hook, for tasks that need one (it calls `func` itself).
+    hook: Option<Py<PyAny>>,
     func: Py<PyAny>,
     args: Py<PyTuple>,
     kwargs: Option<Py<PyDict>>,
@@ -882,18 +861,46 @@ struct Done {
 type Settled = (Outcome, Option<Py<PyAny>>);
 
 impl Work {
+    fn hooked(&self) -> bool {
+        self.hook.is_some()
+    }
+
     fn call(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let Work {
             current,
+            hook,
             func,
             args,
             kwargs,
             ..
         } = self;
+        let c = (
+            current.run,
+            current.task,
+            current.map_index,
+            current.run_count,
+            current.loop_count,
+        );
         set_current(Some(current));
-        func.bind(py)
-            .call(args.bind(py), kwargs.as_ref().map(|k| k.bind(py)))
-            .map(Bound::unbind)
+        match hook {
+            Some(hook) => hook
+                .bind(py)
+                .call1((
+                    c.0,
+                    c.1,
+                    c.2,
+                    c.3,
+                    c.4,
+                    args.bind(py),
+                    kwargs.as_ref().map(|k| k.bind(py)),
+                    func.bind(py),
+                ))
+                .map(Bound::unbind),
+            None => func
+                .bind(py)
+                .call(args.bind(py), kwargs.as_ref().map(|k| k.bind(py)))
+                .map(Bound::unbind),
+        }
     }
 }
 
@@ -904,7 +911,7 @@ fn worker_loop(rx: &Mutex<mpsc::Receiver<Work>>, tx: &mpsc::Sender<Done>) {
             Err(_) => return,
         };
         let Ok(work) = next else { return };
-        let (run, hooked) = (work.run, work.hooked);
+        let (run, hooked) = (work.run, work.hooked());
         let result = Python::attach(|py| {
             let r = work.call(py);
             set_current(None);
@@ -1080,6 +1087,122 @@ impl PyRunner {
             ));
         }
         inner.run_threads(py, n)
+    }
+
+    /// Hand out up to `max` ready runs to an executor that runs them elsewhere.
+    /// Each item is `(run, task, map_index, run_count, loop_count, hooked, func,
+    /// args, kwargs, loop_result)`; `hooked` tasks need the Python task machinery
+    /// (handlers, timeouts) around the call. Runs that need no call are settled
+    /// here. Report each item back with `report` or `report_failure`.
+    fn take<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let mut inner = self.lock(py)?;
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(w) = inner.next_work(py)? else { break };
+            let c = &w.current;
+            let lr = c
+                .loop_result
+                .as_ref()
+                .map_or_else(|| py.None(), |v| v.clone_ref(py));
+            let kwargs = w
+                .kwargs
+                .as_ref()
+                .map_or_else(|| py.None(), |k| k.clone_ref(py).into_any());
+            let item = (
+                c.run,
+                c.task,
+                c.map_index,
+                c.run_count,
+                c.loop_count,
+                w.hooked(),
+                w.func.clone_ref(py),
+                w.args.clone_ref(py),
+                kwargs,
+                lr,
+            )
+                .into_pyobject(py)?;
+            out.push(item);
+        }
+        Ok(out)
+    }
+
+    /// Report a run handed out by `take`: `ok` means `value` is what the call
+    /// returned (for hooked runs, the hook's `(code, value, message, retryable)`);
+    /// otherwise `value` is the exception it raised. Returns True when the run
+    /// must stop (the task was interrupted). Reports for runs that are no longer
+    /// running (after a cancel) are ignored.
+    fn report(
+        &self,
+        py: Python<'_>,
+        run: u32,
+        hooked: bool,
+        ok: bool,
+        value: Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let mut inner = self.lock(py)?;
+        if inner.run.state(RunId(run)).ok() != Some(StateKind::Running) {
+            return Ok(false);
+        }
+        let res = if ok {
+            Ok(value.unbind())
+        } else {
+            Err(PyErr::from_value(value))
+        };
+        let (outcome, value, stop) = inner.interpret(py, RunId(run), hooked, res);
+        inner.settle(py, RunId(run), outcome, value, stop)
+    }
+
+    /// Report a run that ended without the task deciding: its worker died, it
+    /// timed out, or it could not be shipped. `code` is Failed (11) or TimedOut
+    /// (12); `retryable` lets the task's retries apply.
+    fn report_failure(
+        &self,
+        py: Python<'_>,
+        run: u32,
+        code: u8,
+        message: String,
+        retryable: bool,
+        value: Py<PyAny>,
+    ) -> PyResult<()> {
+        let mut inner = self.lock(py)?;
+        if inner.run.state(RunId(run)).ok() != Some(StateKind::Running) {
+            return Ok(());
+        }
+        let outcome = if code == StateKind::TimedOut as u8 {
+            Outcome::TimedOut {
+                message: Some(message),
+                retryable,
+            }
+        } else {
+            Outcome::Failed {
+                message: Some(message),
+                retryable,
+            }
+        };
+        inner.settle(py, RunId(run), outcome, Some(value), false)?;
+        Ok(())
+    }
+
+    /// Seconds until the next retry timer fires (0 when one is due), or None.
+    fn wait_hint(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        let inner = self.lock(py)?;
+        Ok(inner
+            .run
+            .next_wakeup()
+            .map(|w| w.saturating_duration_since(Instant::now()).as_secs_f64()))
+    }
+
+    /// True when nothing is ready, waiting on a timer or handed out.
+    fn done(&self, py: Python<'_>) -> PyResult<bool> {
+        let inner = self.lock(py)?;
+        Ok(inner.run.is_done())
+    }
+
+    /// End an externally driven run; with a reason, cancel what is unfinished.
+    #[pyo3(signature = (cancel_reason=None))]
+    fn close(&self, py: Python<'_>, cancel_reason: Option<String>) -> PyResult<()> {
+        let mut inner = self.lock(py)?;
+        inner.end(py, cancel_reason.as_deref())
     }
 
     /// The flow's verdict: `("success" | "failed" | "cancelled" | "unfinished", task ids)`.

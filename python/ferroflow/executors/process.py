@@ -1,0 +1,492 @@
+"""The process-pool executor: task runs execute in worker processes.
+
+How it works
+------------
+The Rust core stays in the driver (the process that called ``flow.run``) and decides
+what is ready. The driver takes ready runs from the core in batches, ships each batch
+to a worker over a pipe with cloudpickle (a task's function travels once per worker,
+not once per run), and reports results back to the core as they arrive. Workers
+execute their batch in order and send results back in small groups.
+
+Faults: each worker publishes the id of the run it is executing in shared memory.
+When a worker dies (segfault, ``os._exit``, SIGKILL, out-of-memory kill) the driver
+sees its sentinel, charges the death to that one run (Failed "worker process died:
+SIGKILL", retried if the task allows retries; ``retry_on`` does not filter a death),
+sends the runs it had not started to the other workers, and starts a replacement.
+Timeouts are enforced for real: a run past its task's ``timeout`` has its worker
+killed, ends ``TimedOut`` and the worker is replaced. Ctrl-C kills the workers and
+cancels the flow run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import deque
+from typing import Any
+
+from ferroflow.exceptions import ExecutorError
+
+_BATCH = 256  # runs per message to a worker
+_DEPTH = 2  # batches in flight per worker
+_FLUSH_S = 0.002  # a worker sends finished results at least this often
+_FAILED, _TIMED_OUT = 11, 12
+
+
+def _death_name(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "unknown cause"
+    if exitcode < 0:
+        try:
+            return signal.Signals(-exitcode).name
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def _encode(cloudpickle: Any, run_id: int, hooked: bool, ok: bool, value: Any) -> tuple[Any, ...]:
+    """A result as it travels back: pickled here so one bad value spoils only itself."""
+    try:
+        return (run_id, hooked, ok, cloudpickle.dumps(value))
+    except Exception as exc:
+        what = "exception" if not ok else "result"
+        if hooked and ok and isinstance(value, tuple) and len(value) == 4:
+            what = "result"
+            value = value[1]
+        try:
+            shown = repr(value)
+        except Exception:
+            shown = f"<unprintable {type(value).__name__}>"
+        msg = f"the task's {what} could not be sent back from the worker process: {exc!r}"
+        return (run_id, hooked, None, (msg, shown))
+
+
+def _worker_main(conn: Any, current: Any, info_blob: bytes) -> None:
+    """Entry point of a worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's business
+    import cloudpickle
+
+    from ferroflow import runtime
+    from ferroflow.engine import run_task
+
+    info = cloudpickle.loads(info_blob)
+    funcs: dict[int, Any] = {}
+    tasks: dict[int, Any] = {}
+    parent = os.getppid()
+    while True:
+        try:
+            # Wake up now and then: a worker whose driver is gone exits on its own.
+            while not conn.poll(1.0):
+                if os.getppid() != parent:
+                    return
+            kind, payload = cloudpickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        if kind == "stop":
+            return
+        if kind == "tasks":
+            for task_id, (func, task_obj) in payload.items():
+                funcs[task_id] = func
+                if task_obj is not None:
+                    tasks[task_id] = task_obj
+            continue
+        out: list[tuple[Any, ...]] = []
+        last = time.monotonic()
+        for (
+            run_id,
+            task_id,
+            map_index,
+            run_count,
+            loop_count,
+            hooked,
+            args,
+            kwargs,
+            loop_result,
+        ) in payload:
+            if out and time.monotonic() - last > _FLUSH_S:
+                conn.send_bytes(cloudpickle.dumps(out))
+                out = []
+                last = time.monotonic()
+            current.value = run_id
+            runtime._enter_remote(
+                info, (0, run_id, task_id, map_index, run_count, loop_count, loop_result)
+            )
+            try:
+                if hooked:
+                    value = run_task(
+                        tasks[task_id],
+                        run_count,
+                        args,
+                        kwargs,
+                        funcs[task_id],
+                        enforce_timeout=False,
+                    )
+                else:
+                    value = funcs[task_id](*args, **(kwargs or {}))
+                ok = True
+            except BaseException as exc:
+                value, ok = exc, False
+            current.value = -1
+            out.append(_encode(cloudpickle, run_id, hooked, ok, value))
+        conn.send_bytes(cloudpickle.dumps(out))
+
+
+class _Worker:
+    def __init__(self, ctx: Any, info_blob: bytes) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.current = ctx.RawValue("q", -1)
+        self.proc = ctx.Process(
+            target=_worker_main,
+            args=(child, self.current, info_blob),
+            daemon=True,
+            name="ferroflow-worker",
+        )
+        self.proc.start()
+        child.close()
+        self.known: set[int] = set()
+        # Items sent and not yet reported, in the order the worker runs them.
+        self.inflight: deque[tuple[Any, ...]] = deque()
+        self.batches = 0
+        self.started_at: dict[int, float] = {}
+        self.killed_for: int | None = None
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+
+
+class ProcessExecutor:
+    """Run tasks in a pool of worker processes.
+
+    Callables, arguments and results travel with cloudpickle, in batches; a worker
+    that dies is detected and replaced, and its runs are failed (or retried) or sent
+    elsewhere, never lost; timeouts stop the run for real.
+
+    Args:
+        max_workers: number of worker processes [the number of CPUs]; must be >= 1.
+        mp_context: the multiprocessing start method ["fork" where available, else
+            "spawn"].
+
+    Raises:
+        ExecutorError: ``max_workers`` is not a whole number >= 1, or ``mp_context``
+            is not a start method of this platform.
+
+    Example:
+        >>> from ferroflow.executors import ProcessExecutor
+        >>> ProcessExecutor(max_workers=2)
+        ProcessExecutor(max_workers=2)
+    """
+
+    def __init__(self, max_workers: int | None = None, mp_context: str | None = None) -> None:
+        from ferroflow.executors import _check_workers
+
+        self.max_workers = _check_workers(max_workers, os.cpu_count() or 1)
+        import multiprocessing
+
+        methods = multiprocessing.get_all_start_methods()
+        if mp_context is None:
+            mp_context = "fork" if "fork" in methods else "spawn"
+        if mp_context not in methods:
+            raise ExecutorError(f"mp_context must be one of {methods}, got {mp_context!r}")
+        self.mp_context = mp_context
+
+    def __repr__(self) -> str:
+        return f"ProcessExecutor(max_workers={self.max_workers})"
+
+    def execute(self, run: Any) -> None:
+        """Run ``run`` to the end on the worker processes."""
+        import multiprocessing
+
+        import cloudpickle
+
+        ctx = multiprocessing.get_context(self.mp_context)
+        try:
+            info_blob = cloudpickle.dumps(run.remote_info())
+        except Exception as exc:
+            raise ExecutorError(
+                f"could not prepare the flow run for worker processes: {exc!r}"
+            ) from exc
+        driver = _Driver(run, ctx, info_blob, self.max_workers)
+        try:
+            driver.start()
+            driver.loop()
+        except KeyboardInterrupt:
+            driver.kill_all()
+            run.runner.close("Flow run interrupted (KeyboardInterrupt).")
+            return
+        except BaseException:
+            driver.kill_all()
+            run.runner.close("The executor failed.")
+            raise
+        driver.stop()
+        run.runner.close(None)
+
+
+class _Driver:
+    def __init__(self, run: Any, ctx: Any, info_blob: bytes, n: int) -> None:
+        import cloudpickle
+
+        self.cloudpickle = cloudpickle
+        self.run = run
+        self.runner = run.runner
+        self.tasks = run.plan.tasks
+        self.ctx = ctx
+        self.info_blob = info_blob
+        self.n = n
+        self.workers: list[_Worker] = []
+        self.requeue: deque[tuple[Any, ...]] = deque()
+        self.func_blobs: dict[int, Any] = {}
+
+    def start(self) -> None:
+        try:
+            self.workers = [_Worker(self.ctx, self.info_blob) for _ in range(self.n)]
+        except Exception as exc:
+            self.kill_all()
+            raise ExecutorError(f"could not start worker processes: {exc!r}") from exc
+
+    def kill_all(self) -> None:
+        for w in self.workers:
+            w.kill()
+
+    def stop(self) -> None:
+        for w in self.workers:
+            try:
+                w.conn.send_bytes(self.cloudpickle.dumps(("stop", None)))
+            except OSError:
+                pass
+        for w in self.workers:
+            w.proc.join(5)
+            if w.proc.is_alive():
+                w.kill()
+
+    # --- sending ---------------------------------------------------------------------
+    def _task_payload(self, task_id: int, hooked: bool, func: Any) -> Any:
+        """The pickled (function, task) of a task, or the error that stops it."""
+        blob = self.func_blobs.get(task_id)
+        if blob is None:
+            task = self.tasks[task_id]
+            try:
+                blob = self.cloudpickle.dumps((func, task if hooked else None))
+            except Exception as exc:
+                blob = ExecutorError(
+                    f"task '{task.name}' could not be sent to a worker process "
+                    f"(its function or the task cannot be pickled): {exc!r}"
+                )
+            self.func_blobs[task_id] = blob
+        return blob
+
+    def _items(self, max_n: int) -> list[tuple[Any, ...]]:
+        items: list[tuple[Any, ...]] = []
+        while self.requeue and len(items) < max_n:
+            items.append(self.requeue.popleft())
+        if len(items) < max_n:
+            items.extend(self.runner.take(max_n - len(items)))
+        return items
+
+    def _send(self, w: _Worker, items: list[tuple[Any, ...]]) -> None:
+        cp = self.cloudpickle
+        new_tasks: dict[int, Any] = {}
+        batch: list[tuple[Any, ...]] = []
+        kept: list[tuple[Any, ...]] = []
+        for item in items:
+            (
+                run_id,
+                task_id,
+                map_index,
+                run_count,
+                loop_count,
+                hooked,
+                func,
+                args,
+                kwargs,
+                loop_result,
+            ) = item
+            blob = self._task_payload(task_id, hooked, func)
+            if isinstance(blob, Exception):
+                self.runner.report_failure(run_id, _FAILED, str(blob), False, blob)
+                continue
+            if task_id not in w.known:
+                new_tasks[task_id] = blob
+            batch.append(
+                (
+                    run_id,
+                    task_id,
+                    map_index,
+                    run_count,
+                    loop_count,
+                    hooked,
+                    args,
+                    kwargs,
+                    loop_result,
+                )
+            )
+            kept.append(item)
+        if not batch:
+            return
+        try:
+            data = cp.dumps(("batch", batch))
+        except Exception:
+            good_batch, good_items = [], []
+            for b, item in zip(batch, kept, strict=False):
+                try:
+                    cp.dumps(b)
+                except Exception as exc:
+                    name = self.tasks[b[1]].name
+                    msg = (
+                        f"the inputs of task '{name}' could not be sent to a worker process: "
+                        f"{exc!r}"
+                    )
+                    self.runner.report_failure(b[0], _FAILED, msg, False, ExecutorError(msg))
+                else:
+                    good_batch.append(b)
+                    good_items.append(item)
+            batch, kept = good_batch, good_items
+            if not batch:
+                return
+            data = cp.dumps(("batch", batch))
+        try:
+            if new_tasks:
+                payload = {tid: cp.loads(blob) for tid, blob in new_tasks.items()}
+                w.conn.send_bytes(cp.dumps(("tasks", payload)))
+                w.known.update(new_tasks)
+            w.conn.send_bytes(data)
+        except OSError:
+            pass  # the worker just died: its sentinel sends these runs elsewhere
+        now = time.monotonic()
+        for item in kept:
+            w.inflight.append(item)
+            if self.tasks[item[1]].timeout is not None:
+                w.started_at[item[0]] = now
+        w.batches += 1
+
+    def _fill(self) -> None:
+        slots = [w for w in self.workers for _ in range(_DEPTH - min(w.batches, _DEPTH))]
+        if not slots:
+            return
+        # Runs with a timeout travel alone, so their start time is known.
+        per = 1 if self._has_timeouts() else _BATCH
+        items = self._items(per * len(slots))
+        if not items:
+            return
+        # Spread what is ready evenly, so a handful of long runs use every worker.
+        size = max(1, min(per, -(-len(items) // len(slots))))
+        for i, w in enumerate(slots):
+            chunk = items[i * size : (i + 1) * size]
+            if not chunk:
+                break
+            self._send(w, chunk)
+        rest = items[len(slots) * size :]
+        self.requeue.extendleft(reversed(rest))
+
+    def _has_timeouts(self) -> bool:
+        cached = getattr(self, "_timeouts", None)
+        if cached is None:
+            cached = self._timeouts = any(t.timeout is not None for t in self.tasks)
+        return cached
+
+    # --- receiving -------------------------------------------------------------------
+    def _receive(self, w: _Worker) -> bool:
+        """Handle one message from a worker; False when its pipe is closed."""
+        cp = self.cloudpickle
+        try:
+            results = cp.loads(w.conn.recv_bytes())
+        except (EOFError, OSError):
+            return False  # the sentinel reports the death
+        for run_id, hooked, ok, payload in results:
+            # Results arrive in the order the worker ran them.
+            while w.inflight and w.inflight[0][0] != run_id:
+                w.inflight.popleft()
+            if w.inflight:
+                w.inflight.popleft()
+            w.started_at.pop(run_id, None)
+            if ok is None:
+                msg, shown = payload
+                self.runner.report_failure(run_id, _FAILED, msg, False, shown)
+                continue
+            try:
+                value = cp.loads(payload)
+            except Exception as exc:
+                msg = f"the task's result could not be unpickled in the driver: {exc!r}"
+                self.runner.report_failure(run_id, _FAILED, msg, False, repr(exc))
+                continue
+            if self.runner.report(run_id, hooked, ok, value):
+                raise KeyboardInterrupt
+        if not w.inflight:
+            w.batches = 0
+        else:
+            w.batches = min(w.batches, (len(w.inflight) + _BATCH - 1) // _BATCH)
+        return True
+
+    def _on_death(self, w: _Worker) -> None:
+        w.proc.join(1)
+        running = w.current.value
+        cause = _death_name(w.proc.exitcode)
+        for item in w.inflight:
+            run_id = item[0]
+            if run_id == running:
+                if w.killed_for == run_id:
+                    timeout = self.tasks[item[1]].timeout
+                    msg = f"Task timed out after {timeout:g} s; its worker process was stopped."
+                    self.runner.report_failure(run_id, _TIMED_OUT, msg, True, TimeoutError(msg))
+                else:
+                    msg = f"worker process died: {cause}"
+                    self.runner.report_failure(run_id, _FAILED, msg, True, RuntimeError(msg))
+            else:
+                self.requeue.append(item)
+        w.conn.close()
+        idx = self.workers.index(w)
+        self.workers[idx] = _Worker(self.ctx, self.info_blob)
+
+    def _check_timeouts(self) -> float | None:
+        """Kill workers whose current run is past its timeout; the next deadline."""
+        now = time.monotonic()
+        soonest: float | None = None
+        for w in self.workers:
+            running = w.current.value
+            start = w.started_at.get(running)
+            if start is None:
+                continue
+            item = next((i for i in w.inflight if i[0] == running), None)
+            if item is None:
+                continue
+            deadline = start + float(self.tasks[item[1]].timeout)
+            if now >= deadline and w.killed_for is None:
+                w.killed_for = running
+                w.proc.kill()
+            else:
+                soonest = deadline if soonest is None else min(soonest, deadline)
+        return soonest
+
+    def loop(self) -> None:
+        from multiprocessing.connection import wait
+
+        while True:
+            self._fill()
+            busy = any(w.inflight for w in self.workers)
+            if not busy and not self.requeue:
+                if self.runner.done():
+                    return
+                hint = self.runner.wait_hint()
+                if hint is None:
+                    return
+                time.sleep(min(hint, 0.05))
+                continue
+            timeout = 0.05
+            deadline = self._check_timeouts()
+            if deadline is not None:
+                timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+            by_conn = {w.conn: w for w in self.workers}
+            by_sentinel = {w.proc.sentinel: w for w in self.workers}
+            ready = wait(list(by_conn) + list(by_sentinel), timeout)
+            for obj in ready:
+                w = by_conn.get(obj) or by_sentinel[obj]
+                if w.conn.closed:
+                    continue
+                while w.conn.poll():
+                    if not self._receive(w):
+                        break
+                if obj in by_sentinel or not w.proc.is_alive():
+                    if w in self.workers:
+                        self._on_death(w)
