@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ferroflow.flow import CompiledFlow, Flow
     from ferroflow.task import Task
 
-__all__ = ["run_flow", "run_task"]
+__all__ = ["RecordingWarning", "run_flow", "run_task", "store_path"]
 
 # Call kinds understood by the native runner.
 _CALL, _HOOK, _VALUE, _LIST, _TUPLE = 0, 1, 2, 3, 4
@@ -200,7 +200,13 @@ class FlowRun:
     """One execution of a flow: the native runner plus what Python needs around it."""
 
     def __init__(
-        self, flow: Flow, plan: _Plan, parameters: dict[str, Any], release_results: bool = False
+        self,
+        flow: Flow,
+        plan: _Plan,
+        parameters: dict[str, Any],
+        release_results: bool = False,
+        record: bool = True,
+        resumed_from: str | None = None,
     ) -> None:
         self.flow = flow
         self.plan = plan
@@ -221,7 +227,17 @@ class FlowRun:
             FerroflowSignal,
             self.token,
             release_results,
+            self._record_spec(resumed_from) if record else None,
         )
+
+    def _record_spec(self, resumed_from: str | None) -> tuple[str, str, str, str, str | None]:
+        import json
+
+        try:
+            params = json.dumps(self.parameters, default=repr, sort_keys=True)
+        except (TypeError, ValueError):
+            params = json.dumps({k: repr(v) for k, v in self.parameters.items()})
+        return (str(store_path()), self.flow_run_id, self.flow.name, params, resumed_from)
 
     # --- context -------------------------------------------------------------------
     def flow_value(self, name: str) -> Any:
@@ -502,12 +518,28 @@ def _flow_state(run: FlowRun) -> State:
     return state
 
 
+def store_path() -> Any:
+    """Where runs are recorded: ``$FERROFLOW_HOME/ferroflow.db`` (``~/.ferroflow``)."""
+    import os
+    from pathlib import Path
+
+    home = os.environ.get("FERROFLOW_HOME") or os.path.join("~", ".ferroflow")
+    return Path(home).expanduser() / "ferroflow.db"
+
+
+def _recording_default() -> bool:
+    import os
+
+    return os.environ.get("FERROFLOW_RECORD", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def run_flow(
     flow: Flow,
     parameters: dict[str, Any] | None = None,
     executor: Any = None,
     *,
     release_results: bool = False,
+    record: bool | None = None,
     **parameter_values: Any,
 ) -> State:
     """Run ``flow`` to the end and return its final State (see ``Flow.run``).
@@ -516,6 +548,10 @@ def run_flow(
         flow: the flow to run.
         parameters: parameter values by name.
         executor: where tasks run [the flow's executor, else ``LocalExecutor()``].
+        record: record the run in the run store (``$FERROFLOW_HOME/ferroflow.db``) [on,
+            unless the environment sets ``FERROFLOW_RECORD=0``]. A store that cannot be
+            opened (corrupt, newer schema, read-only) raises ``StoreError`` before
+            anything runs; pass ``record=False`` to run unrecorded.
         release_results: drop each intermediate result as soon as no downstream task
             run can still read it (results of reference and terminal tasks are always
             kept). Bounds memory for long map chains; released results read as None
@@ -533,7 +569,9 @@ def run_flow(
         from ferroflow.executors import LocalExecutor
 
         executor = LocalExecutor()
-    run = FlowRun(flow, plan, values, release_results)
+    if record is None:
+        record = _recording_default()
+    run = FlowRun(flow, plan, values, release_results, record)
     handlers = list(getattr(flow, "state_handlers", None) or [])
     state: State = Running("Running flow.")
     for handler in handlers:
@@ -556,7 +594,16 @@ def run_flow(
     for handler in handlers:
         new = handler(flow, state, final)
         final = new if isinstance(new, State) else final
+    problem = run.runner.record_end(type(final).code or Failed.code, final.message)
+    if problem is not None:
+        import warnings
+
+        warnings.warn(f"flow run {run.flow_run_id}: {problem}", RecordingWarning, stacklevel=2)
     on_failure = getattr(flow, "on_failure", None)
     if final.is_failed() and on_failure is not None:
         on_failure(flow, final)
     return final
+
+
+class RecordingWarning(UserWarning):
+    """Some records of a flow run could not be written to the run store."""

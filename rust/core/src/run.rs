@@ -309,6 +309,15 @@ impl Run {
         }
     }
 
+    /// Move the transitions recorded since the last call into `out` (cleared
+    /// first). Swapping buffers keeps both allocations alive across calls.
+    pub fn take_journal(&mut self, out: &mut Vec<(RunId, StateKind)>) {
+        out.clear();
+        if let Some(j) = self.journal.as_mut() {
+            std::mem::swap(j, out);
+        }
+    }
+
     /// Take the transitions recorded since the last call.
     pub fn drain_journal(&mut self) -> Vec<(RunId, StateKind)> {
         self.journal
@@ -368,6 +377,9 @@ impl Run {
 
     /// The message of a run's current state, if any.
     pub fn message(&self, run: RunId) -> Option<&str> {
+        if self.messages.is_empty() {
+            return None;
+        }
         self.messages.get(&run.0).map(String::as_str)
     }
 
@@ -670,9 +682,8 @@ impl Run {
                 self.pending.push(p);
             }
         }
-        if let Some(j) = self.journal.as_mut() {
-            j.extend((base..base + n).map(|r| (RunId(r), StateKind::Pending)));
-        }
+        // Children start Pending; the journal records the expansion as the
+        // parent's `Mapped` transition (see `children`), not one entry per child.
         self.tasks[task.idx()].children = Some((base, n));
         if let Some(rel) = self.release.as_mut()
             && rel.per_child[task.idx()]

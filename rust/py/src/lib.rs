@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 mod errors;
+mod recording;
 mod runner;
 
 use pyo3::prelude::*;

@@ -24,6 +24,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PySequence, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{ff_error, to_py};
+use crate::recording::{FlowRunMeta, Recording};
 
 /// What the calling thread is executing, for `ferroflow.context`.
 struct Current {
@@ -111,6 +112,10 @@ struct Inner {
     signal_base: Py<PyAny>,
     token: u64,
     observing: bool,
+    /// The core journals transitions (for handlers or the run store).
+    journaling: bool,
+    journal_buf: Vec<(RunId, StateKind)>,
+    recording: Option<Recording>,
     releasing: bool,
     epoch: Instant,
     finished: bool,
@@ -471,7 +476,7 @@ impl Inner {
 
     /// Interpret what calling a work item produced.
     fn interpret(
-        &self,
+        &mut self,
         py: Python<'_>,
         work_run: RunId,
         hooked: bool,
@@ -492,11 +497,20 @@ impl Inner {
         if !hooked {
             return (Outcome::Success, Some(value), false);
         }
-        match value
+        let parsed = value
             .bind(py)
-            .extract::<(u8, Py<PyAny>, Option<String>, bool)>()
-        {
-            Ok((code, value, msg, retryable)) => {
+            .extract::<(u8, Py<PyAny>, Option<String>, bool, Option<String>)>()
+            .or_else(|_| {
+                value
+                    .bind(py)
+                    .extract::<(u8, Py<PyAny>, Option<String>, bool)>()
+                    .map(|(c, v, m, r)| (c, v, m, r, None))
+            });
+        match parsed {
+            Ok((code, value, msg, retryable, location)) => {
+                if let (Some(loc), Some(rec)) = (location, self.recording.as_mut()) {
+                    rec.locations.insert(work_run.0, loc);
+                }
                 let out = match StateKind::from_code(code) {
                     Some(StateKind::Success) => Outcome::Success,
                     Some(StateKind::Cached) => Outcome::Cached,
@@ -556,10 +570,7 @@ impl Inner {
         self.run
             .complete(run, outcome, t)
             .map_err(|e| to_py(py, e))?;
-        if self.observing {
-            // The executed run's own transitions were already shown to its handlers.
-            self.run.drain_journal();
-        }
+        self.journal(py, true)?;
         self.drop_released();
         Ok(cancel)
     }
@@ -582,9 +593,7 @@ impl Inner {
             };
             self.grow();
             self.drop_released();
-            if self.observing {
-                self.observe(py)?;
-            }
+            self.journal(py, false)?;
             let Some(ready) = ready else { return Ok(None) };
             match self.prepare_work(py, ready) {
                 Ok(w) => return Ok(Some(w)),
@@ -635,12 +644,26 @@ impl Inner {
         }
     }
 
-    fn observe(&mut self, py: Python<'_>) -> PyResult<()> {
-        let journal = self.run.drain_journal();
+    /// Hand journal entries to the run store and, for tasks with state
+    /// handlers, to the observe hook. `executed` runs already showed their own
+    /// transitions to their handlers.
+    fn journal(&mut self, py: Python<'_>, executed: bool) -> PyResult<()> {
+        if !self.journaling {
+            return Ok(());
+        }
+        let mut journal = std::mem::take(&mut self.journal_buf);
+        self.run.take_journal(&mut journal);
+        if let Some(rec) = self.recording.as_mut() {
+            rec.journal(&self.run, &journal);
+        }
+        if executed || !self.observing {
+            self.journal_buf = journal;
+            return Ok(());
+        }
         let Some(hook) = &self.observe_hook else {
             return Ok(());
         };
-        for (r, kind) in journal {
+        for &(r, kind) in &journal {
             if matches!(kind, StateKind::Running | StateKind::Pending) {
                 continue;
             }
@@ -653,7 +676,15 @@ impl Inner {
             let msg = self.run.message(r).map(str::to_string);
             hook.bind(py).call1((r.0, task.0, kind as u8, msg))?;
         }
+        self.journal_buf = journal;
         Ok(())
+    }
+
+    /// Push buffered store events to the writer (before waiting).
+    fn send_records(&mut self) {
+        if let Some(rec) = self.recording.as_mut() {
+            rec.send();
+        }
     }
 
     /// Drop results the core says nothing can read any more.
@@ -676,7 +707,8 @@ impl Inner {
 
     /// Wait for the next retry timer (at most `cap`) without holding the
     /// interpreter. Returns false when Ctrl-C was pressed.
-    fn wait_timer(&self, py: Python<'_>, cap: Duration) -> PyResult<bool> {
+    fn wait_timer(&mut self, py: Python<'_>, cap: Duration) -> PyResult<bool> {
+        self.send_records();
         let wait = self.run.next_wakeup().map_or(cap, |w| {
             w.saturating_duration_since(Instant::now()).min(cap)
         });
@@ -687,9 +719,7 @@ impl Inner {
     fn end(&mut self, py: Python<'_>, cancel_reason: Option<&str>) -> PyResult<()> {
         if let Some(reason) = cancel_reason {
             self.run.cancel(reason);
-            if self.observing {
-                self.observe(py)?;
-            }
+            self.journal(py, false)?;
         }
         set_current(None);
         self.finished = true;
@@ -778,6 +808,7 @@ impl Inner {
             let wait = self.run.next_wakeup().map_or(cap, |w| {
                 w.saturating_duration_since(Instant::now()).min(cap)
             });
+            self.send_records();
             // The receiver is moved into the detached closure and back (it is Send, not Sync).
             let (rx, first) = py.detach(move || {
                 let r = done_rx.recv_timeout(wait);
@@ -955,6 +986,8 @@ impl PyRunner {
 
 type TaskOpts<'py> = (String, u32, f64, Bound<'py, PyTuple>, bool);
 type Hooks = (Option<Py<PyAny>>, Option<Py<PyAny>>, Option<Py<PyAny>>);
+/// `(store_path, flow_run_id, flow_name, parameters_json, resumed_from)`.
+type RecordSpec = (String, String, String, String, Option<String>);
 /// `(state_code, message, result, run_count, loop_count)`.
 type StateRow = (u8, Option<String>, Py<PyAny>, u32, u32);
 /// Upstream states of one input edge for a custom trigger: `(run, code, message, result)`.
@@ -969,7 +1002,7 @@ impl PyRunner {
     /// `(run_hook, trigger_hook, observe_hook)` (each may be None); `release`:
     /// drop intermediate results as soon as nothing downstream can read them.
     #[new]
-    #[pyo3(signature = (tasks, edges, calls, reference, hooks, signal_base, token, release=false))]
+    #[pyo3(signature = (tasks, edges, calls, reference, hooks, signal_base, token, release=false, record=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -981,6 +1014,7 @@ impl PyRunner {
         signal_base: Py<PyAny>,
         token: u64,
         release: bool,
+        record: Option<RecordSpec>,
     ) -> PyResult<Self> {
         if calls.len() != tasks.len() {
             return Err(PyValueError::new_err("one call spec per task is required"));
@@ -1029,11 +1063,26 @@ impl PyRunner {
         }
         let observing = parsed.iter().any(|c| c.observed);
         let mut run = Run::new(graph);
-        if observing {
-            run.enable_journal();
-        }
         if release {
             run.enable_release(&reference_ids);
+        }
+        let recording = match record {
+            None => None,
+            Some((store_path, flow_run_id, flow_name, parameters_json, resumed_from)) => {
+                let meta = FlowRunMeta {
+                    store_path: store_path.into(),
+                    flow_run_id,
+                    flow_name,
+                    parameters_json,
+                    resumed_from,
+                };
+                let started = py.detach(|| Recording::start(meta, &run));
+                Some(started.map_err(|e| ff_error(py, "StoreError", e.to_string()))?)
+            }
+        };
+        let journaling = observing || recording.is_some();
+        if journaling {
+            run.enable_journal();
         }
         let (run_hook, trigger_hook, observe_hook) = hooks;
         Ok(PyRunner {
@@ -1049,6 +1098,9 @@ impl PyRunner {
                 signal_base,
                 token,
                 observing,
+                journaling,
+                journal_buf: Vec::new(),
+                recording,
                 releasing: release,
                 epoch: Instant::now(),
                 finished: false,
@@ -1123,6 +1175,9 @@ impl PyRunner {
                 .into_pyobject(py)?;
             out.push(item);
         }
+        if out.len() < max {
+            inner.send_records();
+        }
         Ok(out)
     }
 
@@ -1181,6 +1236,36 @@ impl PyRunner {
         };
         inner.settle(py, RunId(run), outcome, Some(value), false)?;
         Ok(())
+    }
+
+    /// Record the flow run's final state in the run store and wait until every
+    /// record is committed. Returns None, or what went wrong (records are never
+    /// dropped silently). A no-op for unrecorded runs.
+    #[pyo3(signature = (code, message=None))]
+    fn record_end(
+        &self,
+        py: Python<'_>,
+        code: u8,
+        message: Option<String>,
+    ) -> PyResult<Option<String>> {
+        let mut inner = self.lock(py)?;
+        let state = StateKind::from_code(code).unwrap_or(StateKind::Failed);
+        let Some(rec) = inner.recording.as_mut() else {
+            return Ok(None);
+        };
+        let lost = rec.lost();
+        let ended = py.detach(|| rec.end(state, message));
+        // Let go of the shared recorder: an idle store may then be closed.
+        inner.recording = None;
+        match ended {
+            Ok(()) if lost == 0 => Ok(None),
+            Ok(()) => Ok(Some(format!(
+                "{lost} records could not be written to the run store"
+            ))),
+            Err(e) => Ok(Some(format!(
+                "records could not be written to the run store: {e}"
+            ))),
+        }
     }
 
     /// Seconds until the next retry timer fires (0 when one is due), or None.

@@ -523,10 +523,9 @@ pub(crate) fn transitions_of(
             message,
             ..
         } = rec
+            && r == run
         {
-            if r == run {
-                out.push((state, message.map(str::to_string), at));
-            }
+            out.push((state, message.map(str::to_string), at));
         }
     }
     Ok(())

@@ -379,10 +379,10 @@ impl Store {
 /// directories, refuse a directory or a file that does not start with the SQLite
 /// header.
 fn check_path(path: &Path) -> Result<(), StoreError> {
-    if let Some(parent) = path.parent() {
-        if !parent.as_os_str().is_empty() {
-            fs::create_dir_all(parent).map_err(|e| StoreError::from_io(parent, &e))?;
-        }
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        fs::create_dir_all(parent).map_err(|e| StoreError::from_io(parent, &e))?;
     }
     let meta = match fs::metadata(path) {
         Ok(m) => m,
