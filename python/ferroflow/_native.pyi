@@ -44,3 +44,123 @@ class Runner:
         """Number of runs: tasks plus mapped children."""
     def run_threads(self, n: int) -> None:
         """Run the flow with ``n`` native worker threads."""
+
+# --- the run store (rust/py/src/store.rs) -------------------------------------------
+
+STORE_SCHEMA_VERSION: int
+
+def default_store_path() -> str:
+    """``$FERROFLOW_HOME/ferroflow.db``, else ``~/.ferroflow/ferroflow.db``; StoreError
+    when neither ``FERROFLOW_HOME`` nor a home directory is set."""
+
+def pid_is_alive(pid: int) -> bool:
+    """Whether process ``pid`` is alive on this machine (True when it cannot tell)."""
+
+class Store:
+    """A connection to the run store for reading (and cache entries, interrupted-run
+    fixup). Opening raises ``ferroflow.exceptions.StoreError`` for a corrupt file, a
+    newer schema, a read-only or locked store, leaving the file untouched. Rows are
+    dicts of str/int/float/None."""
+
+    def __init__(self, path: str) -> None: ...
+    @property
+    def path(self) -> str:
+        """The store file."""
+    def list_flow_runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Newest first. Keys: id, flow_name, parameters_json, state, message, started,
+        ended, pid, host, resumed_from."""
+    def flow_run(self, id_or_prefix: str) -> dict[str, Any] | None:
+        """By id or unique prefix; None if none matches; StoreError if ambiguous."""
+    def task_runs(self, flow_run_id: str) -> list[dict[str, Any]]:
+        """Keys: run, task, task_name, map_index, run_count, state, message, started,
+        ended, result_location."""
+    def transitions(self, flow_run_id: str, run: int) -> list[dict[str, Any]]:
+        """Keys: state, message, at."""
+    def logs(self, flow_run_id: str) -> list[dict[str, Any]]:
+        """Keys: run, level, at, message."""
+    def finished_task_runs_with_results(self, flow_run_id: str) -> list[dict[str, Any]]:
+        """Keys: run, task, task_name, map_index, state, result_location."""
+    def mark_interrupted(self, id: str, message: str) -> bool:
+        """Mark a flow run Interrupted if still Running; whether it was."""
+    def fixup_interrupted(self, host: str | None = None) -> list[str]:
+        """Mark Interrupted the Running flow runs of ``host`` (default: this machine)
+        whose process is gone; the ids marked."""
+    def cache_get(
+        self, task_key: str, cache_key: str, now: float | None = None
+    ) -> dict[str, Any] | None:
+        """Keys: task_key, cache_key, inputs_hash, created, expires, result_location,
+        serializer."""
+    def cache_candidates(
+        self, task_key: str, cache_key: str, now: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Every unexpired entry, newest first."""
+    def cache_put(
+        self,
+        task_key: str,
+        cache_key: str,
+        result_location: str,
+        inputs_hash: str = "",
+        created: float | None = None,
+        expires: float | None = None,
+        serializer: str = "",
+    ) -> None:
+        """Add or replace an entry."""
+
+class Recorder:
+    """The write side of the run store: one writer thread. Sends never block or raise
+    for write failures; ``flush``/``close`` raise the first StoreError the writer met."""
+
+    def __init__(self, path: str) -> None: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def lost(self) -> int:
+        """Records that could not be written so far."""
+    @property
+    def closed(self) -> bool: ...
+    def flow_run_started(
+        self,
+        id: str,
+        flow_name: str,
+        parameters_json: str = "{}",
+        started: float | None = None,
+        pid: int | None = None,
+        host: str | None = None,
+        resumed_from: str | None = None,
+    ) -> None: ...
+    def task_runs(self, flow_run_id: str, runs: Sequence[tuple[int, int, str, int | None]]) -> None:
+        """Register ``(run, task, task_name, map_index)`` task runs."""
+    def map_children(
+        self, flow_run_id: str, task: int, task_name: str, first_run: int, count: int
+    ) -> None: ...
+    def transition(
+        self,
+        flow_run_id: str,
+        run: int,
+        state_name: str,
+        message: str | None = None,
+        run_count: int = 0,
+        at: float | None = None,
+        result_location: str | None = None,
+    ) -> None: ...
+    def result_location(self, flow_run_id: str, run: int, location: str) -> None: ...
+    def log(
+        self, flow_run_id: str, run: int | None, level: int, message: str, at: float | None = None
+    ) -> None: ...
+    def flow_run_ended(
+        self, id: str, state_name: str, message: str | None = None, ended: float | None = None
+    ) -> None: ...
+    def cache_put(
+        self,
+        task_key: str,
+        cache_key: str,
+        result_location: str,
+        inputs_hash: str = "",
+        created: float | None = None,
+        expires: float | None = None,
+        serializer: str = "",
+    ) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Recorder: ...
+    def __exit__(self, *exc: object) -> bool: ...

@@ -30,6 +30,7 @@ from ferroflow.exceptions import ParameterError
 from ferroflow.signals import FAIL, FerroflowSignal
 from ferroflow.states import (
     BY_CODE,
+    Cached,
     Cancelled,
     Failed,
     Mapped,
@@ -65,7 +66,14 @@ def _trigger_spec(task: Task) -> tuple[Any, ...]:
 
 
 def _needs_hook(task: Task) -> bool:
-    return bool(task.state_handlers) or task.on_failure is not None or task.timeout is not None
+    from ferroflow._checkpoint import checkpoints
+
+    return (
+        bool(task.state_handlers)
+        or task.on_failure is not None
+        or task.timeout is not None
+        or checkpoints(task)
+    )
 
 
 def _retry_delay(task: Task) -> float:
@@ -85,7 +93,7 @@ def _retry_on(task: Task) -> Any:
 class _Plan:
     """The static, per-flow part of a native run (reused while the flow is unchanged)."""
 
-    def __init__(self, compiled: CompiledFlow) -> None:
+    def __init__(self, compiled: CompiledFlow, flow_result: Any = None) -> None:
         from ferroflow.task import Parameter
 
         tasks = compiled.tasks
@@ -113,6 +121,8 @@ class _Plan:
         self.calls: list[tuple[Any, ...] | None] = []
         self.observed = False
         for tid, t in enumerate(tasks):
+            if t.result is None and flow_result is not None and t.checkpoint:
+                t.result = flow_result
             if isinstance(t, Parameter):
                 self.parameters[t.name] = tid
                 self.calls.append(None)  # filled per run with the value
@@ -168,7 +178,7 @@ def _plan_for(flow: Flow) -> _Plan:
     cached = flow.__dict__.get("_ff_plan")
     if cached is not None and cached[0] is compiled:
         return cached[1]
-    plan = _Plan(compiled)
+    plan = _Plan(compiled, getattr(flow, "result", None))
     flow.__dict__["_ff_plan"] = (compiled, plan)
     return plan
 
@@ -207,6 +217,7 @@ class FlowRun:
         release_results: bool = False,
         record: bool = True,
         resumed_from: str | None = None,
+        restore: dict[tuple[int, int], str] | None = None,
     ) -> None:
         self.flow = flow
         self.plan = plan
@@ -228,7 +239,10 @@ class FlowRun:
             self.token,
             release_results,
             self._record_spec(resumed_from) if record else None,
+            (self._restore_hook, sorted({t for t, _ in restore})) if restore else None,
         )
+        self._restore = restore or {}
+        self._resumed_from = resumed_from
 
     def _record_spec(self, resumed_from: str | None) -> tuple[str, str, str, str, str | None]:
         import json
@@ -290,6 +304,19 @@ class FlowRun:
         )
 
     # --- hooks called by the native runner ----------------------------------------------
+    def _restore_hook(self, task_id: int, map_index: int) -> tuple[str, Any] | None:
+        """The value of a run that finished in the resumed flow run, if still readable."""
+        location = self._restore.get((task_id, map_index))
+        if location is None:
+            return None
+        from ferroflow import _checkpoint
+
+        try:
+            value = _checkpoint.backend(self.plan.tasks[task_id]).read(location).value
+        except Exception:  # an unreadable checkpoint means: run it again
+            return None
+        return f"Restored from flow run {self._resumed_from} ({location}).", value
+
     def _run_hook(
         self,
         run_id: int,
@@ -403,6 +430,27 @@ def run_task(
         running = _handle(task, old, running)
     except Exception as exc:
         return Failed.code, exc, f"A state handler raised an error: {exc!r}", False  # type: ignore[return-value]
+    from ferroflow import _checkpoint
+
+    checkpointing = _checkpoint.checkpoints(task)
+    values: dict[str, Any] = {}
+    target: str | None = None
+    if checkpointing:
+        names = task._ff_signature()[0]
+        inputs = dict(zip(names, args, strict=False))
+        inputs.update(kwargs or {})
+        try:
+            values = _checkpoint.template_values(task, inputs)
+            if task.target is not None:
+                target = _checkpoint.render_target(task, values)
+                result = _checkpoint.backend(task)
+                if result.exists(target):
+                    value = result.read(target).value
+                    cached = Cached(f"Result found at target {target!r}.", value)
+                    final = _handle(task, running, cached)
+                    return type(final).code, final.result, final.message, False, target  # type: ignore[return-value]
+        except Exception as exc:
+            return Failed.code, exc, f"Could not use the task's target: {exc}", False  # type: ignore[return-value]
     retryable = False
     try:
         if task.timeout is not None and enforce_timeout:
@@ -450,6 +498,13 @@ def run_task(
     code = type(final).code
     if code is None or code == _RUNNING_CODE:
         code = Failed.code
+    if checkpointing and type(final) is Success:
+        try:
+            location = _checkpoint.write(task, final.result, values, target)
+        except Exception as exc:
+            msg = f"The task succeeded but its result could not be written: {exc}"
+            return Failed.code, exc, msg, False  # type: ignore[return-value]
+        return code, final.result, final.message, retryable, location  # type: ignore[return-value]
     return code, final.result, final.message, retryable
 
 
@@ -530,7 +585,8 @@ def store_path() -> Any:
 def _recording_default() -> bool:
     import os
 
-    return os.environ.get("FERROFLOW_RECORD", "1").strip().lower() not in ("0", "false", "no", "off")
+    value = os.environ.get("FERROFLOW_RECORD", "1").strip().lower()
+    return value not in ("0", "false", "no", "off")
 
 
 def run_flow(
@@ -540,6 +596,7 @@ def run_flow(
     *,
     release_results: bool = False,
     record: bool | None = None,
+    resume: str | None = None,
     **parameter_values: Any,
 ) -> State:
     """Run ``flow`` to the end and return its final State (see ``Flow.run``).
@@ -552,6 +609,10 @@ def run_flow(
             unless the environment sets ``FERROFLOW_RECORD=0``]. A store that cannot be
             opened (corrupt, newer schema, read-only) raises ``StoreError`` before
             anything runs; pass ``record=False`` to run unrecorded.
+        resume: the id (or a unique prefix) of an earlier, unfinished run of this flow in
+            the run store: every task run that finished there with a readable
+            checkpoint is restored instead of run again; the rest runs. Its parameters
+            are reused unless given again.
         release_results: drop each intermediate result as soon as no downstream task
             run can still read it (results of reference and terminal tasks are always
             kept). Bounds memory for long map chains; released results read as None
@@ -571,7 +632,12 @@ def run_flow(
         executor = LocalExecutor()
     if record is None:
         record = _recording_default()
-    run = FlowRun(flow, plan, values, release_results, record)
+    resumed_from: str | None = None
+    restore: dict[tuple[int, int], str] | None = None
+    if resume is not None:
+        resumed_from, old_params, restore = _prepare_resume(flow, plan, resume)
+        values = _resolve_parameters(flow, plan, {**old_params, **given})
+    run = FlowRun(flow, plan, values, release_results, record, resumed_from, restore)
     handlers = list(getattr(flow, "state_handlers", None) or [])
     state: State = Running("Running flow.")
     for handler in handlers:
@@ -582,6 +648,9 @@ def run_flow(
         executor.execute(run)
     finally:
         _context._unregister(run.token)
+        from ferroflow._checkpoint import PACKS
+
+        PACKS.close_run(run.flow_run_id)
     final = _flow_state(run)
     terminal = getattr(flow, "terminal_state_handler", None)
     if terminal is not None:
@@ -603,6 +672,38 @@ def run_flow(
     if final.is_failed() and on_failure is not None:
         on_failure(flow, final)
     return final
+
+
+def _prepare_resume(
+    flow: Flow, plan: _Plan, resume: str
+) -> tuple[str, dict[str, Any], dict[tuple[int, int], str]]:
+    """Find the flow run to resume and what of it can be restored."""
+    from ferroflow.exceptions import StoreError
+    from ferroflow.store import open_store
+
+    path = store_path()
+    if not path.exists():
+        raise StoreError(f"cannot resume {resume!r}: there is no run store at {path}")
+    with open_store(path) as store:
+        store.fixup_interrupted()
+        old = store.flow_run(resume)
+        if old is None:
+            raise StoreError(f"cannot resume {resume!r}: no such flow run in {path}")
+        if old.flow_name != flow.name:
+            raise StoreError(
+                f"cannot resume {old.id}: it is a run of flow {old.flow_name!r}, not {flow.name!r}"
+            )
+        if old.state in ("Success", "Cached"):
+            raise StoreError(f"flow run {old.id} already succeeded: there is nothing to resume")
+        finished = store.finished_task_runs_with_results(old.id)
+        params = old.parameters
+    restore: dict[tuple[int, int], str] = {}
+    for f in finished:
+        if f.task >= len(plan.tasks) or plan.tasks[f.task].name != f.task_name:
+            continue  # the flow changed since; run that task again
+        if f.state in ("Success", "Cached") and f.result_location:
+            restore[(f.task, -1 if f.map_index is None else f.map_index)] = f.result_location
+    return old.id, params, restore
 
 
 class RecordingWarning(UserWarning):

@@ -84,6 +84,9 @@ def _worker_main(conn: Any, current: Any, info_blob: bytes) -> None:
         except (EOFError, OSError):
             return
         if kind == "stop":
+            from ferroflow._checkpoint import PACKS
+
+            PACKS.close_run(info.flow_run_id)
             return
         if kind == "tasks":
             for task_id, (func, task_obj) in payload.items():

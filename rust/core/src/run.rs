@@ -64,6 +64,8 @@ pub enum Outcome {
     Loop(Option<String>),
     Paused(Option<String>),
     Cancelled(Option<String>),
+    /// Finished in an earlier flow run and restored from its checkpoint.
+    Restored(Option<String>),
 }
 
 /// A run the host should execute now.
@@ -889,6 +891,7 @@ impl Run {
             Outcome::Skipped(m) => self.finish(run, StateKind::Skipped, m),
             Outcome::TriggerFailed(m) => self.finish(run, StateKind::TriggerFailed, m),
             Outcome::Cancelled(m) => self.finish(run, StateKind::Cancelled, m),
+            Outcome::Restored(m) => self.finish(run, StateKind::Success, m),
             Outcome::Failed { message, retryable } | Outcome::TimedOut { message, retryable }
                 if retryable && self.run_count(run) <= max_retries =>
             {

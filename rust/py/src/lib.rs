@@ -9,6 +9,7 @@
 mod errors;
 mod recording;
 mod runner;
+mod store;
 
 use pyo3::prelude::*;
 
@@ -33,5 +34,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(find_cycle, m)?)?;
     m.add_function(wrap_pyfunction!(current, m)?)?;
     m.add_class::<runner::PyRunner>()?;
+    store::register(m)?;
     Ok(())
 }

@@ -109,6 +109,10 @@ struct Inner {
     run_hook: Option<Py<PyAny>>,
     trigger_hook: Option<Py<PyAny>>,
     observe_hook: Option<Py<PyAny>>,
+    /// Resume: `restore_hook(task, map_index)` gives `(message, value)` for runs
+    /// finished in an earlier flow run, for the tasks flagged in `restore_tasks`.
+    restore_hook: Option<Py<PyAny>>,
+    restore_tasks: Vec<bool>,
     signal_base: Py<PyAny>,
     token: u64,
     observing: bool,
@@ -401,6 +405,34 @@ impl Inner {
     /// collections, custom triggers that say no, argument errors). Returns the
     /// work, or the outcome and value to record now.
     fn prepare_work(&self, py: Python<'_>, ready: Ready) -> Result<Work, Settled> {
+        if let Some(hook) = &self.restore_hook
+            && self
+                .restore_tasks
+                .get(ready.task.idx())
+                .copied()
+                .unwrap_or(false)
+        {
+            let map_index = ready.map_index.map_or(-1, i64::from);
+            match hook.bind(py).call1((ready.task.0, map_index)) {
+                Ok(found) if !found.is_none() => {
+                    let msg = found
+                        .get_item(0)
+                        .ok()
+                        .and_then(|m| m.extract::<String>().ok());
+                    let value = found.get_item(1).map_or_else(|_| py.None(), Bound::unbind);
+                    return Err((Outcome::Restored(msg), Some(value)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let msg = format!("Could not restore the task from the earlier run: {e}");
+                    let failed = Outcome::Failed {
+                        message: Some(msg),
+                        retryable: false,
+                    };
+                    return Err((failed, None));
+                }
+            }
+        }
         if ready.custom_trigger
             && let Some(o) = self.check_trigger(py, ready)
         {
@@ -1002,7 +1034,7 @@ impl PyRunner {
     /// `(run_hook, trigger_hook, observe_hook)` (each may be None); `release`:
     /// drop intermediate results as soon as nothing downstream can read them.
     #[new]
-    #[pyo3(signature = (tasks, edges, calls, reference, hooks, signal_base, token, release=false, record=None))]
+    #[pyo3(signature = (tasks, edges, calls, reference, hooks, signal_base, token, release=false, record=None, restore=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -1015,6 +1047,7 @@ impl PyRunner {
         token: u64,
         release: bool,
         record: Option<RecordSpec>,
+        restore: Option<(Py<PyAny>, Vec<u32>)>,
     ) -> PyResult<Self> {
         if calls.len() != tasks.len() {
             return Err(PyValueError::new_err("one call spec per task is required"));
@@ -1085,6 +1118,15 @@ impl PyRunner {
             run.enable_journal();
         }
         let (run_hook, trigger_hook, observe_hook) = hooks;
+        let mut restore_tasks = vec![false; n_tasks];
+        let restore_hook = restore.map(|(hook, tasks)| {
+            for t in tasks {
+                if let Some(flag) = restore_tasks.get_mut(t as usize) {
+                    *flag = true;
+                }
+            }
+            hook
+        });
         Ok(PyRunner {
             inner: Mutex::new(Inner {
                 results: Vec::with_capacity(n_tasks),
@@ -1095,6 +1137,8 @@ impl PyRunner {
                 run_hook,
                 trigger_hook,
                 observe_hook,
+                restore_hook,
+                restore_tasks,
                 signal_base,
                 token,
                 observing,
@@ -1371,9 +1415,14 @@ impl PyRunner {
         {
             visit.call(r)?;
         }
-        for h in [&inner.run_hook, &inner.trigger_hook, &inner.observe_hook]
-            .into_iter()
-            .flatten()
+        for h in [
+            &inner.run_hook,
+            &inner.trigger_hook,
+            &inner.observe_hook,
+            &inner.restore_hook,
+        ]
+        .into_iter()
+        .flatten()
         {
             visit.call(h)?;
         }
@@ -1389,6 +1438,7 @@ impl PyRunner {
             inner.run_hook = None;
             inner.trigger_hook = None;
             inner.observe_hook = None;
+            inner.restore_hook = None;
         }
     }
 }

@@ -1,0 +1,112 @@
+"""Checkpoints and targets for the engine: where a task's result is written and read.
+
+A task checkpoints when ``checkpoint=True`` (or it has a ``result=`` and ``checkpoint`` is
+not False) or when it has a ``target``. Values go through the task's ``Result`` (the flow's
+``result`` when the task has none, else ``LocalResult()`` under ``$FERROFLOW_HOME``):
+
+- with a ``target`` template, at the rendered target (and the task is ``Cached`` when
+  something is already there);
+- with a ``Result(location=...)`` template, at that rendered location;
+- otherwise appended to one *pack file* per flow run, task and process
+  (``runs/<flow_run_id>/<task_slug>-<pid>.pack``), so checkpointing a 100,000-child map
+  writes one file, not 100,000. Packs are flushed every few hundred appends and when the
+  flow run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from ferroflow.results import LocalResult, Result, render_location
+
+_FLUSH_EVERY = 256
+
+
+def checkpoints(task: Any) -> bool:
+    """Whether a successful run of ``task`` writes its value."""
+    if task.target is not None:
+        return True
+    if task.checkpoint is None:
+        return task.result is not None
+    return bool(task.checkpoint)
+
+
+def backend(task: Any) -> Result:
+    """The Result a task reads and writes with."""
+    return task.result if task.result is not None else LocalResult()
+
+
+def template_values(task: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """What a target or location template may use: context, parameters and inputs."""
+    from ferroflow.runtime import context
+
+    values: dict[str, Any] = context.to_dict()
+    values.update(values.get("parameters") or {})
+    values.update(inputs)
+    if values.get("map_index") is None:
+        values["map_index"] = ""
+    values.setdefault("task_slug", task.slug or task.name)
+    return values
+
+
+def render_target(task: Any, values: dict[str, Any]) -> str:
+    """The rendered target of a task."""
+    if callable(task.target):
+        return str(task.target(**values))
+    return render_location(task.target, **values)
+
+
+class _Packs:
+    """Open pack writers of this process, by flow run and task."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.writers: dict[tuple[str, str], tuple[Any, int]] = {}
+
+    def append(self, result: LocalResult, flow_run_id: str, slug: str, value: Any) -> str:
+        key = (flow_run_id, slug)
+        with self.lock:
+            entry = self.writers.get(key)
+            if entry is None:
+                safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in slug)
+                writer = result.pack_writer(f"runs/{flow_run_id}/{safe}-{os.getpid()}.pack")
+                entry = (writer, 0)
+            writer, n = entry
+            location = writer.append(value)
+            n += 1
+            if n % _FLUSH_EVERY == 0:
+                writer.flush()
+            self.writers[key] = (writer, n)
+            return location
+
+    def close_run(self, flow_run_id: str) -> None:
+        with self.lock:
+            for key in [k for k in self.writers if k[0] == flow_run_id]:
+                writer, _n = self.writers.pop(key)
+                writer.close()
+
+    def flush_all(self) -> None:
+        with self.lock:
+            for writer, _n in self.writers.values():
+                writer.flush()
+
+
+PACKS = _Packs()
+
+
+def write(task: Any, value: Any, values: dict[str, Any], target: str | None) -> str:
+    """Write a successful value; return its location."""
+    result = backend(task)
+    if target is not None or result.location is not None:
+        where = target if target is not None else render_location(result.location, **values)
+        out = result.copy()
+        out.location = where.replace("{", "{{").replace("}", "}}")
+        return out.write(value).location or where
+    if isinstance(result, LocalResult):
+        flow_run_id = str(values.get("flow_run_id") or "unrecorded")
+        slug = str(values.get("task_slug") or task.name)
+        return PACKS.append(result, flow_run_id, slug, value)
+    written = result.write(value, **values)
+    return written.location or ""

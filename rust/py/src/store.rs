@@ -1,0 +1,702 @@
+//! The run store seen from Python: `Store` (reads, and the few direct writes:
+//! cache entries, the interrupted-run fixup) and `Recorder` (the writer thread a
+//! run records through). Translation only: every query is the core's
+//! ([`ferroflow_core::store`]); rows become plain dicts of str/int/float/None.
+//!
+//! Every [`StoreError`] becomes `ferroflow.exceptions.StoreError` with the core's
+//! message (which names the store's path and says what to do), in [`store_err`].
+//! Store I/O runs with the GIL released.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ferroflow_core::store::{
+    self as core_store, CacheRow, Event, FinishedTaskRun, FlowRunRow, LogRow, NewTaskRun, Recorder,
+    Store, StoreError, TaskRunRow, TransitionItem, TransitionRow,
+};
+use ferroflow_core::{RunId, StateKind, TaskId};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::errors::ff_error;
+
+/// `ferroflow.exceptions.StoreError` with the core error's message.
+pub(crate) fn store_err(py: Python<'_>, err: &StoreError) -> PyErr {
+    ff_error(py, "StoreError", err.to_string())
+}
+
+/// This machine's name as the run store records it (`socket.gethostname()`), so
+/// that the recorder and the interrupted-run fixup agree on it.
+pub(crate) fn host_name(py: Python<'_>) -> PyResult<String> {
+    py.import("socket")?.call_method0("gethostname")?.extract()
+}
+
+/// The [`StateKind`] named `name` (e.g. `"Success"`), or a ValueError.
+fn state_kind(name: &str) -> PyResult<StateKind> {
+    core_store::state_from_name(name).ok_or_else(|| {
+        let known: Vec<&str> = StateKind::ALL.iter().map(|k| k.name()).collect();
+        PyValueError::new_err(format!(
+            "unknown state name {name:?}: expected one of {}",
+            known.join(", ")
+        ))
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// Rows as dicts.
+
+fn flow_run_dict<'py>(py: Python<'py>, r: FlowRunRow) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("id", r.id)?;
+    d.set_item("flow_name", r.flow_name)?;
+    d.set_item("parameters_json", r.parameters_json)?;
+    d.set_item("state", r.state)?;
+    d.set_item("message", r.message)?;
+    d.set_item("started", r.started)?;
+    d.set_item("ended", r.ended)?;
+    d.set_item("pid", r.pid)?;
+    d.set_item("host", r.host)?;
+    d.set_item("resumed_from", r.resumed_from)?;
+    Ok(d)
+}
+
+fn task_run_dict<'py>(py: Python<'py>, r: TaskRunRow) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("run", r.run.0)?;
+    d.set_item("task", r.task.0)?;
+    d.set_item("task_name", &*r.task_name)?;
+    d.set_item("map_index", r.map_index)?;
+    d.set_item("run_count", r.run_count)?;
+    d.set_item("state", r.state.name())?;
+    d.set_item("message", r.message)?;
+    d.set_item("started", r.started)?;
+    d.set_item("ended", r.ended)?;
+    d.set_item("result_location", r.result_location)?;
+    Ok(d)
+}
+
+fn transition_dict<'py>(py: Python<'py>, r: TransitionRow) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("state", r.state.name())?;
+    d.set_item("message", r.message)?;
+    d.set_item("at", r.at)?;
+    Ok(d)
+}
+
+fn log_dict<'py>(py: Python<'py>, r: LogRow) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("run", r.run.map(|x| x.0))?;
+    d.set_item("level", r.level)?;
+    d.set_item("at", r.at)?;
+    d.set_item("message", r.message)?;
+    Ok(d)
+}
+
+fn finished_dict<'py>(py: Python<'py>, r: FinishedTaskRun) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("run", r.run.0)?;
+    d.set_item("task", r.task.0)?;
+    d.set_item("task_name", &*r.task_name)?;
+    d.set_item("map_index", r.map_index)?;
+    d.set_item("state", r.state.name())?;
+    d.set_item("result_location", r.result_location)?;
+    Ok(d)
+}
+
+fn cache_dict<'py>(py: Python<'py>, r: CacheRow) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("task_key", r.task_key)?;
+    d.set_item("cache_key", r.cache_key)?;
+    d.set_item("inputs_hash", r.inputs_hash)?;
+    d.set_item("created", r.created)?;
+    d.set_item("expires", r.expires)?;
+    d.set_item("result_location", r.result_location)?;
+    d.set_item("serializer", r.serializer)?;
+    Ok(d)
+}
+
+fn dict_list<'py, T>(
+    py: Python<'py>,
+    rows: Vec<T>,
+    conv: impl Fn(Python<'py>, T) -> PyResult<Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for row in rows {
+        list.append(conv(py, row)?)?;
+    }
+    Ok(list)
+}
+
+// ---------------------------------------------------------------------------
+// Store.
+
+/// A connection to the run store for reading (and for cache entries and the
+/// interrupted-run fixup). Runs record through a `Recorder`.
+///
+/// `Store(path)` opens the file, creating it (and its directory) if needed; a
+/// corrupt file, a newer schema, a read-only or locked store raise
+/// `ferroflow.exceptions.StoreError` and leave the file untouched.
+#[pyclass(frozen, name = "Store", module = "ferroflow._native")]
+pub struct PyStore {
+    inner: Mutex<Store>,
+    path: PathBuf,
+}
+
+impl PyStore {
+    /// Run `f` on the store with the GIL released; map its error.
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| {
+            let store = lock(&self.inner);
+            f(&store)
+        })
+        .map_err(|e| store_err(py, &e))
+    }
+}
+
+#[pymethods]
+impl PyStore {
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf) -> PyResult<PyStore> {
+        let store = py
+            .detach(|| Store::open(&path))
+            .map_err(|e| store_err(py, &e))?;
+        Ok(PyStore {
+            inner: Mutex::new(store),
+            path,
+        })
+    }
+
+    /// The store file, as a str.
+    #[getter]
+    fn path(&self) -> OsString {
+        self.path.clone().into_os_string()
+    }
+
+    /// The most recently started flow runs, newest first, as dicts.
+    #[pyo3(signature = (limit=20))]
+    fn list_flow_runs<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Bound<'py, PyList>> {
+        let rows = self.with(py, |s| s.list_flow_runs(limit))?;
+        dict_list(py, rows, flow_run_dict)
+    }
+
+    /// The flow run with this id or unique id prefix, as a dict; None when none
+    /// matches; StoreError when the prefix matches several.
+    fn flow_run<'py>(
+        &self,
+        py: Python<'py>,
+        id_or_prefix: &str,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let id = id_or_prefix.to_owned();
+        self.with(py, move |s| s.flow_run(&id))?
+            .map(|r| flow_run_dict(py, r))
+            .transpose()
+    }
+
+    /// The task runs of a flow run (full id), in run-id order, each in its latest
+    /// state; empty when the flow run is unknown.
+    fn task_runs<'py>(&self, py: Python<'py>, flow_run_id: &str) -> PyResult<Bound<'py, PyList>> {
+        let id = flow_run_id.to_owned();
+        let rows = self.with(py, move |s| s.task_runs(&id))?;
+        dict_list(py, rows, task_run_dict)
+    }
+
+    /// Every state transition of one task run, oldest first.
+    fn transitions<'py>(
+        &self,
+        py: Python<'py>,
+        flow_run_id: &str,
+        run: u32,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let id = flow_run_id.to_owned();
+        let rows = self.with(py, move |s| s.transitions(&id, RunId(run)))?;
+        dict_list(py, rows, transition_dict)
+    }
+
+    /// The log lines of a flow run and its task runs, in the order written.
+    fn logs<'py>(&self, py: Python<'py>, flow_run_id: &str) -> PyResult<Bound<'py, PyList>> {
+        let id = flow_run_id.to_owned();
+        let rows = self.with(py, move |s| s.logs(&id))?;
+        dict_list(py, rows, log_dict)
+    }
+
+    /// The finished task runs of a flow run that have a result location (what a
+    /// resume may reuse), in run-id order.
+    fn finished_task_runs_with_results<'py>(
+        &self,
+        py: Python<'py>,
+        flow_run_id: &str,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let id = flow_run_id.to_owned();
+        let rows = self.with(py, move |s| s.finished_task_runs_with_results(&id))?;
+        dict_list(py, rows, finished_dict)
+    }
+
+    /// Mark a flow run `Interrupted` with this message if it is still recorded as
+    /// running. Returns whether it was.
+    fn mark_interrupted(&self, py: Python<'_>, id: &str, message: &str) -> PyResult<bool> {
+        let (id, message) = (id.to_owned(), message.to_owned());
+        self.with(py, move |s| s.mark_interrupted(&id, &message))
+    }
+
+    /// Mark `Interrupted` every flow run recorded as running on `host` (default:
+    /// this machine, `socket.gethostname()`) whose process is gone. Returns the
+    /// ids marked.
+    #[pyo3(signature = (host=None))]
+    fn fixup_interrupted(&self, py: Python<'_>, host: Option<String>) -> PyResult<Vec<String>> {
+        let host = match host {
+            Some(h) => h,
+            None => host_name(py)?,
+        };
+        self.with(py, move |s| {
+            s.fixup_interrupted(&host, core_store::pid_is_alive)
+        })
+    }
+
+    /// The newest unexpired cache entry for this task and cache key at time `now`
+    /// (default: the current time), as a dict, or None.
+    #[pyo3(signature = (task_key, cache_key, now=None))]
+    fn cache_get<'py>(
+        &self,
+        py: Python<'py>,
+        task_key: &str,
+        cache_key: &str,
+        now: Option<f64>,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let (tk, ck) = (task_key.to_owned(), cache_key.to_owned());
+        let now = now.unwrap_or_else(core_store::now);
+        self.with(py, move |s| s.cache_get(&tk, &ck, now))?
+            .map(|r| cache_dict(py, r))
+            .transpose()
+    }
+
+    /// Every unexpired cache entry for this task and cache key at time `now`
+    /// (default: the current time), newest first, as dicts.
+    #[pyo3(signature = (task_key, cache_key, now=None))]
+    fn cache_candidates<'py>(
+        &self,
+        py: Python<'py>,
+        task_key: &str,
+        cache_key: &str,
+        now: Option<f64>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let (tk, ck) = (task_key.to_owned(), cache_key.to_owned());
+        let now = now.unwrap_or_else(core_store::now);
+        let rows = self.with(py, move |s| s.cache_candidates(&tk, &ck, now))?;
+        dict_list(py, rows, cache_dict)
+    }
+
+    /// Add a cache entry, replacing the one with the same task key, cache key and
+    /// inputs hash. `created` defaults to the current time.
+    #[pyo3(signature = (
+        task_key, cache_key, result_location, inputs_hash="", created=None, expires=None,
+        serializer=""
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn cache_put(
+        &self,
+        py: Python<'_>,
+        task_key: String,
+        cache_key: String,
+        result_location: String,
+        inputs_hash: &str,
+        created: Option<f64>,
+        expires: Option<f64>,
+        serializer: &str,
+    ) -> PyResult<()> {
+        let row = CacheRow {
+            task_key,
+            cache_key,
+            inputs_hash: inputs_hash.to_owned(),
+            created: created.unwrap_or_else(core_store::now),
+            expires,
+            result_location,
+            serializer: serializer.to_owned(),
+        };
+        self.with(py, move |s| s.cache_put(&row))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Store({:?})", self.path.display().to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Recorder.
+
+/// The write side of the run store: one writer thread fed through a channel.
+///
+/// `Recorder(path)` opens the store (every error `Store(path)` can raise is
+/// raised here, before anything is recorded) and starts the thread. Sending
+/// never blocks and never raises for a write failure: `flush()` and `close()`
+/// raise the first error the writer met. Times are seconds since the Unix
+/// epoch; state names are those of `ferroflow.states` (e.g. `"Success"`).
+#[pyclass(frozen, name = "Recorder", module = "ferroflow._native")]
+pub struct PyRecorder {
+    inner: Mutex<Option<Arc<Recorder>>>,
+    path: PathBuf,
+}
+
+impl PyRecorder {
+    /// The core recorder, shared (None once closed): lets the run loop send
+    /// events (e.g. through an `EventBuffer`) to the recorder Python made.
+    #[allow(dead_code)]
+    pub(crate) fn inner(&self) -> Option<Arc<Recorder>> {
+        lock(&self.inner).clone()
+    }
+
+    /// The recorder, or StoreError when it is closed.
+    fn live(&self, py: Python<'_>) -> PyResult<Arc<Recorder>> {
+        self.inner().ok_or_else(|| {
+            ff_error(
+                py,
+                "StoreError",
+                format!(
+                    "the recorder for the run store {} is closed",
+                    self.path.display()
+                ),
+            )
+        })
+    }
+
+    fn send(&self, py: Python<'_>, event: Event) -> PyResult<()> {
+        self.live(py)?.send(event);
+        Ok(())
+    }
+}
+
+/// Close a recorder: stop the thread if this is the last reference, else flush.
+fn close_recorder(rec: Arc<Recorder>) -> Result<(), StoreError> {
+    match Arc::try_unwrap(rec) {
+        Ok(rec) => rec.close(),
+        Err(shared) => shared.flush(),
+    }
+}
+
+#[pymethods]
+impl PyRecorder {
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf) -> PyResult<PyRecorder> {
+        let rec = py
+            .detach(|| Recorder::start(&path))
+            .map_err(|e| store_err(py, &e))?;
+        Ok(PyRecorder {
+            inner: Mutex::new(Some(Arc::new(rec))),
+            path,
+        })
+    }
+
+    /// The store file, as a str.
+    #[getter]
+    fn path(&self) -> OsString {
+        self.path.clone().into_os_string()
+    }
+
+    /// How many records could not be written so far.
+    #[getter]
+    fn lost(&self) -> u64 {
+        self.inner().map_or(0, |r| r.lost())
+    }
+
+    /// Whether `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        lock(&self.inner).is_none()
+    }
+
+    /// A flow run starts (state `Running`). `pid` defaults to this process,
+    /// `host` to `socket.gethostname()`, `started` to now.
+    #[pyo3(signature = (
+        id, flow_name, parameters_json="{}", started=None, pid=None, host=None,
+        resumed_from=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn flow_run_started(
+        &self,
+        py: Python<'_>,
+        id: &str,
+        flow_name: String,
+        parameters_json: &str,
+        started: Option<f64>,
+        pid: Option<u32>,
+        host: Option<String>,
+        resumed_from: Option<String>,
+    ) -> PyResult<()> {
+        let host = match host {
+            Some(h) => h,
+            None => host_name(py)?,
+        };
+        self.send(
+            py,
+            Event::FlowRunStarted {
+                id: Arc::from(id),
+                flow_name,
+                parameters_json: parameters_json.to_owned(),
+                started: started.unwrap_or_else(core_store::now),
+                pid: pid.unwrap_or_else(std::process::id),
+                host,
+                resumed_from,
+            },
+        )
+    }
+
+    /// Register task runs: `runs` is a list of `(run, task, task_name, map_index)`
+    /// (`map_index` None for a task's own run).
+    fn task_runs(
+        &self,
+        py: Python<'_>,
+        flow_run_id: &str,
+        runs: Vec<(u32, u32, String, Option<u32>)>,
+    ) -> PyResult<()> {
+        let runs = runs
+            .into_iter()
+            .map(|(run, task, name, map_index)| NewTaskRun {
+                run: RunId(run),
+                task: TaskId(task),
+                task_name: Arc::from(name),
+                map_index,
+            })
+            .collect();
+        self.send(
+            py,
+            Event::TaskRuns {
+                flow_run_id: Arc::from(flow_run_id),
+                runs,
+            },
+        )
+    }
+
+    /// Register the `count` children of a mapped task: runs `first_run ..
+    /// first_run + count` with map indexes `0 .. count`.
+    fn map_children(
+        &self,
+        py: Python<'_>,
+        flow_run_id: &str,
+        task: u32,
+        task_name: &str,
+        first_run: u32,
+        count: u32,
+    ) -> PyResult<()> {
+        self.send(
+            py,
+            Event::MapChildren {
+                flow_run_id: Arc::from(flow_run_id),
+                task: TaskId(task),
+                task_name: Arc::from(task_name),
+                first_run: RunId(first_run),
+                count,
+            },
+        )
+    }
+
+    /// A task run entered state `state_name` (with its message, attempt count,
+    /// time, and the result location if this transition checkpointed it).
+    #[pyo3(signature = (
+        flow_run_id, run, state_name, message=None, run_count=0, at=None, result_location=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn transition(
+        &self,
+        py: Python<'_>,
+        flow_run_id: &str,
+        run: u32,
+        state_name: &str,
+        message: Option<String>,
+        run_count: u32,
+        at: Option<f64>,
+        result_location: Option<String>,
+    ) -> PyResult<()> {
+        let state = state_kind(state_name)?;
+        self.send(
+            py,
+            Event::Transition {
+                flow_run_id: Arc::from(flow_run_id),
+                item: TransitionItem {
+                    run: RunId(run),
+                    state,
+                    message,
+                    run_count,
+                    at: at.unwrap_or_else(core_store::now),
+                    result_location,
+                },
+            },
+        )
+    }
+
+    /// Where a task run's result was written.
+    fn result_location(
+        &self,
+        py: Python<'_>,
+        flow_run_id: &str,
+        run: u32,
+        location: String,
+    ) -> PyResult<()> {
+        self.send(
+            py,
+            Event::ResultLocation {
+                flow_run_id: Arc::from(flow_run_id),
+                run: RunId(run),
+                location,
+            },
+        )
+    }
+
+    /// A log line of the flow run (`run` None) or of one of its task runs;
+    /// `level` as `logging` numbers it.
+    #[pyo3(signature = (flow_run_id, run, level, message, at=None))]
+    fn log(
+        &self,
+        py: Python<'_>,
+        flow_run_id: &str,
+        run: Option<u32>,
+        level: i32,
+        message: String,
+        at: Option<f64>,
+    ) -> PyResult<()> {
+        self.send(
+            py,
+            Event::Log {
+                flow_run_id: Arc::from(flow_run_id),
+                run: run.map(RunId),
+                level,
+                at: at.unwrap_or_else(core_store::now),
+                message,
+            },
+        )
+    }
+
+    /// A flow run ended in its final state `state_name`.
+    #[pyo3(signature = (id, state_name, message=None, ended=None))]
+    fn flow_run_ended(
+        &self,
+        py: Python<'_>,
+        id: &str,
+        state_name: &str,
+        message: Option<String>,
+        ended: Option<f64>,
+    ) -> PyResult<()> {
+        let state = state_kind(state_name)?;
+        self.send(
+            py,
+            Event::FlowRunEnded {
+                id: Arc::from(id),
+                state,
+                message,
+                ended: ended.unwrap_or_else(core_store::now),
+            },
+        )
+    }
+
+    /// Add or replace a cache entry (see `Store.cache_put`).
+    #[pyo3(signature = (
+        task_key, cache_key, result_location, inputs_hash="", created=None, expires=None,
+        serializer=""
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn cache_put(
+        &self,
+        py: Python<'_>,
+        task_key: String,
+        cache_key: String,
+        result_location: String,
+        inputs_hash: &str,
+        created: Option<f64>,
+        expires: Option<f64>,
+        serializer: &str,
+    ) -> PyResult<()> {
+        self.send(
+            py,
+            Event::CachePut(CacheRow {
+                task_key,
+                cache_key,
+                inputs_hash: inputs_hash.to_owned(),
+                created: created.unwrap_or_else(core_store::now),
+                expires,
+                result_location,
+                serializer: serializer.to_owned(),
+            }),
+        )
+    }
+
+    /// Wait until everything sent is committed; raise the first error the writer
+    /// met (StoreError), if any.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        let rec = self.live(py)?;
+        py.detach(|| rec.flush()).map_err(|e| store_err(py, &e))
+    }
+
+    /// Commit everything sent and stop the writer thread; raise the first error
+    /// it met (StoreError), if any. Closing twice does nothing.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(rec) = lock(&self.inner).take() else {
+            return Ok(());
+        };
+        py.detach(|| close_recorder(rec))
+            .map_err(|e| store_err(py, &e))
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: Option<Bound<'_, PyAny>>,
+        _exc: Option<Bound<'_, PyAny>>,
+        _tb: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Recorder({:?})", self.path.display().to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Functions.
+
+/// The store path for the current environment: `$FERROFLOW_HOME/ferroflow.db`,
+/// else `~/.ferroflow/ferroflow.db`. StoreError when neither `FERROFLOW_HOME`
+/// nor a home directory is set.
+#[pyfunction]
+fn default_store_path(py: Python<'_>) -> PyResult<OsString> {
+    core_store::default_store_path()
+        .map(PathBuf::into_os_string)
+        .ok_or_else(|| {
+            ff_error(
+                py,
+                "StoreError",
+                "cannot find the run store: neither FERROFLOW_HOME nor HOME is set; set \
+             FERROFLOW_HOME to a writable directory, or run with recording off"
+                    .to_owned(),
+            )
+        })
+}
+
+/// Whether process `pid` is alive on this machine (True when it cannot tell).
+#[pyfunction]
+fn pid_is_alive(py: Python<'_>, pid: u32) -> bool {
+    py.detach(|| core_store::pid_is_alive(pid))
+}
+
+/// Register the store classes and functions in `_native`.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyStore>()?;
+    m.add_class::<PyRecorder>()?;
+    m.add_function(wrap_pyfunction!(default_store_path, m)?)?;
+    m.add_function(wrap_pyfunction!(pid_is_alive, m)?)?;
+    m.add("STORE_SCHEMA_VERSION", core_store::SCHEMA_VERSION)?;
+    Ok(())
+}

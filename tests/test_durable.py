@@ -1,0 +1,326 @@
+"""Durable runs: the run store records every run, checkpoints and targets, resume after a
+failure, a SIGKILL or Ctrl-C (SPEC "Results, targets, caching", "Durable runs")."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ferroflow import Flow, task
+from ferroflow.exceptions import StoreError
+from ferroflow.results import LocalResult
+from ferroflow.states import Cached, Failed, Success
+from ferroflow.store import open_store
+
+
+@task
+def inc(x: int) -> int:
+    return x + 1
+
+
+@task
+def total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+def test_runs_are_recorded_with_every_task_run(_ferroflow_home: str) -> None:
+    @task
+    def fails_on_two(x: int) -> int:
+        if x == 2:
+            raise ValueError("two")
+        return x
+
+    with Flow("recorded") as flow:
+        m = fails_on_two.map([0, 1, 2, 3])
+        total(m)
+    state = flow.run()
+    assert isinstance(state, Failed)
+    with open_store() as store:
+        (run,) = store.list_flow_runs()
+        assert run.flow_name == "recorded"
+        assert run.state == "Failed"
+        assert run.pid == os.getpid()
+        task_runs = store.task_runs(run.id)
+        children = [t for t in task_runs if t.map_index is not None]
+        assert sorted(t.map_index for t in children) == [0, 1, 2, 3]
+        failed = next(t for t in children if t.map_index == 2)
+        assert failed.state == "Failed"
+        assert "two" in (failed.message or "")
+        history = [t.state for t in store.transitions(run.id, failed.run)]
+        assert history[-2:] == ["Running", "Failed"]
+
+
+def test_record_false_writes_nothing(_ferroflow_home: str) -> None:
+    with Flow("quiet") as flow:
+        inc(1)
+    assert flow.run(record=False).is_successful()
+    assert not (Path(_ferroflow_home) / "ferroflow.db").exists()
+
+
+def test_corrupt_store_is_a_typed_error_and_left_alone(_ferroflow_home: str) -> None:
+    path = Path(_ferroflow_home) / "ferroflow.db"
+    path.write_bytes(b"this is not a database" * 100)
+    before = path.read_bytes()
+    ran: list[int] = []
+
+    @task
+    def record_call() -> None:
+        ran.append(1)
+
+    with Flow("corrupt") as flow:
+        record_call()
+    with pytest.raises(StoreError) as err:
+        flow.run()
+    assert str(path) in str(err.value)
+    assert "FERROFLOW_HOME" in str(err.value)
+    assert path.read_bytes() == before
+    assert ran == []
+    assert flow.run(record=False).is_successful()  # running unrecorded still works
+
+
+def test_target_makes_a_task_cached(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    @task(target="{task_name}/{x}.bin", result=LocalResult(dir=tmp_path))
+    def expensive(x: int) -> int:
+        calls.append(x)
+        return x * 10
+
+    with Flow("targets") as flow:
+        e = expensive(4)
+    first = flow.run()
+    assert first.result[e].result == 40 and isinstance(first.result[e], Success)
+    assert (tmp_path / "expensive" / "4.bin").exists()
+    second = flow.run()
+    assert isinstance(second.result[e], Cached)
+    assert second.result[e].result == 40
+    assert calls == [4]
+
+
+def test_bad_targets_fail_the_task_with_a_clear_message(tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("in the way")
+
+    @task(target="{nope}.bin", result=LocalResult(dir=tmp_path))
+    def unknown_key() -> int:
+        return 1
+
+    @task(target="../../escape.bin", result=LocalResult(dir=tmp_path / "results"))
+    def escapes() -> int:
+        return 1
+
+    @task(
+        checkpoint=True,
+        result=LocalResult(dir=blocked / "sub", location="x.bin", validate_dir=False),
+    )
+    def unwritable() -> int:
+        return 1
+
+    with Flow("bad-targets") as flow:
+        a, b, c = unknown_key(), escapes(), unwritable()
+        after = inc(3)
+    state = flow.run()
+    assert isinstance(state.result[a], Failed) and "nope" in state.result[a].message
+    assert isinstance(state.result[b], Failed) and "escape" in state.result[b].message
+    assert isinstance(state.result[c], Failed)
+    assert "could not be written" in state.result[c].message
+    assert state.result[after].result == 4
+
+
+def test_checkpointing_a_map_writes_one_pack_file(tmp_path: Path) -> None:
+    @task(checkpoint=True, result=LocalResult(dir=tmp_path))
+    def double(x: int) -> int:
+        return 2 * x
+
+    with Flow("packs") as flow:
+        s = total(double.map(list(range(1000))))
+    state = flow.run()
+    assert state.result[s].result == 999_000
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) == 1 and files[0].suffix == ".pack"
+
+
+def test_resume_after_a_failure_reruns_only_what_did_not_finish(tmp_path: Path) -> None:
+    calls: list[int] = []
+    broken = {"on": True}
+
+    @task(checkpoint=True, result=LocalResult(dir=tmp_path))
+    def work(x: int) -> int:
+        calls.append(x)
+        if x == 3 and broken["on"]:
+            raise RuntimeError("transient")
+        return x * x
+
+    with Flow("resumable") as flow:
+        s = total(work.map(list(range(6))))
+    first = flow.run()
+    assert isinstance(first, Failed)
+    with open_store() as store:
+        (old,) = store.list_flow_runs()
+    broken["on"] = False
+    calls.clear()
+    second = flow.run(resume=old.id[:8])
+    assert second.is_successful()
+    assert second.result[s].result == sum(x * x for x in range(6))
+    assert calls == [3]
+    with open_store() as store:
+        newest = store.list_flow_runs()[0]
+        assert newest.resumed_from == old.id
+
+
+def test_resume_bad_input(_ferroflow_home: str) -> None:
+    with Flow("once") as flow:
+        inc(1)
+    with pytest.raises(StoreError, match=r"no run store|no such flow run"):
+        flow.run(resume="feedbeef")
+    assert flow.run().is_successful()
+    with open_store() as store:
+        (done,) = store.list_flow_runs()
+    with pytest.raises(StoreError, match="already succeeded"):
+        flow.run(resume=done.id)
+    with pytest.raises(StoreError, match="no such flow run"):
+        flow.run(resume="not-a-run")
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from ferroflow import Flow, task
+    from ferroflow.results import LocalResult
+
+    results_dir, side, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+
+    @task(target="child/{map_index}.bin", result=LocalResult(dir=results_dir))
+    def child(x):
+        with open(side, "a") as f:
+            f.write(f"{x}\\n")
+        time.sleep(0.0005)
+        return x * 3
+
+    @task
+    def total(xs):
+        return sum(xs)
+
+    with Flow("killable") as flow:
+        s = total(child.map(list(range(10_000))))
+
+    if mode == "run":
+        flow.run()
+    else:
+        state = flow.run(resume=mode)
+        print("RESULT", state.result[s].result, type(state).__name__)
+    """
+)
+
+
+def _run_until(script: Path, args: list[str], side: Path, lines: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, str(script), *args], text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if side.exists() and side.read_text().count("\n") >= lines:
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("the flow never got far enough to be interrupted")
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
+    script = tmp_path / "flow.py"
+    script.write_text(KILL_SCRIPT)
+    side = tmp_path / "executions.txt"
+    results = tmp_path / "results"
+    proc = _run_until(script, [str(results), str(side), "run"], side, 1500)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    finished = {int(p.stem) for p in (results / "child").glob("*.bin")}
+    assert 0 < len(finished) < 10_000
+    with open_store() as store:
+        store.fixup_interrupted()
+        (killed,) = store.list_flow_runs()
+        assert killed.state == "Interrupted"
+    out = subprocess.run(
+        [sys.executable, str(script), str(results), str(side), killed.id],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=True,
+    )
+    assert f"RESULT {3 * sum(range(10_000))} Success" in out.stdout
+    executions: dict[int, int] = {}
+    for line in side.read_text().split():
+        executions[int(line)] = executions.get(int(line), 0) + 1
+    assert set(executions) == set(range(10_000))
+    again = sorted(i for i in finished if executions[i] > 1)
+    assert again == [], f"children re-executed after they finished: {again[:10]}"
+
+
+CTRL_C_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from ferroflow import Flow, task
+    from ferroflow.results import LocalResult
+
+    @task(checkpoint=True, result=LocalResult(dir=sys.argv[1]))
+    def slow(x):
+        time.sleep(0.01)
+        return x
+
+    with Flow("interruptible") as flow:
+        slow.map(list(range(2000)))
+
+    if len(sys.argv) > 2:
+        print("STATE", type(flow.run(resume=sys.argv[2])).__name__)
+    else:
+        print("READY", flush=True)
+        state = flow.run()
+        print("STATE", type(state).__name__, flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_cancels_and_the_run_is_resumable(tmp_path: Path) -> None:
+    script = tmp_path / "flow.py"
+    script.write_text(CTRL_C_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "r")], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "READY"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert "STATE Cancelled" in out
+    with open_store() as store:
+        (run,) = store.list_flow_runs()
+        assert run.state == "Cancelled"
+        done = store.finished_task_runs_with_results(run.id)
+        assert 0 < len(done) < 2000
+    resumed = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "r"), run.id],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=True,
+    )
+    assert "STATE Success" in resumed.stdout
+
+
+def test_results_survive_in_the_flow_state(_ferroflow_home: str) -> None:
+    observed: list[Any] = []
+    with Flow("plain") as flow:
+        v = inc(41)
+    state = flow.run()
+    observed.append(state.result[v].result)
+    assert observed == [42]
