@@ -324,3 +324,46 @@ def test_results_survive_in_the_flow_state(_ferroflow_home: str) -> None:
     state = flow.run()
     observed.append(state.result[v].result)
     assert observed == [42]
+
+
+CACHE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from datetime import timedelta
+    from ferroflow import Flow, Parameter, task
+    from ferroflow.cache_validators import all_inputs
+
+    calls = []
+
+    @task(cache_for=timedelta(hours=1), cache_validator=all_inputs)
+    def expensive(x):
+        calls.append(x)
+        return x * 100
+
+    with Flow("cached") as flow:
+        n = Parameter("n", default=1)
+        e = expensive(n)
+
+    state = flow.run(n=int(sys.argv[1]))
+    print("VALUE", state.result[e].result, type(state.result[e]).__name__, "CALLS", len(calls))
+    """
+)
+
+
+def test_two_processes_share_the_durable_cache(tmp_path: Path) -> None:
+    script = tmp_path / "cached.py"
+    script.write_text(CACHE_SCRIPT)
+
+    def run(n: int) -> str:
+        out = subprocess.run(
+            [sys.executable, str(script), str(n)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    assert run(3) == "VALUE 300 Success CALLS 1"
+    assert run(3) == "VALUE 300 Cached CALLS 0"  # another process: the cache is durable
+    assert run(4) == "VALUE 400 Success CALLS 1"  # other inputs: all_inputs says no

@@ -25,8 +25,9 @@ _FLUSH_EVERY = 256
 
 
 def checkpoints(task: Any) -> bool:
-    """Whether a successful run of ``task`` writes its value."""
-    if task.target is not None:
+    """Whether a successful run of ``task`` writes its value (cached tasks do: the
+    durable cache points at the written value)."""
+    if task.target is not None or task.cache_for is not None:
         return True
     if task.checkpoint is None:
         return task.result is not None
@@ -110,3 +111,86 @@ def write(task: Any, value: Any, values: dict[str, Any], target: str | None) -> 
         return PACKS.append(result, flow_run_id, slug, value)
     written = result.write(value, **values)
     return written.location or ""
+
+
+# --- the durable cache (``cache_for``) ------------------------------------------------------
+_STORES: dict[str, Any] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def _store() -> Any:
+    """This process's handle on the run store (shared by every cached task)."""
+    from ferroflow.engine import store_path
+    from ferroflow.store import open_store
+
+    path = str(store_path())
+    with _STORES_LOCK:
+        store = _STORES.get(path)
+        if store is None:
+            store = _STORES[path] = open_store(path)
+        return store
+
+
+def _task_key(task: Any, values: dict[str, Any]) -> str:
+    return f"{values.get('flow_name')}/{values.get('task_slug') or task.name}"
+
+
+def cache_lookup(
+    task: Any, inputs: dict[str, Any], values: dict[str, Any]
+) -> tuple[Any, str] | None:
+    """A still-valid cached value of ``task`` for these inputs: ``(value, location)``."""
+    import json
+    from datetime import datetime, timezone
+
+    from ferroflow.cache_validators import CacheEntry, duration_only
+
+    validator = task.cache_validator or duration_only
+    task_key = _task_key(task, values)
+    parameters = values.get("parameters") or {}
+    for row in _store().cache_candidates(task_key, task.cache_key or task_key):
+        try:
+            hashes = json.loads(row.inputs_hash or "{}")
+        except ValueError:
+            continue
+        expires = None
+        if row.expires is not None:
+            expires = datetime.fromtimestamp(row.expires, tz=timezone.utc)
+        entry = CacheEntry(
+            expiration=expires,
+            inputs=hashes.get("inputs", {}),
+            parameters=hashes.get("parameters", {}),
+            hashed=True,
+        )
+        if not validator(entry, inputs, parameters):
+            continue
+        try:
+            return backend(task).read(row.result_location).value, row.result_location
+        except Exception:  # an unreadable entry is a miss
+            continue
+    return None
+
+
+def cache_store(task: Any, inputs: dict[str, Any], values: dict[str, Any], location: str) -> None:
+    """Record a fresh result of ``task`` in the durable cache."""
+    import json
+    import time
+
+    from ferroflow.cache_validators import CacheEntry
+
+    entry = CacheEntry.with_hashes(None, inputs, values.get("parameters") or {})
+    hashes = json.dumps(
+        {"inputs": dict(entry.inputs), "parameters": dict(entry.parameters)}, sort_keys=True
+    )
+    task_key = _task_key(task, values)
+    now = time.time()
+    for writer, _n in PACKS.writers.values():
+        writer.flush()  # a reader in another process must find the value
+    _store().cache_put(
+        task_key,
+        task.cache_key or task_key,
+        location,
+        inputs_hash=hashes,
+        created=now,
+        expires=now + task.cache_for.total_seconds(),
+        serializer=getattr(backend(task).serializer, "name", ""),
+    )

@@ -449,6 +449,12 @@ def run_task(
                     cached = Cached(f"Result found at target {target!r}.", value)
                     final = _handle(task, running, cached)
                     return type(final).code, final.result, final.message, False, target  # type: ignore[return-value]
+            if task.cache_for is not None:
+                hit = _checkpoint.cache_lookup(task, inputs, values)
+                if hit is not None:
+                    cached = Cached("Reused a cached result.", hit[0])
+                    final = _handle(task, running, cached)
+                    return type(final).code, final.result, final.message, False, hit[1]  # type: ignore[return-value]
         except Exception as exc:
             return Failed.code, exc, f"Could not use the task's target: {exc}", False  # type: ignore[return-value]
     retryable = False
@@ -501,6 +507,8 @@ def run_task(
     if checkpointing and type(final) is Success:
         try:
             location = _checkpoint.write(task, final.result, values, target)
+            if task.cache_for is not None:
+                _checkpoint.cache_store(task, inputs, values, location)
         except Exception as exc:
             msg = f"The task succeeded but its result could not be written: {exc}"
             return Failed.code, exc, msg, False  # type: ignore[return-value]
