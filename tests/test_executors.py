@@ -1,0 +1,222 @@
+"""The same flows give the same final states on every executor (SPEC "Executors"),
+and executor faults are survived (worker deaths, timeouts, values that cannot travel)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ferroflow import Flow, Parameter, case, context, merge, signals, task, triggers, unmapped
+from ferroflow.exceptions import ExecutorError
+from ferroflow.executors import LocalExecutor, ProcessExecutor, ThreadExecutor
+from ferroflow.states import State
+
+
+@task
+def inc(x: int) -> int:
+    return x + 1
+
+
+@task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@task
+def total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+@task
+def fragile(x: int) -> int:
+    if x == 3:
+        raise ValueError("three")
+    return x
+
+
+@task
+def skip_odd(x: int) -> int:
+    if x % 2:
+        raise signals.SKIP("odd")
+    return x
+
+
+@task(max_retries=2, retry_delay=0.01)
+def flaky(x: int) -> int:
+    if context.task_run_count < 2:
+        raise RuntimeError("first attempt fails")
+    return x * 10
+
+
+@task
+def countdown(n: int) -> int:
+    left = context.task_loop_result if context.task_loop_count > 1 else n
+    if left > 0:
+        raise signals.LOOP(result=left - 1)
+    return context.task_loop_count
+
+
+@task(trigger=triggers.all_finished)
+def count(xs: list[Any]) -> int:
+    return len(xs)
+
+
+@task
+def label(mode: str) -> str:
+    return mode.upper()
+
+
+def build() -> tuple[Flow, dict[str, Any]]:
+    with Flow("portable") as flow:
+        n = Parameter("n", default=6)
+        xs = task(lambda k: list(range(k)), name="xs")(n)
+        a = inc.map(xs)
+        b = add.map(a, y=unmapped(100))
+        reduce = total(b)
+        f = fragile.map(xs)
+        after_f = inc.map(f)
+        strict = total(after_f)
+        lenient = count(after_f)
+        sk = inc.map(skip_odd.map(xs))
+        retried = flaky.map([1, 2])
+        looped = countdown.map([0, 2])
+        mode = Parameter("mode", default="fast")
+        with case(mode, "fast"):
+            fast = label("fast")
+        with case(mode, "slow"):
+            slow = label("slow")
+        chosen = merge(fast, slow)
+    named = {
+        "a": a, "b": b, "reduce": reduce, "f": f, "after_f": after_f, "strict": strict,
+        "lenient": lenient, "sk": sk, "retried": retried, "looped": looped, "fast": fast,
+        "slow": slow, "chosen": chosen,
+    }  # fmt: skip
+    return flow, named
+
+
+def summary(state: State) -> Any:
+    if state.is_mapped():
+        return ("Mapped", [summary(c) for c in state.map_states])
+    value = state.result
+    if isinstance(value, BaseException):
+        value = repr(value)
+    return (type(state).__name__, value)
+
+
+EXECUTORS: dict[str, Callable[[], Any]] = {
+    "local": LocalExecutor,
+    "threads": lambda: ThreadExecutor(max_workers=3),
+    "processes": lambda: ProcessExecutor(max_workers=2),
+}
+
+
+def test_same_states_on_every_executor() -> None:
+    flow, named = build()
+    results = {}
+    for name, make in EXECUTORS.items():
+        state = flow.run(executor=make())
+        results[name] = {
+            "flow": type(state).__name__,
+            **{k: summary(state.result[t]) for k, t in named.items()},
+        }
+    local = results["local"]
+    assert local["reduce"] == ("Success", sum(range(1, 7)) + 600)
+    assert local["strict"][0] == "TriggerFailed" and local["lenient"] == ("Success", 6)
+    assert local["looped"] == ("Mapped", [("Success", 1), ("Success", 3)])
+    assert local["retried"] == ("Mapped", [("Success", 10), ("Success", 20)])
+    assert local["chosen"] == ("Success", "FAST") and local["slow"][0] == "Skipped"
+    assert [s[0] for s in local["sk"][1]] == ["Success", "Skipped"] * 3
+    for name, got in results.items():
+        assert got == local, f"{name} differs from local"
+
+
+def test_max_workers_must_be_positive() -> None:
+    for bad in (0, -1, 1.5, "2"):
+        with pytest.raises(ExecutorError):
+            ThreadExecutor(max_workers=bad)  # type: ignore[arg-type]
+        with pytest.raises(ExecutorError):
+            ProcessExecutor(max_workers=bad)  # type: ignore[arg-type]
+
+
+@task(max_retries=1, retry_delay=0)
+def killer(x: int) -> int:
+    if x == 500 and context.task_run_count == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def test_worker_killed_mid_map_is_retried_and_the_flow_succeeds() -> None:
+    with Flow("fault") as flow:
+        out = total(killer.map(list(range(1000))))
+    state = flow.run(executor=ProcessExecutor(max_workers=2))
+    assert state.is_successful()
+    assert state.result[out].result == sum(range(1000))
+
+
+@task
+def dies(x: int) -> int:
+    if x == 1:
+        os._exit(3)
+    return x
+
+
+def test_worker_death_without_retries_fails_only_that_run() -> None:
+    with Flow("death") as flow:
+        m = dies.map([0, 1, 2])
+    state = flow.run(executor=ProcessExecutor(max_workers=2))
+    children = state.result[m].map_states
+    assert [type(c).__name__ for c in children] == ["Success", "Failed", "Success"]
+    assert "worker process died: exit code 3" in children[1].message
+
+
+@task(timeout=0.3)
+def hangs() -> None:
+    time.sleep(30)
+
+
+def test_process_timeout_stops_the_run_for_real() -> None:
+    with Flow("timeout") as flow:
+        h = hangs()
+        ok = inc(1)
+    start = time.monotonic()
+    state = flow.run(executor=ProcessExecutor(max_workers=2))
+    assert time.monotonic() - start < 10
+    assert type(state.result[h]).__name__ == "TimedOut"
+    assert state.result[ok].result == 2
+
+
+@task
+def unpicklable_result() -> Any:
+    return lambda_holder()
+
+
+class lambda_holder:  # noqa: N801 - a deliberately unpicklable value
+    def __reduce__(self) -> Any:
+        raise TypeError("this object refuses to be pickled")
+
+
+def test_values_that_cannot_travel_fail_that_run() -> None:
+    import threading
+
+    lock = threading.Lock()
+
+    @task
+    def takes(x: Any) -> int:
+        return 1
+
+    with Flow("pickling") as flow:
+        bad_out = unpicklable_result()
+        bad_in = takes(lock)
+        good = inc(1)
+    state = flow.run(executor=ProcessExecutor(max_workers=2))
+    assert type(state.result[bad_out]).__name__ == "Failed"
+    assert "could not be sent back" in state.result[bad_out].message
+    assert "refuses to be pickled" in state.result[bad_out].message
+    assert type(state.result[bad_in]).__name__ == "Failed"
+    assert "could not be sent to a worker" in state.result[bad_in].message
+    assert state.result[good].result == 2
