@@ -192,10 +192,10 @@ def test_process_timeout_stops_the_run_for_real() -> None:
 
 @task
 def unpicklable_result() -> Any:
-    return lambda_holder()
+    return Unpicklable()
 
 
-class lambda_holder:  # noqa: N801 - a deliberately unpicklable value
+class Unpicklable:
     def __reduce__(self) -> Any:
         raise TypeError("this object refuses to be pickled")
 
