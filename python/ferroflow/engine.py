@@ -60,22 +60,6 @@ class _Timeout(Exception):
     pass
 
 
-def _trigger_spec(task: Task) -> tuple[Any, ...]:
-    spec = getattr(task.trigger, "_ff_builtin", None)
-    return spec if spec is not None else ("custom",)
-
-
-def _needs_hook(task: Task) -> bool:
-    from ferroflow._checkpoint import checkpoints
-
-    return (
-        bool(task.state_handlers)
-        or task.on_failure is not None
-        or task.timeout is not None
-        or checkpoints(task)
-    )
-
-
 def _retry_delay(task: Task) -> float:
     delay = task.retry_delay
     if delay is None:
@@ -91,51 +75,62 @@ def _retry_on(task: Task) -> Any:
 
 
 class _Plan:
-    """The static, per-flow part of a native run (reused while the flow is unchanged)."""
+    """The static, per-flow part of a native run (reused while the flow is unchanged).
+
+    Built once per flow version; it is the per-task Python work of a first run, so it
+    is kept to plain loops over the compiled flow.
+    """
 
     def __init__(self, compiled: CompiledFlow, flow_result: Any = None) -> None:
+        from ferroflow._checkpoint import checkpoints
         from ferroflow.task import Parameter
 
         tasks = compiled.tasks
+        edge_ids = compiled.edge_ids
+        constants = compiled.constants
         self.tasks = tasks
         self.edges = compiled.edges
-        self.edge_ids = compiled.edge_ids
+        self.edge_ids = edge_ids
         self.reference = list(compiled.reference)
-        self.mapped_task = [False] * len(tasks)
-        in_edges: list[list[int]] = [[] for _ in tasks]
-        for i, (_up, down, _key, mapped, _flat) in enumerate(compiled.edge_ids):
-            in_edges[down].append(i)
+        n = len(tasks)
+        mapped_task = [False] * n
+        keyed_in: list[dict[str, int] | None] = [None] * n
+        for i, (_up, down, key, mapped, _flat) in enumerate(edge_ids):
             if mapped:
-                self.mapped_task[down] = True
-        self.task_opts = [
-            (
-                t.name,
-                int(t.max_retries or 0),
-                _retry_delay(t),
-                _trigger_spec(t),
-                bool(t.skip_on_upstream_skip),
-            )
-            for t in tasks
-        ]
+                mapped_task[down] = True
+            if key is not None:
+                d = keyed_in[down]
+                if d is None:
+                    d = keyed_in[down] = {}
+                d[key] = i
+        self.mapped_task = mapped_task
+        task_opts = []
+        calls: list[tuple[Any, ...] | None] = []
         self.parameters: dict[str, int] = {}
-        self.calls: list[tuple[Any, ...] | None] = []
-        self.observed = False
+        observed_any = False
+        no_edges: dict[str, int] = {}
         for tid, t in enumerate(tasks):
+            trig = getattr(t.trigger, "_ff_builtin", None) or ("custom",)
+            task_opts.append(
+                (
+                    t.name,
+                    int(t.max_retries or 0),
+                    _retry_delay(t),
+                    trig,
+                    bool(t.skip_on_upstream_skip),
+                )
+            )
             if t.result is None and flow_result is not None and t.checkpoint:
                 t.result = flow_result
             if isinstance(t, Parameter):
                 self.parameters[t.name] = tid
-                self.calls.append(None)  # filled per run with the value
+                calls.append(None)  # filled per run with the value
                 continue
+            keyed = keyed_in[tid] or no_edges
+            consts = constants[tid]
             kind_name = type(t).__name__
-            keyed = {
-                compiled.edge_ids[e][2]: e
-                for e in in_edges[tid]
-                if compiled.edge_ids[e][2] is not None
-            }
-            consts = compiled.constants[tid]
-            if kind_name == "Constant" and hasattr(t, "value") and not keyed:
-                self.calls.append((_VALUE, t.value, [], [], None, False))
+            if kind_name == "Constant" and not keyed and hasattr(t, "value"):
+                calls.append((_VALUE, t.value, [], [], None, False))
                 continue
             if (
                 kind_name in ("List", "Tuple")
@@ -143,34 +138,31 @@ class _Plan:
                 and all(k.startswith("arg_") for k in keyed)
             ):
                 order = sorted(keyed, key=lambda k: int(k[4:]))
-                pos = [(0, keyed[k]) for k in order]
                 kind = _LIST if kind_name == "List" else _TUPLE
-                self.calls.append((kind, None, pos, [], None, False))
+                calls.append((kind, None, [(0, keyed[k]) for k in order], [], None, False))
                 continue
-            positional, _kwonly, _var_kw = t._ff_signature()
-            slots: dict[str, tuple[int, Any]] = {k: (0, e) for k, e in keyed.items()}
-            for k, v in consts.items():
-                slots[k] = (1, v)
-            pos_slots = []
-            for name in positional:
-                if name not in slots:
-                    break
-                pos_slots.append(slots.pop(name))
-            kw_slots = list(slots.items())
-            hook = _needs_hook(t) or _trigger_spec(t) == ("custom",)
-            self.observed |= bool(t.state_handlers) or t.on_failure is not None
+            positional = t._ff_signature()[0]
+            pos_slots: list[tuple[int, Any]] = []
+            if keyed or consts:
+                slots: dict[str, tuple[int, Any]] = {k: (0, e) for k, e in keyed.items()}
+                for k, v in consts.items():
+                    slots[k] = (1, v)
+                for name in positional:
+                    if name not in slots:
+                        break
+                    pos_slots.append(slots.pop(name))
+                kw_slots = list(slots.items())
+            else:
+                kw_slots = []
             observed = bool(t.state_handlers) or t.on_failure is not None
-            self.calls.append(
-                (
-                    _HOOK if _needs_hook(t) else _CALL,
-                    t.run,
-                    pos_slots,
-                    kw_slots,
-                    _retry_on(t),
-                    observed,
-                )
+            observed_any |= observed
+            hooked = observed or t.timeout is not None or checkpoints(t)
+            calls.append(
+                (_HOOK if hooked else _CALL, t.run, pos_slots, kw_slots, t.retry_on, observed)
             )
-            del hook
+        self.task_opts = task_opts
+        self.calls = calls
+        self.observed = observed_any
 
 
 def _plan_for(flow: Flow) -> _Plan:
