@@ -575,11 +575,9 @@ def _flow_state(run: FlowRun) -> State:
 
 def store_path() -> Any:
     """Where runs are recorded: ``$FERROFLOW_HOME/ferroflow.db`` (``~/.ferroflow``)."""
-    import os
-    from pathlib import Path
+    from ferroflow.store import store_path as path
 
-    home = os.environ.get("FERROFLOW_HOME") or os.path.join("~", ".ferroflow")
-    return Path(home).expanduser() / "ferroflow.db"
+    return path()
 
 
 def _recording_default() -> bool:

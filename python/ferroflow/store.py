@@ -68,7 +68,7 @@ def store_path() -> Path:
         'ferroflow.db'
     """
     home = os.environ.get("FERROFLOW_HOME")
-    base = Path(home) if home else Path.home() / ".ferroflow"
+    base = Path(home).expanduser() if home else Path.home() / ".ferroflow"
     return base / "ferroflow.db"
 
 

@@ -66,6 +66,9 @@ pub struct FlowRunMeta {
     pub flow_name: String,
     pub parameters_json: String,
     pub resumed_from: Option<String>,
+    /// This machine's name, as `socket.gethostname()` gives it (the interrupted-run
+    /// fixup compares it).
+    pub host: String,
 }
 
 /// The recording side of one flow run.
@@ -100,7 +103,7 @@ impl Recording {
             parameters_json: meta.parameters_json,
             started: now(),
             pid: std::process::id(),
-            host: hostname(),
+            host: meta.host,
             resumed_from: meta.resumed_from,
         });
         rec.send(Event::TaskRuns {
@@ -222,13 +225,4 @@ impl Recording {
     pub fn lost(&self) -> u64 {
         self.rec.lost()
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_string())
 }

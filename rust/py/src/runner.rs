@@ -1108,6 +1108,7 @@ impl PyRunner {
                     flow_name,
                     parameters_json,
                     resumed_from,
+                    host: crate::store::host_name(py)?,
                 };
                 let started = py.detach(|| Recording::start(meta, &run));
                 Some(started.map_err(|e| ff_error(py, "StoreError", e.to_string()))?)
