@@ -47,7 +47,7 @@ bench: build-release
 	"$(BIN)/python" -m pytest benches --benchmark-only
 	"$(BIN)/python" benches/compare.py
 
-lint: venv
+lint: venv typecheck
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	"$(BIN)/ruff" check $(PY_DIRS)

@@ -101,7 +101,7 @@ def write(task: Any, value: Any, values: dict[str, Any], target: str | None) -> 
     """Write a successful value; return its location."""
     result = backend(task)
     if target is not None or result.location is not None:
-        where = target if target is not None else render_location(result.location, **values)
+        where = target if target is not None else render_location(str(result.location), **values)
         out = result.copy()
         out.location = where.replace("{", "{{").replace("}", "}}")
         return out.write(value).location or where

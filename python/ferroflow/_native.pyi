@@ -16,10 +16,8 @@ class Runner:
     def __init__(
         self,
         tasks: Sequence[tuple[str, int, float, tuple[Any, ...], bool]],
-        edges: Sequence[tuple[int, int, bool, bool, bool]],
-        calls: Sequence[
-            tuple[int, Any, list[tuple[int, Any]], list[tuple[str, tuple[int, Any]]], Any, bool]
-        ],
+        edges: Sequence[tuple[int, int, bool, bool, bool]] | Sequence[tuple[Any, ...]],
+        calls: Sequence[tuple[Any, ...] | None],
         reference: Sequence[int],
         hooks: tuple[
             Callable[..., Any] | None, Callable[..., Any] | None, Callable[..., Any] | None
@@ -27,6 +25,8 @@ class Runner:
         signal_base: type[BaseException],
         token: int,
         release: bool = False,
+        record: tuple[str, str, str, str, str | None] | None = None,
+        restore: tuple[Callable[[int, int], tuple[str, Any] | None], list[int]] | None = None,
     ) -> None: ...
     def run_local(self) -> None:
         """Run the flow to the end in the calling thread."""
@@ -44,6 +44,23 @@ class Runner:
         """Number of runs: tasks plus mapped children."""
     def run_threads(self, n: int) -> None:
         """Run the flow with ``n`` native worker threads."""
+    def take(self, max: int) -> list[tuple[Any, ...]]:
+        """Up to ``max`` ready runs for an external executor: ``(run, task, map_index,
+        run_count, loop_count, hooked, func, args, kwargs, loop_result)``."""
+    def report(self, run: int, hooked: bool, ok: bool, value: Any) -> bool:
+        """Report a run handed out by ``take``; True when the flow run must stop."""
+    def report_failure(
+        self, run: int, code: int, message: str, retryable: bool, value: Any
+    ) -> None:
+        """Report a run that ended without the task deciding (worker died, timeout)."""
+    def wait_hint(self) -> float | None:
+        """Seconds until the next retry timer fires, or None."""
+    def done(self) -> bool:
+        """True when nothing is ready, waiting on a timer or handed out."""
+    def close(self, cancel_reason: str | None = None) -> None:
+        """End an externally driven run (cancelling what is unfinished with a reason)."""
+    def record_end(self, code: int, message: str | None = None) -> str | None:
+        """Record the final state in the run store; what went wrong, or None."""
 
 # --- the run store (rust/py/src/store.rs) -------------------------------------------
 

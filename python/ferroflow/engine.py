@@ -186,7 +186,7 @@ def _resolve_parameters(flow: Flow, plan: _Plan, given: dict[str, Any]) -> dict[
         )
     values: dict[str, Any] = {}
     for name, tid in plan.parameters.items():
-        p = plan.tasks[tid]
+        p: Any = plan.tasks[tid]
         if name in given:
             values[name] = p.validate_value(given[name])
         elif p.required:

@@ -115,6 +115,7 @@ def _worker_main(conn: Any, current: Any, info_blob: bytes) -> None:
             runtime._enter_remote(
                 info, (0, run_id, task_id, map_index, run_count, loop_count, loop_result)
             )
+            value: Any
             try:
                 if hooked:
                     value = run_task(
