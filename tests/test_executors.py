@@ -220,3 +220,50 @@ def test_values_that_cannot_travel_fail_that_run() -> None:
     assert type(state.result[bad_in]).__name__ == "Failed"
     assert "could not be sent to a worker" in state.result[bad_in].message
     assert state.result[good].result == 2
+
+
+CTRL_C = """
+import sys, time
+from ferroflow import Flow, task
+from ferroflow.executors import LocalExecutor, ProcessExecutor, ThreadExecutor
+
+@task
+def slow(x):
+    time.sleep(0.05)
+    return x
+
+with Flow("interrupt-me") as flow:
+    slow.map(list(range(2000)))
+
+executor = {"threads": ThreadExecutor(4), "processes": ProcessExecutor(2)}[sys.argv[1]]
+print("READY", flush=True)
+state = flow.run(executor=executor, record=False)
+done = sum(1 for s in state.result[flow.get_tasks(name="slow")[0]].map_states if s.is_successful())
+print("STATE", type(state).__name__, done, flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_ctrl_c_cancels_on_every_executor(kind: str, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "interrupt.py"
+    script.write_text(CTRL_C)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), kind],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "READY"
+    time.sleep(1.0)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 10, "the interpreter did not return promptly"
+    line = next(x for x in out.splitlines() if x.startswith("STATE"))
+    _, name, done = line.split()
+    assert name == "Cancelled", err
+    assert 0 < int(done) < 2000  # finished work keeps its states
