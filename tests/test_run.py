@@ -509,3 +509,16 @@ def test_version_and_public_names() -> None:
         assert getattr(ferroflow, name) is not None
     assert Looped.__name__ == "Looped" and Retrying.__name__ == "Retrying"
     assert Cancelled.__name__ == "Cancelled"
+
+
+def test_progress_callback_sees_counts_per_state() -> None:
+    seen: list[dict[str, int]] = []
+
+    with Flow("progress") as flow:
+        total(inc.map(list(range(3000))))
+    state = flow.run(progress=seen.append, record=False)
+    assert state.is_successful()
+    assert seen, "progress was never reported"
+    last = seen[-1]
+    assert last == {"Success": 3000 + 2, "Mapped": 1}
+    assert all(sum(c.values()) <= 3003 + 1 for c in seen)

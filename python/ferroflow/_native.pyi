@@ -27,6 +27,7 @@ class Runner:
         release: bool = False,
         record: tuple[str, str, str, str, str | None] | None = None,
         restore: tuple[Callable[[int, int], tuple[str, Any] | None], list[int]] | None = None,
+        progress: Callable[[list[int]], Any] | None = None,
     ) -> None: ...
     def run_local(self) -> None:
         """Run the flow to the end in the calling thread."""

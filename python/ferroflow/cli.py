@@ -335,36 +335,72 @@ def make_executor(kind: str | None, workers: int | None) -> Any:
 # Running, and the summary of a final state.
 
 
-class RunDisplay:
-    """What the terminal shows while a flow runs: a status line with a spinner on
-    stderr (only on a terminal), which the task's own output scrolls above.
+_FINISHED = (
+    "Success",
+    "Cached",
+    "Mapped",
+    "Skipped",
+    "Failed",
+    "TimedOut",
+    "TriggerFailed",
+    "Cancelled",
+)
 
-    ``update(done, total)`` sets the progress shown; the engine does not report
-    progress yet, so ``run`` shows the spinner and elapsed time only.
+
+class RunDisplay:
+    """What the terminal shows while a flow runs: a live progress bar on stderr (only on
+    a terminal) with the number of task runs finished and the counts per state, which
+    the tasks' own output scrolls above. The engine calls :meth:`update_counts` a few
+    times a second.
     """
 
     def __init__(self, flow_name: str, console: Console) -> None:
         self.flow_name = flow_name
         self.console = console
-        self._status: Any = None
+        self._progress: Any = None
+        self._task: Any = None
         self._started = time.perf_counter()
-
-    def _label(self, done: int | None = None, total: int | None = None) -> str:
-        text = f"Running flow [bold]{_escape(self.flow_name)}[/bold]"
-        if done is not None and total:
-            text += f": {done}/{total} task runs finished"
-        return text + "..."
 
     def __enter__(self) -> RunDisplay:
         if self.console.is_terminal:
-            self._status = self.console.status(self._label())
-            self._status.__enter__()
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.fields[flow]}[/bold]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[states]}"),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task(
+                "run", total=None, flow=_escape(self.flow_name), states=""
+            )
         return self
 
-    def update(self, done: int, total: int) -> None:
+    def update(self, done: int, total: int, states: str = "") -> None:
         """Show that ``done`` of ``total`` task runs are finished."""
-        if self._status is not None:
-            self._status.update(self._label(done, total))
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, total=total, states=states)
+
+    def update_counts(self, counts: dict[str, int]) -> None:
+        """Show the engine's counts of task runs per state."""
+        total = sum(counts.values())
+        done = sum(counts.get(name, 0) for name in _FINISHED)
+        shown = " ".join(
+            f"{n} {name}" for name, n in sorted(counts.items()) if n and name in _FINISHED
+        )
+        self.update(done, total, shown)
 
     @property
     def elapsed(self) -> float:
@@ -372,9 +408,9 @@ class RunDisplay:
         return time.perf_counter() - self._started
 
     def __exit__(self, *exc: object) -> None:
-        if self._status is not None:
-            self._status.__exit__(None, None, None)
-            self._status = None
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+            self._progress = None
 
 
 def _escape(text: str) -> str:
@@ -489,25 +525,19 @@ def summarize_state(
 
 
 def _run_flow(
-    flow: Flow, values: dict[str, Any], exe: Any, resume: str | None, record: bool
+    flow: Flow,
+    values: dict[str, Any],
+    exe: Any,
+    resume: str | None,
+    record: bool,
+    display: RunDisplay | None = None,
 ) -> State:
-    if resume is None and record:
-        return flow.run(parameters=values, executor=exe)
-    import inspect
-
     from ferroflow import engine
 
-    accepted = inspect.signature(engine.run_flow).parameters
-    extra: dict[str, Any] = {}
-    if resume is not None:
-        if "resume" not in accepted:
-            raise CliError("resume is not available yet")
-        extra["resume"] = resume
-    if not record:
-        if "record" not in accepted:
-            raise CliError("--no-record is not available yet")
-        extra["record"] = False
-    return engine.run_flow(flow, parameters=values, executor=exe, **extra)
+    progress = display.update_counts if display is not None else None
+    return engine.run_flow(
+        flow, parameters=values, executor=exe, resume=resume, record=record, progress=progress
+    )
 
 
 def _recorded_run_id(flow_name: str, since: float) -> str | None:
@@ -547,7 +577,7 @@ def run_command(
     since = time.time() - 1.0
     with RunDisplay(flow.name, _err()) as display:
         try:
-            state = _run_flow(flow, values, exe, resume, record)
+            state = _run_flow(flow, values, exe, resume, record, display)
         except FerroflowError as exc:
             message = _one_line(str(exc))
             if message.endswith("or run with recording off"):

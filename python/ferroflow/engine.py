@@ -210,6 +210,7 @@ class FlowRun:
         record: bool = True,
         resumed_from: str | None = None,
         restore: dict[tuple[int, int], str] | None = None,
+        progress: Callable[[dict[str, int]], Any] | None = None,
     ) -> None:
         self.flow = flow
         self.plan = plan
@@ -232,6 +233,7 @@ class FlowRun:
             release_results,
             self._record_spec(resumed_from) if record else None,
             (self._restore_hook, sorted({t for t, _ in restore})) if restore else None,
+            _progress_hook(progress) if progress is not None else None,
         )
         self._restore = restore or {}
         self._resumed_from = resumed_from
@@ -595,6 +597,7 @@ def run_flow(
     release_results: bool = False,
     record: bool | None = None,
     resume: str | None = None,
+    progress: Callable[[dict[str, int]], Any] | None = None,
     **parameter_values: Any,
 ) -> State:
     """Run ``flow`` to the end and return its final State (see ``Flow.run``).
@@ -611,6 +614,8 @@ def run_flow(
             the run store: every task run that finished there with a readable
             checkpoint is restored instead of run again; the rest runs. Its parameters
             are reused unless given again.
+        progress: called a few times a second with the number of task runs in each
+            state (``{"Success": 1200, "Pending": 8800, ...}``), and once at the end.
         release_results: drop each intermediate result as soon as no downstream task
             run can still read it (results of reference and terminal tasks are always
             kept). Bounds memory for long map chains; released results read as None
@@ -635,7 +640,7 @@ def run_flow(
     if resume is not None:
         resumed_from, old_params, restore = _prepare_resume(flow, plan, resume)
         values = _resolve_parameters(flow, plan, {**old_params, **given})
-    run = FlowRun(flow, plan, values, release_results, record, resumed_from, restore)
+    run = FlowRun(flow, plan, values, release_results, record, resumed_from, restore, progress)
     handlers = list(getattr(flow, "state_handlers", None) or [])
     state: State = Running("Running flow.")
     for handler in handlers:
@@ -670,6 +675,15 @@ def run_flow(
     if final.is_failed() and on_failure is not None:
         on_failure(flow, final)
     return final
+
+
+def _progress_hook(progress: Callable[[dict[str, int]], Any]) -> Callable[[list[int]], None]:
+    names = [cls.__name__ for cls in BY_CODE]
+
+    def hook(counts: list[int]) -> None:
+        progress({names[i]: c for i, c in enumerate(counts) if c})
+
+    return hook
 
 
 def _prepare_resume(

@@ -146,6 +146,8 @@ pub struct Run {
     journal: Option<Vec<(RunId, StateKind)>>,
     cancelled: bool,
     release: Option<Release>,
+    /// How many runs are in each state, by state code.
+    counts: [u32; 15],
 }
 
 /// Bookkeeping for releasing results nothing downstream still needs.
@@ -186,6 +188,11 @@ impl Run {
         Run {
             task_of: (0..n as u32).map(TaskId).collect(),
             state: vec![StateKind::Pending; n],
+            counts: {
+                let mut c = [0u32; 15];
+                c[StateKind::Pending as usize] = n as u32;
+                c
+            },
             pending: vec![0; n],
             run_count: vec![0; n],
             loop_count: HashMap::new(),
@@ -393,6 +400,11 @@ impl Run {
             .map(|(b, n)| (RunId(b), n))
     }
 
+    /// How many runs are in each state, indexed by state code (for progress).
+    pub fn state_counts(&self) -> [u32; 15] {
+        self.counts
+    }
+
     /// Runs that have been handed out and not completed.
     pub fn in_flight(&self) -> u32 {
         self.in_flight
@@ -409,7 +421,9 @@ impl Run {
     }
 
     fn set(&mut self, run: RunId, kind: StateKind, message: Option<String>) {
-        self.state[run.idx()] = kind;
+        let old = std::mem::replace(&mut self.state[run.idx()], kind);
+        self.counts[old as usize] -= 1;
+        self.counts[kind as usize] += 1;
         match message {
             Some(m) => {
                 self.messages.insert(run.0, m);
@@ -665,6 +679,7 @@ impl Run {
         let total = self.state.len() + n as usize;
         self.task_of.resize(total, task);
         self.state.resize(total, StateKind::Pending);
+        self.counts[StateKind::Pending as usize] += n;
         self.run_count.resize(total, 0);
         let mut all_ready = true;
         if elementwise.is_empty() {

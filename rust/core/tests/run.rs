@@ -393,3 +393,30 @@ fn release_frees_inputs_branch_by_branch() {
     }
     assert_eq!(all.len(), 7);
 }
+
+#[test]
+fn state_counts_follow_every_transition() {
+    let g = Graph::new(
+        tasks(3),
+        vec![EdgeSpec::new(0, 1).mapped(), EdgeSpec::new(1, 2)],
+    )
+    .unwrap();
+    let mut run = Run::new(g);
+    assert_eq!(run.state_counts()[StateKind::Pending as usize], 3);
+    let mut lens = Lens::default();
+    lens.len.insert(0, Ok(4));
+    drive(&mut run, &mut lens, |run, r| {
+        if run.map_index(r.run) == Some(1) {
+            fail()
+        } else {
+            Outcome::Success
+        }
+    });
+    let c = run.state_counts();
+    assert_eq!(c.iter().sum::<u32>() as usize, run.n_runs());
+    assert_eq!(c[StateKind::Success as usize], 4); // source + 3 children
+    assert_eq!(c[StateKind::Failed as usize], 1);
+    assert_eq!(c[StateKind::Mapped as usize], 1);
+    assert_eq!(c[StateKind::TriggerFailed as usize], 1);
+    assert_eq!(c[StateKind::Pending as usize], 0);
+}

@@ -113,6 +113,11 @@ struct Inner {
     /// finished in an earlier flow run, for the tasks flagged in `restore_tasks`.
     restore_hook: Option<Py<PyAny>>,
     restore_tasks: Vec<bool>,
+    /// `progress_hook(counts)` with the number of runs per state code, at most
+    /// every `PROGRESS_EVERY`.
+    progress_hook: Option<Py<PyAny>>,
+    last_progress: Instant,
+    steps: u32,
     signal_base: Py<PyAny>,
     token: u64,
     observing: bool,
@@ -611,6 +616,7 @@ impl Inner {
     /// Returns None when nothing is ready now.
     fn next_work(&mut self, py: Python<'_>) -> PyResult<Option<Work>> {
         loop {
+            self.maybe_progress(py, false);
             let now = if self.run.next_wakeup().is_some() {
                 Instant::now()
             } else {
@@ -712,6 +718,23 @@ impl Inner {
         Ok(())
     }
 
+    /// Report progress now and then (cheap when no one listens).
+    fn maybe_progress(&mut self, py: Python<'_>, force: bool) {
+        let Some(hook) = &self.progress_hook else {
+            return;
+        };
+        self.steps = self.steps.wrapping_add(1);
+        if !force
+            && (!self.steps.is_multiple_of(128) || self.last_progress.elapsed() < PROGRESS_EVERY)
+        {
+            return;
+        }
+        self.last_progress = Instant::now();
+        let counts = self.run.state_counts();
+        // A failing progress callback must not stop the flow run.
+        let _ = hook.bind(py).call1((counts.to_vec(),));
+    }
+
     /// Push buffered store events to the writer (before waiting).
     fn send_records(&mut self) {
         if let Some(rec) = self.recording.as_mut() {
@@ -749,6 +772,7 @@ impl Inner {
     }
 
     fn end(&mut self, py: Python<'_>, cancel_reason: Option<&str>) -> PyResult<()> {
+        self.maybe_progress(py, true);
         if let Some(reason) = cancel_reason {
             self.run.cancel(reason);
             self.journal(py, false)?;
@@ -870,6 +894,7 @@ impl Inner {
                     break 'outer;
                 }
             }
+            self.maybe_progress(py, false);
             if interrupted(py)? {
                 cancel = true;
                 break;
@@ -889,6 +914,9 @@ impl Inner {
         self.end(py, cancel.then_some(INTERRUPTED))
     }
 }
+
+/// How often a progress callback is called at most.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 const INTERRUPTED: &str = "Flow run interrupted (KeyboardInterrupt).";
 
@@ -1034,7 +1062,7 @@ impl PyRunner {
     /// `(run_hook, trigger_hook, observe_hook)` (each may be None); `release`:
     /// drop intermediate results as soon as nothing downstream can read them.
     #[new]
-    #[pyo3(signature = (tasks, edges, calls, reference, hooks, signal_base, token, release=false, record=None, restore=None))]
+    #[pyo3(signature = (tasks, edges, calls, reference, hooks, signal_base, token, release=false, record=None, restore=None, progress=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -1048,6 +1076,7 @@ impl PyRunner {
         release: bool,
         record: Option<RecordSpec>,
         restore: Option<(Py<PyAny>, Vec<u32>)>,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         if calls.len() != tasks.len() {
             return Err(PyValueError::new_err("one call spec per task is required"));
@@ -1140,6 +1169,9 @@ impl PyRunner {
                 observe_hook,
                 restore_hook,
                 restore_tasks,
+                progress_hook: progress,
+                last_progress: Instant::now(),
+                steps: 0,
                 signal_base,
                 token,
                 observing,
