@@ -267,3 +267,33 @@ def test_ctrl_c_cancels_on_every_executor(kind: str, tmp_path: Any) -> None:
     _, name, done = line.split()
     assert name == "Cancelled", err
     assert 0 < int(done) < 2000  # finished work keeps its states
+
+
+class _HoldsALock:
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+
+    def __call__(self) -> int:
+        return 1
+
+
+def test_unpicklable_callable_fails_that_task_before_it_is_sent() -> None:
+    from ferroflow import Task
+
+    class Locked(Task):
+        def __init__(self) -> None:
+            super().__init__(name="locked")
+            self.impl = _HoldsALock()
+
+        def run(self) -> int:
+            return self.impl()
+
+    with Flow("unpicklable-callable") as flow:
+        bad = Locked()()
+        good = inc(1)
+    state = flow.run(executor=ProcessExecutor(max_workers=2))
+    assert type(state.result[bad]).__name__ == "Failed"
+    assert "task 'locked' could not be sent to a worker process" in state.result[bad].message
+    assert state.result[good].result == 2

@@ -294,3 +294,17 @@ def test_reduce_trigger_sees_every_child() -> None:
         r = reduce(inc.map(numbers(7)))
     assert flow.run().result[r].result == 7
     assert seen == [7]
+
+
+def test_flatten_over_something_that_is_not_nested(executor: Any) -> None:
+    with Flow("bad-flatten") as flow:
+        src = task(lambda: [[1, 2], 3], name="src")()
+        mapped_flat = inc.map(flatten(src))
+        reduced_flat = total(flatten(src))
+    state = flow.run(executor=executor)
+    parent = state.result[mapped_flat]
+    assert isinstance(parent, Failed)
+    assert "item 1" in parent.message and "int" in parent.message
+    reduced = state.result[reduced_flat]
+    assert isinstance(reduced, Failed)
+    assert "inputs" in reduced.message and "int" in reduced.message
