@@ -295,37 +295,16 @@ class _Driver:
         batch: list[tuple[Any, ...]] = []
         kept: list[tuple[Any, ...]] = []
         for item in items:
-            (
-                run_id,
-                task_id,
-                map_index,
-                run_count,
-                loop_count,
-                hooked,
-                func,
-                args,
-                kwargs,
-                loop_result,
-            ) = item
+            # item: (run, task, map_index, run_count, loop_count, hooked, func, args,
+            # kwargs, loop_result); the function travels once per worker, not per run.
+            run_id, task_id, hooked, func = item[0], item[1], item[5], item[6]
             blob = self._task_payload(task_id, hooked, func)
             if isinstance(blob, Exception):
                 self.runner.report_failure(run_id, _FAILED, str(blob), False, blob)
                 continue
             if task_id not in w.known:
                 new_tasks[task_id] = blob
-            batch.append(
-                (
-                    run_id,
-                    task_id,
-                    map_index,
-                    run_count,
-                    loop_count,
-                    hooked,
-                    args,
-                    kwargs,
-                    loop_result,
-                )
-            )
+            batch.append(item[:6] + item[7:])
             kept.append(item)
         if not batch:
             return
