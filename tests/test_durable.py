@@ -56,6 +56,9 @@ def test_runs_are_recorded_with_every_task_run(_ferroflow_home: str) -> None:
         assert "two" in (failed.message or "")
         history = [t.state for t in store.transitions(run.id, failed.run)]
         assert history[-2:] == ["Running", "Failed"]
+        (log,) = [entry for entry in store.logs(run.id) if entry.run == failed.run]
+        assert log.level == 40
+        assert "Traceback" in log.message and "ValueError: two" in log.message
 
 
 def test_record_false_writes_nothing(_ferroflow_home: str) -> None:

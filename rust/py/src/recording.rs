@@ -215,6 +215,21 @@ impl Recording {
         self.rec.flush()
     }
 
+    /// A log line of one task run (e.g. the traceback of a failure).
+    pub fn log(&mut self, run: RunId, level: i32, message: String) {
+        self.flush_items();
+        self.buf.push(
+            &self.rec,
+            Event::Log {
+                flow_run_id: Arc::clone(&self.id),
+                run: Some(run),
+                level,
+                at: now(),
+                message,
+            },
+        );
+    }
+
     /// Send what is buffered (before blocking waits).
     pub fn send(&mut self) {
         self.flush_items();

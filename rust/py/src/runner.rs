@@ -598,6 +598,13 @@ impl Inner {
                 // Kept apart from the result slot so a retry of this iteration sees it.
                 self.loop_results.insert(run.0, v.clone_ref(py));
             }
+            if matches!(outcome, Outcome::Failed { .. } | Outcome::TimedOut { .. })
+                && let Some(rec) = self.recording.as_mut()
+                && let Some(tb) = format_traceback(py, v.bind(py))
+            {
+                // The store keeps the traceback of every failed attempt.
+                rec.log(run, 40, tb);
+            }
             self.results[run.idx()] = Some(v);
         }
         let t = match outcome {
@@ -913,6 +920,19 @@ impl Inner {
         // their call returns and they find the channel closed.
         self.end(py, cancel.then_some(INTERRUPTED))
     }
+}
+
+/// The formatted traceback of an exception value (None for other values).
+fn format_traceback(py: Python<'_>, value: &Bound<'_, PyAny>) -> Option<String> {
+    if !value.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+        return None;
+    }
+    let lines = py
+        .import("traceback")
+        .and_then(|tb| tb.call_method1("format_exception", (value,)))
+        .ok()?;
+    let parts: Vec<String> = lines.extract().ok()?;
+    Some(parts.concat())
 }
 
 /// How often a progress callback is called at most.
