@@ -484,3 +484,19 @@ def test_store_error_is_a_ferroflow_error() -> None:
     from ferroflow.exceptions import StoreError
 
     assert issubclass(StoreError, FerroflowError)
+
+
+def test_visualize_writes_dot_and_colours_a_recorded_run(tmp_path: Path) -> None:
+    path = write(tmp_path, "failing.py", FAILING_FLOW)
+    out = tmp_path / "graph.dot"
+    done = ff("visualize", str(path), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    dot = out.read_text()
+    assert dot.startswith('digraph "failing"') and "extract" in dot and "->" in dot
+    assert ff("run", str(path)).returncode == 1
+    run_id = json.loads(ff("runs", "ls", "--json").stdout)[0]["id"]
+    coloured = tmp_path / "coloured.dot"
+    assert ff("visualize", str(path), "-o", str(coloured), "--run", run_id[:8]).returncode == 0
+    text = coloured.read_text()
+    assert 'tooltip="Failed"' in text and 'tooltip="Success"' in text
+    assert_one_line_error(ff("visualize", str(tmp_path / "missing.py")), "missing.py")

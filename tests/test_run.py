@@ -522,3 +522,20 @@ def test_progress_callback_sees_counts_per_state() -> None:
     last = seen[-1]
     assert last == {"Success": 3000 + 2, "Mapped": 1}
     assert all(sum(c.values()) <= 3003 + 1 for c in seen)
+
+
+def test_visualize_colours_tasks_by_state(tmp_path: Any) -> None:
+    from ferroflow.visualize import STATE_COLORS
+
+    with Flow("drawn") as flow:
+        b = boom()
+        after = inc(b)
+        ok = inc(1)
+    state = flow.run(record=False)
+    dot = flow.visualize(state, filename=str(tmp_path / "g.dot"))
+    assert (tmp_path / "g.dot").read_text() == dot
+    assert STATE_COLORS["Failed"] in dot and STATE_COLORS["TriggerFailed"] in dot
+    assert dot.count("->") == len(flow.edges)
+    assert {b.name, after.name, ok.name} <= {
+        line.split('"')[1] for line in dot.splitlines() if "label=" in line and "->" not in line
+    }

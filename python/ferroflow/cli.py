@@ -335,6 +335,8 @@ def make_executor(kind: str | None, workers: int | None) -> Any:
 # Running, and the summary of a final state.
 
 
+FAILED_NAMES = ("Failed", "TimedOut", "TriggerFailed")
+
 _FINISHED = (
     "Success",
     "Cached",
@@ -859,6 +861,56 @@ def run_cmd(
     flow succeeded, 1 when it failed.
     """
     return run_command(target, params, executor, workers, resume, not no_record)
+
+
+@cli.command("visualize")
+@click.argument("target", metavar="PATH[:FLOW_NAME]")
+@click.option(
+    "--output",
+    "-o",
+    default=None,
+    metavar="FILE",
+    help="Where to write the graph: .dot (text) or .svg/.png/.pdf (needs Graphviz) "
+    "[FLOW_NAME.dot].",
+)
+@click.option(
+    "--run",
+    "run_id",
+    default=None,
+    metavar="RUN_ID",
+    help="Colour the tasks by their states in this recorded run of the flow.",
+)
+@_debug_option
+def visualize_cmd(target: str, output: str | None, run_id: str | None) -> int:
+    """Write the graph of the flow defined in PATH (DOT, or SVG with Graphviz)."""
+    from ferroflow.exceptions import FerroflowError
+    from ferroflow.visualize import render, to_dot
+
+    path, name = split_target(target)
+    flow = pick_flow(find_flows(load_module(path)), name, path)
+    states: dict[Any, str] | None = None
+    if run_id is not None:
+        with _store() as store:
+            run = _resolve_run(store, run_id)
+            task_runs = store.task_runs(run.id)
+        tasks = list(flow._compile().tasks)
+        states = {}
+        for t in task_runs:
+            if t.map_index is None and t.task < len(tasks) and tasks[t.task].name == t.task_name:
+                states[tasks[t.task]] = t.state
+        children_failed = {
+            t.task for t in task_runs if t.map_index is not None and t.state in FAILED_NAMES
+        }
+        for tid in children_failed:
+            if tid < len(tasks):
+                states[tasks[tid]] = "Failed"
+    out = Path(output) if output is not None else Path(f"{flow.name}.dot")
+    try:
+        written = render(to_dot(flow, states), out)
+    except (FerroflowError, OSError) as exc:
+        raise CliError(_one_line(str(exc))) from exc
+    _out().print(Text(f"Wrote {written}"))
+    return EXIT_OK
 
 
 @cli.group("runs")

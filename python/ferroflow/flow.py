@@ -1076,6 +1076,36 @@ class Flow:
         new._not_reference = dict(self._not_reference)
         return new
 
+    def visualize(self, flow_state: Any = None, filename: str | None = None) -> str:
+        """Draw the graph as Graphviz DOT, coloured by state when given a finished run.
+
+        Args:
+            flow_state: the State ``flow.run()`` returned (tasks are coloured by their
+                final states), or None.
+            filename: also write it there: ``.dot`` as text, ``.svg``/``.png``/``.pdf``
+                through Graphviz's ``dot`` (which must be installed).
+
+        Returns:
+            The DOT source.
+
+        Example:
+            >>> from ferroflow import Flow, task
+            >>> @task
+            ... def one() -> int:
+            ...     return 1
+            >>> with Flow("tiny") as flow:
+            ...     x = one()
+            >>> "one" in flow.visualize()
+            True
+        """
+        from ferroflow.visualize import render, to_dot
+
+        states = flow_state.result if flow_state is not None else None
+        dot = to_dot(self, states)
+        if filename is not None:
+            render(dot, filename)
+        return dot
+
     def run(
         self, parameters: Mapping[str, Any] | None = None, executor: Any = None, **kw: Any
     ) -> State:
