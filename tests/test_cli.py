@@ -294,7 +294,7 @@ def test_help_and_console_script() -> None:
     proc = ff("--help")
     assert proc.returncode == 0
     assert "run" in proc.stdout and "runs" in proc.stdout
-    assert "visualize" not in proc.stdout
+    assert "visualize" in proc.stdout
     run_help = ff("run", "--help")
     assert run_help.returncode == 0 and "--param" in run_help.stdout
     script = Path(sys.executable).parent / "ferroflow"

@@ -116,9 +116,20 @@ EXECUTORS: dict[str, Callable[[], Any]] = {
 
 
 def test_same_states_on_every_executor() -> None:
+    from ferroflow.executors import DaskExecutor
+
     flow, named = build()
     results = {}
-    for name, make in EXECUTORS.items():
+    # The DaskExecutor starts (and closes) its own LocalCluster on 127.0.0.1; its
+    # worker processes find this module through PYTHONPATH.
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    cluster_kwargs = {
+        "n_workers": 2,
+        "threads_per_worker": 1,
+        "env": {"PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])},
+    }
+    executors = {**EXECUTORS, "dask": lambda: DaskExecutor(cluster_kwargs=cluster_kwargs)}
+    for name, make in executors.items():
         state = flow.run(executor=make())
         results[name] = {
             "flow": type(state).__name__,

@@ -60,6 +60,8 @@ class Runner:
         """True when nothing is ready, waiting on a timer or handed out."""
     def close(self, cancel_reason: str | None = None) -> None:
         """End an externally driven run (cancelling what is unfinished with a reason)."""
+    def replace_results(self, values: dict[int, Any]) -> None:
+        """Overwrite the stored results of runs (their states are unchanged)."""
     def record_end(self, code: int, message: str | None = None) -> str | None:
         """Record the final state in the run store; what went wrong, or None."""
 

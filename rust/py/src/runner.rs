@@ -1365,6 +1365,19 @@ impl PyRunner {
         }
     }
 
+    /// Overwrite the stored results of runs (states unchanged): an executor that
+    /// kept values elsewhere during the run (Dask) hands over the real values.
+    fn replace_results(&self, py: Python<'_>, values: HashMap<u32, Py<PyAny>>) -> PyResult<()> {
+        let mut inner = self.lock(py)?;
+        for (run, value) in values {
+            match inner.results.get_mut(run as usize) {
+                Some(slot) => *slot = Some(value),
+                None => return Err(to_py(py, ferroflow_core::CoreError::UnknownRun(run))),
+            }
+        }
+        Ok(())
+    }
+
     /// Seconds until the next retry timer fires (0 when one is due), or None.
     fn wait_hint(&self, py: Python<'_>) -> PyResult<Option<f64>> {
         let inner = self.lock(py)?;

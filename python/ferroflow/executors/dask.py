@@ -1,0 +1,1238 @@
+"""The Dask executor: task runs execute on a ``dask.distributed`` cluster.
+
+How it works
+------------
+The Rust core stays in the driver (the process that called ``flow.run``) and decides
+what is ready. The driver takes ready runs from the core in batches and submits each
+batch to the cluster in one ``client.map`` call (one Dask task per run; the task's
+function and the flow's context travel once per worker as small shared futures).
+
+Data stays on the cluster. A successful run is reported to the core with a small proxy
+(``_RemoteBase``) that holds the run's Dask future instead of its value; when a dependent
+run is taken, the proxies in its arguments are swapped for their futures, so Dask
+moves the data from worker to worker and the driver never sees it. The core measures a
+result it maps over with ``len(proxy)`` and indexes it with ``proxy[i]``: results of
+tasks that are mapped over are described on the worker (their length, one small extra
+Dask task) and indexing gives a marker that the worker resolves before the call.
+
+Completion notices are small. A run's Dask task returns the user's value itself when the
+run succeeded; the type of each finished key (which Dask reports to the client anyway)
+tells the driver whether it was a plain success, which needs no round trip, or an
+``_Outcome`` (an exception, a signal, a hooked state, a value that cannot be pickled),
+which the driver fetches: only exceptions and metadata cross to the driver. Dask tasks
+never raise, so workers do not log ``Compute Failed`` for failed or skipped runs.
+
+Futures are released once nothing needs them: they live only in the proxies the core
+stores, which the core drops when results are released (``release_results``) or the run
+ends. At the end, the values still stored are gathered in one call, so every
+``state.result[task].result`` holds the real value. (A custom trigger, which runs in the
+driver during the run, sees proxies as its upstream states' results.)
+
+Start-up: an address gets a one-second connection attempt; when it fails, a plain TCP
+probe tells "connection refused" or "unknown host" at once, and otherwise the client
+gets the rest of ``client_kwargs["timeout"]`` (10 s). A cluster that cannot be reached
+or started raises ``ExecutorError`` and cancels the flow run.
+
+Faults: Dask reruns the runs of a worker that dies and recomputes results that were lost
+with it (up to the scheduler's ``distributed.scheduler.allowed-failures``); when Dask
+gives up (``KilledWorker``) the run counts one failed attempt ("worker process died:
+..."), retryable whatever ``retry_on`` says. Timeouts start when the run starts on its
+worker; a run past its timeout ends ``TimedOut`` at once and, when its thread is still
+running, its worker is restarted through its nanny so that the run is stopped for real
+(other runs executing on that worker are rerun by Dask). A worker without a nanny cannot
+be restarted: the thread is then abandoned and the message says so. A value or exception
+that cannot be pickled fails its run with a message saying what could not be pickled.
+Ctrl-C cancels the futures (Dask cannot interrupt a running thread; a cluster the
+executor started is closed) and cancels the flow run.
+
+``ferroflow`` must be installed on the workers (its helpers travel by reference). Task
+functions travel with Dask's pickling (``@task`` functions and those of ``__main__`` by
+value), so what they import must be importable there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from ferroflow.exceptions import ExecutorError
+from ferroflow.executors import Executor
+
+__all__ = ["DaskExecutor"]
+
+_INSTALL_HINT = "DaskExecutor needs dask.distributed: pip install 'ferroflow[dask]'"
+_FAILED, _SUCCESS = 11, 6  # state codes of ferroflow.states
+_BATCH = 512  # runs taken from the core per submission
+_PER_THREAD = 8  # runs in flight per worker thread (at least _MIN_INFLIGHT)
+_MIN_INFLIGHT = 64
+_CONNECT_TIMEOUT = 10.0  # seconds, for an address (the SPEC allows 15 s in all)
+_FIRST_TRY = 1.0  # seconds of the first connection attempt before probing the address
+_REAL, _CONTAINER, _RUN = 0, 1, 2
+_CALL_VALUE, _CALL_LIST, _CALL_TUPLE = 2, 3, 4  # call kinds of engine._Plan
+
+
+def _load_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ExecutorError(_INSTALL_HINT) from exc
+    return distributed
+
+
+# --- proxies the core stores instead of values -------------------------------------------
+
+
+class _RemoteBase:
+    """A successful run's value, kept on the cluster as a Dask future.
+
+    Every proxy class has the same slots, so a proxy can change class in place once its
+    value is described (the core keeps the object it was given)."""
+
+    __slots__ = ("future", "length", "sub")
+
+    def __init__(self, future: Any) -> None:
+        self.future = future
+        self.length: int | None = None
+        self.sub: list[Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"<ferroflow value on Dask {getattr(self.future, 'key', None)!r}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a ferroflow Dask proxy cannot be pickled (internal error)")
+
+
+class _RemoteLazy(_RemoteBase):
+    """A result not described yet: described on the worker if the core asks its length
+    (a fallback; the driver describes in batches what it knows the core will measure)."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        meta = _blocking_describe(self.future, (), 1)
+        _morph(self, meta)
+        if meta[0] is None:
+            raise TypeError(f"a {meta[1]} is not a sized sequence (use a list or tuple)")
+        return int(meta[0])
+
+    def __getitem__(self, i: int) -> _ItemBase:
+        return _Item(self.future, (i,), None)
+
+
+class _RemoteSized(_RemoteBase):
+    """A result known to be a sized sequence of ``length`` elements."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return self.length  # type: ignore[return-value]
+
+    def __getitem__(self, i: int) -> _ItemBase:
+        n = self.length or 0
+        if not isinstance(i, int) or not 0 <= i < n:
+            raise IndexError(i)
+        sub = self.sub
+        if sub is None:
+            return _Item(self.future, (i,), None)
+        s = sub[i]
+        if isinstance(s, str):  # element i is not a sized sequence: s is its type name
+            return _unsized_class(s, True)(self.future, (i,), None)
+        return _Item(self.future, (i,), s)
+
+    def __iter__(self) -> Any:
+        return (self[i] for i in range(self.length or 0))
+
+
+class _ItemBase:
+    """Element ``path`` of a result on the cluster; the worker does the indexing."""
+
+    __slots__ = ("future", "length", "path")
+
+    def __init__(self, future: Any, path: tuple[int, ...], length: int | None) -> None:
+        self.future = future
+        self.path = path
+        self.length = length
+
+    def __repr__(self) -> str:
+        return f"<ferroflow item {list(self.path)} of {getattr(self.future, 'key', None)!r}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a ferroflow Dask proxy cannot be pickled (internal error)")
+
+
+class _Item(_ItemBase):
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        if self.length is None:
+            n, tname, _sub = _blocking_describe(self.future, self.path, 1)
+            if n is None:
+                raise TypeError(f"a {tname} is not a sized sequence (use a list or tuple)")
+            self.length = n
+        return self.length
+
+    def __getitem__(self, i: int) -> _ItemBase:
+        if self.length is not None and (not isinstance(i, int) or not 0 <= i < self.length):
+            raise IndexError(i)
+        return _Item(self.future, (*self.path, i), None)
+
+    def __iter__(self) -> Any:
+        return (self[i] for i in range(len(self)))
+
+
+# The core checks "sized sequence" with isinstance(x, collections.abc.Sequence).
+Sequence.register(_RemoteLazy)
+Sequence.register(_RemoteSized)
+Sequence.register(_Item)
+
+_UNSIZED: dict[tuple[str, bool], type] = {}
+
+
+def _unsized_class(tname: str, item: bool) -> type:
+    """A proxy class named like the value's type and not a Sequence, so that the core's
+    "a NoneType is not a sized sequence" message reads as on the other executors."""
+    cls = _UNSIZED.get((tname, item))
+    if cls is None:
+        base = _ItemBase if item else _RemoteBase
+        cls = _UNSIZED[(tname, item)] = type(tname, (base,), {"__slots__": ()})
+    return cls
+
+
+def _morph(p: _RemoteBase, meta: tuple[Any, ...]) -> None:
+    """Give a proxy the class its description calls for."""
+    n, tname, sub = meta
+    if n is None:
+        p.__class__ = _unsized_class(tname, False)
+    else:
+        p.length, p.sub = n, sub
+        p.__class__ = _RemoteSized
+
+
+def _proxy(future: Any, meta: tuple[Any, ...]) -> _RemoteBase:
+    p = _RemoteLazy(future)
+    _morph(p, meta)
+    return p
+
+
+def _blocking_describe(future: Any, path: tuple[int, ...], need: int) -> tuple[Any, ...]:
+    """Describe a value on the cluster now (a fallback: the driver describes in batches
+    what it knows the core will measure)."""
+    client = future.client
+    desc = client.submit(_describe, future, path, need, pure=False)
+    kind, *rest = desc.result()
+    if kind == "outcome":  # pragma: no cover - a successful run's value is never one
+        return (None, "_Outcome", None)
+    return tuple(rest)
+
+
+# --- worker side -------------------------------------------------------------------------
+
+
+class _ItemTag:
+    """Marks ``(_ItemTag, value, path)``: the worker replaces it by ``value[path...]``."""
+
+
+class _Outcome:
+    """What a run's Dask task returns when it did not simply succeed."""
+
+    __slots__ = ("kind", "payload")
+    RAISED, HOOKED, UNSENDABLE = 0, 1, 2
+
+    def __init__(self, kind: int, payload: Any) -> None:
+        self.kind = kind
+        self.payload = payload
+
+    def __reduce__(self) -> Any:
+        return (_Outcome, (self.kind, self.payload))
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _resolve(v: Any) -> Any:
+    t = type(v)
+    if t is tuple:
+        if len(v) == 3 and v[0] is _ItemTag:
+            x = v[1]
+            for i in v[2]:
+                x = x[i]
+            return x
+        return tuple(_resolve(x) for x in v)
+    if t is list:
+        return [_resolve(x) for x in v]
+    return v
+
+
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
+
+
+def _drop(_buffer: Any) -> None:
+    return None  # out-of-band: large buffers are not copied just to be checked
+
+
+def _cannot_send(value: Any) -> str | None:
+    """Why Dask could not pickle ``value``, or None. Tries what Dask tries (pickle, then
+    Dask's serializers, then cloudpickle) without Dask's error log on failure."""
+    if type(value) in _PLAIN:
+        return None
+    import io
+    import pickle
+
+    try:
+        pickle.dumps(value, protocol=5, buffer_callback=_drop)
+        return None
+    except Exception:
+        pass
+    try:
+        from distributed.protocol.pickle import _DaskPickler
+
+        _DaskPickler(io.BytesIO(), protocol=5, buffer_callback=_drop).dump(value)
+        return None
+    except Exception:
+        pass
+    try:
+        import cloudpickle
+
+        cloudpickle.dumps(value, protocol=5, buffer_callback=_drop)
+        return None
+    except Exception as exc:
+        return repr(exc)
+
+
+def _shown(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _keep_traceback(exc: Any) -> None:
+    """Let ``exc`` pickle with its traceback (the Failed state shows where it failed)."""
+    if isinstance(exc, BaseException):
+        try:
+            import tblib.pickling_support
+
+            tblib.pickling_support.install(exc)
+        except Exception:  # pragma: no cover - tblib comes with distributed
+            pass
+
+
+def _unsendable(what: str, why: str, value: Any) -> _Outcome:
+    msg = f"the task's {what} could not be sent back from the Dask worker: {why}"
+    return _Outcome(_Outcome.UNSENDABLE, (msg, _shown(value)))
+
+
+class _TimedCall:
+    """Call ``func`` in a helper thread; give up after ``timeout`` seconds."""
+
+    def __init__(self, func: Any, timeout: float, cur: tuple[Any, ...], info: Any) -> None:
+        self.func = func
+        self.timeout = timeout
+        self.cur = cur
+        self.info = info
+        self.stuck = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from ferroflow import engine, runtime
+
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            runtime._enter_remote(self.info, self.cur)
+            try:
+                box["value"] = self.func(*args, **kwargs)
+            except BaseException as exc:
+                box["error"] = exc
+            finally:
+                runtime._enter_remote(None, None)
+
+        worker = threading.Thread(target=target, name="ferroflow-timeout", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        if worker.is_alive():
+            self.stuck = True
+            raise engine._Timeout
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+
+def _run(fn: tuple[Any, Any], info: Any, spec: tuple[Any, ...]) -> Any:
+    """One task run on a Dask worker. Returns the value, or an ``_Outcome``; never raises
+    (so workers do not log "Compute Failed" for failures that are states)."""
+    from ferroflow import runtime
+
+    func, task = fn
+    run_id, task_id, map_index, run_count, loop_count, hooked, args, kwargs, lr, walk = spec
+    if walk:
+        args = list(args)
+        kwargs = dict(kwargs) if kwargs else kwargs
+        for w in walk:
+            if isinstance(w, int):
+                args[w] = _resolve(args[w])
+            else:
+                kwargs[w] = _resolve(kwargs[w])
+    cur = (0, run_id, task_id, map_index, run_count, loop_count, lr)
+    runtime._enter_remote(info, cur)
+    try:
+        if hooked:
+            from ferroflow.engine import run_task
+
+            call = func
+            if task.timeout is not None:
+                call = _TimedCall(func, float(task.timeout), cur, info)
+            code, value, message, retryable = run_task(
+                task, run_count, tuple(args), kwargs, call, enforce_timeout=False
+            )
+            stuck = _worker_address() if getattr(call, "stuck", False) else None
+            if code != _SUCCESS or stuck is not None:
+                _keep_traceback(value)
+                payload = (code, value, message, retryable, stuck)
+                why = _cannot_send(payload)
+                if why is not None:
+                    what = "exception" if isinstance(value, BaseException) else "result"
+                    return _unsendable(what, why, value)
+                return _Outcome(_Outcome.HOOKED, payload)
+        else:
+            value = func(*args, **(kwargs or {}))
+    except BaseException as exc:
+        _keep_traceback(exc)
+        why = _cannot_send(exc)
+        if why is not None:
+            return _unsendable("exception", why, exc)
+        return _Outcome(_Outcome.RAISED, exc)
+    finally:
+        runtime._enter_remote(None, None)
+    why = _cannot_send(value)
+    if why is not None:
+        return _unsendable("result", why, value)
+    return value
+
+
+def _worker_address() -> str | None:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except Exception:
+        return None
+
+
+def _is_sequence(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) or isinstance(v, Sequence)
+
+
+def _describe(value: Any, path: tuple[int, ...], need: int) -> tuple[Any, ...]:
+    """``("outcome", outcome)`` or ``("meta", length or None, type name, sub)`` where
+    ``sub`` (when ``need == 2``) gives each element's length, or its type name when the
+    element is not a sized sequence."""
+    if isinstance(value, _Outcome):
+        return ("outcome", value)
+    for i in path:
+        value = value[i]
+    tname = type(value).__name__
+    if not _is_sequence(value):
+        return ("meta", None, tname, None)
+    n = len(value)
+    sub = None
+    if need >= 2:
+        sub = [len(x) if _is_sequence(x) else type(x).__name__ for x in value]
+    return ("meta", n, tname, sub)
+
+
+# --- the executor --------------------------------------------------------------------------
+
+
+def _check_kwargs(name: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ExecutorError(f"{name} must be a dict of keyword arguments, got {value!r}")
+    return dict(value)
+
+
+class DaskExecutor(Executor):
+    """Run tasks on a ``dask.distributed`` cluster.
+
+    Connects to an existing scheduler by ``address``, or starts a ``LocalCluster``
+    (loopback only, no dashboard unless asked) and closes it when the flow run ends.
+    Results stay on the cluster and reach dependent runs as Dask futures; only small
+    completion notices, exceptions and signals come back to the driver. A worker lost
+    mid-run is survived (Dask reruns its runs); timeouts stop the run for real by
+    restarting the worker through its nanny. ``ferroflow`` must be installed on the
+    workers.
+
+    Args:
+        address: address of a running Dask scheduler (``"tcp://host:8786"``); None
+            starts a ``LocalCluster``.
+        cluster_kwargs: keyword arguments of the ``LocalCluster`` (only without
+            ``address``). Everything listens on 127.0.0.1 unless they say otherwise
+            (``host``, ``protocol``, ``dashboard_address``); by default the scheduler's
+            HTTP server takes a free loopback port and serves no dashboard.
+        client_kwargs: keyword arguments of the ``distributed.Client`` (``timeout``
+            defaults to 10 s for an address).
+
+    Raises:
+        ExecutorError: dask.distributed is not installed, or the options are not valid.
+            ``flow.run`` raises it too when the cluster cannot be reached or started.
+
+    Example:
+        >>> from ferroflow.executors import DaskExecutor
+        >>> DaskExecutor(address="tcp://127.0.0.1:8786")
+        DaskExecutor(address='tcp://127.0.0.1:8786')
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        cluster_kwargs: dict[str, Any] | None = None,
+        client_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("distributed") is None:
+            raise ExecutorError(_INSTALL_HINT)
+        if address is not None and (not isinstance(address, str) or not address.strip()):
+            raise ExecutorError(f"address must be a Dask scheduler address, got {address!r}")
+        self.address = address
+        self.cluster_kwargs = _check_kwargs("cluster_kwargs", cluster_kwargs)
+        self.client_kwargs = _check_kwargs("client_kwargs", client_kwargs)
+        if address is not None and self.cluster_kwargs:
+            raise ExecutorError(
+                "cluster_kwargs apply only when DaskExecutor starts its own cluster (address=None)"
+            )
+        for bad in ("asynchronous", "address"):
+            if bad in self.client_kwargs:
+                raise ExecutorError(f"client_kwargs cannot set {bad!r}")
+        for key in ("n_workers", "threads_per_worker"):
+            v = self.cluster_kwargs.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ExecutorError(f"cluster_kwargs[{key!r}] must be a whole number, got {v!r}")
+        if self.cluster_kwargs.get("threads_per_worker") == 0:
+            raise ExecutorError("cluster_kwargs['threads_per_worker'] must be at least 1")
+        timeout = self.client_kwargs.get("timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        ):
+            raise ExecutorError(f"client_kwargs['timeout'] must be seconds > 0, got {timeout!r}")
+
+    def __repr__(self) -> str:
+        if self.address is not None:
+            return f"DaskExecutor(address={self.address!r})"
+        if self.cluster_kwargs:
+            return f"DaskExecutor(cluster_kwargs={self.cluster_kwargs!r})"
+        return "DaskExecutor()"
+
+    # --- start and stop ------------------------------------------------------------------
+    def _connect(self, distributed: Any) -> tuple[Any, Any]:
+        """``(client, cluster or None)``; raises ExecutorError within ~15 s."""
+        kwargs = {"set_as_default": False, **self.client_kwargs}
+        if self.address is not None:
+            where = f"the Dask scheduler at {self.address}"
+            total = float(kwargs.pop("timeout", _CONNECT_TIMEOUT))
+            first = min(_FIRST_TRY, total)
+            try:
+                client = _new_client(distributed, self.address, kwargs, where, first)
+            except ExecutorError:
+                if total <= first:
+                    raise
+                # The client retries a refused connection until its timeout: find out
+                # whether anything listens there before waiting for the rest of it.
+                _probe(self.address)
+                client = _new_client(distributed, self.address, kwargs, where, total - first)
+            return client, None
+        ckw = _local_cluster_options(self.cluster_kwargs)
+        try:
+            cluster = distributed.LocalCluster(**ckw)
+        except Exception as exc:
+            raise ExecutorError(f"could not start a Dask LocalCluster: {_why(exc)}") from exc
+        try:
+            timeout = kwargs.pop("timeout", _CONNECT_TIMEOUT)
+            client = _new_client(distributed, cluster, kwargs, "the Dask LocalCluster", timeout)
+        except ExecutorError:
+            _quiet_close(cluster)
+            raise
+        return client, cluster
+
+    def execute(self, run: Any) -> None:
+        """Run ``run`` to the end on the Dask cluster."""
+        runner = run.runner
+        try:
+            distributed = _load_distributed()
+            client, cluster = self._connect(distributed)
+        except KeyboardInterrupt:
+            runner.close("Flow run interrupted (KeyboardInterrupt).")
+            return
+        except BaseException:
+            runner.close("The executor could not start.")
+            raise
+        driver = _Driver(run, client, local=cluster is not None or _loopback(self.address))
+        try:
+            try:
+                driver.start()
+                driver.loop()
+                driver.finalize()
+            except KeyboardInterrupt:
+                driver.cancel_all()
+                runner.close("Flow run interrupted (KeyboardInterrupt).")
+                return
+            except BaseException:
+                driver.cancel_all()
+                runner.close("The executor failed.")
+                raise
+            runner.close(None)
+            driver.install_results()
+        finally:
+            driver.join_restarts()
+            _quiet_close(client)
+            if cluster is not None:
+                _quiet_close(cluster)
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) or repr(exc)
+
+
+def _new_client(
+    distributed: Any, address: Any, kwargs: dict[str, Any], where: str, timeout: float
+) -> Any:
+    """A connected ``Client``, or ExecutorError. A client that failed to connect is
+    closed here: left to the garbage collector, it would block for 20 s in ``__del__``."""
+    client = distributed.Client.__new__(distributed.Client)
+    try:
+        client.__init__(address, timeout=timeout, **kwargs)
+    except Exception as exc:
+        try:
+            client.close(timeout=2)
+        except Exception:
+            pass
+        raise ExecutorError(f"could not connect to {where}: {_why(exc)}") from exc
+    return client
+
+
+def _local_cluster_options(given: dict[str, Any]) -> dict[str, Any]:
+    """The ``LocalCluster`` options: loopback only unless the user says otherwise.
+
+    Everything listens on 127.0.0.1: the comms (TCP, also for ``processes=False``,
+    whose in-process transport would leave the HTTP servers on every interface) and
+    the scheduler's HTTP server, on a free port (the default 8787 is often taken, which
+    Dask reports with a warning) and without the bokeh dashboard.
+    """
+    ckw = dict(given)
+    ckw.setdefault("host", "127.0.0.1")
+    if not ckw.get("processes", True):
+        ckw.setdefault("protocol", "tcp")
+    if "dashboard_address" not in ckw:
+        ckw["dashboard_address"] = "127.0.0.1:0"
+        ckw["scheduler_kwargs"] = {"dashboard": False, **(ckw.get("scheduler_kwargs") or {})}
+    return ckw
+
+
+def _loopback(address: str | None) -> bool:
+    if not address:
+        return False
+    rest = address.partition("://")[2] or address
+    host = rest.rpartition(":")[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _probe(address: str) -> None:
+    """Fail now when nothing listens at a TCP address or its host is unknown."""
+    import socket
+
+    proto, sep, rest = address.partition("://")
+    if not sep:
+        proto, rest = "tcp", address
+    if proto not in ("tcp", "tls"):
+        return
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port_n = int(port.split("/")[0])
+    except ValueError:
+        return
+    try:
+        with socket.create_connection((host or "127.0.0.1", port_n), timeout=3.0):
+            pass
+    except ConnectionRefusedError as exc:
+        raise ExecutorError(
+            f"could not connect to the Dask scheduler at {address}: connection refused "
+            "(is a scheduler running there?)"
+        ) from exc
+    except socket.gaierror as exc:
+        raise ExecutorError(
+            f"could not connect to the Dask scheduler at {address}: unknown host {host!r} ({exc})"
+        ) from exc
+    except OSError:
+        return  # let the client try (and time out) on its own
+
+
+def _quiet_close(obj: Any) -> None:
+    try:
+        obj.close()
+    except Exception:
+        pass
+
+
+class _Sub:
+    """A run in flight: its Dask task (``describing`` False) or the small Dask task that
+    describes its value (``describing`` True, ``run_future`` the run's own future)."""
+
+    __slots__ = ("describing", "future", "hooked", "run_future", "run_id", "task_id")
+
+    def __init__(self, run_id: int, task_id: int, hooked: bool, future: Any) -> None:
+        self.run_id = run_id
+        self.task_id = task_id
+        self.hooked = hooked
+        self.future = future
+        self.describing = False
+        self.run_future: Any = None
+
+
+class _Driver:
+    def __init__(self, run: Any, client: Any, local: bool = False) -> None:
+        self.run = run
+        # The driver can reach the workers of a cluster on this machine: fetch from
+        # them directly (faster than through the scheduler); else the client decides.
+        self.direct = True if local else None
+        self.runner = run.runner
+        self.plan = run.plan
+        self.tasks = run.plan.tasks
+        self.client = client
+        self.done_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.inflight: dict[Any, _Sub] = {}  # by Dask key; one entry per run in flight
+        self.fn_futures: dict[int, Any] = {}
+        self.info_future: Any = None
+        self.uid = uuid.uuid4().hex[:8]
+        self.counter = itertools.count()
+        self.final: dict[int, Any] = {}
+        self.restarts: list[threading.Thread] = []
+        self.nannies: dict[str, bool] = {}
+        self.restarting: set[str] = set()
+        self.cap = _MIN_INFLIGHT
+        self.chunk = _MIN_INFLIGHT // 4
+        self.low = 4
+        self.watchers: set[Any] = set()
+        self._analyse()
+
+    # --- static analysis of the plan ------------------------------------------------------
+    def _analyse(self) -> None:
+        """Which tasks' values the core will measure (``need``: 1 its length, 2 also its
+        elements' lengths), and which arguments of each task may hold proxies."""
+        plan = self.plan
+        n = len(plan.tasks)
+        kinds = []
+        for call in plan.calls:
+            if call is None or call[0] == _CALL_VALUE:
+                kinds.append(_REAL)  # parameters and constants: real values in the core
+            elif call[0] in (_CALL_LIST, _CALL_TUPLE):
+                kinds.append(_CONTAINER)  # built by the core from upstream values
+            else:
+                kinds.append(_RUN)
+        need = [0] * n
+        ins: list[list[int]] = [[] for _ in range(n)]
+        for u, d, _key, mapped, flat in plan.edge_ids:
+            ins[d].append(u)
+            if kinds[u] == _REAL:
+                continue
+            if flat:
+                need[u] = max(need[u], 1 if plan.mapped_task[u] else 2)
+            elif mapped and not plan.mapped_task[u]:
+                need[u] = max(need[u], 1)
+        for c in range(n):
+            if kinds[c] == _CONTAINER and need[c] >= 2:
+                for u in ins[c]:
+                    if kinds[u] == _RUN and not plan.mapped_task[u]:
+                        need[u] = max(need[u], 1)
+        self.need = need
+        walks: list[tuple[tuple[int, ...], tuple[str, ...]]] = []
+        for call in plan.calls:
+            if call is None or call[0] in (_CALL_VALUE, _CALL_LIST, _CALL_TUPLE):
+                walks.append(((), ()))
+                continue
+            pos = tuple(
+                i
+                for i, (k, e) in enumerate(call[2])
+                if k == 0 and kinds[plan.edge_ids[e][0]] != _REAL
+            )
+            kw = tuple(
+                name for name, (k, e) in call[3] if k == 0 and kinds[plan.edge_ids[e][0]] != _REAL
+            )
+            walks.append((pos, kw))
+        self.walks = walks
+
+    # --- start ------------------------------------------------------------------------------
+    def start(self) -> None:
+        client = self.client
+        try:
+            with _quiet_large_graph():
+                self.info_future = client.submit(
+                    _identity,
+                    self.run.remote_info(),
+                    key=f"ferroflow-context-{self.uid}",
+                    pure=False,
+                )
+        except Exception as exc:
+            raise ExecutorError(f"could not send the flow run's context to Dask: {exc!r}") from exc
+        try:
+            threads = sum(client.nthreads().values())
+        except Exception:
+            threads = 0
+        self.cap = max(_MIN_INFLIGHT, _PER_THREAD * threads)
+        self.chunk = max(1, self.cap // 4)
+        self.low = max(4, 2 * threads)
+
+    def _fn_future(self, task_id: int, func: Any, hooked: bool) -> Any:
+        """A future holding ``(function, task or None)``: sent once, copied once per worker."""
+        fut = self.fn_futures.get(task_id)
+        if fut is None:
+            task = self.tasks[task_id]
+            try:
+                with _quiet_large_graph():
+                    fut = self.client.submit(
+                        _identity,
+                        (func, task if hooked else None),
+                        key=f"ferroflow-func-{_key_name(task.name)}-{self.uid}-{task_id}",
+                        pure=False,
+                    )
+            except Exception as exc:
+                self._check_client(exc)
+                fut = ExecutorError(
+                    f"task '{task.name}' could not be sent to Dask (its function or the "
+                    f"task cannot be pickled): {exc!r}"
+                )
+            self.fn_futures[task_id] = fut
+        return fut
+
+    # --- submitting ---------------------------------------------------------------------------
+    def _substitute(self, task_id: int, args: Any, kwargs: Any) -> tuple[Any, Any, Any]:
+        """Swap the proxies in a run's arguments for futures (Dask resolves them)."""
+        pos, kw = self.walks[task_id]
+        tagged: list[Any] = []
+        if pos:
+            args = list(args)
+            for i in pos:
+                args[i], t = _swap(args[i])
+                if t:
+                    tagged.append(i)
+            args = tuple(args)
+        if kw and kwargs:
+            kwargs = dict(kwargs)
+            for name in kw:
+                if name in kwargs:
+                    kwargs[name], t = _swap(kwargs[name])
+                    if t:
+                        tagged.append(name)
+        return args, kwargs, tuple(tagged) or None
+
+    def _fill(self) -> None:
+        """Take ready runs from the core and submit them, in chunks: each submission
+        costs the scheduler about as much as many runs, so top up only when a chunk is
+        free or the cluster may run dry."""
+        while True:
+            busy = len(self.inflight)
+            room = self.cap - busy
+            if room <= 0 or (room < self.chunk and busy >= self.low):
+                return
+            want = min(room, _BATCH)
+            items = self.runner.take(want)
+            if items:
+                self._submit_items(items)
+            if len(items) < want:
+                return
+
+    def _submit_items(self, items: list[Any]) -> None:
+        batch: list[tuple[Any, ...]] = []
+        for run_id, task_id, map_index, rc, lc, hooked, func, args, kwargs, lr in items:
+            fn = self._fn_future(task_id, func, hooked)
+            if isinstance(fn, Exception):
+                self.runner.report_failure(run_id, _FAILED, str(fn), False, fn)
+                continue
+            args, kwargs, walk = self._substitute(task_id, args, kwargs)
+            spec = (run_id, task_id, map_index, rc, lc, hooked, args, kwargs, lr, walk)
+            key = f"{_key_name(self.tasks[task_id].name)}-{self.uid}-{run_id}-{rc}-{lc}"
+            batch.append((fn, spec, key))
+        if not batch:
+            return
+        futures = []
+        for fut, (_fn, spec, _key) in self._submit(batch):
+            self.inflight[fut.key] = _Sub(spec[0], spec[1], spec[5], fut)
+            futures.append(fut)
+        self._track(futures)
+
+    def _submit(self, batch: list[tuple[Any, ...]]) -> list[tuple[Any, tuple[Any, ...]]]:
+        """Submit ``(fn future, spec, key)`` items in one graph; ``(future, item)`` pairs."""
+        info = self.info_future
+        try:
+            with _quiet_large_graph():
+                futures = self.client.map(
+                    _run,
+                    [b[0] for b in batch],
+                    [info] * len(batch),
+                    [b[1] for b in batch],
+                    key=[b[2] for b in batch],
+                    pure=False,
+                )
+            return list(zip(futures, batch, strict=True))
+        except Exception as exc:
+            self._check_client(exc)
+            if len(batch) == 1:
+                return self._submit_one(batch[0])
+        # Something in the batch cannot be pickled: send the items one by one.
+        out = []
+        for item in batch:
+            out.extend(self._submit_one(item))
+        return out
+
+    def _submit_one(self, item: tuple[Any, ...]) -> list[tuple[Any, tuple[Any, ...]]]:
+        fn, spec, key = item
+        try:
+            with _quiet_large_graph():
+                (fut,) = self.client.map(_run, [fn], [self.info_future], [spec], key=[key])
+        except Exception as exc:
+            self._check_client(exc)
+            run_id, task_id = spec[0], spec[1]
+            msg = f"the inputs of task '{self.tasks[task_id].name}' could not be sent to Dask: "
+            msg += repr(exc)
+            self.runner.report_failure(run_id, _FAILED, msg, False, ExecutorError(msg))
+            return []
+        return [(fut, item)]
+
+    def _check_client(self, exc: BaseException) -> None:
+        """A submission failed: blame the connection when the client is down."""
+        status = getattr(self.client, "status", "running")
+        if status not in ("running", "connecting", "newly-created"):
+            raise ExecutorError(
+                f"lost the connection to the Dask scheduler ({status}): {exc!r}"
+            ) from exc
+
+    def _describe_later(self, recs: list[_Sub], probe: bool) -> None:
+        """Describe the values of finished runs on their workers (a small task each)."""
+        futs = [r.future for r in recs]
+        needs = [0 if probe else self.need[r.task_id] for r in recs]
+        keys = [f"ferroflow-describe-{self.uid}-{next(self.counter)}" for _ in recs]
+        descs = self.client.map(_describe, futs, [()] * len(recs), needs, key=keys, pure=False)
+        for d, r in zip(descs, recs, strict=True):
+            del self.inflight[r.future.key]
+            r.describing, r.run_future, r.future = True, r.future, d
+            self.inflight[d.key] = r
+        self._track(descs)
+
+    def _track(self, futures: list[Any]) -> None:
+        """Put each future on ``done_q`` when it finishes (callbacks on the client loop)."""
+        from distributed.client import done_callback
+
+        put = self.done_q.put
+        watchers = self.watchers
+
+        def spawn() -> None:
+            for f in futures:
+                w = asyncio.ensure_future(done_callback(f, put))
+                watchers.add(w)  # asyncio keeps only weak references to tasks
+                w.add_done_callback(watchers.discard)
+
+        self.client.loop.add_callback(spawn)
+
+    # --- receiving --------------------------------------------------------------------------
+    def _handle(self, done: list[Any]) -> None:
+        fetch: list[_Sub] = []
+        describe: list[_Sub] = []
+        probe: list[_Sub] = []
+        for fut in done:
+            rec = self.inflight.get(fut.key)
+            if rec is None or rec.future is not fut:
+                continue
+            status = fut.status
+            if status == "pending":
+                self._track([fut])  # Dask is computing it again: wait again
+            elif status in ("error", "cancelled"):
+                del self.inflight[fut.key]
+                self._report_dask_error(rec, _dask_error(fut, status))
+            elif rec.describing:
+                fetch.append(rec)
+            else:
+                typ = fut.type  # reported by Dask with every finished key
+                if typ is _Outcome:
+                    fetch.append(rec)
+                elif typ is None:
+                    probe.append(rec)
+                elif self.need[rec.task_id]:
+                    describe.append(rec)
+                else:
+                    del self.inflight[fut.key]
+                    self._report_ok(rec, _RemoteLazy(fut))
+        if describe:
+            self._describe_later(describe, False)
+        if probe:
+            self._describe_later(probe, True)
+        if fetch:
+            self._fetch(fetch)
+
+    def _report_ok(self, rec: _Sub, value: Any) -> None:
+        if rec.hooked:
+            value = (_SUCCESS, value, None, False)
+        if self.runner.report(rec.run_id, rec.hooked, True, value):
+            raise KeyboardInterrupt
+
+    def _fetch(self, recs: list[_Sub]) -> None:
+        """Bring outcomes and descriptions (small) to the driver, in one call."""
+        futs = [r.future for r in recs]
+        try:
+            values = self.client.gather(futs)
+        except Exception:
+            values = []
+            for f in futs:
+                try:
+                    values.append(f.result())
+                except Exception as exc:
+                    values.append(_Failure(exc))
+        for rec, value in zip(recs, values, strict=True):
+            self.inflight.pop(rec.future.key, None)
+            if isinstance(value, _Failure):
+                self._report_dask_error(rec, value.exc)
+            elif rec.describing:
+                if value[0] == "outcome":
+                    self._report_outcome(rec, value[1])
+                else:
+                    self._report_ok(rec, _proxy(rec.run_future, tuple(value[1:4])))
+            else:
+                self._report_outcome(rec, value)
+
+    def _report_outcome(self, rec: _Sub, out: _Outcome) -> None:
+        runner = self.runner
+        if out.kind == _Outcome.RAISED:
+            stop = runner.report(rec.run_id, rec.hooked, False, out.payload)
+        elif out.kind == _Outcome.HOOKED:
+            code, value, message, retryable, stuck = out.payload
+            if stuck is not None:
+                message = self._stop_stuck(stuck, message)
+            stop = runner.report(rec.run_id, True, True, (code, value, message, retryable))
+        else:
+            msg, shown = out.payload
+            runner.report_failure(rec.run_id, _FAILED, msg, False, shown)
+            stop = False
+        if stop:
+            raise KeyboardInterrupt
+
+    def _report_dask_error(self, rec: _Sub, exc: BaseException) -> None:
+        from distributed import KilledWorker
+
+        if isinstance(exc, KilledWorker):
+            # Dask already reran it on other workers; as on the process pool, a death
+            # counts one attempt and the task's retries apply whatever retry_on says.
+            msg = f"worker process died: Dask lost the workers running it ({exc})"
+            self.runner.report_failure(rec.run_id, _FAILED, msg, True, exc)
+            return
+        what = "the description of its result" if rec.describing else "it"
+        msg = f"Dask could not run {what}: {exc!r}"
+        self.runner.report_failure(rec.run_id, _FAILED, msg, False, exc)
+
+    def _stop_stuck(self, address: str, message: str | None) -> str:
+        """Restart the worker whose thread still runs a timed-out run (in the background)."""
+        base = (message or "Task timed out.").rstrip(".")
+        if not self._has_nanny(address):
+            return (
+                f"{base}; its thread on Dask worker {address} could not be stopped "
+                "(the worker has no nanny) and was abandoned."
+            )
+
+        if address in self.restarting:
+            return f"{base}; its Dask worker {address} was restarted to stop it."
+        self.restarting.add(address)
+
+        def restart() -> None:
+            try:
+                self.client.restart_workers([address], timeout=30, raise_for_error=False)
+            except Exception:
+                pass
+            finally:
+                self.restarting.discard(address)
+
+        t = threading.Thread(target=restart, name="ferroflow-dask-restart", daemon=True)
+        t.start()
+        self.restarts.append(t)
+        return f"{base}; its Dask worker {address} was restarted to stop it."
+
+    def _has_nanny(self, address: str) -> bool:
+        if address not in self.nannies:
+            try:
+                workers = self.client.scheduler_info(n_workers=-1)["workers"]
+            except Exception:
+                workers = {}
+            for addr, w in workers.items():
+                self.nannies[addr] = bool(w.get("nanny"))
+        return self.nannies.get(address, False)
+
+    def join_restarts(self) -> None:
+        for t in self.restarts:
+            t.join(35)
+
+    # --- the loop -------------------------------------------------------------------------------
+    def loop(self) -> None:
+        runner = self.runner
+        get = self.done_q.get
+        get_nowait = self.done_q.get_nowait
+        while True:
+            self._fill()
+            if not self.inflight:
+                if runner.done():
+                    return
+                hint = runner.wait_hint()
+                if hint is None:
+                    return
+                time.sleep(min(hint, 0.05))
+                continue
+            wait = 0.05
+            hint = runner.wait_hint()
+            if hint is not None:
+                wait = max(0.0, min(wait, hint))
+            try:
+                done = [get(timeout=wait)]
+            except queue.Empty:
+                continue
+            while True:
+                try:
+                    done.append(get_nowait())
+                except queue.Empty:
+                    break
+            self._handle(done)
+
+    def cancel_all(self) -> None:
+        futs = [r.future for r in self.inflight.values()]
+        self.inflight.clear()
+        if futs:
+            try:
+                self.client.cancel(futs)
+            except Exception:
+                pass
+
+    # --- the end: real values for the final states ------------------------------------------------
+    def finalize(self) -> None:
+        """Gather the values still stored as proxies, in one call."""
+        runner = self.runner
+        stored = runner.results(0, runner.n_runs())
+        found = {run_id: v for run_id, v in enumerate(stored) if _has_proxy(v)}
+        if not found:
+            return
+        proxies: list[Any] = []
+        for v in found.values():
+            _collect(v, proxies)
+        unique = list({id(p): p for p in proxies}.values())
+        futs = [p.future for p in unique]
+        try:
+            values = self.client.gather(futs, direct=self.direct)
+        except Exception:
+            values = []
+            for f in futs:
+                try:
+                    values.append(f.result())
+                except Exception as exc:
+                    values.append(exc)
+        resolved = {id(p): val for p, val in zip(unique, values, strict=True)}
+        self.final = {rid: _replace(v, resolved) for rid, v in found.items()}
+        for p in unique:
+            p.future = None  # release the cluster's memory now
+
+    def install_results(self) -> None:
+        """Make the final states read real values (after ``runner.close``)."""
+        if not self.final:
+            return
+        self.runner.replace_results(self.final)
+        self.final = {}
+
+
+class _Failure:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _dask_error(fut: Any, status: str) -> BaseException:
+    if status == "cancelled":
+        from distributed.client import FutureCancelledError
+
+        reason = getattr(fut._state, "exception", None)
+        return FutureCancelledError(fut.key, reason=str(reason) if reason else None)
+    try:
+        exc = fut.exception(timeout=10)
+    except BaseException as err:
+        return err
+    return exc if isinstance(exc, BaseException) else RuntimeError(str(exc))
+
+
+def _key_name(name: str) -> str:
+    # Dask groups keys by their prefix; keep it readable and free of separators.
+    out = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    return out or "task"
+
+
+def _swap(v: Any) -> tuple[Any, bool]:
+    """Replace proxies in an argument by futures; True when item markers were made."""
+    t = type(v)
+    if isinstance(v, _RemoteBase):
+        return v.future, False
+    if isinstance(v, _ItemBase):
+        return (_ItemTag, v.future, v.path), True
+    if t is list or t is tuple:
+        tagged = False
+        out = []
+        changed = False
+        for x in v:
+            y, tg = _swap(x)
+            tagged |= tg
+            changed |= y is not x
+            out.append(y)
+        if not changed:
+            return v, False
+        return (out if t is list else tuple(out)), tagged
+    return v, False
+
+
+def _has_proxy(v: Any) -> bool:
+    if isinstance(v, (_RemoteBase, _ItemBase)):
+        return True
+    t = type(v)
+    if t is list or t is tuple:
+        return any(_has_proxy(x) for x in v)
+    return False
+
+
+def _collect(v: Any, out: list[Any]) -> None:
+    if isinstance(v, _RemoteBase):
+        out.append(v)
+    elif isinstance(v, _ItemBase):  # pragma: no cover - items are never stored
+        out.append(v)
+    elif type(v) is list or type(v) is tuple:
+        for x in v:
+            _collect(x, out)
+
+
+def _replace(v: Any, resolved: dict[int, Any]) -> Any:
+    if isinstance(v, (_RemoteBase, _ItemBase)):
+        value: Any = resolved.get(id(v))
+        if isinstance(v, _ItemBase):  # pragma: no cover
+            for i in v.path:
+                value = value[i]
+        return value
+    t = type(v)
+    if t is list or t is tuple:
+        return t(_replace(x, resolved) for x in v)
+    return v
+
+
+class _quiet_large_graph(warnings.catch_warnings):
+    """Batches of runs may carry large arguments: that is expected, not a Dask misuse."""
+
+    def __enter__(self) -> Any:
+        out = super().__enter__()
+        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+        return out
