@@ -1,9 +1,13 @@
 """Workloads shared by the pytest-benchmark suites and ``compare.py``.
 
-Every workload exists in three shapes that make *the same calls* to the same plain
-functions: a ferroflow flow (``build_*``), a plain Python loop (``loop_*``) and, in
-``compare.py``, a dask task graph. Keeping them in one module means the benchmarks and
-the comparison table always measure the same thing.
+Every workload exists in up to three shapes that make *the same calls* to the same plain
+functions: a ferroflow flow (``build_*``), a plain Python baseline (``loop_*``: a loop, or
+a bare ``ThreadPoolExecutor`` / ``ProcessPoolExecutor`` for the executor workloads) and,
+in ``compare.py``, a dask task graph. Keeping them in one module means the benchmarks,
+``compare.py`` and the memory probes of ``_memory.py`` always measure the same thing.
+
+The task functions are module-level, so ``ProcessExecutor`` workers (forked by default)
+and ``ProcessPoolExecutor`` workers can run them.
 
 Importing this module sets ``FERROFLOW_HOME`` to a throw-away directory (unless it is
 already set), so benchmark runs never write into the user's ``~/.ferroflow``.
@@ -17,7 +21,8 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from functools import lru_cache
 from typing import Any
 
 if "FERROFLOW_HOME" not in os.environ:
@@ -28,6 +33,46 @@ if "FERROFLOW_HOME" not in os.environ:
 from ferroflow import Flow, Task, task
 
 SLEEP_S = 0.05
+BURN_S = 0.5  # CPU seconds one child of the CPU-bound map aims to burn
+BLOB_BYTES = 100_000  # what the first stage of the depth-first chain returns per child
+
+
+# -- which build is being measured ------------------------------------------------------------
+
+
+def _elf_section_names(path: str) -> list[str]:
+    """Section names of a 64-bit little-endian ELF file ([] for anything else)."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            return []
+        shoff = struct.unpack_from("<Q", head, 0x28)[0]
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", head, 0x3A)
+        f.seek(shoff)
+        table = f.read(shentsize * shnum)
+        sections = [struct.unpack_from("<IIQQQQ", table, i * shentsize) for i in range(shnum)]
+        _, _, _, _, str_off, str_size = sections[shstrndx]
+        f.seek(str_off)
+        strings = f.read(str_size)
+    return [strings[name : strings.index(b"\0", name)].decode() for name, *_ in sections]
+
+
+def native_build() -> tuple[str, bool, tuple[int, int, int]]:
+    """``(path, debug, identity)`` of the loaded ``ferroflow._native`` extension.
+
+    ``debug`` is True when the file has DWARF sections (``.debug_info``), which a
+    ``make build`` (debug) extension has and a ``make build-release`` one does not here
+    (``[profile.release] debug = false``). ``identity`` is ``(inode, size, mtime_ns)`` of
+    the file, to notice another build replacing it while benchmarks run.
+    """
+    from ferroflow import _native
+
+    path = str(_native.__file__)
+    st = os.stat(path)
+    debug = ".debug_info" in _elf_section_names(path)
+    return path, debug, (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 # -- the plain functions every shape calls -------------------------------------------------
@@ -46,6 +91,27 @@ def nap(x: int) -> int:
     return x
 
 
+def burn(k: int) -> int:
+    """Pure-Python CPU work: ``k`` loop iterations, holding the GIL throughout."""
+    x = 0
+    for i in range(k):
+        x += i & 7
+    return x
+
+
+def load(i: int) -> bytes:
+    """First stage of the depth-first chain: a 100 KB value per child."""
+    return bytes(BLOB_BYTES)
+
+
+def measure(b: bytes) -> int:
+    return len(b)
+
+
+def keep(n: int) -> int:
+    return n
+
+
 def make_src(n: int) -> Callable[[], list[int]]:
     """A zero-argument function returning ``list(range(n))`` (the map's input)."""
 
@@ -58,6 +124,31 @@ def make_src(n: int) -> Callable[[], list[int]]:
 inc_task = task(inc)
 total_task = task(total)
 nap_task = task(nap)
+burn_task = task(burn)
+load_task = task(load)
+measure_task = task(measure)
+keep_task = task(keep)
+
+
+@lru_cache(maxsize=1)
+def _burn_seconds_per_iteration() -> float:
+    """Seconds per ``burn`` iteration on this machine (measured once per process).
+
+    Times ``burn`` over short slices and keeps the fastest, so a busy moment on a shared
+    machine does not shrink the work.
+    """
+    k = 1_000_000  # ~40 ms a slice: long enough to time well, short enough to dodge load
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        burn(k)
+        best = min(best, time.perf_counter() - start)
+    return best / k
+
+
+def burn_iterations(seconds: float = BURN_S) -> int:
+    """Loop count for which ``burn`` takes about ``seconds`` of CPU on this machine."""
+    return max(1, round(seconds / _burn_seconds_per_iteration()))
 
 
 # -- expected results ----------------------------------------------------------------------
@@ -80,6 +171,17 @@ def expected_map(n: int, stages: int = 1) -> int:
 
 def expected_sleep(n: int) -> int:
     return n * (n - 1) // 2
+
+
+def expected_burn(n: int, k: int) -> int:
+    """``n`` children of ``burn(k)``."""
+    full, rest = divmod(k, 8)
+    return n * (full * 28 + rest * (rest - 1) // 2)
+
+
+def expected_depth_first(n: int) -> int:
+    """``sum(len(load(i)) for i in range(n))``."""
+    return n * BLOB_BYTES
 
 
 # -- ferroflow flows -----------------------------------------------------------------------
@@ -128,6 +230,32 @@ def build_sleep_map(n: int) -> tuple[Flow, Task]:
     return flow, out
 
 
+def build_cpu_map(n: int, k: int) -> tuple[Flow, Task]:
+    """``total(burn.map([k] * n))``: ``n`` CPU-bound children of ``k`` iterations each."""
+    with Flow(f"burn-{n}") as flow:
+        out = total_task(burn_task.map([k] * n))
+    return flow, out
+
+
+def build_depth_first(n: int) -> tuple[Flow, Task]:
+    """``total(keep.map(measure.map(load.map(src()))))``: a 100 KB value per first-stage child."""
+    src_task = task(make_src(n), name="src")
+    with Flow(f"depth-first-{n}") as flow:
+        out = total_task(keep_task.map(measure_task.map(load_task.map(src_task()))))
+    return flow, out
+
+
+def build_checkpointed_map(n: int, result_dir: str) -> tuple[Flow, Task]:
+    """``total(inc.map(src()))`` whose mapped task checkpoints to ``LocalResult(result_dir)``."""
+    from ferroflow.results import LocalResult
+
+    src_task = task(make_src(n), name="src")
+    inc_ckpt = task(inc, name="inc_ckpt", checkpoint=True, result=LocalResult(dir=result_dir))
+    with Flow(f"checkpointed-map-{n}") as flow:
+        out = total_task(inc_ckpt.map(src_task()))
+    return flow, out
+
+
 def result_of(flow: Flow, out: Task, **run_kwargs: Any) -> Any:
     """Run ``flow`` and return the value of ``out`` (raises if the run did not succeed)."""
     state = flow.run(**run_kwargs)
@@ -161,3 +289,14 @@ def loop_sleep_pool(n: int, workers: int) -> int:
     """The "plain" baseline for the I/O workload: a ``ThreadPoolExecutor`` map."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return total(list(pool.map(nap, range(n))))
+
+
+def loop_cpu_pool(n: int, k: int, workers: int) -> int:
+    """The same CPU-bound calls on a bare ``ProcessPoolExecutor``: what the machine allows."""
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return total(list(pool.map(burn, [k] * n)))
+
+
+def loop_depth_first(n: int) -> int:
+    """The depth-first chain as a plain loop: one 100 KB value alive at a time."""
+    return total([keep(measure(load(i))) for i in make_src(n)()])

@@ -1,9 +1,10 @@
-"""ferroflow vs a plain Python loop vs dask's threaded scheduler, in one process.
+"""ferroflow vs a plain loop vs dask threads, then executors and durability; one process run.
 
 Usage (from the repository root, after ``make build-release``)::
 
-    .venv/bin/python benches/compare.py           # full sizes, a few minutes on 2 cores
+    .venv/bin/python benches/compare.py           # full sizes, about 2.5 minutes on 2 cores
     .venv/bin/python benches/compare.py --quick   # small sizes, a smoke run
+    .venv/bin/python benches/compare.py --table 2 --part cpu   # one line of the second table
 
 Every workload makes the same calls to the same plain functions (``benches/_workloads.py``)
 in three ways:
@@ -22,7 +23,16 @@ in three ways:
   Where dask runs at a smaller size than ferroflow, the cell says so (``@100k``).
 
 The overhead column is ``(ferroflow - plain loop) / n`` in microseconds, ``n`` being the
-number of task runs (mapped children included, the source and reduce tasks not).
+number of task runs (mapped children included, the source and reduce tasks not). Runs use
+ferroflow's defaults, so they are recorded in the run store (a throw-away
+``FERROFLOW_HOME``).
+
+A second table, **executors and durability**, follows: each line a figure the project's
+issues ask for, with its baseline measured in the same run, the target and whether it was
+met. Memory figures come from fresh subprocesses (``benches/_memory.py``), so each peak RSS
+is the run's own; timings are best of a few, and the two sides of every ratio are run
+interleaved (A, B, A, B, ...) so a burst of load on a shared machine hits both. Nothing is
+asserted about times: a missed target is printed as ``NO``.
 """
 
 from __future__ import annotations
@@ -45,10 +55,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _memory as mem
 import _workloads as w  # sets FERROFLOW_HOME before ferroflow is used
-from ferroflow.executors import LocalExecutor, ThreadExecutor
+from ferroflow.executors import LocalExecutor, ProcessExecutor, ThreadExecutor
 
 THREAD_WORKERS = 8
+PROCESS_WORKERS = 2
 
 FULL = {
     "independent": 10_000,
@@ -62,6 +74,13 @@ FULL = {
     "sleep": 200,
     "delayed": 10_000,
     "delayed_build": 100_000,
+    # executors and durability
+    "mem_map": 1_000_000,
+    "depth": 100_000,
+    "cpu": 8,
+    "proc_map": 100_000,
+    "record_map": 1_000_000,
+    "ckpt_map": 100_000,
 }
 QUICK = {
     "independent": 1_000,
@@ -75,7 +94,14 @@ QUICK = {
     "sleep": 40,
     "delayed": 1_000,
     "delayed_build": 10_000,
+    "mem_map": 100_000,
+    "depth": 10_000,
+    "cpu": 4,
+    "proc_map": 10_000,
+    "record_map": 100_000,
+    "ckpt_map": 5_000,
 }
+BURN_SECONDS = {"full": w.BURN_S, "quick": 0.1}  # CPU per child of the CPU-bound map
 
 
 # -- timing helpers ------------------------------------------------------------------------
@@ -357,6 +383,341 @@ def run_all(sizes: dict[str, int], reps: int, use_dask: bool) -> list[Row]:
     return rows
 
 
+# -- executors and durability ----------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    """One line of the "executors and durability" table."""
+
+    what: str
+    ferroflow: str
+    baseline: str
+    figure: str
+    target: str
+    met: bool | None  # None: no target at this size (--quick)
+
+    def cells(self) -> list[str]:
+        met = "n/a" if self.met is None else ("yes" if self.met else "NO")
+        return [self.what, self.ferroflow, self.baseline, self.figure, self.target, met]
+
+
+def fmt_mb(n_bytes: float) -> str:
+    return f"{n_bytes / 1e6:.1f} MB"
+
+
+def _own_cpu() -> float:
+    """CPU seconds used so far by this process and its reaped children."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _machine_busy() -> float | None:
+    """CPU seconds the whole machine spent busy (steal included), from /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """How many CPUs, on average, other processes kept busy while the block ran.
+
+    Machine-wide busy time (``/proc/stat``, steal included) minus this process's and its
+    children's CPU time, divided by the wall time. ``cpus`` stays None off Linux.
+    """
+
+    def __enter__(self) -> OtherLoad:
+        self.cpus: float | None = None
+        self._busy, self._own, self._t = _machine_busy(), _own_cpu(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy = _machine_busy()
+        if busy is None or self._busy is None:
+            return
+        wall = time.perf_counter() - self._t
+        other = (busy - self._busy) - (_own_cpu() - self._own)
+        self.cpus = max(0.0, other / wall)
+
+
+def interleaved(
+    fns: dict[str, Callable[[], Any]], reps: int, expected: dict[str, Any]
+) -> dict[str, float]:
+    """Best of ``reps`` timed calls of each function, run in turn (A, B, A, B, ...)."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(reps):
+        for name, fn in fns.items():
+            seconds, value = timed(fn)
+            check(value, expected[name])
+            best[name] = min(best[name], seconds)
+    return best
+
+
+def measure_sleep(n: int) -> Row:
+    """The I/O row of the first table on its own (for ``--table 2``)."""
+    expected = w.expected_sleep(n)
+    flow, out = w.build_sleep_map(n)
+    threads = ThreadExecutor(max_workers=THREAD_WORKERS)
+    first, ff = ff_warm(flow, out, 2, expected, executor=threads)
+    pool = best_of(lambda: w.loop_sleep_pool(n, THREAD_WORKERS), 2, expected)
+    return Row(f"{n} x sleep", n, ff, pool, None, first=first)
+
+
+def _met(ok: bool, quick: bool) -> bool | None:
+    return None if quick else ok
+
+
+def _progress(msg: str) -> None:
+    print(f"  ... {msg}", file=sys.stderr, flush=True)
+
+
+def part_memory(sizes: dict[str, int], quick: bool, notes: list[str]) -> Figure:
+    """Core memory per mapped child: fresh subprocesses, median of 3 each."""
+    n = sizes["mem_map"]
+    _progress(f"memory: map {n} (subprocesses)")
+    ff_probes = sorted((mem.probe("map-ff", n) for _ in range(3)), key=lambda r: r["grown"])
+    loop_probes = sorted((mem.probe("map-loop", n) for _ in range(3)), key=lambda r: r["grown"])
+    ff_p, loop_p = ff_probes[1], loop_probes[1]
+    per_child = (ff_p["grown"] - loop_p["grown"]) / n
+    by_size = (ff_p["grown"] - loop_p["objects_getsizeof"]) / n
+    notes.append(
+        f"memory per child: median of 3 fresh processes each; peak RSS after the run minus "
+        f"RSS before it (ferroflow {fmt_mb(ff_p['before'])} before, peak "
+        f"{fmt_mb(ff_p['peak'])}). Counting the result objects by sys.getsizeof instead of "
+        f"the plain loop's RSS ({fmt_mb(loop_p['objects_getsizeof'])}, no allocator "
+        f"rounding): {by_size:.0f} B/child."
+    )
+    return Figure(
+        f"core memory per mapped child, {fmt_n(n)} map + reduce (record=False)",
+        f"+{fmt_mb(ff_p['grown'])} peak RSS",
+        f"+{fmt_mb(loop_p['grown'])} (plain loop, same objects)",
+        f"{per_child:.0f} B/child",
+        "≤ 150 B",
+        _met(per_child <= 150, quick),
+    )
+
+
+def part_depth(sizes: dict[str, int], quick: bool, notes: list[str]) -> Figure:
+    """Depth-first memory: 3-stage chain, 100 KB per first-stage child, release_results."""
+    n = sizes["depth"]
+    _progress(f"memory: depth-first 3 x {n} (subprocesses)")
+    ff_runs = [mem.probe("depth-ff", n) for _ in range(2)]
+    loop_run = mem.probe("depth-loop", n)
+    peak = max(r["peak"] for r in ff_runs)
+    seconds = min(r["seconds"] for r in ff_runs)
+    notes.append(
+        f"depth-first: peak RSS of the whole fresh process (import + build included; "
+        f"{fmt_mb(ff_runs[0]['before'])} before the run), worst of 2; time: one run each, "
+        f"best of 2 (a first run, so it includes the per-flow compile). Without release "
+        f"the first stage alone would hold {fmt_mb(n * w.BLOB_BYTES)}."
+    )
+    return Figure(
+        f"depth-first 3-stage map chain over {fmt_n(n)}, "
+        f"{w.BLOB_BYTES // 1000} KB per child, release_results=True",
+        f"{fmt_mb(peak)} peak RSS, {fmt_s(seconds)}",
+        f"{fmt_mb(loop_run['peak'])} peak RSS, {fmt_s(loop_run['seconds'])} (plain loop)",
+        f"{fmt_mb(peak)} peak",
+        "< 300 MB",
+        _met(peak < 300e6, quick),
+    )
+
+
+def part_io(sleep_row: Row, quick: bool, from_first_table: bool) -> Figure:
+    """I/O-bound: the ThreadExecutor row of the first table (or measured on its own)."""
+    source = " (first table)" if from_first_table else ""
+    return Figure(
+        f"I/O: {sleep_row.n} x {w.SLEEP_S * 1e3:.0f} ms sleep, "
+        f"ThreadExecutor({THREAD_WORKERS}){source}",
+        fmt_s(sleep_row.ferroflow),
+        f"{fmt_s(sleep_row.loop)} (ThreadPoolExecutor({THREAD_WORKERS})); "
+        f"ideal {fmt_s(sleep_row.n / THREAD_WORKERS * w.SLEEP_S)}",
+        fmt_s(sleep_row.ferroflow),
+        "< 1.4 s",
+        _met(sleep_row.ferroflow < 1.4, quick),
+    )
+
+
+def part_cpu(sizes: dict[str, int], quick: bool, notes: list[str]) -> Figure:
+    """CPU-bound: LocalExecutor vs ProcessExecutor(2), and a bare ProcessPoolExecutor(2)."""
+    n = sizes["cpu"]
+    burn_s = BURN_SECONDS["quick" if quick else "full"]
+    k = w.burn_iterations(burn_s)
+    one, value = timed(lambda: w.burn(k))
+    check(value, w.expected_burn(1, k))
+    _progress(f"CPU-bound map of {n} x {burn_s} s: local vs processes")
+    flow, out = w.build_cpu_map(n, k)
+    expected = w.expected_burn(n, k)
+    local = LocalExecutor()
+    w.result_of(*w.build_cpu_map(2, 1000), executor=ProcessExecutor(PROCESS_WORKERS))  # warm-up
+    with OtherLoad() as load:
+        best = interleaved(
+            {
+                "local": lambda: w.result_of(flow, out, executor=local),
+                "processes": lambda: w.result_of(
+                    flow, out, executor=ProcessExecutor(PROCESS_WORKERS)
+                ),
+                "pool": lambda: w.loop_cpu_pool(n, k, PROCESS_WORKERS),
+            },
+            3,
+            dict.fromkeys(("local", "processes", "pool"), expected),
+        )
+    speedup = best["local"] / best["processes"]
+    busy = "n/a" if load.cpus is None else f"{load.cpus:.2f} of {os.cpu_count()}"
+    notes.append(
+        f"CPU-bound: burn({k:,}) takes {fmt_s(one)} here (calibrated to ~{burn_s} s); "
+        f"best of 3 each, interleaved; the pool and ProcessExecutor runs include starting "
+        f"their {PROCESS_WORKERS} workers. Other processes kept {busy} CPUs busy meanwhile."
+    )
+    return Figure(
+        f"CPU: map of {n} x ~{burn_s} s pure Python, "
+        f"ProcessExecutor({PROCESS_WORKERS}) vs LocalExecutor",
+        fmt_s(best["processes"]),
+        f"{fmt_s(best['local'])} (LocalExecutor); "
+        f"{fmt_s(best['pool'])} (ProcessPoolExecutor({PROCESS_WORKERS}))",
+        f"{speedup:.2f}x faster (bare pool: {best['local'] / best['pool']:.2f}x)",
+        "≥ 1.7x",
+        _met(speedup >= 1.7, quick),
+    )
+
+
+def part_processes(sizes: dict[str, int], quick: bool, notes: list[str]) -> Figure:
+    """Process overhead: a trivial map on ProcessExecutor(2) vs the LocalExecutor."""
+    n = sizes["proc_map"]
+    _progress(f"map {n} on ProcessExecutor({PROCESS_WORKERS})")
+    flow, out = w.build_map(n)
+    expected = w.expected_map(n)
+    local = LocalExecutor()
+    w.result_of(flow, out, executor=local)  # compile the flow once
+    best = interleaved(
+        {
+            "processes": lambda: w.result_of(flow, out, executor=ProcessExecutor(PROCESS_WORKERS)),
+            "local": lambda: w.result_of(flow, out, executor=local),
+        },
+        3,
+        {"processes": expected, "local": expected},
+    )
+    return Figure(
+        f"{fmt_n(n)} trivial map + reduce, ProcessExecutor({PROCESS_WORKERS})",
+        fmt_s(best["processes"]),
+        f"{fmt_s(best['local'])} (LocalExecutor)",
+        f"{(best['processes'] - best['local']) / n * 1e6:.1f} µs/child over local",
+        "< 5 s",
+        _met(best["processes"] < 5, quick),
+    )
+
+
+def part_recording(sizes: dict[str, int], quick: bool, notes: list[str]) -> Figure:
+    """Recording overhead: the 1M map + reduce, recorded vs unrecorded."""
+    n = sizes["record_map"]
+    _progress(f"recording: map {n}, record=True vs record=False")
+    flow, out = w.build_map(n)
+    expected = w.expected_map(n)
+    w.result_of(flow, out, record=False)  # compile the flow once
+    with OtherLoad() as load:
+        best = interleaved(
+            {
+                "record": lambda: w.result_of(flow, out, record=True),
+                "no record": lambda: w.result_of(flow, out, record=False),
+            },
+            3,
+            {"record": expected, "no record": expected},
+        )
+    ratio = best["record"] / best["no record"]
+    busy = "n/a" if load.cpus is None else f"{load.cpus:.2f} of {os.cpu_count()}"
+    notes.append(
+        f"recording: best of 3 each, interleaved; the run store's writer thread works "
+        f"beside the run, so the ratio needs a free second core. Other processes kept "
+        f"{busy} CPUs busy meanwhile."
+    )
+    return Figure(
+        f"recording: {fmt_n(n)} map + reduce, record=True",
+        fmt_s(best["record"]),
+        f"{fmt_s(best['no record'])} (record=False)",
+        f"{ratio:.2f}x",
+        "≤ 1.3x",
+        _met(ratio <= 1.3, quick),
+    )
+
+
+def part_checkpoint(sizes: dict[str, int], quick: bool, notes: list[str]) -> Figure:
+    """Checkpointing overhead: checkpoint=True + LocalResult (recorded, the default) vs the
+    same map without checkpoints, unrecorded."""
+    n = sizes["ckpt_map"]
+    _progress(f"checkpointing: map {n}, checkpoint=True vs plain unrecorded")
+    result_dir = tempfile.mkdtemp(prefix="ferroflow-bench-results-")
+    try:
+        ck_flow, ck_out = w.build_checkpointed_map(n, result_dir)
+        flow, out = w.build_map(n)
+        expected = w.expected_map(n)
+        w.result_of(flow, out, record=False)  # compile the plain flow once
+        best = interleaved(
+            {
+                "checkpoint": lambda: w.result_of(ck_flow, ck_out),
+                "plain": lambda: w.result_of(flow, out, record=False),
+            },
+            3,
+            {"checkpoint": expected, "plain": expected},
+        )
+        unrecorded, value = timed(lambda: w.result_of(ck_flow, ck_out, record=False))
+        check(value, expected)
+        files = [p for p in Path(result_dir).rglob("*") if p.is_file()]
+        written = sum(p.stat().st_size for p in files)
+    finally:
+        shutil.rmtree(result_dir, ignore_errors=True)
+    ratio = best["checkpoint"] / best["plain"]
+    runs = 4  # three timed checkpointed runs and one unrecorded
+    notes.append(
+        f"checkpointing: best of 3 each, interleaved; the same checkpointed map unrecorded "
+        f"took {fmt_s(unrecorded)} (one run); {runs} runs wrote {len(files)} files, "
+        f"{written / (runs * n):.0f} bytes per child."
+    )
+    return Figure(
+        f"checkpointing: {fmt_n(n)} map, checkpoint=True + LocalResult (recorded)",
+        fmt_s(best["checkpoint"]),
+        f"{fmt_s(best['plain'])} (no checkpoint, record=False)",
+        f"{ratio:.1f}x",
+        "< 3x",
+        _met(ratio < 3, quick),
+    )
+
+
+PARTS = ("memory", "depth", "io", "cpu", "processes", "recording", "checkpoint")
+
+
+def run_executors_durability(
+    sizes: dict[str, int], quick: bool, parts: tuple[str, ...], first_table: list[Row]
+) -> tuple[list[Figure], list[str]]:
+    """The figures of issues 3, 4 and 5 with their baselines; and notes to print below."""
+    figures: list[Figure] = []
+    notes: list[str] = []
+    for part in parts:
+        if part == "io":
+            sleep_row = next((row for row in first_table if "sleep" in row.workload), None)
+            from_first_table = sleep_row is not None
+            if sleep_row is None:
+                _progress(f"sleep map {sizes['sleep']} on {THREAD_WORKERS} threads")
+                sleep_row = measure_sleep(sizes["sleep"])
+            figures.append(part_io(sleep_row, quick, from_first_table))
+            continue
+        measure = {
+            "memory": part_memory,
+            "depth": part_depth,
+            "cpu": part_cpu,
+            "processes": part_processes,
+            "recording": part_recording,
+            "checkpoint": part_checkpoint,
+        }[part]
+        figures.append(measure(sizes, quick, notes))
+    return figures, notes
+
+
 # -- import time ---------------------------------------------------------------------------
 
 
@@ -399,19 +760,27 @@ def import_time(reps: int = 5, bytecode_cache: bool = True) -> tuple[float, floa
 
 
 HEADERS = ["workload", "ferroflow", "plain loop", "dask threads", "ff overhead µs/task"]
+HEADERS_2 = ["measurement", "ferroflow", "baseline (same run)", "figure", "target", "met"]
 
 
-def print_table(rows: list[Row]) -> None:
-    table = [HEADERS] + [row.cells() for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(HEADERS))]
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    table = [headers, *rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(headers))]
 
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.ljust(wd) for c, wd in zip(cells, widths, strict=True)) + " |"
 
-    print(line(HEADERS))
+    print(line(headers))
     print("|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
-    for cells in table[1:]:
+    for cells in rows:
         print(line(cells))
+
+
+def load_average() -> str:
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover - not available on this platform
+        return "n/a"
 
 
 def versions() -> str:
@@ -431,6 +800,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--no-dask", action="store_true", help="skip the dask column")
+    parser.add_argument(
+        "--table",
+        choices=("1", "2", "both"),
+        default="both",
+        help="1: ferroflow vs loop vs dask; 2: executors and durability [both]",
+    )
+    parser.add_argument(
+        "--part",
+        action="append",
+        choices=PARTS,
+        help="only these lines of the second table (repeatable) [all]",
+    )
     args = parser.parse_args(argv)
 
     sizes = QUICK if args.quick else FULL
@@ -449,24 +830,50 @@ def main(argv: list[str] | None = None) -> int:
         f"({platform.python_implementation()}), {platform.machine()}; {versions()}"
     )
     print(f"# sizes: {'--quick' if args.quick else 'full'}")
+    print(f"# load average at start: {load_average()}")
+    native_path, debug, identity = w.native_build()
+    print(f"# ferroflow._native: {native_path} ({'DEBUG' if debug else 'release'} build)")
+    if debug:
+        print(f"# WARNING: {native_path} is a debug build: run `make build-release` first")
     started = time.perf_counter()
-    rows = run_all(sizes, reps, use_dask)
-    imports = [(cached, import_time(bytecode_cache=cached)) for cached in (True, False)]
+    rows: list[Row] = []
+    if args.table in ("1", "both"):
+        rows = run_all(sizes, reps, use_dask)
+        imports = [(cached, import_time(bytecode_cache=cached)) for cached in (True, False)]
+    if args.table in ("2", "both"):
+        parts = tuple(p for p in PARTS if args.part is None or p in args.part)
+        figures, notes = run_executors_durability(sizes, args.quick, parts, rows)
+    if args.table in ("1", "both"):
+        print()
+        print_table(HEADERS, [row.cells() for row in rows])
+        print()
+        print("ferroflow's first run of each built flow (includes the per-flow compile):")
+        for row in rows:
+            if row.first is not None:
+                print(f"  {row.workload}: {fmt_s(row.first)} (best run: {fmt_s(row.ferroflow)})")
+        print()
+        for cached, (with_import, bare) in imports:
+            how = "with .pyc cache" if cached else "PYTHONDONTWRITEBYTECODE=1"
+            print(
+                f'python -c "import ferroflow": {with_import * 1e3:.1f} ms; '
+                f'python -c "pass": {bare * 1e3:.1f} ms; '
+                f"import ferroflow costs {(with_import - bare) * 1e3:.1f} ms "
+                f"(best of 5 each, {how})"
+            )
+    if args.table in ("2", "both"):
+        print()
+        print("executors and durability:")
+        print()
+        print_table(HEADERS_2, [figure.cells() for figure in figures])
+        print()
+        for note in notes:
+            print(f"- {note}")
     print()
-    print_table(rows)
-    print()
-    print("ferroflow's first run of each built flow (includes the per-flow compile):")
-    for row in rows:
-        if row.first is not None:
-            print(f"  {row.workload}: {fmt_s(row.first)} (best run: {fmt_s(row.ferroflow)})")
-    print()
-    for cached, (with_import, bare) in imports:
-        how = "with .pyc cache" if cached else "PYTHONDONTWRITEBYTECODE=1"
+    print(f"# load average at end: {load_average()}")
+    if w.native_build()[2] != identity:
         print(
-            f'python -c "import ferroflow": {with_import * 1e3:.1f} ms; '
-            f'python -c "pass": {bare * 1e3:.1f} ms; '
-            f"import ferroflow costs {(with_import - bare) * 1e3:.1f} ms "
-            f"(best of 5 each, {how})"
+            f"# WARNING: {native_path} was replaced while this script ran (another build?): "
+            "subprocess figures (memory, import time) may come from that other build"
         )
     print(f"# total wall time of this script: {time.perf_counter() - started:.0f} s")
     return 0

@@ -14,4 +14,10 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-import _workloads  # noqa: E402,F401  (sets FERROFLOW_HOME)
+import _workloads  # noqa: E402  (sets FERROFLOW_HOME)
+
+
+def pytest_report_header(config):
+    path, debug, _ = _workloads.native_build()
+    kind = "DEBUG build: run `make build-release` first" if debug else "release build"
+    return [f"ferroflow._native: {path} ({kind})"]

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from _workloads import build_map, expected_map, result_of
+from _workloads import (
+    build_depth_first,
+    build_map,
+    expected_depth_first,
+    expected_map,
+    result_of,
+)
 
 
 @pytest.mark.benchmark(group="map")
@@ -38,3 +44,21 @@ def test_map_10k_reduce(benchmark):
         result_of, args=(flow, out), rounds=20, iterations=1, warmup_rounds=1
     )
     assert value == expected_map(n)
+
+
+@pytest.mark.benchmark(group="map")
+def test_depth_first_3x100k_release(benchmark):
+    """``total(keep.map(measure.map(load.map(src))))``, 100,000 children, 100 KB each in
+    the first stage, ``release_results=True`` (the depth-first memory workload; its peak
+    RSS is measured by ``compare.py`` in a fresh process)."""
+    n = 100_000
+    flow, out = build_depth_first(n)
+    value = benchmark.pedantic(
+        result_of,
+        args=(flow, out),
+        kwargs={"release_results": True, "record": False},
+        rounds=3,
+        iterations=1,
+        warmup_rounds=1,
+    )
+    assert value == expected_depth_first(n)
