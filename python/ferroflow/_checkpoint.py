@@ -19,7 +19,9 @@ import os
 import threading
 from typing import Any
 
+from ferroflow import _native
 from ferroflow.results import LocalResult, Result, render_location
+from ferroflow.runtime import context
 
 _FLUSH_EVERY = 256
 
@@ -41,14 +43,42 @@ def backend(task: Any) -> Result:
 
 def template_values(task: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     """What a target or location template may use: context, parameters and inputs."""
-    from ferroflow.runtime import context
-
     values: dict[str, Any] = context.to_dict()
     values.update(values.get("parameters") or {})
     values.update(inputs)
     if values.get("map_index") is None:
         values["map_index"] = ""
     values.setdefault("task_slug", task.slug or task.name)
+    return values
+
+
+def needs_template_values(task: Any) -> bool:
+    """Whether writing or finding ``task``'s value renders a template (target, location
+    template, or a cache key over inputs and parameters)."""
+    result = task.result
+    return (
+        task.target is not None
+        or task.cache_for is not None
+        or (result is not None and result.location is not None)
+        or (result is not None and not isinstance(result, LocalResult))
+    )
+
+
+_PACK_VALUES: dict[tuple[int, int], dict[str, Any]] = {}
+
+
+def pack_values(task: Any) -> dict[str, Any]:
+    """The two values the default pack layout needs, looked up once per flow run and
+    task (the context is not rebuilt for every mapped child)."""
+    cur = _native.current()
+    key = (cur[0], cur[2]) if cur is not None else None
+    if key is not None:
+        found = _PACK_VALUES.get(key)
+        if found is not None:
+            return found
+    values = {"flow_run_id": context.get("flow_run_id"), "task_slug": context.get("task_slug")}
+    if key is not None and values["flow_run_id"] is not None:
+        _PACK_VALUES[key] = values
     return values
 
 
@@ -83,6 +113,8 @@ class _Packs:
             return location
 
     def close_run(self, flow_run_id: str) -> None:
+        for key in [k for k, v in _PACK_VALUES.items() if v["flow_run_id"] == flow_run_id]:
+            _PACK_VALUES.pop(key, None)
         with self.lock:
             for key in [k for k in self.writers if k[0] == flow_run_id]:
                 writer, _n = self.writers.pop(key)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from ferroflow import _native
+from ferroflow import _checkpoint, _native
 from ferroflow import runtime as _context
 from ferroflow.exceptions import ParameterError
 from ferroflow.signals import FAIL, FerroflowSignal
@@ -418,18 +418,51 @@ def run_task(
     free of engine state so that process and Dask workers can run it too; there the
     executor enforces the timeout (``enforce_timeout=False``) by stopping the worker.
     """
+    if (
+        not task.state_handlers
+        and task.on_failure is None
+        and task.timeout is None
+        and not _checkpoint.needs_template_values(task)
+    ):
+        # Checkpointing alone: call, then append the value to the task's pack.
+        try:
+            value = func(*args, **(kwargs or {}))
+        except BaseException as exc:
+            raised: BaseException | None = exc
+        else:
+            try:
+                location = _checkpoint.write(task, value, _checkpoint.pack_values(task), None)
+            except Exception as exc:
+                msg = f"The task succeeded but its result could not be written: {exc}"
+                return Failed.code, exc, msg, False  # type: ignore[return-value]
+            return Success.code, value, None, False, location  # type: ignore[return-value]
+        return _run_task_full(task, run_count, args, kwargs, func, enforce_timeout, raised)
+    return _run_task_full(task, run_count, args, kwargs, func, enforce_timeout)
+
+
+def _run_task_full(
+    task: Task,
+    run_count: int,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None,
+    func: Callable[..., Any],
+    enforce_timeout: bool,
+    raised: BaseException | None = None,
+) -> tuple[int, Any, str | None, bool]:
+    """The full task machinery; ``raised`` is what an attempt already raised."""
     old: State = Retrying(run_count=run_count - 1) if run_count > 1 else Pending()
     running: State = Running("Starting task run.")
     try:
         running = _handle(task, old, running)
     except Exception as exc:
         return Failed.code, exc, f"A state handler raised an error: {exc!r}", False  # type: ignore[return-value]
-    from ferroflow import _checkpoint
-
     checkpointing = _checkpoint.checkpoints(task)
     values: dict[str, Any] = {}
     target: str | None = None
-    if checkpointing:
+    inputs: dict[str, Any] = {}
+    if checkpointing and not _checkpoint.needs_template_values(task):
+        values = _checkpoint.pack_values(task)
+    elif checkpointing:
         names = task._ff_signature()[0]
         inputs = dict(zip(names, args, strict=False))
         inputs.update(kwargs or {})
@@ -453,6 +486,8 @@ def run_task(
             return Failed.code, exc, f"Could not use the task's target: {exc}", False  # type: ignore[return-value]
     retryable = False
     try:
+        if raised is not None:
+            raise raised
         if task.timeout is not None and enforce_timeout:
             value = _call_with_timeout(func, args, kwargs or {}, task.timeout)
         else:
