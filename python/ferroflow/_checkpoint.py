@@ -113,8 +113,8 @@ class _Packs:
             return location
 
     def close_run(self, flow_run_id: str) -> None:
-        for key in [k for k, v in _PACK_VALUES.items() if v["flow_run_id"] == flow_run_id]:
-            _PACK_VALUES.pop(key, None)
+        for cached in [k for k, v in _PACK_VALUES.items() if v["flow_run_id"] == flow_run_id]:
+            _PACK_VALUES.pop(cached, None)
         with self.lock:
             for key in [k for k in self.writers if k[0] == flow_run_id]:
                 writer, _n = self.writers.pop(key)
