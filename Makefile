@@ -46,6 +46,7 @@ demo: build-release
 bench: build-release
 	"$(BIN)/python" -m pytest benches --benchmark-only
 	"$(BIN)/python" benches/compare.py
+	"$(BIN)/python" benches/dask_compare.py
 
 lint: venv typecheck
 	cargo fmt --all -- --check
