@@ -3,16 +3,23 @@
 How a run works
 ---------------
 ``run_flow`` compiles the flow (``flow._compile()``: tasks in insertion order, edges,
-constants, reference tasks), validates parameters, and hands the native ``Runner``
-three things per task: the core options (retries, trigger, skip rule), a *call spec*
-(what to call and where each argument comes from: an input edge or a constant) and
-the edges. The Rust core then owns the run: it decides what is ready, evaluates the
-built-in triggers and skip propagation, expands maps, keeps retry timers, and calls
-each task's function directly. Only tasks that need Python-level machinery (state
-handlers, ``on_failure``, a timeout, a custom trigger) call back into this module
-through the three hooks below, so plain tasks pay nothing for features they do not
-use. When the run ends, task States are built lazily from the runner: nothing is
-allocated per task until ``state.result[task]`` is read.
+constants, reference tasks), validates parameters, and hands the native ``Runner`` per
+task the core options (retries, trigger, skip rule), a *call spec* (what to call and where
+each argument comes from: an input edge or a constant) and the edges. The Rust core then
+owns the run: it decides what is ready, evaluates the built-in triggers and skip
+propagation, expands maps, keeps retry timers, records the run in the run store and calls
+each task's function directly. Python is called back only where a feature needs it:
+
+- the *run hook* (:func:`run_task`) for tasks with state handlers, ``on_failure``, a
+  timeout, a checkpoint, a target or a cache;
+- the *trigger hook* for custom (Python) triggers;
+- the *observe hook* for state changes the core decides (skips, trigger failures) of
+  tasks with handlers;
+- the *restore hook* when resuming, and the *progress* callback when one is given.
+
+Plain tasks pay nothing for features they do not use. When the run ends, task States
+are built lazily from the runner: nothing is allocated per task until
+``state.result[task]`` is read.
 """
 
 from __future__ import annotations
@@ -67,11 +74,6 @@ def _retry_delay(task: Task) -> float:
     if isinstance(delay, timedelta):
         return delay.total_seconds()
     return float(delay)
-
-
-def _retry_on(task: Task) -> Any:
-    # A tuple of exception types, or None for any exception.
-    return task.retry_on
 
 
 class _Plan:
@@ -503,7 +505,7 @@ def _run_task_full(
         retryable = isinstance(sig, FAIL) or type(sig) is FerroflowSignal
     except BaseException as exc:
         new = Failed(f"Error during execution of task: {exc!r}", exc)
-        retry_on = _retry_on(task)
+        retry_on = task.retry_on  # exception types, or None for any exception
         retryable = (
             isinstance(exc, retry_on) if retry_on is not None else isinstance(exc, Exception)
         )
