@@ -559,19 +559,7 @@ class Task:
             2
         """
         frame = _build.current()
-        if flow is None:
-            flow = frame.flow
-            if flow is None:
-                raise _no_flow_error(self, "call")
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        if task_args:
-            new._apply_task_args(task_args)
-        if frame.tags:
-            new.tags = new.tags | frame.tags
-        tracker = frame.tracker
-        if tracker:
-            tracker.pop(self, None)
+        flow, new = self._added_copy("call", flow, task_args, frame)
         flow._bind_call(new, args, kwargs, mapped, upstream_tasks, frame)
         return new
 
@@ -646,10 +634,19 @@ class Task:
                 f"task {self.name!r}: Task.map cannot be used inside the function given to "
                 "apply_map, which is mapped as a whole already; call the task normally there"
             )
+        flow, new = self._added_copy("map", flow, task_args, frame)
+        flow._bind_call(new, args, kwargs, True, upstream_tasks, frame)
+        return new
+
+    def _added_copy(
+        self: _TaskT, what: str, flow: Flow | None, task_args: dict[str, Any] | None, frame: Any
+    ) -> tuple[Flow, _TaskT]:
+        """The flow a call adds to, and the cheap copy of this task it adds (with the
+        call's task_args and the active tags); the copy no longer counts as unused."""
         if flow is None:
             flow = frame.flow
             if flow is None:
-                raise _no_flow_error(self, "map")
+                raise _no_flow_error(self, what)
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         if task_args:
@@ -659,8 +656,7 @@ class Task:
         tracker = frame.tracker
         if tracker:
             tracker.pop(self, None)
-        flow._bind_call(new, args, kwargs, True, upstream_tasks, frame)
-        return new
+        return flow, new
 
     def set_dependencies(
         self,
