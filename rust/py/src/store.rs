@@ -44,6 +44,28 @@ fn state_kind(name: &str) -> PyResult<StateKind> {
     })
 }
 
+/// A cache entry as `Store.cache_put` and `Recorder.cache_put` take it.
+#[allow(clippy::too_many_arguments)]
+fn cache_row(
+    task_key: String,
+    cache_key: String,
+    result_location: String,
+    inputs_hash: &str,
+    created: Option<f64>,
+    expires: Option<f64>,
+    serializer: &str,
+) -> CacheRow {
+    CacheRow {
+        task_key,
+        cache_key,
+        inputs_hash: inputs_hash.to_owned(),
+        created: created.unwrap_or_else(core_store::now),
+        expires,
+        result_location,
+        serializer: serializer.to_owned(),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -313,15 +335,15 @@ impl PyStore {
         expires: Option<f64>,
         serializer: &str,
     ) -> PyResult<()> {
-        let row = CacheRow {
+        let row = cache_row(
             task_key,
             cache_key,
-            inputs_hash: inputs_hash.to_owned(),
-            created: created.unwrap_or_else(core_store::now),
-            expires,
             result_location,
-            serializer: serializer.to_owned(),
-        };
+            inputs_hash,
+            created,
+            expires,
+            serializer,
+        );
         self.with(py, move |s| s.cache_put(&row))
     }
 
@@ -613,18 +635,16 @@ impl PyRecorder {
         expires: Option<f64>,
         serializer: &str,
     ) -> PyResult<()> {
-        self.send(
-            py,
-            Event::CachePut(CacheRow {
-                task_key,
-                cache_key,
-                inputs_hash: inputs_hash.to_owned(),
-                created: created.unwrap_or_else(core_store::now),
-                expires,
-                result_location,
-                serializer: serializer.to_owned(),
-            }),
-        )
+        let row = cache_row(
+            task_key,
+            cache_key,
+            result_location,
+            inputs_hash,
+            created,
+            expires,
+            serializer,
+        );
+        self.send(py, Event::CachePut(row))
     }
 
     /// Wait until everything sent is committed; raise the first error the writer
