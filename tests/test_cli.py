@@ -161,7 +161,7 @@ def test_split_target(tmp_path: Path) -> None:
 
 
 def test_run_success(tmp_path: Path) -> None:
-    path = write(tmp_path, "numbers.py", OK_FLOW)
+    path = write(tmp_path, "numbers_flow.py", OK_FLOW)
     proc = ff("run", str(path))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -172,9 +172,9 @@ def test_run_success(tmp_path: Path) -> None:
     assert "task runs:" in out
 
 
-@pytest.mark.parametrize("executor", ["local", "threads", "processes"])
+@pytest.mark.parametrize("executor", ["local", "threads", "processes", "dask"])
 def test_run_with_each_executor(tmp_path: Path, executor: str) -> None:
-    path = write(tmp_path, "numbers.py", OK_FLOW)
+    path = write(tmp_path, "numbers_flow.py", OK_FLOW)
     args = ["run", str(path), "--executor", executor]
     if executor != "local":
         args += ["--workers", "2"]
@@ -264,14 +264,14 @@ def test_run_unknown_flow_name(tmp_path: Path) -> None:
 
 
 def test_run_bad_params(tmp_path: Path) -> None:
-    path = write(tmp_path, "numbers.py", OK_FLOW)
+    path = write(tmp_path, "numbers_flow.py", OK_FLOW)
     assert_one_line_error(ff("run", str(path), "--param", "novalue"), "bad --param 'novalue'")
     assert_one_line_error(ff("run", str(path), "--param", "=3"), "bad --param")
     assert_one_line_error(ff("run", str(path), "--param", "nope=1"), "nope")
 
 
 def test_run_bad_options(tmp_path: Path) -> None:
-    path = write(tmp_path, "numbers.py", OK_FLOW)
+    path = write(tmp_path, "numbers_flow.py", OK_FLOW)
     assert_one_line_error(ff("run", str(path), "--executor", "gpu"), "gpu")
     assert_one_line_error(ff("run", str(path), "--workers", "0", "-e", "threads"), "--workers")
     assert_one_line_error(ff("run", str(path), "--workers", "2"), "--workers")
@@ -386,7 +386,7 @@ def test_corrupt_store_is_exit_2_and_left_untouched(tmp_path: Path) -> None:
     path.write_bytes(garbage)
     for args in (["runs", "ls"], ["runs", "show", "abc"], ["runs", "ls", "--json"]):
         assert_one_line_error(ff(*args), str(path), "move the file aside")
-    flow_file = write(tmp_path, "numbers.py", OK_FLOW)
+    flow_file = write(tmp_path, "numbers_flow.py", OK_FLOW)
     proc = ff("run", str(flow_file))
     if proc.returncode != 0:  # once runs are recorded, a bad store stops the run first
         assert_one_line_error(proc, str(path))
