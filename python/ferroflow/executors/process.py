@@ -353,8 +353,13 @@ class _Driver:
         items = self._items(per * len(slots))
         if not items:
             return
-        # Spread what is ready evenly, so a handful of long runs use every worker.
-        size = max(1, min(per, -(-len(items) // len(slots))))
+        # Few ready runs go out one per message, so a worker that finishes early takes
+        # the next one (a handful of long runs keeps every worker busy); many ready runs
+        # go in batches, for throughput.
+        if len(items) >= per * len(slots):
+            size = per
+        else:
+            size = max(1, min(per, len(items) // (len(slots) * 4)))
         for i, w in enumerate(slots):
             chunk = items[i * size : (i + 1) * size]
             if not chunk:
