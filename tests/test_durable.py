@@ -370,3 +370,41 @@ def test_two_processes_share_the_durable_cache(tmp_path: Path) -> None:
     assert run(3) == "VALUE 300 Success CALLS 1"
     assert run(3) == "VALUE 300 Cached CALLS 0"  # another process: the cache is durable
     assert run(4) == "VALUE 400 Success CALLS 1"  # other inputs: all_inputs says no
+
+
+LOCKER = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("BEGIN IMMEDIATE")
+print("LOCKED", flush=True)
+sys.stdin.readline()
+con.execute("ROLLBACK")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_locked_store_does_not_lose_records_silently(_ferroflow_home: str) -> None:
+    from ferroflow.engine import RecordingWarning
+
+    with Flow("locked-store") as flow:
+        v = inc(1)
+    assert flow.run().is_successful()  # creates the store
+    path = Path(_ferroflow_home) / "ferroflow.db"
+    # Another process holds the write lock longer than the store's busy timeout (5 s).
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert locker.stdout is not None and locker.stdin is not None
+    try:
+        assert locker.stdout.readline().strip() == "LOCKED"
+        with pytest.warns(RecordingWarning, match="could not be written"):
+            state = flow.run()
+        assert state.result[v].result == 2  # the run itself works
+    finally:
+        locker.stdin.write("\n")
+        locker.stdin.close()
+        locker.wait(10)
+        locker.stdout.close()
