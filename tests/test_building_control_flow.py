@@ -331,14 +331,12 @@ def test_public_names_have_docstrings():
         assert getattr(ferroflow, name).__doc__, name
 
 
-def test_import_is_fast():
-    code = "import time; t = time.perf_counter(); import ferroflow; print(time.perf_counter() - t)"
-    best = min(
-        float(
-            subprocess.run(
-                [sys.executable, "-c", code], capture_output=True, text=True, check=True
-            ).stdout
-        )
-        for _ in range(3)
-    )
-    assert best < 0.3  # target 150 ms; loose against slow CI machines
+def test_import_loads_no_heavy_dependency():
+    # What keeps `import ferroflow` fast (its time is a benchmark figure, not a test):
+    # the heavy optional dependencies load only when a feature needs them.
+    heavy = ("pydantic", "cloudpickle", "msgpack", "dask", "distributed", "rich", "click")
+    code = f"import sys, ferroflow; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == "[]"

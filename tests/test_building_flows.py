@@ -4,7 +4,6 @@ the compiled form the engine consumes."""
 from __future__ import annotations
 
 import threading
-import time
 import warnings
 
 import pytest
@@ -631,13 +630,11 @@ def test_threads_build_flows_concurrently():
     assert all(len(f.tasks) == 201 and len(f.edges) == 200 for f in flows.values())
 
 
-def test_build_speed_smoke():
-    # A loose guard (the real target, 100k tasks well under 1 s, is measured by the
-    # benchmarks): 20k chained tasks must build and compile in a few seconds.
-    start = time.perf_counter()
+def test_a_deep_chain_builds_and_compiles():
+    # Its speed is a benchmark figure; here: 20k chained tasks need no recursion.
     with Flow("big") as flow:
         x = one()
         for _ in range(20_000):
             x = inc(x)
-    flow._compile()
-    assert time.perf_counter() - start < 5
+    compiled = flow._compile()
+    assert len(compiled.tasks) == 20_001 and len(compiled.edges) == 20_000
