@@ -519,14 +519,14 @@ impl Inner {
         hooked: bool,
         res: PyResult<Py<PyAny>>,
     ) -> (Outcome, Option<Py<PyAny>>, bool) {
-        let retry_on = self
-            .run
-            .task_of(work_run)
-            .ok()
-            .and_then(|t| self.calls[t.idx()].retry_on.as_ref());
         let value = match res {
             Ok(v) => v,
             Err(e) => {
+                let retry_on = self
+                    .run
+                    .task_of(work_run)
+                    .ok()
+                    .and_then(|t| self.calls[t.idx()].retry_on.as_ref());
                 let (o, v, cancel) = self.classify(py, e, retry_on);
                 return (o, Some(v), cancel);
             }
