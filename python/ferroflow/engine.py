@@ -86,6 +86,9 @@ class _Plan:
     def __init__(self, compiled: CompiledFlow, flow_result: Any = None) -> None:
         from ferroflow._checkpoint import checkpoints
         from ferroflow.task import Parameter
+        from ferroflow.tasks.core import Constant
+        from ferroflow.tasks.core import List as ListTask
+        from ferroflow.tasks.core import Tuple as TupleTask
 
         tasks = compiled.tasks
         edge_ids = compiled.edge_ids
@@ -130,17 +133,19 @@ class _Plan:
                 continue
             keyed = keyed_in[tid] or no_edges
             consts = constants[tid]
-            kind_name = type(t).__name__
-            if kind_name == "Constant" and not keyed and hasattr(t, "value"):
+            # Built-in tasks the core settles without a call (exact types: a subclass
+            # may override run).
+            cls = type(t)
+            if cls is Constant and isinstance(t, Constant) and not keyed:
                 calls.append((_VALUE, t.value, [], [], None, False))
                 continue
             if (
-                kind_name in ("List", "Tuple")
+                (cls is ListTask or cls is TupleTask)
                 and not consts
                 and all(k.startswith("arg_") for k in keyed)
             ):
                 order = sorted(keyed, key=lambda k: int(k[4:]))
-                kind = _LIST if kind_name == "List" else _TUPLE
+                kind = _LIST if cls is ListTask else _TUPLE
                 calls.append((kind, None, [(0, keyed[k]) for k in order], [], None, False))
                 continue
             positional = t._ff_signature()[0]
