@@ -537,3 +537,13 @@ def test_visualize_colours_tasks_by_state(tmp_path: Any) -> None:
     assert {b.name, after.name, ok.name} <= {
         line.split('"')[1] for line in dot.splitlines() if "label=" in line and "->" not in line
     }
+
+
+def test_a_user_task_named_like_a_builtin_still_runs() -> None:
+    class List(Task):  # same class name as the built-in collection task
+        def run(self, arg_0: int, arg_1: int) -> str:
+            return f"mine: {arg_0 + arg_1}"
+
+    with Flow("shadow") as flow:
+        t = List()(arg_0=inc(1), arg_1=inc(2))  # inputs from tasks, keyed like a collection
+    assert flow.run(record=False).result[t].result == "mine: 5"
