@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferroflow_core::store::{
-    CacheRow, Event, EventBuffer, FLOW_INTERRUPTED, NewTaskRun, Recorder, Store, StoreError,
-    StoreOptions, TransitionItem,
+    CacheRow, Event, EventBuffer, FLOW_INTERRUPTED, NewTaskRun, PackItem, Recorder, Store,
+    StoreError, StoreOptions, TransitionItem,
 };
 use ferroflow_core::{RunId, StateKind, TaskId};
 
@@ -603,6 +603,60 @@ fn events_for_unknown_runs_are_reported() {
             .transitions("known", RunId(5))
             .expect("hist")
             .is_empty()
+    );
+}
+
+#[test]
+fn pack_locations_are_stored_per_run() {
+    let dir = TempDir::new("packs");
+    let path = dir.db();
+    let rec = Recorder::start(&path).expect("start");
+    let fr = id("packed");
+    let inc: Arc<str> = Arc::from("inc");
+    rec.send(started(&fr, "f"));
+    rec.send(Event::TaskRuns {
+        flow_run_id: Arc::clone(&fr),
+        runs: vec![task_run(0, 0, &inc, None)],
+    });
+    rec.send(Event::MapChildren {
+        flow_run_id: Arc::clone(&fr),
+        task: TaskId(0),
+        task_name: Arc::clone(&inc),
+        first_run: RunId(1),
+        count: 3,
+    });
+    rec.send(Event::Transitions {
+        flow_run_id: Arc::clone(&fr),
+        items: (1..4).map(|r| tr(r, StateKind::Success, 1, 2.0)).collect(),
+    });
+    let item = |run, offset, length| PackItem {
+        run: RunId(run),
+        offset,
+        length,
+    };
+    rec.send(Event::PackLocations {
+        flow_run_id: Arc::clone(&fr),
+        pack: Arc::from("runs/packed/inc-7.pack"),
+        // Run 9 was never registered: rejected and counted, the rest kept.
+        items: vec![item(1, 40, 5), item(3, 49, 12), item(9, 65, 1)],
+    });
+    assert!(rec.flush().is_err());
+    assert_eq!(rec.lost(), 1);
+    drop(rec);
+    let store = Store::open(&path).expect("open");
+    let done = store
+        .finished_task_runs_with_results("packed")
+        .expect("finished");
+    let done: Vec<(RunId, &str)> = done
+        .iter()
+        .map(|t| (t.run, t.result_location.as_str()))
+        .collect();
+    assert_eq!(
+        done,
+        [
+            (RunId(1), "runs/packed/inc-7.pack#40:5"),
+            (RunId(3), "runs/packed/inc-7.pack#49:12"),
+        ]
     );
 }
 

@@ -10,7 +10,10 @@
 //! | 3 | register a range | first run, count, task, first map index + 1 (0: none) |
 //! | 4 | transition | run, state code with flags (0x80 message, 0x40 result location), run count, time, [message], [location] |
 //! | 5 | result location | run, location |
+//! | 6 | pack locations | pack location, count, then per record: run (zig-zag delta from the previous run + 1), offset (zig-zag delta from the end of the previous payload + 4), length |
 //!
+//! A pack record's location reads back as `"<pack>#<offset>:<length>"`; the
+//! deltas make a record of a depth-first map cost about three bytes.
 //! Integers are LEB128 varints; a time is the zig-zag varint of microseconds
 //! after the base time; a string is a varint length and UTF-8 bytes. Within a
 //! range the map index grows with the run id (a map's children are contiguous).
@@ -26,6 +29,9 @@ const TAG_REGISTER: u8 = 2;
 const TAG_RANGE: u8 = 3;
 const TAG_TRANSITION: u8 = 4;
 const TAG_LOCATION: u8 = 5;
+const TAG_PACK: u8 = 6;
+/// The length prefix before each payload of a pack file.
+const PACK_PREFIX: u64 = 4;
 const HAS_MESSAGE: u8 = 0x80;
 const HAS_LOCATION: u8 = 0x40;
 const NAN_TIME: i64 = i64::MIN;
@@ -169,6 +175,26 @@ impl Encoder {
         self.string(location);
     }
 
+    pub(crate) fn pack_locations(&mut self, pack: &str, items: &[super::PackItem]) {
+        self.buf.push(TAG_PACK);
+        self.string(pack);
+        self.varint(items.len() as u64);
+        let (mut next_run, mut next_offset) = (0i64, 0i64);
+        for it in items {
+            let run = i64::from(it.run.0);
+            self.varint(zigzag(run - next_run));
+            // Offsets of real files fit an i64; wrapping keeps damage a decode
+            // error, never a panic.
+            let offset = it.offset as i64;
+            self.varint(zigzag(offset.wrapping_sub(next_offset)));
+            self.varint(u64::from(it.length));
+            next_run = run + 1;
+            next_offset = offset
+                .wrapping_add(i64::from(it.length))
+                .wrapping_add(PACK_PREFIX as i64);
+        }
+    }
+
     pub(crate) fn finish(self) -> Vec<u8> {
         self.buf
     }
@@ -206,6 +232,11 @@ pub(crate) enum Rec<'a> {
     Location {
         run: u32,
         location: &'a str,
+    },
+    /// Records of one pack: `(run, offset, length)`.
+    Pack {
+        pack: &'a str,
+        items: Vec<(u32, u64, u32)>,
     },
 }
 
@@ -348,6 +379,31 @@ impl<'a> Decoder<'a> {
                 run: self.u32()?,
                 location: self.string()?,
             },
+            TAG_PACK => {
+                let pack = self.string()?;
+                let count = self.varint()?;
+                // Each record takes at least three bytes: a count past what is
+                // left is damage (and must not size an allocation).
+                if count > (self.buf.len() - self.pos) as u64 {
+                    return Err("journal record has a bad pack count".into());
+                }
+                let mut items = Vec::with_capacity(count as usize);
+                let (mut next_run, mut next_offset) = (0i64, 0i64);
+                for _ in 0..count {
+                    let run = next_run.wrapping_add(unzigzag(self.varint()?));
+                    let offset = next_offset.wrapping_add(unzigzag(self.varint()?));
+                    let length = self.u32()?;
+                    let (Ok(r), Ok(o)) = (u32::try_from(run), u64::try_from(offset)) else {
+                        return Err("journal record has a bad pack record".into());
+                    };
+                    items.push((r, o, length));
+                    next_run = run + 1;
+                    next_offset = offset
+                        .wrapping_add(i64::from(length))
+                        .wrapping_add(PACK_PREFIX as i64);
+                }
+                Rec::Pack { pack, items }
+            }
             t => return Err(format!("journal record has an unknown tag {t}")),
         };
         Ok(Some(rec))
@@ -501,6 +557,13 @@ impl Fold {
                         r.result_location = Some(location.to_string());
                     }
                 }
+                Rec::Pack { pack, items } => {
+                    for (run, offset, length) in items {
+                        if let Some(r) = self.runs.get_mut(run) {
+                            r.result_location = Some(format!("{pack}#{offset}:{length}"));
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -585,12 +648,46 @@ mod tests {
         assert_eq!(t[1].0, StateKind::Failed);
     }
 
+    fn item(run: u32, offset: u64, length: u32) -> crate::store::PackItem {
+        crate::store::PackItem {
+            run: crate::RunId(run),
+            offset,
+            length,
+        }
+    }
+
+    #[test]
+    fn pack_locations_round_trip_compactly() {
+        let mut e = Encoder::new();
+        e.register_range(10, 1000, 1, Some(0));
+        // Contiguous payloads of consecutive runs: the common case.
+        let items: Vec<_> = (0..1000u32)
+            .map(|i| item(10 + i, 40 + u64::from(i) * 9, 5))
+            .collect();
+        let before = Encoder::new().finish().len();
+        e.pack_locations("runs/x/t-1.pack", &items);
+        // Out of order, with gaps and a large offset.
+        e.pack_locations("p2", &[item(500, 7_000_000_000, 1), item(12, 3, 0)]);
+        let blob = e.finish();
+        // 1000 records in about three bytes each, plus the registration.
+        assert!(blob.len() - before < 3200, "{} bytes", blob.len());
+        let mut f = Fold::default();
+        f.apply(&blob).expect("decodes");
+        let loc = |f: &mut Fold, r: u32| f.runs.get_mut(r).and_then(|r| r.result_location.clone());
+        assert_eq!(loc(&mut f, 10).as_deref(), Some("runs/x/t-1.pack#40:5"));
+        assert_eq!(loc(&mut f, 11).as_deref(), Some("runs/x/t-1.pack#49:5"));
+        assert_eq!(loc(&mut f, 1009).as_deref(), Some("runs/x/t-1.pack#9031:5"));
+        assert_eq!(loc(&mut f, 500).as_deref(), Some("p2#7000000000:1"));
+        assert_eq!(loc(&mut f, 12).as_deref(), Some("p2#3:0"));
+    }
+
     #[test]
     fn damage_is_an_error_not_a_panic() {
         let mut e = Encoder::new();
         e.task_name(1, "child");
         e.register_range(0, 10, 1, Some(0));
         e.transition(3, StateKind::Running, 1, 5.0, Some("m"), None);
+        e.pack_locations("p", &[item(3, 40, 5), item(4, 49, 5)]);
         let blob = e.finish();
         for cut in 0..blob.len() {
             let mut f = Fold::default();

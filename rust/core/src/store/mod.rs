@@ -75,7 +75,9 @@ use thiserror::Error;
 use crate::StateKind;
 
 pub use read::{CacheRow, FinishedTaskRun, FlowRunRow, LogRow, TaskRunRow, TransitionRow};
-pub use writer::{Event, EventBuffer, MAX_BATCH_ROWS, NewTaskRun, Recorder, TransitionItem};
+pub use writer::{
+    Event, EventBuffer, MAX_BATCH_ROWS, NewTaskRun, PackItem, Recorder, TransitionItem,
+};
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;

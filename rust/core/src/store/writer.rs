@@ -51,6 +51,17 @@ pub struct TransitionItem {
     pub result_location: Option<String>,
 }
 
+/// One record of a pack file (see [`Event::PackLocations`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackItem {
+    /// The task run whose result it is.
+    pub run: RunId,
+    /// The byte offset of the payload in the pack file.
+    pub offset: u64,
+    /// The payload's length in bytes.
+    pub length: u32,
+}
+
 /// Something to record. Flow runs are named by their text id. Every event about
 /// a flow run must come after its [`Event::FlowRunStarted`] (from this recorder,
 /// or already in the store); once a flow run is started through a recorder,
@@ -129,6 +140,17 @@ pub enum Event {
         /// The location (a path or URL, as the result backend names it).
         location: String,
     },
+    /// Where many task runs' results were written in one pack file (see
+    /// [`PackItem`]): each run's location becomes `"<pack>#<offset>:<length>"`.
+    /// A few bytes per run in the store, against a full location string each.
+    PackLocations {
+        /// The flow run.
+        flow_run_id: Arc<str>,
+        /// The pack file's location (as the result backend names it).
+        pack: Arc<str>,
+        /// The records, in any order.
+        items: Vec<PackItem>,
+    },
     /// A log line of the flow run (`run: None`) or of one of its task runs.
     Log {
         /// The flow run.
@@ -164,6 +186,7 @@ impl Event {
             Event::TaskRuns { runs, .. } => runs.len().max(1),
             Event::MapChildren { count, .. } => (*count as usize).max(1),
             Event::Transitions { items, .. } => items.len().max(1),
+            Event::PackLocations { items, .. } => items.len().max(1),
             _ => 1,
         }
     }
@@ -710,6 +733,23 @@ impl Writer<'_> {
                     s.enc.result_location(run.0, &location);
                     s.empty = false;
                     s.records += 1;
+                }
+            }
+            Event::PackLocations {
+                flow_run_id,
+                pack,
+                items,
+            } => {
+                let slot = self.slot(&flow_run_id);
+                let kept: Vec<PackItem> = items
+                    .into_iter()
+                    .filter(|it| self.check(slot, it.run.0))
+                    .collect();
+                if !kept.is_empty() {
+                    let s = &mut self.pending.slots[slot];
+                    s.enc.pack_locations(&pack, &kept);
+                    s.empty = false;
+                    s.records += kept.len();
                 }
             }
             e @ Event::FlowRunEnded { .. } => self.pending.ops.push(Op::FlowEnd(e)),
