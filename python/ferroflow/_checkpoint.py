@@ -96,15 +96,24 @@ class _Packs:
         self.lock = threading.Lock()
         self.writers: dict[tuple[str, str], tuple[Any, int]] = {}
 
+    def _entry(self, result: LocalResult, key: tuple[str, str]) -> tuple[Any, int]:
+        entry = self.writers.get(key)
+        if entry is None:
+            flow_run_id, slug = key
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in slug)
+            writer = result.pack_writer(f"runs/{flow_run_id}/{safe}-{os.getpid()}.pack")
+            entry = self.writers[key] = (writer, 0)
+        return entry
+
+    def writer(self, result: LocalResult, flow_run_id: str, slug: str) -> Any:
+        """The pack writer of a task in a flow run (opened on first use)."""
+        with self.lock:
+            return self._entry(result, (flow_run_id, slug))[0]
+
     def append(self, result: LocalResult, flow_run_id: str, slug: str, value: Any) -> str:
         key = (flow_run_id, slug)
         with self.lock:
-            entry = self.writers.get(key)
-            if entry is None:
-                safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in slug)
-                writer = result.pack_writer(f"runs/{flow_run_id}/{safe}-{os.getpid()}.pack")
-                entry = (writer, 0)
-            writer, n = entry
+            writer, n = self._entry(result, key)
             location = writer.append(value)
             n += 1
             if n % _FLUSH_EVERY == 0:
@@ -127,6 +136,62 @@ class _Packs:
 
 
 PACKS = _Packs()
+
+
+def native_pack(task: Any) -> bool:
+    """Whether the native runner can checkpoint ``task`` itself: a checkpoint in the
+    default pack layout of a plain :class:`LocalResult`, and nothing else that needs
+    Python around the call (handlers, a timeout, a target, a cache, a location)."""
+    if task.state_handlers or task.on_failure is not None or task.timeout is not None:
+        return False
+    if not checkpoints(task) or needs_template_values(task):
+        return False
+    return task.result is None or type(task.result) is LocalResult
+
+
+def fast_dumps(serializer: Any) -> tuple[Any, tuple[Any, ...], bool]:
+    """A fast serializer for the native pack path: ``(dumps or None, extra args,
+    gate)``; the runner calls ``dumps(value, *extra)``. With ``gate`` it is only used
+    for plain builtin values (the C pickler writes the same bytes as cloudpickle for
+    those); anything else goes through ``serializer``."""
+    from ferroflow.results import MsgpackSerializer, PickleSerializer
+
+    if type(serializer) is PickleSerializer:
+        import pickle
+
+        return pickle.dumps, (5,), True  # positional: a partial with keywords is slower
+    if type(serializer) is MsgpackSerializer:
+        import msgpack  # type: ignore[import-untyped]
+
+        return msgpack.Packer(use_bin_type=True).pack, (), False
+    return None, (), False
+
+
+def open_native(
+    task: Any, flow_run_id: str, slug: str
+) -> tuple[Any, str, Any, tuple[Any, ...], bool, Any, bool]:
+    """Open the pack of a task checkpointed by the native runner: ``(write_framed,
+    location, fast dumps, its extra args, gate, general dumps, scalars)``; with
+    ``scalars`` the runner pickles builtin scalars itself, byte for byte as
+    ``pickle.dumps(value, 5)`` (see ``rust/py/src/packs.rs``)."""
+    import functools
+
+    from ferroflow.results import PickleSerializer, _serialize
+
+    result = backend(task)
+    if not isinstance(result, LocalResult):  # native_pack() said so
+        raise TypeError(f"task {task.name!r} does not checkpoint to a LocalResult")
+    writer = PACKS.writer(result, flow_run_id, slug)
+    fast, extra, gate = fast_dumps(result.serializer)
+    return (
+        writer.write_framed,
+        writer.location,
+        fast,
+        extra,
+        gate,
+        functools.partial(_serialize, result.serializer),
+        type(result.serializer) is PickleSerializer,
+    )
 
 
 def write(task: Any, value: Any, values: dict[str, Any], target: str | None) -> str:

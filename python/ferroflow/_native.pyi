@@ -28,6 +28,7 @@ class Runner:
         record: tuple[str, str, str, str, str | None] | None = None,
         restore: tuple[Callable[[int, int], tuple[str, Any] | None], list[int]] | None = None,
         progress: Callable[[list[int]], Any] | None = None,
+        pack: Callable[[int], tuple[Any, str, Any, tuple[Any, ...], bool, Any, bool]] | None = None,
     ) -> None: ...
     def run_local(self) -> None:
         """Run the flow to the end in the calling thread."""
@@ -64,6 +65,8 @@ class Runner:
         """Overwrite the stored results of runs (their states are unchanged)."""
     def record_end(self, code: int, message: str | None = None) -> str | None:
         """Record the final state in the run store; what went wrong, or None."""
+    def checkpoint_problems(self) -> list[str]:
+        """Checkpoints lost after their tasks succeeded (failed pack writes)."""
 
 # --- the run store (rust/py/src/store.rs) -------------------------------------------
 

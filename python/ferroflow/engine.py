@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["RecordingWarning", "run_flow", "run_task", "store_path"]
 
 # Call kinds understood by the native runner.
-_CALL, _HOOK, _VALUE, _LIST, _TUPLE = 0, 1, 2, 3, 4
+_CALL, _HOOK, _VALUE, _LIST, _TUPLE, _PACK = 0, 1, 2, 3, 4, 5
 _RUNNING_CODE = Running.code
 
 _TOKENS = itertools.count(1)
@@ -84,7 +84,7 @@ class _Plan:
     """
 
     def __init__(self, compiled: CompiledFlow, flow_result: Any = None) -> None:
-        from ferroflow._checkpoint import checkpoints
+        from ferroflow._checkpoint import checkpoints, native_pack
         from ferroflow.task import Parameter
         from ferroflow.tasks.core import Constant
         from ferroflow.tasks.core import List as ListTask
@@ -164,9 +164,10 @@ class _Plan:
             observed = bool(t.state_handlers) or t.on_failure is not None
             observed_any |= observed
             hooked = observed or t.timeout is not None or checkpoints(t)
-            calls.append(
-                (_HOOK if hooked else _CALL, t.run, pos_slots, kw_slots, t.retry_on, observed)
-            )
+            kind = _CALL
+            if hooked:
+                kind = _PACK if native_pack(t) else _HOOK
+            calls.append((kind, t.run, pos_slots, kw_slots, t.retry_on, observed))
         self.task_opts = task_opts
         self.calls = calls
         self.observed = observed_any
@@ -241,6 +242,7 @@ class FlowRun:
             self._record_spec(resumed_from) if record else None,
             (self._restore_hook, sorted({t for t, _ in restore})) if restore else None,
             _progress_hook(progress) if progress is not None else None,
+            self._pack_hook,
         )
         self._restore = restore or {}
         self._resumed_from = resumed_from
@@ -317,6 +319,12 @@ class FlowRun:
         except Exception:  # an unreadable checkpoint means: run it again
             return None
         return f"Restored from flow run {self._resumed_from} ({location}).", value
+
+    def _pack_hook(self, task_id: int) -> tuple[Any, str, Any, tuple[Any, ...], bool, Any, bool]:
+        """Open the pack the native runner appends a task's checkpoints to."""
+        task = self.plan.tasks[task_id]
+        slug = self.flow.slugs.get(task, task.slug)
+        return _checkpoint.open_native(task, self.flow_run_id, slug or task.name)
 
     def _run_hook(
         self,
@@ -708,8 +716,11 @@ def run_flow(
     for handler in handlers:
         new = handler(flow, state, final)
         final = new if isinstance(new, State) else final
+    problems = run.runner.checkpoint_problems()
     problem = run.runner.record_end(type(final).code or Failed.code, final.message)
     if problem is not None:
+        problems.append(problem)
+    for problem in problems:
         import warnings
 
         warnings.warn(f"flow run {run.flow_run_id}: {problem}", RecordingWarning, stacklevel=2)

@@ -1115,6 +1115,44 @@ class PackWriter:
             self._offset = offset + length
         return f"{self.location}#{offset}:{length}"
 
+    def write_framed(self, parts: Sequence[bytes]) -> int:
+        """Append records that are already framed and flush them to the file.
+
+        For writers that serialize elsewhere (the engine's native checkpoint path):
+        ``parts``, joined, must be whole records, each a 4-byte big-endian payload
+        length and the payload, serialized with this writer's serializer. The record
+        whose length prefix is at position ``p`` of the joined parts has the location
+        ``f"{location}#{start + p + 4}:{length}"``, where ``start`` is the returned
+        offset.
+
+        Returns:
+            The file offset at which the first part was written.
+
+        Raises:
+            ResultError: the writer is closed or the write fails.
+
+        Example:
+            >>> import tempfile
+            >>> r = LocalResult(dir=tempfile.mkdtemp())
+            >>> payload = r.serializer.serialize("hi")
+            >>> with r.pack_writer("x.pack") as w:
+            ...     start = w.write_framed([len(payload).to_bytes(4, "big"), payload])
+            >>> r.read(f"x.pack#{start + 4}:{len(payload)}").value
+            'hi'
+        """
+        with self._lock:
+            if self._closed:
+                raise ResultError(f"pack writer for {self.location!r} is closed")
+            start = self._offset
+            try:
+                for part in parts:
+                    self._file.write(part)
+                    self._offset += len(part)
+                self._file.flush()
+            except OSError as err:
+                raise _os_error("append to pack", self.path, err) from err
+        return start
+
     def flush(self, fsync: bool = False) -> None:
         """Write buffered records to the file, so their locations are readable.
 

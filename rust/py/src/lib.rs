@@ -7,9 +7,11 @@
 #![deny(unsafe_code)]
 
 mod errors;
+mod packs;
 mod recording;
 mod runner;
 mod store;
+mod ticker;
 
 use pyo3::prelude::*;
 

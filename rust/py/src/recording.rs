@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ferroflow_core::store::{
-    Event, EventBuffer, NewTaskRun, Recorder, StoreError, TransitionItem, now,
+    Event, EventBuffer, NewTaskRun, PackItem, Recorder, StoreError, TransitionItem, now,
 };
 use ferroflow_core::{Run, RunId, StateKind, TaskId};
 
@@ -213,6 +213,22 @@ impl Recording {
             ended: now(),
         });
         self.rec.flush()
+    }
+
+    /// Where checkpointed values were written in a pack file (after the bytes
+    /// reached the file).
+    pub fn pack_locations(&mut self, pack: &Arc<str>, items: Vec<PackItem>) {
+        // After the transitions buffered so far, so a reader never sees a
+        // location ahead of its run's registration.
+        self.flush_items();
+        self.buf.push(
+            &self.rec,
+            Event::PackLocations {
+                flow_run_id: Arc::clone(&self.id),
+                pack: Arc::clone(pack),
+                items,
+            },
+        );
     }
 
     /// A log line of one task run (e.g. the traceback of a failure).

@@ -24,7 +24,9 @@ use pyo3::types::{PyBytes, PyDict, PyList, PySequence, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{ff_error, to_py};
+use crate::packs::{PackSink, Written};
 use crate::recording::{FlowRunMeta, Recording};
+use crate::ticker;
 
 /// What the calling thread is executing, for `ferroflow.context`.
 struct Current {
@@ -85,6 +87,9 @@ enum Kind {
     /// Build a list / tuple of the positional arguments.
     List,
     Tuple,
+    /// Call the callable, then append the value to the task's pack (see
+    /// `packs`). External executors run these through the hook instead.
+    Pack,
 }
 
 struct Call {
@@ -116,6 +121,16 @@ struct Inner {
     /// `progress_hook(counts)` with the number of runs per state code, at most
     /// every `PROGRESS_EVERY`.
     progress_hook: Option<Py<PyAny>>,
+    /// `pack_hook(task)` opens the pack of a `Kind::Pack` task: `(write_framed,
+    /// location, fast, gate, slow)`.
+    pack_hook: Option<Py<PyAny>>,
+    /// Open packs by task (few: a linear scan).
+    packs: Vec<(u32, PackSink)>,
+    /// Checkpoints that were lost after their task succeeded (a failed block
+    /// write), as messages for the end of the run.
+    pack_problems: Vec<String>,
+    /// The `ticker` epoch at the last `tick`.
+    epoch_seen: u64,
     last_progress: Instant,
     steps: u32,
     signal_base: Py<PyAny>,
@@ -232,6 +247,7 @@ fn parse_call(py: Python<'_>, n_edges: usize, t: &Bound<'_, PyTuple>) -> PyResul
         2 => Kind::Value,
         3 => Kind::List,
         4 => Kind::Tuple,
+        5 => Kind::Pack,
         k => return Err(PyValueError::new_err(format!("unknown call kind {k}"))),
     };
     let func = t.get_item(1)?.unbind();
@@ -505,6 +521,7 @@ impl Inner {
             },
             run: ready.run,
             hook,
+            pack: call.kind == Kind::Pack,
             func,
             args,
             kwargs,
@@ -532,6 +549,20 @@ impl Inner {
             }
         };
         if !hooked {
+            if let Ok(task) = self.run.task_of(work_run)
+                && self.calls[task.idx()].kind == Kind::Pack
+                && let Err(e) = self.pack_value(py, task, work_run, value.bind(py))
+            {
+                let msg = format!(
+                    "The task succeeded but its result could not be written: {}",
+                    e.value(py)
+                );
+                let failed = Outcome::Failed {
+                    message: Some(msg),
+                    retryable: false,
+                };
+                return (failed, Some(e.into_value(py).into_any()), false);
+            }
             return (Outcome::Success, Some(value), false);
         }
         let parsed = value
@@ -742,10 +773,79 @@ impl Inner {
         let _ = hook.bind(py).call1((counts.to_vec(),));
     }
 
-    /// Push buffered store events to the writer (before waiting).
-    fn send_records(&mut self) {
+    /// Append the value of a `Kind::Pack` run to its task's pack (opened on
+    /// first use).
+    fn pack_value(
+        &mut self,
+        py: Python<'_>,
+        task: TaskId,
+        run: RunId,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let i = match self.packs.iter().position(|(t, _)| *t == task.0) {
+            Some(i) => i,
+            None => {
+                let Some(hook) = &self.pack_hook else {
+                    return Err(PyRuntimeError::new_err(
+                        "internal error: a checkpointed task has no pack hook",
+                    ));
+                };
+                let sink = PackSink::from_hook(&hook.bind(py).call1((task.0,))?)?;
+                self.packs.push((task.0, sink));
+                self.packs.len() - 1
+            }
+        };
+        let written = self.packs[i].1.append(py, run, value)?;
+        self.pack_written(i, written);
+        Ok(())
+    }
+
+    fn pack_written(&mut self, i: usize, written: Written) {
+        match written {
+            Written::Nothing => {}
+            Written::Items(items) => {
+                if let Some(rec) = self.recording.as_mut() {
+                    rec.pack_locations(&self.packs[i].1.location, items);
+                }
+            }
+            Written::Lost(why, n) => self.pack_problems.push(format!(
+                "{n} checkpoints of task '{}' could not be written (they run again on \
+                 resume): {why}",
+                self.run
+                    .graph()
+                    .tasks
+                    .get(self.packs[i].0 as usize)
+                    .map_or("?", |t| t.name.as_str())
+            )),
+        }
+    }
+
+    /// Write the buffered pack blocks.
+    fn flush_packs(&mut self, py: Python<'_>) {
+        for i in 0..self.packs.len() {
+            let written = self.packs[i].1.flush(py);
+            self.pack_written(i, written);
+        }
+    }
+
+    /// Write buffered checkpoints and push buffered store events to the writer
+    /// (before waiting, and at a tick).
+    fn send_records(&mut self, py: Python<'_>) {
+        self.flush_packs(py);
         if let Some(rec) = self.recording.as_mut() {
             rec.send();
+        }
+    }
+
+    /// At a task-call boundary: send what is buffered when the clock ticked
+    /// since the last time (one atomic load otherwise), so records and
+    /// checkpoints of finished runs reach the store within a tick or so of the
+    /// next call, however long that call takes.
+    fn tick(&mut self, py: Python<'_>) {
+        let epoch = ticker::epoch();
+        if epoch != self.epoch_seen {
+            self.epoch_seen = epoch;
+            self.send_records(py);
         }
     }
 
@@ -770,7 +870,7 @@ impl Inner {
     /// Wait for the next retry timer (at most `cap`) without holding the
     /// interpreter. Returns false when Ctrl-C was pressed.
     fn wait_timer(&mut self, py: Python<'_>, cap: Duration) -> PyResult<bool> {
-        self.send_records();
+        self.send_records(py);
         let wait = self.run.next_wakeup().map_or(cap, |w| {
             w.saturating_duration_since(Instant::now()).min(cap)
         });
@@ -779,6 +879,8 @@ impl Inner {
     }
 
     fn end(&mut self, py: Python<'_>, cancel_reason: Option<&str>) -> PyResult<()> {
+        self.flush_packs(py);
+        self.packs.clear();
         self.maybe_progress(py, true);
         if let Some(reason) = cancel_reason {
             self.run.cancel(reason);
@@ -790,9 +892,11 @@ impl Inner {
     }
 
     fn run_local(&mut self, py: Python<'_>) -> PyResult<()> {
+        let _active = ticker::Active::start();
         let mut cancel = false;
         loop {
             if let Some(work) = self.next_work(py)? {
+                self.tick(py);
                 let run = work.run;
                 let hooked = work.hooked();
                 let res = work.call(py);
@@ -817,6 +921,7 @@ impl Inner {
     /// Run with `n` native worker threads that attach to the interpreter to call
     /// tasks; this thread keeps the core and settles completions.
     fn run_threads(&mut self, py: Python<'_>, n: usize) -> PyResult<()> {
+        let _active = ticker::Active::start();
         let (work_tx, work_rx) = mpsc::channel::<Work>();
         let (done_tx, mut done_rx) = mpsc::channel::<Done>();
         let work_rx = Arc::new(Mutex::new(work_rx));
@@ -871,7 +976,10 @@ impl Inner {
             let wait = self.run.next_wakeup().map_or(cap, |w| {
                 w.saturating_duration_since(Instant::now()).min(cap)
             });
-            self.send_records();
+            self.tick(py);
+            if let Some(rec) = self.recording.as_mut() {
+                rec.send();
+            }
             // The receiver is moved into the detached closure and back (it is Send, not Sync).
             let (rx, first) = py.detach(move || {
                 let r = done_rx.recv_timeout(wait);
@@ -956,6 +1064,9 @@ struct Work {
     run: RunId,
     /// The Python run hook, for tasks that need one (it calls `func` itself).
     hook: Option<Py<PyAny>>,
+    /// A `Kind::Pack` task: here its value is checkpointed after the call; an
+    /// external executor runs it through the run hook (it is "hooked" there).
+    pack: bool,
     func: Py<PyAny>,
     args: Py<PyTuple>,
     kwargs: Option<Py<PyDict>>,
@@ -1082,7 +1193,7 @@ impl PyRunner {
     /// `(run_hook, trigger_hook, observe_hook)` (each may be None); `release`:
     /// drop intermediate results as soon as nothing downstream can read them.
     #[new]
-    #[pyo3(signature = (tasks, edges, calls, reference, hooks, signal_base, token, release=false, record=None, restore=None, progress=None))]
+    #[pyo3(signature = (tasks, edges, calls, reference, hooks, signal_base, token, release=false, record=None, restore=None, progress=None, pack=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -1097,6 +1208,7 @@ impl PyRunner {
         record: Option<RecordSpec>,
         restore: Option<(Py<PyAny>, Vec<u32>)>,
         progress: Option<Py<PyAny>>,
+        pack: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         if calls.len() != tasks.len() {
             return Err(PyValueError::new_err("one call spec per task is required"));
@@ -1190,6 +1302,10 @@ impl PyRunner {
                 restore_hook,
                 restore_tasks,
                 progress_hook: progress,
+                pack_hook: pack,
+                packs: Vec::new(),
+                pack_problems: Vec::new(),
+                epoch_seen: ticker::epoch(),
                 last_progress: Instant::now(),
                 steps: 0,
                 signal_base,
@@ -1263,7 +1379,7 @@ impl PyRunner {
                 c.map_index,
                 c.run_count,
                 c.loop_count,
-                w.hooked(),
+                w.hooked() || w.pack,
                 w.func.clone_ref(py),
                 w.args.clone_ref(py),
                 kwargs,
@@ -1273,7 +1389,7 @@ impl PyRunner {
             out.push(item);
         }
         if out.len() < max {
-            inner.send_records();
+            inner.send_records(py);
         }
         Ok(out)
     }
@@ -1363,6 +1479,12 @@ impl PyRunner {
                 "records could not be written to the run store: {e}"
             ))),
         }
+    }
+
+    /// Checkpoints lost after their tasks succeeded (a pack block could not be
+    /// written), one message per failed write.
+    fn checkpoint_problems(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        Ok(self.lock(py)?.pack_problems.clone())
     }
 
     /// Overwrite the stored results of runs (states unchanged): an executor that
@@ -1481,11 +1603,15 @@ impl PyRunner {
         {
             visit.call(r)?;
         }
+        for (_, sink) in &inner.packs {
+            sink.traverse(&visit)?;
+        }
         for h in [
             &inner.run_hook,
             &inner.trigger_hook,
             &inner.observe_hook,
             &inner.restore_hook,
+            &inner.pack_hook,
         ]
         .into_iter()
         .flatten()
@@ -1505,6 +1631,8 @@ impl PyRunner {
             inner.trigger_hook = None;
             inner.observe_hook = None;
             inner.restore_hook = None;
+            inner.pack_hook = None;
+            inner.packs.clear();
         }
     }
 }

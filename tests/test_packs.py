@@ -1,0 +1,309 @@
+"""Checkpointing map children in pack files on the native path (rust/py/src/packs.rs):
+what it writes is what pickle (or the chosen serializer) writes, every recorded location
+reads back its value, bad values fail only their own child, and a kill loses no child
+the store had recorded as finished."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ferroflow import Flow, task
+from ferroflow.executors import ThreadExecutor
+from ferroflow.results import JSONSerializer, LocalResult, MsgpackSerializer, PickleSerializer
+from ferroflow.states import Failed, Success
+from ferroflow.store import open_store
+
+# Every encoding branch of the native scalar pickler, at its edges.
+SCALARS: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    255,
+    256,
+    65535,
+    65536,
+    -1,
+    -255,
+    -256,
+    -65536,
+    2**31 - 1,
+    -(2**31),
+    2**31,
+    -(2**31) - 1,
+    2**32,
+    -(2**32),
+    2**39,
+    -(2**39) - 7,
+    2**47,
+    -(2**47),
+    2**55 + 3,
+    -(2**55),
+    2**63 - 1,
+    -(2**63),
+    -(2**63) + 1,
+    2**63,  # past 64 bits: the C pickler's turn
+    -(2**100),
+    0.0,
+    -0.0,
+    1.5,
+    -2.25e-300,
+    math.inf,
+    -math.inf,
+    math.nan,
+    "",
+    "a",
+    "héllo wörld",
+    "日本語",
+    "x" * 255,
+    "x" * 256,
+    "é" * 128,  # 256 bytes of UTF-8
+    "\ud800",  # a lone surrogate
+    b"",
+    b"\x00\xff",
+    b"y" * 255,
+    b"y" * 256,
+]
+
+
+def _locations(run_id: str) -> dict[int, str]:
+    with open_store() as store:
+        done = store.finished_task_runs_with_results(run_id)
+    return {d.map_index: d.result_location for d in done if d.map_index is not None}
+
+
+def _raw(results: Path, location: str) -> bytes:
+    pack, _, span = location.partition("#")
+    offset, _, length = span.partition(":")
+    with open(results / pack, "rb") as f:
+        f.seek(int(offset))
+        return f.read(int(length))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return type(a) is type(b) and a == b
+
+
+def test_records_are_byte_for_byte_what_pickle_writes(tmp_path: Path) -> None:
+    @task(checkpoint=True, result=LocalResult(dir=tmp_path))
+    def same(x: Any) -> Any:
+        return x
+
+    with Flow("scalars") as flow:
+        same.map(SCALARS)
+    state = flow.run()
+    assert state.is_successful()
+    with open_store() as store:
+        (run,) = store.list_flow_runs()
+    locations = _locations(run.id)
+    assert sorted(locations) == list(range(len(SCALARS)))
+    result = LocalResult(dir=tmp_path)
+    for i, value in enumerate(SCALARS):
+        assert _raw(tmp_path, locations[i]) == pickle.dumps(value, 5), repr(value)
+        assert _same(result.read(locations[i]).value, value), repr(value)
+
+
+class Point:
+    """A class defined in a test module: cloudpickle's job."""
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Point) and other.x == self.x
+
+
+VALUES: list[Any] = [
+    [1, 2, 3],
+    (1, "a", None),
+    {"k": [1.5, {"n": b"raw"}]},
+    {1, 2},
+    frozenset({"x"}),
+    Point(7),
+    [Point(1), Point(2)],
+    b"z" * 200_000,  # written without a copy into the block
+    "s" * 70_000,
+    list(range(1000)),  # past the plain-value budget: cloudpickle
+]
+
+
+@pytest.mark.parametrize("how", ["local", "threads"])
+def test_values_of_every_kind_read_back(tmp_path: Path, how: str) -> None:
+    @task(checkpoint=True, result=LocalResult(dir=tmp_path))
+    def pick(i: int) -> Any:
+        return VALUES[i]
+
+    with Flow("kinds") as flow:
+        pick.map(list(range(len(VALUES))))
+    executor = ThreadExecutor(max_workers=3) if how == "threads" else None
+    assert flow.run(executor=executor).is_successful()
+    with open_store() as store:
+        (run,) = store.list_flow_runs()
+    locations = _locations(run.id)
+    result = LocalResult(dir=tmp_path)
+    for i, value in enumerate(VALUES):
+        assert result.read(locations[i]).value == value
+    # One pack file for the whole map.
+    assert [p.suffix for p in tmp_path.rglob("*") if p.is_file()] == [".pack"]
+
+
+def test_a_lambda_value_reads_back_callable(tmp_path: Path) -> None:
+    @task(checkpoint=True, result=LocalResult(dir=tmp_path))
+    def adder(n: int) -> Any:
+        return lambda x: x + n
+
+    with Flow("callables") as flow:
+        adder.map([1, 2])
+    assert flow.run().is_successful()
+    with open_store() as store:
+        (run,) = store.list_flow_runs()
+    read = LocalResult(dir=tmp_path).read
+    assert [read(loc).value(10) for _i, loc in sorted(_locations(run.id).items())] == [11, 12]
+
+
+def test_a_value_that_cannot_be_written_fails_only_its_child(tmp_path: Path) -> None:
+    @task(checkpoint=True, result=LocalResult(dir=tmp_path))
+    def make(x: int) -> Any:
+        if x == 2:
+            return (i for i in range(3))  # generators cannot be pickled
+        return x
+
+    with Flow("unpicklable") as flow:
+        m = make.map(list(range(5)))
+    state = flow.run()
+    children = state.result[m].map_states
+    assert [type(c) for c in children] == [Success, Success, Failed, Success, Success]
+    message = children[2].message
+    assert "could not be written" in message and "generator" in message
+    with open_store() as store:
+        (run,) = store.list_flow_runs()
+    assert sorted(_locations(run.id)) == [0, 1, 3, 4]
+
+
+def test_an_unusable_result_dir_fails_each_child_clearly(tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("in the way")
+
+    @task(checkpoint=True, result=LocalResult(dir=blocked / "sub", validate_dir=False))
+    def work(x: int) -> int:
+        return x
+
+    with Flow("no-dir") as flow:
+        m = work.map([1, 2, 3])
+    state = flow.run()
+    children = state.result[m].map_states
+    assert all(isinstance(c, Failed) for c in children)
+    assert all("could not be written" in c.message for c in children)
+    assert str(blocked) in children[0].message
+
+
+@pytest.mark.parametrize("serializer", [MsgpackSerializer(), JSONSerializer()])
+def test_other_serializers_on_the_native_path(tmp_path: Path, serializer: Any) -> None:
+    values = [1, "two", [3, 4.5], {"five": None}]
+
+    @task(checkpoint=True, result=LocalResult(dir=tmp_path, serializer=serializer))
+    def pick(i: int) -> Any:
+        return values[i] if i < len(values) else Point(i)  # not msgpack/JSON data
+
+    with Flow("serializers") as flow:
+        m = pick.map(list(range(len(values) + 1)))
+    state = flow.run()
+    children = state.result[m].map_states
+    assert all(isinstance(c, Success) for c in children[:-1])
+    assert isinstance(children[-1], Failed)
+    assert "could not be written" in children[-1].message
+    with open_store() as store:
+        (run,) = store.list_flow_runs()
+    locations = _locations(run.id)
+    result = LocalResult(dir=tmp_path, serializer=serializer)
+    assert [result.read(locations[i]).value for i in range(len(values))] == values
+    # Another serializer refuses to read them, naming both.
+    with pytest.raises(Exception, match=serializer.name):
+        LocalResult(dir=tmp_path, serializer=PickleSerializer()).read(locations[0])
+
+
+PACK_KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from ferroflow import Flow, task
+    from ferroflow.results import LocalResult
+
+    results_dir, side, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+
+    @task(checkpoint=True, result=LocalResult(dir=results_dir))
+    def child(x):
+        with open(side, "a") as f:
+            f.write(f"{x}\\n")
+        time.sleep(0.002)
+        return x * 3
+
+    @task
+    def total(xs):
+        return sum(xs)
+
+    with Flow("killable-packs") as flow:
+        s = total(child.map(list(range(3000))))
+
+    if mode == "run":
+        flow.run()
+    else:
+        state = flow.run(resume=mode)
+        print("RESULT", state.result[s].result, type(state).__name__)
+    """
+)
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_loses_no_child_the_store_recorded(tmp_path: Path) -> None:
+    script = tmp_path / "flow.py"
+    script.write_text(PACK_KILL_SCRIPT)
+    side = tmp_path / "executions.txt"
+    results = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, str(script), str(results), str(side), "run"])
+    # Kill once the store shows finished children (while more are running).
+    recorded: dict[int, str] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(recorded) < 300 and proc.poll() is None:
+        time.sleep(0.05)
+        with open_store() as store:
+            runs = store.list_flow_runs()
+        if runs:
+            recorded = _locations(runs[0].id)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert len(recorded) >= 300, "the flow never got far enough to be interrupted"
+    with open_store() as store:
+        store.fixup_interrupted()
+        (killed,) = store.list_flow_runs()
+        assert killed.state == "Interrupted"
+    finished = _locations(killed.id)  # a superset of what was seen before the kill
+    assert set(recorded) <= set(finished) and len(finished) < 3000
+    read = LocalResult(dir=results).read
+    assert all(read(loc).value == 3 * i for i, loc in finished.items())
+    out = subprocess.run(
+        [sys.executable, str(script), str(results), str(side), killed.id],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=True,
+    )
+    assert f"RESULT {3 * sum(range(3000))} Success" in out.stdout
+    executions: dict[int, int] = {}
+    for line in side.read_text().split():
+        executions[int(line)] = executions.get(int(line), 0) + 1
+    assert set(executions) == set(range(3000))
+    again = sorted(i for i in finished if executions[i] > 1)
+    assert again == [], f"children re-executed after the store recorded them: {again[:10]}"
