@@ -307,3 +307,58 @@ def test_sigkill_loses_no_child_the_store_recorded(tmp_path: Path) -> None:
     assert set(executions) == set(range(3000))
     again = sorted(i for i in finished if executions[i] > 1)
     assert again == [], f"children re-executed after the store recorded them: {again[:10]}"
+
+
+WAITING_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from ferroflow import Flow, task
+    from ferroflow.results import LocalResult
+
+    results_dir, release = sys.argv[1], sys.argv[2]
+
+    @task(checkpoint=True, result=LocalResult(dir=results_dir))
+    def first(x):
+        return x + 1
+
+    @task
+    def blocked(xs):
+        while not os.path.exists(release):  # until the test has seen `first` stored
+            time.sleep(0.01)
+        return sum(xs)
+
+    with Flow("slow-after-fast") as flow:
+        blocked(first.map([1, 2, 3]))
+    print("STATE", type(flow.run()).__name__)
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_finished_runs_reach_the_store_while_a_long_task_runs(tmp_path: Path) -> None:
+    """Records and checkpoints of finished runs are not held back until the task that
+    runs next ends: the test releases the blocked task only once it has read them."""
+    script = tmp_path / "flow.py"
+    script.write_text(WAITING_SCRIPT)
+    release = tmp_path / "release"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "r"), str(release)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        found: dict[int, str] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(found) < 3 and proc.poll() is None:
+            time.sleep(0.05)
+            with open_store() as store:
+                runs = store.list_flow_runs()
+            if runs:
+                found = _locations(runs[0].id)
+        read = LocalResult(dir=tmp_path / "r").read
+        assert sorted(found) == [0, 1, 2], "the finished children never reached the store"
+        assert [read(found[i]).value for i in range(3)] == [2, 3, 4]
+    finally:
+        release.touch()
+        out, _ = proc.communicate(timeout=60)
+    assert "STATE Success" in out

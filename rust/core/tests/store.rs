@@ -661,6 +661,80 @@ fn pack_locations_are_stored_per_run() {
 }
 
 #[test]
+fn posted_events_keep_their_order_with_sent_ones() {
+    let dir = TempDir::new("posted");
+    let path = dir.db();
+    let rec = Recorder::start(&path).expect("start");
+    let fr = id("posted");
+    let t: Arc<str> = Arc::from("t");
+    // Registered by a post, then transitions both sent and posted: none may
+    // reach the writer before the registration (it would be rejected).
+    rec.post(vec![
+        started(&fr, "f"),
+        Event::TaskRuns {
+            flow_run_id: Arc::clone(&fr),
+            runs: vec![task_run(0, 0, &t, None)],
+        },
+    ]);
+    rec.send(transition(&fr, tr(0, StateKind::Running, 1, 1.0)));
+    rec.post(vec![transition(&fr, tr(0, StateKind::Retrying, 1, 2.0))]);
+    rec.send_all(vec![transition(&fr, tr(0, StateKind::Running, 2, 3.0))]);
+    rec.post(vec![transition(&fr, tr(0, StateKind::Success, 2, 4.0))]);
+    // A post past the drain size is drained early; order still holds.
+    rec.post(vec![Event::MapChildren {
+        flow_run_id: Arc::clone(&fr),
+        task: TaskId(0),
+        task_name: Arc::clone(&t),
+        first_run: RunId(1),
+        count: 20_000,
+    }]);
+    rec.post(vec![Event::Transitions {
+        flow_run_id: Arc::clone(&fr),
+        items: (1..20_001)
+            .map(|r| tr(r, StateKind::Running, 1, 5.0))
+            .collect(),
+    }]);
+    rec.send(transition(&fr, tr(7, StateKind::Success, 1, 6.0)));
+    rec.post(vec![transition(&fr, tr(8, StateKind::Success, 1, 6.0))]);
+    rec.flush().expect("nothing rejected");
+    assert_eq!(rec.lost(), 0);
+    // A post alone is committed within the commit interval, without a flush.
+    rec.post(vec![Event::FlowRunEnded {
+        id: Arc::clone(&fr),
+        state: StateKind::Success,
+        message: None,
+        ended: 5.0,
+    }]);
+    let store = Store::open(&path).expect("open");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.flow_run("posted").expect("read").map(|f| f.state) != Some("Success".into()) {
+        assert!(
+            Instant::now() < deadline,
+            "the posted end was never committed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let states: Vec<StateKind> = store
+        .transitions("posted", RunId(0))
+        .expect("history")
+        .iter()
+        .map(|t| t.state)
+        .collect();
+    use StateKind::{Retrying, Running, Success};
+    assert_eq!(states, [Running, Retrying, Running, Success]);
+    for r in [7, 8] {
+        let h: Vec<StateKind> = store
+            .transitions("posted", RunId(r))
+            .expect("history")
+            .iter()
+            .map(|t| t.state)
+            .collect();
+        assert_eq!(h, [Running, Success]);
+    }
+    rec.close().expect("close");
+}
+
+#[test]
 fn dropping_a_recorder_commits_what_was_sent() {
     let dir = TempDir::new("drop");
     let path = dir.db();

@@ -11,8 +11,9 @@
 //! pickler for plain builtin values), a copy into the block, and three numbers.
 //!
 //! A block is written when it holds 1 MiB or 16384 records, at the first task
-//! call after a tick of the runner's clock (`ticker`, every 50 ms), before the
-//! runner waits, and when the run ends. Only then are its records' locations sent to
+//! call after a tick of the runner's clock (`ticker`, every 50 ms), before a
+//! call of a task not known to be quick, before the runner waits, and when the
+//! run ends. Only then are its records' locations sent to
 //! the run store, as one compact `PackLocations` event: a location in the store
 //! always names bytes that reached the file. A kill loses at most the last
 //! block's checkpoints; those children run again on resume.

@@ -192,7 +192,14 @@ impl Recording {
         if self.items.is_empty() {
             return;
         }
-        let items = std::mem::replace(&mut self.items, Vec::with_capacity(BATCH));
+        // A full batch hands over its buffer; a small one (sent before a slow
+        // call or a wait) is copied out, so the batch buffer is not
+        // reallocated at its full size for a few items.
+        let items = if self.items.len() >= BATCH / 2 {
+            std::mem::replace(&mut self.items, Vec::with_capacity(BATCH))
+        } else {
+            self.items.drain(..).collect()
+        };
         self.buf.push(
             &self.rec,
             Event::Transitions {
@@ -246,10 +253,11 @@ impl Recording {
         );
     }
 
-    /// Send what is buffered (before blocking waits).
+    /// Hand what is buffered to the writer (before waits and slow calls):
+    /// posted, so this costs a lock, not a wake-up of the writer thread.
     pub fn send(&mut self) {
         self.flush_items();
-        self.buf.send(&self.rec);
+        self.buf.post(&self.rec);
     }
 
     /// Records the writer could not store.

@@ -129,8 +129,11 @@ struct Inner {
     /// Checkpoints that were lost after their task succeeded (a failed block
     /// write), as messages for the end of the run.
     pack_problems: Vec<String>,
-    /// The `ticker` epoch at the last `tick`.
+    /// The `ticker` epoch when buffers were last sent.
     epoch_seen: u64,
+    /// By task: its last call ended within the tick it started in (calls of
+    /// other tasks send buffered records first).
+    quick: Vec<bool>,
     last_progress: Instant,
     steps: u32,
     signal_base: Py<PyAny>,
@@ -837,10 +840,10 @@ impl Inner {
         }
     }
 
-    /// At a task-call boundary: send what is buffered when the clock ticked
-    /// since the last time (one atomic load otherwise), so records and
-    /// checkpoints of finished runs reach the store within a tick or so of the
-    /// next call, however long that call takes.
+    /// Send what is buffered when the clock ticked since the last time (one
+    /// atomic load otherwise): the worker-thread loop wakes at least every
+    /// 50 ms, so records and checkpoints of finished runs reach the store
+    /// within a tick or two however long the calls in flight take.
     fn tick(&mut self, py: Python<'_>) {
         let epoch = ticker::epoch();
         if epoch != self.epoch_seen {
@@ -896,10 +899,22 @@ impl Inner {
         let mut cancel = false;
         loop {
             if let Some(work) = self.next_work(py)? {
-                self.tick(py);
+                let task = work.current.task as usize;
+                // Send what is buffered at a tick, and before every call of a
+                // task not known to be quick: a long call must not hold back
+                // the records of the runs that finished before it.
+                let epoch = ticker::epoch();
+                let quick = self.quick.get(task).copied().unwrap_or(false);
+                if epoch != self.epoch_seen || !quick {
+                    self.epoch_seen = epoch;
+                    self.send_records(py);
+                }
                 let run = work.run;
                 let hooked = work.hooked();
                 let res = work.call(py);
+                if let Some(q) = self.quick.get_mut(task) {
+                    *q = ticker::epoch() == epoch;
+                }
                 let (outcome, value, stop) = self.interpret(py, run, hooked, res);
                 if self.settle(py, run, outcome, value, stop)? {
                     cancel = true;
@@ -1306,6 +1321,7 @@ impl PyRunner {
                 packs: Vec::new(),
                 pack_problems: Vec::new(),
                 epoch_seen: ticker::epoch(),
+                quick: vec![false; n_tasks],
                 last_progress: Instant::now(),
                 steps: 0,
                 signal_base,

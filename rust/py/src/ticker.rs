@@ -5,9 +5,12 @@
 //!
 //! Runners use it to bound how long records and checkpoints wait in their
 //! buffers: at each task-call boundary where the epoch moved, buffered pack
-//! blocks are written and store events are sent. The thread parks while no run
-//! is active. Without it (the thread could not start), buffers are sent by size
-//! and before waits only.
+//! blocks are written and store events are sent. A call that spans a tick marks
+//! its task as slow, and buffers are sent before every call of a task not known
+//! to be quick (so the records of fast runs are not held back by a long call
+//! after them). The thread parks while no run is active. Without it (the thread
+//! could not start), every task counts as slow and buffers are sent before each
+//! call.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

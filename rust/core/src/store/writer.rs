@@ -195,8 +195,61 @@ impl Event {
 enum Msg {
     Event(Event),
     Events(Vec<Event>),
+    /// Events of inbox generation `.0` wait: drain them by the next commit
+    /// (see [`Recorder::post`]).
+    Nudge(u64),
+    /// The inbox of generation `.0` is large: drain it now (ignored when that
+    /// generation was drained already).
+    Drain(u64),
     Flush(Sender<()>),
     Close,
+}
+
+/// Events posted without a channel message each (see [`Recorder::post`]).
+/// While `armed` (a nudge was sent, the inbox not yet drained), every event
+/// goes here, so the writer sees all events in the order they were given: no
+/// event message can enter the channel between a nudge and its drain.
+#[derive(Default)]
+struct Inbox {
+    events: Vec<Event>,
+    rows: usize,
+    armed: bool,
+    /// Counts arms: a drain request names the generation it is for.
+    generation: u64,
+    /// A drain request for this generation is on its way.
+    kicked: bool,
+}
+
+/// An armed inbox holding this many records asks the writer to drain it at
+/// once (a run loop's full batches are encoded while the run goes on, not all
+/// at the commit).
+const DRAIN_ROWS: usize = 8192;
+
+impl Inbox {
+    /// Add events while armed; a message to send, if any.
+    fn add(&mut self, events: impl IntoIterator<Item = Event>) -> Option<Msg> {
+        for e in events {
+            self.rows += e.rows();
+            self.events.push(e);
+        }
+        if !self.armed {
+            self.armed = true;
+            self.generation += 1;
+            return Some(Msg::Nudge(self.generation));
+        }
+        if self.rows >= DRAIN_ROWS && !self.kicked {
+            self.kicked = true;
+            return Some(Msg::Drain(self.generation));
+        }
+        None
+    }
+
+    fn take(&mut self) -> Vec<Event> {
+        self.armed = false;
+        self.kicked = false;
+        self.rows = 0;
+        std::mem::take(&mut self.events)
+    }
 }
 
 /// What the writer thread shares with the recorder: the first error and the
@@ -205,6 +258,7 @@ struct Shared {
     path: PathBuf,
     error: Mutex<Option<StoreError>>,
     lost: AtomicU64,
+    inbox: Mutex<Inbox>,
 }
 
 impl Shared {
@@ -233,6 +287,10 @@ impl Shared {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn stopped(&self) -> StoreError {
@@ -284,6 +342,7 @@ impl Recorder {
             path: path.to_path_buf(),
             error: Mutex::new(None),
             lost: AtomicU64::new(0),
+            inbox: Mutex::new(Inbox::default()),
         });
         let (tx, rx) = mpsc::channel();
         let thread_shared = Arc::clone(&shared);
@@ -308,6 +367,13 @@ impl Recorder {
     /// [`Recorder::flush`], [`Recorder::close`], [`Recorder::error`] and
     /// [`Recorder::lost`].
     pub fn send(&self, event: Event) {
+        let mut inbox = self.shared.inbox();
+        if inbox.armed {
+            if let Some(msg) = inbox.add([event]) {
+                self.control(&mut inbox, msg);
+            }
+            return;
+        }
         let n = event.rows();
         if self.tx.send(Msg::Event(event)).is_err() {
             self.shared.lose(n);
@@ -320,9 +386,41 @@ impl Recorder {
         if events.is_empty() {
             return;
         }
+        let mut inbox = self.shared.inbox();
+        if inbox.armed {
+            if let Some(msg) = inbox.add(events) {
+                self.control(&mut inbox, msg);
+            }
+            return;
+        }
         let n = events.iter().map(Event::rows).sum();
         if self.tx.send(Msg::Events(events)).is_err() {
             self.shared.lose(n);
+            self.shared.record(self.shared.stopped());
+        }
+    }
+
+    /// Queue events through an inbox the writer drains at its next commit
+    /// (within the commit interval; at once when it grows past a few thousand
+    /// records), or before a flush. The first post after a drain sends one
+    /// message; later posts (and sends) only take a lock and append. For loops
+    /// that hand over small batches often (a run loop before each slow call):
+    /// they pay a channel operation per commit, not per batch.
+    pub fn post(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut inbox = self.shared.inbox();
+        if let Some(msg) = inbox.add(events) {
+            self.control(&mut inbox, msg);
+        }
+    }
+
+    /// Send an inbox message (with the inbox locked, so messages keep order).
+    fn control(&self, inbox: &mut Inbox, msg: Msg) {
+        if self.tx.send(msg).is_err() {
+            let lost = inbox.take();
+            self.shared.lose(lost.iter().map(Event::rows).sum());
             self.shared.record(self.shared.stopped());
         }
     }
@@ -456,6 +554,15 @@ impl EventBuffer {
         if !self.events.is_empty() {
             self.rows = 0;
             recorder.send_all(std::mem::take(&mut self.events));
+        }
+    }
+
+    /// Hand what is buffered to `recorder` without waking its writer (see
+    /// [`Recorder::post`]).
+    pub fn post(&mut self, recorder: &Recorder) {
+        if !self.events.is_empty() {
+            self.rows = 0;
+            recorder.post(std::mem::take(&mut self.events));
         }
     }
 
@@ -988,6 +1095,16 @@ fn writer_main(conn: &Connection, rx: &Receiver<Msg>, shared: &Shared, interval:
         poisoned: false,
         since_checkpoint: 0,
     };
+    // The inbox generation announced and not drained yet.
+    let mut nudged: Option<u64> = None;
+    let drain = |writer: &mut Writer<'_>, nudged: &mut Option<u64>| {
+        if nudged.take().is_some() {
+            let posted = shared.inbox().take();
+            for event in posted {
+                writer.add(event);
+            }
+        }
+    };
     loop {
         let msg = match writer.pending.since {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -1001,6 +1118,24 @@ fn writer_main(conn: &Connection, rx: &Receiver<Msg>, shared: &Shared, interval:
             }
         };
         match msg {
+            Ok(Msg::Nudge(generation)) => {
+                nudged = Some(generation);
+                // Drained at the next commit at the latest.
+                writer.pending.since.get_or_insert_with(Instant::now);
+                continue;
+            }
+            Ok(Msg::Drain(generation)) => {
+                if nudged == Some(generation) {
+                    drain(&mut writer, &mut nudged);
+                }
+            }
+            // While nudged, no event message can be in the channel (events go
+            // to the inbox until it is drained): what arrives now is a flush,
+            // a close or the commit timer, and the posted events come first.
+            _ => drain(&mut writer, &mut nudged),
+        }
+        match msg {
+            Ok(Msg::Nudge(_) | Msg::Drain(_)) => {}
             Ok(Msg::Event(event)) => writer.add(event),
             Ok(Msg::Events(events)) => {
                 for event in events {
