@@ -362,3 +362,37 @@ def test_finished_runs_reach_the_store_while_a_long_task_runs(tmp_path: Path) ->
         release.touch()
         out, _ = proc.communicate(timeout=60)
     assert "STATE Success" in out
+
+
+def test_resume_restores_from_packs_and_reruns_what_is_damaged(tmp_path: Path) -> None:
+    calls: list[int] = []
+    broken = {"on": True}
+
+    @task(checkpoint=True, result=LocalResult(dir=tmp_path))
+    def square(x: int) -> int:
+        calls.append(x)
+        return x * x
+
+    @task
+    def total(xs: list[int]) -> int:
+        if broken["on"]:
+            raise RuntimeError("transient")
+        return sum(xs)
+
+    with Flow("restore-packs") as flow:
+        s = total(square.map(list(range(100))))
+    assert not flow.run().is_successful()
+    with open_store() as store:
+        (old,) = store.list_flow_runs()
+    (pack,) = [p for p in tmp_path.rglob("*.pack")]
+    # Tear the last records off, as a kill in the middle of a write would.
+    size = pack.stat().st_size
+    with open(pack, "r+b") as f:
+        f.truncate(size - 30)
+    broken["on"] = False
+    calls.clear()
+    state = flow.run(resume=old.id)
+    assert state.is_successful() and state.result[s].result == sum(x * x for x in range(100))
+    # The damaged tail ran again; everything before it was restored.
+    assert calls and calls == list(range(100 - len(calls), 100))
+    assert len(calls) < 10

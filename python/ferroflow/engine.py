@@ -61,6 +61,7 @@ _CALL, _HOOK, _VALUE, _LIST, _TUPLE, _PACK = 0, 1, 2, 3, 4, 5
 _RUNNING_CODE = Running.code
 
 _TOKENS = itertools.count(1)
+_checkpoint_missing = object()
 
 
 class _Timeout(Exception):
@@ -245,6 +246,7 @@ class FlowRun:
             self._pack_hook,
         )
         self._restore = restore or {}
+        self._restored: dict[int, dict[int, Any]] = {}
         self._resumed_from = resumed_from
 
     def _record_spec(self, resumed_from: str | None) -> tuple[str, str, str, str, str | None]:
@@ -308,15 +310,22 @@ class FlowRun:
 
     # --- hooks called by the native runner ----------------------------------------------
     def _restore_hook(self, task_id: int, map_index: int) -> tuple[str, Any] | None:
-        """The value of a run that finished in the resumed flow run, if still readable."""
+        """The value of a run that finished in the resumed flow run, if still readable.
+
+        The first call for a task reads every restorable value of that task at once
+        (packs are opened once, not once per child); each is handed out once."""
         location = self._restore.get((task_id, map_index))
         if location is None:
             return None
-        from ferroflow import _checkpoint
+        loaded = self._restored.get(task_id)
+        if loaded is None:
+            from ferroflow import _checkpoint
 
-        try:
-            value = _checkpoint.backend(self.plan.tasks[task_id]).read(location).value
-        except Exception:  # an unreadable checkpoint means: run it again
+            wanted = {i: loc for (t, i), loc in self._restore.items() if t == task_id}
+            result = _checkpoint.backend(self.plan.tasks[task_id])
+            loaded = self._restored[task_id] = _checkpoint.read_for_restore(result, wanted)
+        value = loaded.pop(map_index, _checkpoint_missing)
+        if value is _checkpoint_missing:  # unreadable: run it again
             return None
         return f"Restored from flow run {self._resumed_from} ({location}).", value
 
