@@ -29,6 +29,7 @@ class Runner:
         restore: tuple[Callable[[int, int], tuple[str, Any] | None], list[int]] | None = None,
         progress: Callable[[list[int]], Any] | None = None,
         pack: Callable[[int], tuple[Any, str, Any, tuple[Any, ...], bool, Any, bool]] | None = None,
+        quick: bytes | None = None,
     ) -> None: ...
     def run_local(self) -> None:
         """Run the flow to the end in the calling thread."""
@@ -65,6 +66,8 @@ class Runner:
         """Overwrite the stored results of runs (their states are unchanged)."""
     def record_end(self, code: int, message: str | None = None) -> str | None:
         """Record the final state in the run store; what went wrong, or None."""
+    def quick_tasks(self) -> bytes:
+        """One byte per task: 1 when its last call ended within one clock tick."""
     def checkpoint_problems(self) -> list[str]:
         """Checkpoints lost after their tasks succeeded (failed pack writes)."""
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ferroflow import _checkpoint, _native
 from ferroflow import runtime as _context
-from ferroflow.exceptions import ParameterError
+from ferroflow.exceptions import FerroflowError, ParameterError
 from ferroflow.signals import FAIL, FerroflowSignal
 from ferroflow.states import (
     BY_CODE,
@@ -172,6 +172,9 @@ class _Plan:
         self.task_opts = task_opts
         self.calls = calls
         self.observed = observed_any
+        # Which tasks ran quickly last time (the runner sends its buffered records
+        # before calling any other task; see rust/py/src/ticker.rs).
+        self.quick: bytes | None = None
 
 
 def _plan_for(flow: Flow) -> _Plan:
@@ -244,6 +247,7 @@ class FlowRun:
             (self._restore_hook, sorted({t for t, _ in restore})) if restore else None,
             _progress_hook(progress) if progress is not None else None,
             self._pack_hook,
+            plan.quick,
         )
         self._restore = restore or {}
         self._restored: dict[int, dict[int, Any]] = {}
@@ -710,6 +714,10 @@ def run_flow(
         executor.execute(run)
     finally:
         _context._unregister(run.token)
+        try:
+            plan.quick = run.runner.quick_tasks()
+        except FerroflowError:  # still locked after an abrupt end: keep the old hint
+            pass
         from ferroflow._checkpoint import PACKS
 
         PACKS.close_run(run.flow_run_id)

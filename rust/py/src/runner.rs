@@ -1208,7 +1208,7 @@ impl PyRunner {
     /// `(run_hook, trigger_hook, observe_hook)` (each may be None); `release`:
     /// drop intermediate results as soon as nothing downstream can read them.
     #[new]
-    #[pyo3(signature = (tasks, edges, calls, reference, hooks, signal_base, token, release=false, record=None, restore=None, progress=None, pack=None))]
+    #[pyo3(signature = (tasks, edges, calls, reference, hooks, signal_base, token, release=false, record=None, restore=None, progress=None, pack=None, quick=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -1224,6 +1224,7 @@ impl PyRunner {
         restore: Option<(Py<PyAny>, Vec<u32>)>,
         progress: Option<Py<PyAny>>,
         pack: Option<Py<PyAny>>,
+        quick: Option<Vec<u8>>,
     ) -> PyResult<Self> {
         if calls.len() != tasks.len() {
             return Err(PyValueError::new_err("one call spec per task is required"));
@@ -1321,7 +1322,12 @@ impl PyRunner {
                 packs: Vec::new(),
                 pack_problems: Vec::new(),
                 epoch_seen: ticker::epoch(),
-                quick: vec![false; n_tasks],
+                // What an earlier run of the same plan learned (one byte per
+                // task), else every task counts as slow until it proves quick.
+                quick: match quick {
+                    Some(q) if q.len() == n_tasks => q.into_iter().map(|b| b != 0).collect(),
+                    _ => vec![false; n_tasks],
+                },
                 last_progress: Instant::now(),
                 steps: 0,
                 signal_base,
@@ -1495,6 +1501,14 @@ impl PyRunner {
                 "records could not be written to the run store: {e}"
             ))),
         }
+    }
+
+    /// One byte per task: 1 when its last call ended within the tick it started
+    /// in (for the next run of the same flow: `quick=`).
+    fn quick_tasks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let inner = self.lock(py)?;
+        let flags: Vec<u8> = inner.quick.iter().map(|&q| u8::from(q)).collect();
+        Ok(PyBytes::new(py, &flags))
     }
 
     /// Checkpoints lost after their tasks succeeded (a pack block could not be
