@@ -9,8 +9,14 @@ not False) or when it has a ``target``. Values go through the task's ``Result`` 
 - with a ``Result(location=...)`` template, at that rendered location;
 - otherwise appended to one *pack file* per flow run, task and process
   (``runs/<flow_run_id>/<task_slug>-<pid>.pack``), so checkpointing a 100,000-child map
-  writes one file, not 100,000. Packs are flushed every few hundred appends and when the
-  flow run ends.
+  writes one file, not 100,000.
+
+A task whose only extra is such a pack checkpoint (:func:`native_pack`) is checkpointed by
+the native runner on the local and thread executors: Python opens the pack
+(:func:`open_native`) and the runner serializes values and appends them in blocks, recording
+a block's locations once its bytes are in the file (``rust/py/src/packs.rs``). Elsewhere
+(process and Dask workers, tasks with handlers or a timeout) :func:`write` appends one value
+at a time; those packs are flushed every few hundred appends and when the flow run ends.
 """
 
 from __future__ import annotations
