@@ -83,6 +83,20 @@ def _locations(run_id: str) -> dict[int, str]:
     return {d.map_index: d.result_location for d in done if d.map_index is not None}
 
 
+def _wait_for_locations(proc: subprocess.Popen[Any], n: int) -> dict[int, str]:
+    """Poll the store until the newest flow run has ``n`` checkpointed children, the
+    process ends, or a minute passes; return what was found."""
+    found: dict[int, str] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(found) < n and proc.poll() is None:
+        time.sleep(0.05)
+        with open_store() as store:
+            runs = store.list_flow_runs()
+        if runs:
+            found = _locations(runs[0].id)
+    return found
+
+
 def _raw(results: Path, location: str) -> bytes:
     pack, _, span = location.partition("#")
     offset, _, length = span.partition(":")
@@ -274,14 +288,7 @@ def test_sigkill_loses_no_child_the_store_recorded(tmp_path: Path) -> None:
     results = tmp_path / "results"
     proc = subprocess.Popen([sys.executable, str(script), str(results), str(side), "run"])
     # Kill once the store shows finished children (while more are running).
-    recorded: dict[int, str] = {}
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(recorded) < 300 and proc.poll() is None:
-        time.sleep(0.05)
-        with open_store() as store:
-            runs = store.list_flow_runs()
-        if runs:
-            recorded = _locations(runs[0].id)
+    recorded = _wait_for_locations(proc, 300)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     assert len(recorded) >= 300, "the flow never got far enough to be interrupted"
@@ -347,14 +354,7 @@ def test_finished_runs_reach_the_store_while_a_long_task_runs(tmp_path: Path) ->
         text=True,
     )
     try:
-        found: dict[int, str] = {}
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(found) < 3 and proc.poll() is None:
-            time.sleep(0.05)
-            with open_store() as store:
-                runs = store.list_flow_runs()
-            if runs:
-                found = _locations(runs[0].id)
+        found = _wait_for_locations(proc, 3)
         read = LocalResult(dir=tmp_path / "r").read
         assert sorted(found) == [0, 1, 2], "the finished children never reached the store"
         assert [read(found[i]).value for i in range(3)] == [2, 3, 4]
