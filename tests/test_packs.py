@@ -396,3 +396,52 @@ def test_resume_restores_from_packs_and_reruns_what_is_damaged(tmp_path: Path) -
     # The damaged tail ran again; everything before it was restored.
     assert calls and calls == list(range(100 - len(calls), 100))
     assert len(calls) < 10
+
+
+FULL_DISK_SCRIPT = textwrap.dedent(
+    """
+    import resource, signal, sys, warnings
+    from ferroflow import Flow, task
+    from ferroflow.results import LocalResult
+
+    # Files may not grow past 256 KB: writing a pack block fails like a full disk.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+    @task(checkpoint=True, result=LocalResult(dir=sys.argv[1]))
+    def blob(i):
+        return bytes([i % 256]) * 20_000
+
+    with Flow("full-disk") as flow:
+        m = blob.map(list(range(200)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state = flow.run(record=False)
+    children = state.result[m].map_states
+    print("STATE", type(state).__name__)
+    print("KINDS", sorted({type(c).__name__ for c in children}))
+    failed = [c for c in children if c.is_failed()]
+    print("FAILED", len(failed), failed[0].message if failed else "")
+    for w in caught:
+        print("WARNING", w.category.__name__, w.message)
+    """
+)
+
+
+def test_a_pack_write_that_fails_is_reported_and_fails_the_rest(tmp_path: Path) -> None:
+    script = tmp_path / "flow.py"
+    script.write_text(FULL_DISK_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "STATE Failed" in out
+    assert "KINDS ['Failed', 'Success']" in out
+    failed = next(line for line in out.splitlines() if line.startswith("FAILED"))
+    assert "could not be written" in failed and "File too large" in failed
+    warning = next(line for line in out.splitlines() if line.startswith("WARNING"))
+    assert "RecordingWarning" in warning and "checkpoints of task 'blob'" in warning
+    assert "run again on resume" in warning

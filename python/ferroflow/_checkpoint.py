@@ -127,13 +127,20 @@ class _Packs:
             self.writers[key] = (writer, n)
             return location
 
-    def close_run(self, flow_run_id: str) -> None:
+    def close_run(self, flow_run_id: str) -> list[str]:
+        """Close the packs of a flow run; what could not be closed, as messages (a
+        failing close must not take the flow run's outcome with it)."""
         for cached in [k for k, v in _PACK_VALUES.items() if v["flow_run_id"] == flow_run_id]:
             _PACK_VALUES.pop(cached, None)
+        problems: list[str] = []
         with self.lock:
             for key in [k for k in self.writers if k[0] == flow_run_id]:
                 writer, _n = self.writers.pop(key)
-                writer.close()
+                try:
+                    writer.close()
+                except Exception as err:
+                    problems.append(f"checkpoints of task {key[1]!r} may be lost: {err}")
+        return problems
 
     def flush_all(self) -> None:
         with self.lock:

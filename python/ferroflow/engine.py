@@ -710,6 +710,7 @@ def run_flow(
         new = handler(flow, Pending(), state)
         state = new if isinstance(new, State) else state
     _context._register(run.token, run)
+    closing: list[str] = []
     try:
         executor.execute(run)
     finally:
@@ -720,7 +721,7 @@ def run_flow(
             pass
         from ferroflow._checkpoint import PACKS
 
-        PACKS.close_run(run.flow_run_id)
+        closing = PACKS.close_run(run.flow_run_id)
     final = _flow_state(run)
     terminal = getattr(flow, "terminal_state_handler", None)
     if terminal is not None:
@@ -733,7 +734,7 @@ def run_flow(
     for handler in handlers:
         new = handler(flow, state, final)
         final = new if isinstance(new, State) else final
-    problems = run.runner.checkpoint_problems()
+    problems = run.runner.checkpoint_problems() + closing
     problem = run.runner.record_end(type(final).code or Failed.code, final.message)
     if problem is not None:
         problems.append(problem)

@@ -1036,6 +1036,9 @@ class PackWriter:
         self.serializer = serializer
         self._lock = threading.Lock()
         self._closed = False
+        # A write failed: what is still buffered cannot be written either (closing
+        # then drops it instead of failing again).
+        self._failed = False
         _make_dirs(path.parent, "directory")
         try:
             self._file: BinaryIO = open(path, "ab", buffering=1 << 20)
@@ -1110,6 +1113,7 @@ class PackWriter:
                     self._file.write(prefix)
                 self._file.write(data)
             except OSError as err:
+                self._failed = True
                 raise _os_error("append to pack", self.path, err) from err
             offset = self._offset + 4
             self._offset = offset + length
@@ -1150,6 +1154,7 @@ class PackWriter:
                     self._offset += len(part)
                 self._file.flush()
             except OSError as err:
+                self._failed = True
                 raise _os_error("append to pack", self.path, err) from err
         return start
 
@@ -1177,6 +1182,7 @@ class PackWriter:
                 if fsync:
                     os.fsync(self._file.fileno())
             except OSError as err:
+                self._failed = True
                 raise _os_error("flush pack", self.path, err) from err
 
     def close(self) -> None:
@@ -1194,6 +1200,8 @@ class PackWriter:
             try:
                 self._file.close()
             except OSError as err:
+                if self._failed:  # already reported by the write that failed
+                    return
                 raise _os_error("close pack", self.path, err) from err
 
     @property
