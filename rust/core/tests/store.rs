@@ -960,3 +960,74 @@ fn restarting_a_flow_run_keeps_its_task_runs() {
     assert_eq!(t[0].state, StateKind::Success);
     assert_eq!(t[0].result_location.as_deref(), Some("r0"));
 }
+
+#[test]
+fn a_reused_pid_or_a_reboot_does_not_keep_a_run_running() {
+    let dir = TempDir::new("identity");
+    let path = dir.db();
+    let rec = Recorder::start(&path).expect("start");
+    let me = std::process::id();
+    for fr in ["mine", "rebooted"] {
+        rec.send(Event::FlowRunStarted {
+            id: id(fr),
+            flow_name: "f".into(),
+            parameters_json: "{}".into(),
+            started: 1.0,
+            pid: me,
+            host: "here".into(),
+            resumed_from: None,
+        });
+    }
+    rec.close().expect("close");
+    if ferroflow_core::store::process_identity(me).is_none() {
+        return; // no /proc: the pid check alone applies (tested above)
+    }
+    // As if "rebooted" had been recorded by this pid before a reboot (or by a
+    // process whose pid this one now reuses).
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute(
+        "UPDATE flow_runs SET proc = 'another-boot/42' WHERE id = 'rebooted'",
+        [],
+    )
+    .expect("update");
+    drop(conn);
+    let store = Store::open(&path).expect("open");
+    // Even an is_alive that says yes to every pid does not keep it running.
+    let marked = store.fixup_interrupted("here", |_| true).expect("fixup");
+    assert_eq!(marked, ["rebooted"]);
+    assert_eq!(
+        store.flow_run("mine").expect("get").expect("exists").state,
+        "Running"
+    );
+}
+
+#[test]
+fn a_version_1_store_is_upgraded_in_place() {
+    let dir = TempDir::new("upgrade");
+    let path = dir.db();
+    let rec = Recorder::start(&path).expect("start");
+    rec.send(started(&id("old"), "f"));
+    rec.close().expect("close");
+    // Turn it back into what session 1's ferroflow wrote.
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch("ALTER TABLE flow_runs DROP COLUMN proc; PRAGMA user_version = 1;")
+        .expect("downgrade");
+    drop(conn);
+    let store = Store::open(&path).expect("open upgrades");
+    assert_eq!(
+        store.flow_run("old").expect("get").expect("kept").flow_name,
+        "f"
+    );
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, ferroflow_core::store::SCHEMA_VERSION);
+    let proc: Option<String> = conn
+        .query_row("SELECT proc FROM flow_runs WHERE id = 'old'", [], |r| {
+            r.get(0)
+        })
+        .expect("column exists");
+    assert_eq!(proc, None);
+}

@@ -9,8 +9,9 @@
 //! [`StoreError::NewerSchema`], never rewritten. Tables:
 //!
 //! - `flow_runs`: one row per flow run (text id, flow name, parameters as JSON,
-//!   state, message, start and end, pid and host), with an integer `key` that
-//!   the other tables refer to;
+//!   state, message, start and end, pid, host and the process's identity, see
+//!   [`process_identity`]), with an integer `key` that the other tables refer
+//!   to;
 //! - `journal`: the task runs of each flow run, as an append-only sequence of
 //!   compact binary blobs (registrations, state transitions with messages,
 //!   result locations; format in the `journal` module). Readers fold it back
@@ -80,7 +81,7 @@ pub use writer::{
 };
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The store's file name inside `FERROFLOW_HOME`.
 pub const STORE_FILE_NAME: &str = "ferroflow.db";
@@ -311,6 +312,27 @@ pub fn state_from_name(name: &str) -> Option<StateKind> {
 /// [`Store::fixup_interrupted`]. Uses `/proc` where there is one, `kill -0`
 /// elsewhere on Unix; answers `true` (so nothing is marked interrupted) when it
 /// cannot tell.
+/// Who process `pid` is, beyond its number: `"<boot id>/<start time>"` from
+/// `/proc` (Linux), so that a pid reused by another process, or the same pid
+/// after a reboot, is not taken for the process that recorded a run. `None`
+/// where `/proc` does not tell (the process is gone, or not Linux).
+pub fn process_identity(pid: u32) -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parentheses):
+    // state is field 3, start time field 22.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let start = rest.split_whitespace().nth(19)?;
+    Some(format!("{}/{start}", boot.trim()))
+}
+
+/// This process's identity ([`process_identity`]), read once.
+pub(crate) fn own_identity() -> Option<&'static str> {
+    static OWN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| process_identity(std::process::id()))
+        .as_deref()
+}
+
 pub fn pid_is_alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
@@ -483,9 +505,10 @@ fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.pragma_query_value(None, "user_version", |r| r.get(0))
 }
 
-/// Create the version-1 schema in a store at version 0, inside one immediate
-/// transaction (a concurrent creator is waited for, then seen). A version-0 file
-/// that already has tables is somebody else's SQLite database: refused.
+/// Create the schema in a store at version 0, or bring an older version up to
+/// date, inside one immediate transaction (a concurrent creator is waited for,
+/// then seen). A version-0 file that already has tables is somebody else's
+/// SQLite database: refused.
 fn create_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let sq = |e| StoreError::from_sqlite(path, e);
     conn.execute_batch("BEGIN IMMEDIATE").map_err(sq)?;
@@ -501,10 +524,14 @@ fn create_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         if version == SCHEMA_VERSION {
             return Ok(());
         }
-        if count_tables(conn).map_err(sq)? > 0 {
-            return Err(foreign(path));
+        if version == 0 {
+            if count_tables(conn).map_err(sq)? > 0 {
+                return Err(foreign(path));
+            }
+            conn.execute_batch(SCHEMA_V1).map_err(sq)?;
         }
-        conn.execute_batch(SCHEMA_V1).map_err(sq)?;
+        // Version 2: the identity of the process that runs a flow run.
+        conn.execute_batch(SCHEMA_V2).map_err(sq)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sq)?;
         Ok(())
@@ -559,9 +586,21 @@ CREATE TABLE cache(
 );
 ";
 
+const SCHEMA_V2: &str = "ALTER TABLE flow_runs ADD COLUMN proc TEXT;";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_process_has_an_identity_on_linux() {
+        if Path::new("/proc/self/stat").exists() {
+            let me = process_identity(std::process::id()).expect("identity");
+            assert_eq!(Some(me.as_str()), own_identity());
+            assert!(me.contains('/'), "{me}");
+        }
+        assert_eq!(process_identity(u32::MAX), None);
+    }
 
     #[test]
     fn store_path_prefers_ferroflow_home() {

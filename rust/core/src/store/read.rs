@@ -372,26 +372,38 @@ impl Store {
     }
 
     /// Mark [`FLOW_INTERRUPTED`] every flow run recorded as running on `host` whose
-    /// process is gone, as `is_alive(pid)` tells (use [`super::pid_is_alive`]).
-    /// Runs of other hosts, or without a pid, are left alone. Returns the ids
-    /// marked.
+    /// process is gone. A run recorded with its process's identity (see
+    /// [`super::process_identity`]) is gone unless its pid is still that very
+    /// process: a pid reused by another process, or the machine rebooted since,
+    /// counts as gone. Otherwise `is_alive(pid)` tells (use
+    /// [`super::pid_is_alive`]). Runs of other hosts, or without a pid, are left
+    /// alone. Returns the ids marked.
     pub fn fixup_interrupted(
         &self,
         host: &str,
         mut is_alive: impl FnMut(u32) -> bool,
     ) -> Result<Vec<String>, StoreError> {
-        let running: Vec<(String, Option<u32>)> = self
+        type Row = (String, Option<u32>, Option<String>);
+        let running: Vec<Row> = self
             .conn
-            .prepare_cached("SELECT id, pid FROM flow_runs WHERE state = ?1 AND host = ?2")
+            .prepare_cached("SELECT id, pid, proc FROM flow_runs WHERE state = ?1 AND host = ?2")
             .and_then(|mut s| {
-                s.query_map(params![FLOW_RUNNING, host], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<Vec<_>>>()
+                s.query_map(params![FLOW_RUNNING, host], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
             })
             .map_err(|e| self.err(e))?;
         let mut marked = Vec::new();
-        for (id, pid) in running {
+        for (id, pid, identity) in running {
             let Some(pid) = pid else { continue };
-            if is_alive(pid) {
+            let gone = match identity {
+                // The recording process's identity is known: the pid must still
+                // be that process (not a reuse, not a pid after a reboot).
+                Some(recorded) => super::process_identity(pid).as_deref() != Some(&recorded),
+                None => !is_alive(pid),
+            };
+            if !gone {
                 continue;
             }
             let message =

@@ -973,12 +973,14 @@ impl Writer<'_> {
                     let key: i64 = conn
                         .prepare_cached(
                             "INSERT INTO flow_runs(id, flow_name, parameters, state, started, \
-                             pid, host, resumed_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                             pid, host, resumed_from, proc) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
                              ON CONFLICT(id) DO UPDATE SET flow_name = excluded.flow_name, \
                              parameters = excluded.parameters, state = excluded.state, \
                              message = NULL, started = excluded.started, ended = NULL, \
                              pid = excluded.pid, host = excluded.host, \
-                             resumed_from = excluded.resumed_from RETURNING key",
+                             resumed_from = excluded.resumed_from, proc = excluded.proc \
+                             RETURNING key",
                         )?
                         .query_row(
                             params![
@@ -989,7 +991,12 @@ impl Writer<'_> {
                                 started,
                                 pid,
                                 host,
-                                resumed_from
+                                resumed_from,
+                                // Known for this process only; another pid's
+                                // run falls back to the pid check.
+                                (pid == std::process::id())
+                                    .then(super::own_identity)
+                                    .flatten()
                             ],
                             |r| r.get(0),
                         )?;
