@@ -8,6 +8,8 @@ Commands:
 - ``ferroflow runs show RUN_ID [--json]``: one run (an id prefix is enough) with its task
   runs and failures.
 - ``ferroflow runs resume RUN_ID``: resume an interrupted or failed run.
+- ``ferroflow ui [--host H] [--port P]``: serve a read-only web view of the run store
+  (on 127.0.0.1 unless told otherwise) until Ctrl-C.
 
 Exit status: 0 when the flow succeeded (or the command did its job), 1 when the flow ran
 and did not succeed, 2 for bad usage or input (no such file, syntax error, no flow in
@@ -950,6 +952,41 @@ def runs_show_cmd(run_id: str, as_json: bool, limit: int) -> int:
 def runs_resume_cmd(run_id: str) -> int:
     """Resume flow run RUN_ID, reusing every finished task whose result was saved."""
     return _runs_resume(run_id)
+
+
+@cli.command("ui")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (the default serves this machine only).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(min=0, max=65535),
+    default=8765,
+    show_default=True,
+    help="Port to serve on (0: any free port).",
+)
+@_debug_option
+def ui_cmd(host: str, port: int) -> int:
+    """Serve a read-only web view of the recorded runs until Ctrl-C."""
+    from ferroflow.store import store_path
+    from ferroflow.ui import RunStoreUI
+
+    try:
+        ui = RunStoreUI(host=host, port=port, quiet=False)
+    except OSError as err:
+        raise CliError(f"cannot serve on {host}:{port}: {err.strerror or err}") from err
+    click.echo(f"Serving the runs in {store_path()} at {ui.url} (Ctrl-C to stop)")
+    sys.stdout.flush()
+    try:
+        ui.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ui.close()
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------
