@@ -40,6 +40,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ferroflow.store import FAILED_STATES
+
 if TYPE_CHECKING:
     from ferroflow.flow import Flow
     from ferroflow.states import State
@@ -57,7 +59,6 @@ EXIT_INTERRUPTED = 130
 MAX_TASK_ROWS = 50
 MAX_FAILURE_ROWS = 20
 
-_FAILED_STATE_NAMES = frozenset({"Failed", "TimedOut", "TriggerFailed"})
 _STATE_STYLES = {
     "Success": "green",
     "Cached": "green",
@@ -734,7 +735,7 @@ def _runs_show(run_id: str, as_json: bool, limit: int) -> int:
     out.print(info)
     if task_runs:
         out.print(_task_runs_table(task_runs, limit, run.started, out.width))
-    failed = [t for t in task_runs if t.state in _FAILED_STATE_NAMES]
+    failed = [t for t in task_runs if t.state in FAILED_STATES]
     if failed:
         errors_by_run: dict[int, list[str]] = {}
         for entry in logs:

@@ -39,11 +39,10 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ferroflow.exceptions import FerroflowError
-from ferroflow.store import FlowRunInfo, RunStore, open_store, store_path
+from ferroflow.store import FAILED_STATES, FlowRunInfo, RunStore, open_store, store_path
 
 __all__ = ["RunStoreUI"]
 
-_FAILED = frozenset({"Failed", "TimedOut", "TriggerFailed"})
 _COLORS = {
     "Success": "#1a7f37",
     "Cached": "#1a7f37",
@@ -230,7 +229,7 @@ class _Views:
             cells = ", ".join(f"{n} {_state(k)}" for k, n in states.most_common())
             parts.append(f"<tr><td>{_esc(name)}</td><td>{cells}</td></tr>")
         parts.append("</table>")
-        failed = [t for t in task_runs if t.state in _FAILED]
+        failed = [t for t in task_runs if t.state in FAILED_STATES]
         if failed:
             errors: dict[int, list[str]] = {}
             for line in logs:
