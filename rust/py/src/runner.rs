@@ -6,7 +6,14 @@
 //! arguments (a prebuilt tuple when they are all constants), call the user's
 //! function directly, store the returned object, tell the core. No State objects
 //! and no Python-level wrapper; tasks that need hooks (state handlers, caching,
-//! targets, timeouts, custom triggers) go through a Python hook instead.
+//! targets, timeouts, custom triggers) go through a Python hook instead. A task
+//! that only checkpoints into its pack takes the plain path too, and its value
+//! is appended to the pack here (`packs`).
+//!
+//! Records for the run store and pack blocks are buffered and sent in batches:
+//! when full, at a tick of the process-wide clock (`ticker`), before a call of
+//! a task not known to be quick, before waiting, and at the end, so a long
+//! call never holds back the records of runs that finished before it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
