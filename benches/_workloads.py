@@ -256,6 +256,26 @@ def build_checkpointed_map(n: int, result_dir: str) -> tuple[Flow, Task]:
     return flow, out
 
 
+def build_resumable_map(n: int, result_dir: str) -> tuple[Flow, Task, dict[str, bool]]:
+    """The checkpointed map of :func:`build_checkpointed_map` whose reduce fails while
+    ``switch["fail"]`` is true: run it once to fail, then resume it to restore every
+    child from its checkpoint."""
+    from ferroflow.results import LocalResult
+
+    switch = {"fail": True}
+
+    def total_or_fail(xs: list[int]) -> int:
+        if switch["fail"]:
+            raise RuntimeError("failing on purpose, to be resumed")
+        return sum(xs)
+
+    src_task = task(make_src(n), name="src")
+    inc_ckpt = task(inc, name="inc_ckpt", checkpoint=True, result=LocalResult(dir=result_dir))
+    with Flow(f"resumable-map-{n}") as flow:
+        out = task(total_or_fail, name="total")(inc_ckpt.map(src_task()))
+    return flow, out, switch
+
+
 def result_of(flow: Flow, out: Task, **run_kwargs: Any) -> Any:
     """Run ``flow`` and return the value of ``out`` (raises if the run did not succeed)."""
     state = flow.run(**run_kwargs)

@@ -291,3 +291,35 @@ def test_import_ferroflow_does_not_load_the_cli_or_store() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_restorable_rows_name_pack_records_and_plain_locations(tmp_path: Path) -> None:
+    from ferroflow import Flow, task
+    from ferroflow.results import LocalResult
+
+    @task(checkpoint=True, result=LocalResult(dir=tmp_path))
+    def half(x: int) -> float:
+        if x == 3:
+            raise ValueError("no")
+        return x / 2
+
+    @task(target="t/{x}.bin", result=LocalResult(dir=tmp_path))
+    def targeted(x: int) -> int:
+        return x
+
+    with Flow("restorable") as flow:
+        half.map([1, 2, 3])
+        targeted(7)
+    flow.run()
+    with open_store() as store:
+        (run,) = store.list_flow_runs()
+        rows = store.restorable(run.id)
+    by_key = {(r[2], r[1]): r for r in rows}
+    # The failed child and the tasks without a checkpoint have no row.
+    assert sorted(by_key) == [("half", 0), ("half", 1), ("targeted", -1)]
+    _t, _i, _n, pack, offset, length = by_key[("half", 1)]
+    assert pack.endswith(".pack") and offset > 0 and length > 0
+    result = LocalResult(dir=tmp_path)
+    assert result.read(f"{pack}#{offset}:{length}").value == 1.0
+    _t, _i, _n, location, offset, length = by_key[("targeted", -1)]
+    assert (location, offset, length) == ("t/7.bin", -1, -1)

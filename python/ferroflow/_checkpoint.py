@@ -223,24 +223,24 @@ def write(task: Any, value: Any, values: dict[str, Any], target: str | None) -> 
     return written.location or ""
 
 
-def read_for_restore(result: Result, locations: dict[Any, str]) -> dict[Any, Any]:
-    """The values at ``locations`` (by key) that can be read; unreadable ones are left
-    out (their runs run again). Records of one pack share one open, memory-mapped file,
-    so restoring a 100,000-child map costs one ``open`` and one header check per pack,
-    not one per child."""
-    from ferroflow.results import _split_slice
-
+def read_for_restore(result: Result, entries: dict[Any, tuple[str, int, int]]) -> dict[Any, Any]:
+    """The values of ``entries`` (``key: (location, offset, length)``, offset -1 for a
+    location that is not a pack record) that can be read; unreadable ones are left out
+    (their runs run again). Records of one pack share one open, memory-mapped file, so
+    restoring a 100,000-child map costs one ``open`` and one header check per pack, not
+    one per child."""
     out: dict[Any, Any] = {}
     by_pack: dict[str, list[tuple[Any, int, int]]] = {}
-    for key, location in locations.items():
-        rel, span = _split_slice(location)
-        if span is None or not isinstance(result, LocalResult):
+    packs = isinstance(result, LocalResult)
+    for key, (location, offset, length) in entries.items():
+        if offset < 0 or not packs:
+            where = location if offset < 0 else f"{location}#{offset}:{length}"
             try:
-                out[key] = result.read(location).value
+                out[key] = result.read(where).value
             except Exception:  # unreadable: run it again
                 pass
         else:
-            by_pack.setdefault(rel, []).append((key, *span))
+            by_pack.setdefault(location, []).append((key, offset, length))
     if not by_pack or not isinstance(result, LocalResult):
         return out
     deserialize = result.serializer.deserialize

@@ -106,6 +106,9 @@ class Store:
         """Keys: run, level, at, message."""
     def finished_task_runs_with_results(self, flow_run_id: str) -> list[dict[str, Any]]:
         """Keys: run, task, task_name, map_index, state, result_location."""
+    def restorable(self, flow_run_id: str) -> list[tuple[int, int, str, str, int, int]]:
+        """``(task, map_index | -1, task_name, location | pack, offset | -1, length | -1)``
+        per Success/Cached task run with a result location."""
     def mark_interrupted(self, id: str, message: str) -> bool:
         """Mark a flow run Interrupted if still Running; whether it was."""
     def fixup_interrupted(self, host: str | None = None) -> list[str]:

@@ -221,7 +221,7 @@ class FlowRun:
         release_results: bool = False,
         record: bool = True,
         resumed_from: str | None = None,
-        restore: dict[tuple[int, int], str] | None = None,
+        restore: dict[int, dict[int, tuple[str, int, int]]] | None = None,
         progress: Callable[[dict[str, int]], Any] | None = None,
     ) -> None:
         self.flow = flow
@@ -244,7 +244,7 @@ class FlowRun:
             self.token,
             release_results,
             self._record_spec(resumed_from) if record else None,
-            (self._restore_hook, sorted({t for t, _ in restore})) if restore else None,
+            (self._restore_hook, sorted(restore)) if restore else None,
             _progress_hook(progress) if progress is not None else None,
             self._pack_hook,
             plan.quick,
@@ -318,20 +318,21 @@ class FlowRun:
 
         The first call for a task reads every restorable value of that task at once
         (packs are opened once, not once per child); each is handed out once."""
-        location = self._restore.get((task_id, map_index))
-        if location is None:
+        entries = self._restore.get(task_id)
+        if entries is None or map_index not in entries:
             return None
         loaded = self._restored.get(task_id)
         if loaded is None:
             from ferroflow import _checkpoint
 
-            wanted = {i: loc for (t, i), loc in self._restore.items() if t == task_id}
             result = _checkpoint.backend(self.plan.tasks[task_id])
-            loaded = self._restored[task_id] = _checkpoint.read_for_restore(result, wanted)
+            loaded = self._restored[task_id] = _checkpoint.read_for_restore(result, entries)
         value = loaded.pop(map_index, _checkpoint_missing)
         if value is _checkpoint_missing:  # unreadable: run it again
             return None
-        return f"Restored from flow run {self._resumed_from} ({location}).", value
+        location, offset, length = entries[map_index]
+        where = location if offset < 0 else f"{location}#{offset}:{length}"
+        return f"Restored from flow run {self._resumed_from} ({where}).", value
 
     def _pack_hook(self, task_id: int) -> tuple[Any, str, Any, tuple[Any, ...], bool, Any, bool]:
         """Open the pack the native runner appends a task's checkpoints to."""
@@ -699,7 +700,7 @@ def run_flow(
     if record is None:
         record = _recording_default()
     resumed_from: str | None = None
-    restore: dict[tuple[int, int], str] | None = None
+    restore: dict[int, dict[int, tuple[str, int, int]]] | None = None
     if resume is not None:
         resumed_from, old_params, restore = _prepare_resume(flow, plan, resume)
         values = _resolve_parameters(flow, plan, {**old_params, **given})
@@ -759,8 +760,10 @@ def _progress_hook(progress: Callable[[dict[str, int]], Any]) -> Callable[[list[
 
 def _prepare_resume(
     flow: Flow, plan: _Plan, resume: str
-) -> tuple[str, dict[str, Any], dict[tuple[int, int], str]]:
-    """Find the flow run to resume and what of it can be restored."""
+) -> tuple[str, dict[str, Any], dict[int, dict[int, tuple[str, int, int]]]]:
+    """Find the flow run to resume and what of it can be restored: by task, by map
+    index (-1: the task's own run), ``(location, offset, length)`` (offset -1 unless the
+    location is a pack file)."""
     from ferroflow.exceptions import StoreError
     from ferroflow.store import open_store
 
@@ -778,14 +781,17 @@ def _prepare_resume(
             )
         if old.state in ("Success", "Cached"):
             raise StoreError(f"flow run {old.id} already succeeded: there is nothing to resume")
-        finished = store.finished_task_runs_with_results(old.id)
+        rows = store.restorable(old.id)
         params = old.parameters
-    restore: dict[tuple[int, int], str] = {}
-    for f in finished:
-        if f.task >= len(plan.tasks) or plan.tasks[f.task].name != f.task_name:
-            continue  # the flow changed since; run that task again
-        if f.state in ("Success", "Cached") and f.result_location:
-            restore[(f.task, -1 if f.map_index is None else f.map_index)] = f.result_location
+    restore: dict[int, dict[int, tuple[str, int, int]]] = {}
+    tasks = plan.tasks
+    for task_id, map_index, task_name, location, offset, length in rows:
+        entries = restore.get(task_id)
+        if entries is None:
+            if task_id >= len(tasks) or tasks[task_id].name != task_name:
+                continue  # the flow changed since; run that task again
+            entries = restore[task_id] = {}
+        entries[map_index] = (location, offset, length)
     return old.id, params, restore
 
 

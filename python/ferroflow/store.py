@@ -348,6 +348,16 @@ class RunStore:
             for d in self._store().finished_task_runs_with_results(flow_run_id)
         ]
 
+    def restorable(self, flow_run_id: str) -> list[tuple[int, int, str, str, int, int]]:
+        """What a resume of a flow run (by full id) can restore, as compact rows: one
+        ``(task, map_index, task_name, location, offset, length)`` per task run that
+        ended ``Success`` or ``Cached`` with a result location, in run order.
+        ``map_index`` is -1 for a task's own run; for a pack record, ``location`` is
+        the pack and ``offset``/``length`` name the payload, otherwise both are -1.
+        """
+        rows: list[tuple[int, int, str, str, int, int]] = self._store().restorable(flow_run_id)
+        return rows
+
     def mark_interrupted(self, flow_run_id: str, message: str) -> bool:
         """Mark a flow run ``Interrupted`` with ``message`` if it is still recorded as
         running. Returns whether it was."""

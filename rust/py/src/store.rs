@@ -7,6 +7,7 @@
 //! message (which names the store's path and says what to do), in [`store_err`].
 //! Store I/O runs with the GIL released.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,7 +19,7 @@ use ferroflow_core::store::{
 use ferroflow_core::{RunId, StateKind, TaskId};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::errors::ff_error;
 
@@ -129,6 +130,18 @@ fn finished_dict<'py>(py: Python<'py>, r: FinishedTaskRun) -> PyResult<Bound<'py
     d.set_item("state", r.state.name())?;
     d.set_item("result_location", r.result_location)?;
     Ok(d)
+}
+
+/// `"<pack>#<offset>:<length>"` split into its parts (as `results._split_slice`
+/// does), or None for any other location.
+fn split_pack_location(location: &str) -> Option<(&str, u64, u32)> {
+    let (pack, span) = location.rsplit_once('#')?;
+    let (offset, length) = span.split_once(':')?;
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if pack.is_empty() || !digits(offset) || !digits(length) {
+        return None;
+    }
+    Some((pack, offset.parse().ok()?, length.parse().ok()?))
 }
 
 fn cache_dict<'py>(py: Python<'py>, r: CacheRow) -> PyResult<Bound<'py, PyDict>> {
@@ -261,6 +274,53 @@ impl PyStore {
         let id = flow_run_id.to_owned();
         let rows = self.with(py, move |s| s.finished_task_runs_with_results(&id))?;
         dict_list(py, rows, finished_dict)
+    }
+
+    /// What a resume of a flow run can restore, compactly: one tuple per task run
+    /// that ended `Success` or `Cached` with a result location, in run order:
+    /// `(task, map_index or -1, task_name, location, offset, length)`. For a
+    /// pack record (`"<pack>#<offset>:<length>"`) `location` is the pack and
+    /// `offset`/`length` name the payload; otherwise both are -1. Repeated names
+    /// and packs are one string object each.
+    fn restorable<'py>(
+        &self,
+        py: Python<'py>,
+        flow_run_id: &str,
+    ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let id = flow_run_id.to_owned();
+        let rows = self.with(py, move |s| s.finished_task_runs_with_results(&id))?;
+        let mut strings: HashMap<String, Bound<'py, PyString>> = HashMap::new();
+        let mut intern = |text: &str| -> Bound<'py, PyString> {
+            if let Some(s) = strings.get(text) {
+                return s.clone();
+            }
+            let s = PyString::new(py, text);
+            strings.insert(text.to_owned(), s.clone());
+            s
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            if !matches!(r.state, StateKind::Success | StateKind::Cached) {
+                continue;
+            }
+            let (location, offset, length) = split_pack_location(&r.result_location)
+                .map_or((r.result_location.as_str(), -1, -1), |(p, o, l)| {
+                    (p, o as i64, i64::from(l))
+                });
+            let map_index = r.map_index.map_or(-1, i64::from);
+            out.push(PyTuple::new(
+                py,
+                [
+                    r.task.0.into_pyobject(py)?.into_any(),
+                    map_index.into_pyobject(py)?.into_any(),
+                    intern(&r.task_name).into_any(),
+                    intern(location).into_any(),
+                    offset.into_pyobject(py)?.into_any(),
+                    length.into_pyobject(py)?.into_any(),
+                ],
+            )?);
+        }
+        Ok(out)
     }
 
     /// Mark a flow run `Interrupted` with this message if it is still recorded as
