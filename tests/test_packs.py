@@ -445,3 +445,37 @@ def test_a_pack_write_that_fails_is_reported_and_fails_the_rest(tmp_path: Path) 
     warning = next(line for line in out.splitlines() if line.startswith("WARNING"))
     assert "RecordingWarning" in warning and "checkpoints of task 'blob'" in warning
     assert "run again on resume" in warning
+
+
+def test_a_resumed_run_can_itself_be_resumed_without_rerunning(tmp_path: Path) -> None:
+    """Restored children are recorded with their checkpoint in the resuming run too."""
+    calls: list[int] = []
+    broken = {"on": True}
+
+    @task(checkpoint=True, result=LocalResult(dir=tmp_path))
+    def square(x: int) -> int:
+        calls.append(x)
+        return x * x
+
+    @task(checkpoint=True, result=LocalResult(dir=tmp_path, location="one.bin"))
+    def single() -> int:
+        calls.append(-1)
+        return 10
+
+    @task
+    def total(xs: list[int], extra: int) -> int:
+        if broken["on"]:
+            raise RuntimeError("still broken")
+        return sum(xs) + extra
+
+    with Flow("resume-twice") as flow:
+        s = total(square.map(list(range(20))), single())
+    assert not flow.run().is_successful()
+    for attempt in range(2):  # resume the newest run: fails again, then succeeds
+        with open_store() as store:
+            newest = store.list_flow_runs(1)[0]
+        calls.clear()
+        broken["on"] = attempt == 0
+        state = flow.run(resume=newest.id)
+        assert calls == [], "restored runs were executed again"
+    assert state.is_successful() and state.result[s].result == sum(x * x for x in range(20)) + 10

@@ -26,7 +26,7 @@ class Runner:
         token: int,
         release: bool = False,
         record: tuple[str, str, str, str, str | None] | None = None,
-        restore: tuple[Callable[[int, int], tuple[str, Any] | None], list[int]] | None = None,
+        restore: tuple[Callable[[int, int], tuple[Any, ...] | None], list[int]] | None = None,
         progress: Callable[[list[int]], Any] | None = None,
         pack: Callable[[int], tuple[Any, str, Any, tuple[Any, ...], bool, Any, bool]] | None = None,
         quick: bytes | None = None,

@@ -313,8 +313,11 @@ class FlowRun:
         )
 
     # --- hooks called by the native runner ----------------------------------------------
-    def _restore_hook(self, task_id: int, map_index: int) -> tuple[str, Any] | None:
-        """The value of a run that finished in the resumed flow run, if still readable.
+    def _restore_hook(
+        self, task_id: int, map_index: int
+    ) -> tuple[str, Any, tuple[str, int, int]] | None:
+        """The value of a run that finished in the resumed flow run, if still readable,
+        with a message and where it is (recorded for this run too).
 
         The first call for a task reads every restorable value of that task at once
         (packs are opened once, not once per child); each is handed out once."""
@@ -332,7 +335,8 @@ class FlowRun:
             return None
         location, offset, length = entries[map_index]
         where = location if offset < 0 else f"{location}#{offset}:{length}"
-        return f"Restored from flow run {self._resumed_from} ({where}).", value
+        message = f"Restored from flow run {self._resumed_from} ({where})."
+        return message, value, entries[map_index]
 
     def _pack_hook(self, task_id: int) -> tuple[Any, str, Any, tuple[Any, ...], bool, Any, bool]:
         """Open the pack the native runner appends a task's checkpoints to."""

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use ferroflow_core::run::Source;
+use ferroflow_core::store::PackItem;
 use ferroflow_core::{
     EdgeId, EdgeSpec, FlowOutcome, Graph, Host, Outcome, Ready, Run, RunId, StateKind, TaskId,
     TaskSpec, Trigger,
@@ -121,7 +122,8 @@ struct Inner {
     run_hook: Option<Py<PyAny>>,
     trigger_hook: Option<Py<PyAny>>,
     observe_hook: Option<Py<PyAny>>,
-    /// Resume: `restore_hook(task, map_index)` gives `(message, value)` for runs
+    /// Resume: `restore_hook(task, map_index)` gives `(message, value,
+    /// (location, offset, length))` (or just `(message, value)`) for runs
     /// finished in an earlier flow run, for the tasks flagged in `restore_tasks`.
     restore_hook: Option<Py<PyAny>>,
     restore_tasks: Vec<bool>,
@@ -136,6 +138,8 @@ struct Inner {
     /// Checkpoints that were lost after their task succeeded (a failed block
     /// write), as messages for the end of the run.
     pack_problems: Vec<String>,
+    /// Pack records of restored runs, by pack, waiting to be recorded.
+    restored: Vec<(Arc<str>, Vec<PackItem>)>,
     /// The `ticker` epoch when buffers were last sent.
     epoch_seen: u64,
     /// By task: its last call ended within the tick it started in (calls of
@@ -435,7 +439,7 @@ impl Inner {
     /// Turn a popped run into work to call, or settle it at once (constants,
     /// collections, custom triggers that say no, argument errors). Returns the
     /// work, or the outcome and value to record now.
-    fn prepare_work(&self, py: Python<'_>, ready: Ready) -> Result<Work, Settled> {
+    fn prepare_work(&mut self, py: Python<'_>, ready: Ready) -> Result<Work, Settled> {
         if let Some(hook) = &self.restore_hook
             && self
                 .restore_tasks
@@ -451,6 +455,13 @@ impl Inner {
                         .ok()
                         .and_then(|m| m.extract::<String>().ok());
                     let value = found.get_item(1).map_or_else(|_| py.None(), Bound::unbind);
+                    // Where the value is: recorded for this run too, so a resume
+                    // of this flow run restores it again instead of re-running it.
+                    if let Ok(Ok((location, offset, length))) =
+                        found.get_item(2).map(|l| l.extract::<(String, i64, i64)>())
+                    {
+                        self.restored_location(ready.run, location, offset, length);
+                    }
                     return Err((Outcome::Restored(msg), Some(value)));
                 }
                 Ok(_) => {}
@@ -830,8 +841,45 @@ impl Inner {
         }
     }
 
+    /// Remember where the value of a restored run lives (a pack record when
+    /// `offset >= 0`), for the run store.
+    fn restored_location(&mut self, run: RunId, location: String, offset: i64, length: i64) {
+        let Some(rec) = self.recording.as_mut() else {
+            return;
+        };
+        match (u64::try_from(offset), u32::try_from(length)) {
+            (Ok(offset), Ok(length)) => {
+                let item = PackItem {
+                    run,
+                    offset,
+                    length,
+                };
+                match self.restored.last_mut() {
+                    Some((pack, items)) if **pack == *location => items.push(item),
+                    _ => self.restored.push((Arc::from(location), vec![item])),
+                }
+                if self.restored.iter().map(|(_, i)| i.len()).sum::<usize>() >= 8192 {
+                    self.flush_restored();
+                }
+            }
+            _ => {
+                rec.locations.insert(run.0, location);
+            }
+        }
+    }
+
+    fn flush_restored(&mut self) {
+        let restored = std::mem::take(&mut self.restored);
+        if let Some(rec) = self.recording.as_mut() {
+            for (pack, items) in restored {
+                rec.pack_locations(&pack, items);
+            }
+        }
+    }
+
     /// Write the buffered pack blocks.
     fn flush_packs(&mut self, py: Python<'_>) {
+        self.flush_restored();
         for i in 0..self.packs.len() {
             let written = self.packs[i].1.flush(py);
             self.pack_written(i, written);
@@ -1328,6 +1376,7 @@ impl PyRunner {
                 pack_hook: pack,
                 packs: Vec::new(),
                 pack_problems: Vec::new(),
+                restored: Vec::new(),
                 epoch_seen: ticker::epoch(),
                 // What an earlier run of the same plan learned (one byte per
                 // task), else every task counts as slow until it proves quick.
