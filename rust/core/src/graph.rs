@@ -14,10 +14,15 @@ use crate::trigger::Trigger;
 /// Everything the core needs to know about one task.
 #[derive(Clone, Debug)]
 pub struct TaskSpec {
+    /// The task's name (in messages and cycle reports).
     pub name: String,
+    /// How many times a retryable failure is retried.
     pub max_retries: u32,
+    /// How long a failed run waits before its retry is ready.
     pub retry_delay: Duration,
+    /// When the task may run, given its upstream states.
     pub trigger: Trigger,
+    /// Skip the task, without asking its trigger, when an upstream run was skipped.
     pub skip_on_upstream_skip: bool,
 }
 
@@ -37,10 +42,15 @@ impl TaskSpec {
 /// An edge `upstream -> downstream`. `keyed` edges carry data; the others only order.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct EdgeSpec {
+    /// The task that must finish first (and whose result a keyed edge carries).
     pub upstream: TaskId,
+    /// The task that waits for it.
     pub downstream: TaskId,
+    /// The edge carries data (an input of `downstream`).
     pub keyed: bool,
+    /// `downstream` maps over `upstream`'s result: one child run per element.
     pub mapped: bool,
+    /// With `mapped`: map over the elements of the elements (`flatten`).
     pub flattened: bool,
 }
 
@@ -70,7 +80,9 @@ impl EdgeSpec {
 /// A validated task graph.
 #[derive(Clone, Debug)]
 pub struct Graph {
+    /// The tasks, indexed by [`TaskId`].
     pub tasks: Vec<TaskSpec>,
+    /// The edges, indexed by [`EdgeId`].
     pub edges: Vec<EdgeSpec>,
     ins: Vec<Vec<EdgeId>>,
     outs: Vec<Vec<EdgeId>>,

@@ -45,24 +45,35 @@ pub trait Host {
 /// What the host reports when a run it executed ends.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
+    /// It succeeded.
     Success,
+    /// Its result came from the cache.
     Cached,
+    /// It raised SKIP (with this message).
     Skipped(Option<String>),
-    /// `retryable`: the error matches the task's `retry_on`.
+    /// It raised an error: retried while retries are left, if `retryable`.
     Failed {
+        /// The error, as the state's message.
         message: Option<String>,
+        /// The error matches the task's `retry_on`.
         retryable: bool,
     },
+    /// It ran past its timeout: retried like a failure.
     TimedOut {
+        /// The state's message.
         message: Option<String>,
+        /// As for `Failed`.
         retryable: bool,
     },
+    /// Its custom trigger (evaluated by the host) said no.
     TriggerFailed(Option<String>),
     /// The RETRY signal: retry after `retry_delay` even past `max_retries`.
     Retry(Option<String>),
     /// The LOOP signal: run again at once with the loop count + 1.
     Loop(Option<String>),
+    /// The PAUSE signal: the run waits for approval.
     Paused(Option<String>),
+    /// It was cancelled.
     Cancelled(Option<String>),
     /// Finished in an earlier flow run and restored from its checkpoint.
     Restored(Option<String>),
@@ -71,8 +82,11 @@ pub enum Outcome {
 /// A run the host should execute now.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Ready {
+    /// The run to execute.
     pub run: RunId,
+    /// Its task.
     pub task: TaskId,
+    /// Its index among a map's children (`None` for a task's own run).
     pub map_index: Option<u32>,
     /// 1 on the first attempt.
     pub run_count: u32,
@@ -101,9 +115,11 @@ pub type FlatSource = Source;
 /// The flow's final verdict from its reference tasks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FlowOutcome {
+    /// Every reference task (and child) finished without failing.
     Success,
     /// Reference tasks that failed (or have a failed child).
     Failed(Vec<TaskId>),
+    /// The run, or a reference task, was cancelled.
     Cancelled,
     /// Reference tasks that did not finish (paused, or waiting on a paused task).
     Unfinished(Vec<TaskId>),
@@ -125,6 +141,16 @@ struct TaskRec {
     whole_done: bool,
 }
 
+impl TaskRec {
+    /// Waits for no input: the task's own run may be pushed ready.
+    fn unblocked(&self) -> bool {
+        self.pending_whole == 0 && self.pending_expand == 0
+    }
+}
+
+/// How many states there are (the length of [`Run::state_counts`]).
+const N_STATES: usize = StateKind::ALL.len();
+
 /// The state of one flow run.
 pub struct Run {
     graph: Graph,
@@ -142,12 +168,12 @@ pub struct Run {
     flat: HashMap<u32, Vec<u32>>,
     stack: Vec<Item>,
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
-    in_flight: u32,
     journal: Option<Vec<(RunId, StateKind)>>,
     cancelled: bool,
     release: Option<Release>,
-    /// How many runs are in each state, by state code.
-    counts: [u32; 15],
+    /// How many runs are in each state, by state code. The runs in flight
+    /// (handed out, not completed) are exactly the `Running` ones.
+    counts: [u32; N_STATES],
 }
 
 /// Bookkeeping for releasing results nothing downstream still needs.
@@ -181,7 +207,7 @@ impl Run {
         }
         let mut stack = Vec::new();
         for t in (0..n).rev() {
-            if tasks[t].pending_whole == 0 && tasks[t].pending_expand == 0 {
+            if tasks[t].unblocked() {
                 stack.push(Item::One(RunId(t as u32)));
             }
         }
@@ -189,7 +215,7 @@ impl Run {
             task_of: (0..n as u32).map(TaskId).collect(),
             state: vec![StateKind::Pending; n],
             counts: {
-                let mut c = [0u32; 15];
+                let mut c = [0u32; N_STATES];
                 c[StateKind::Pending as usize] = n as u32;
                 c
             },
@@ -201,7 +227,6 @@ impl Run {
             flat: HashMap::new(),
             stack,
             timers: BinaryHeap::new(),
-            in_flight: 0,
             journal: None,
             cancelled: false,
             release: None,
@@ -401,18 +426,18 @@ impl Run {
     }
 
     /// How many runs are in each state, indexed by state code (for progress).
-    pub fn state_counts(&self) -> [u32; 15] {
+    pub fn state_counts(&self) -> [u32; N_STATES] {
         self.counts
     }
 
     /// Runs that have been handed out and not completed.
     pub fn in_flight(&self) -> u32 {
-        self.in_flight
+        self.counts[StateKind::Running as usize]
     }
 
     /// True when nothing is ready, waiting on a timer or executing.
     pub fn is_done(&self) -> bool {
-        self.stack.is_empty() && self.timers.is_empty() && self.in_flight == 0
+        self.stack.is_empty() && self.timers.is_empty() && self.in_flight() == 0
     }
 
     /// When the earliest retry timer fires, if any.
@@ -497,7 +522,6 @@ impl Run {
         let custom = spec.trigger == Trigger::Custom;
         if st == StateKind::Pending {
             let counts = self.upstream_counts(run);
-            let spec = &self.graph.tasks[task.idx()];
             if spec.skip_on_upstream_skip && counts.skipped > 0 {
                 self.finish(
                     run,
@@ -534,7 +558,6 @@ impl Run {
             *c = c.saturating_add(1);
         }
         self.set(run, StateKind::Running, None);
-        self.in_flight += 1;
         Some(Ready {
             run,
             task,
@@ -798,17 +821,17 @@ impl Run {
     }
 
     fn dec_expand(&mut self, d: TaskId) {
-        let rec = &mut self.tasks[d.idx()];
-        rec.pending_expand -= 1;
-        if rec.pending_expand == 0 && rec.pending_whole == 0 {
-            self.push_ready(RunId(d.0));
-        }
+        self.tasks[d.idx()].pending_expand -= 1;
+        self.push_if_unblocked(d);
     }
 
     fn dec_whole(&mut self, d: TaskId) {
-        let rec = &mut self.tasks[d.idx()];
-        rec.pending_whole -= 1;
-        if rec.pending_expand == 0 && rec.pending_whole == 0 {
+        self.tasks[d.idx()].pending_whole -= 1;
+        self.push_if_unblocked(d);
+    }
+
+    fn push_if_unblocked(&mut self, d: TaskId) {
+        if self.tasks[d.idx()].unblocked() {
             self.push_ready(RunId(d.0));
         }
     }
@@ -892,7 +915,6 @@ impl Run {
                 state: st.name(),
             });
         }
-        self.in_flight -= 1;
         let task = self.task_of[run.idx()];
         let spec = &self.graph.tasks[task.idx()];
         let (max_retries, delay) = (spec.max_retries, spec.retry_delay);
@@ -931,7 +953,6 @@ impl Run {
         self.cancelled = true;
         self.stack.clear();
         self.timers.clear();
-        self.in_flight = 0;
         for r in 0..self.state.len() {
             if matches!(
                 self.state[r],

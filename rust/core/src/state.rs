@@ -5,20 +5,35 @@
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum StateKind {
+    /// Not started yet.
     Pending = 0,
+    /// Will start at a set time (a kind of `Pending`).
     Scheduled = 1,
+    /// Waits for manual approval (a kind of `Scheduled`).
     Paused = 2,
+    /// A paused run that was approved (a kind of `Scheduled`).
     Resume = 3,
+    /// Failed and will run again after its retry delay (a kind of `Scheduled`).
     Retrying = 4,
+    /// Executing.
     Running = 5,
+    /// Succeeded. This and every later code is finished.
     Success = 6,
+    /// Did not execute: the result came from the cache (a kind of `Success`).
     Cached = 7,
+    /// A mapped task's own run, expanded into children (a kind of `Success`).
     Mapped = 8,
+    /// Skipped (a kind of `Success`).
     Skipped = 9,
+    /// Raised `LOOP` and runs again.
     Looped = 10,
+    /// Failed.
     Failed = 11,
+    /// Ran past its timeout (a kind of `Failed`).
     TimedOut = 12,
+    /// Its trigger said no, so it did not run (a kind of `Failed`).
     TriggerFailed = 13,
+    /// Cancelled.
     Cancelled = 14,
 }
 

@@ -6,17 +6,25 @@
 /// Counts of upstream states seen by one task run.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct UpstreamCounts {
+    /// Upstream runs seen.
     pub total: u32,
+    /// How many are successful ([`crate::StateKind::is_successful`]; skipped
+    /// runs count).
     pub successful: u32,
+    /// How many failed ([`crate::StateKind::is_failed`]).
     pub failed: u32,
+    /// How many were skipped.
     pub skipped: u32,
 }
 
 /// What a trigger decided.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TriggerDecision {
+    /// The task may run.
     Run,
+    /// The task does not run: it ends TriggerFailed with this message.
     Fail(String),
+    /// `manual_only`: the task waits for approval (Paused).
     Pause,
     /// `not_all_skipped` with every upstream skipped: the task is Skipped.
     Skip(String),
@@ -25,20 +33,35 @@ pub enum TriggerDecision {
 /// A trigger of a task.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Trigger {
+    /// Every upstream run is successful (the default).
     AllSuccessful,
+    /// Every upstream run failed.
     AllFailed,
+    /// At least one upstream run is successful.
     AnySuccessful,
+    /// At least one upstream run failed.
     AnyFailed,
+    /// Always, once the upstream runs have finished.
     AllFinished,
+    /// Never on its own: the task waits for manual approval.
     ManualOnly,
+    /// Skipped when every upstream run was skipped; otherwise as
+    /// `AllSuccessful`.
     NotAllSkipped,
-    /// Bounds below 1.0 are proportions of the number of upstream states.
+    /// The number of successful upstream runs is within the bounds. Bounds
+    /// below 1.0 are proportions of the number of upstream states.
     SomeSuccessful {
+        /// Lower bound, if any.
         at_least: Option<f64>,
+        /// Upper bound, if any.
         at_most: Option<f64>,
     },
+    /// The number of failed upstream runs is within the bounds (as for
+    /// `SomeSuccessful`).
     SomeFailed {
+        /// Lower bound, if any.
         at_least: Option<f64>,
+        /// Upper bound, if any.
         at_most: Option<f64>,
     },
     /// Evaluated by the host.

@@ -308,10 +308,6 @@ pub fn state_from_name(name: &str) -> Option<StateKind> {
     StateKind::ALL.iter().copied().find(|k| k.name() == name)
 }
 
-/// Whether process `pid` is alive on this machine, for
-/// [`Store::fixup_interrupted`]. Uses `/proc` where there is one, `kill -0`
-/// elsewhere on Unix; answers `true` (so nothing is marked interrupted) when it
-/// cannot tell.
 /// Who process `pid` is, beyond its number: `"<boot id>/<start time>"` from
 /// `/proc` (Linux), so that a pid reused by another process, or the same pid
 /// after a reboot, is not taken for the process that recorded a run. `None`
@@ -333,6 +329,10 @@ pub(crate) fn own_identity() -> Option<&'static str> {
         .as_deref()
 }
 
+/// Whether process `pid` is alive on this machine, for
+/// [`Store::fixup_interrupted`]. Uses `/proc` where there is one, `kill -0`
+/// elsewhere on Unix; answers `true` (so nothing is marked interrupted) when it
+/// cannot tell.
 pub fn pid_is_alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
@@ -459,13 +459,7 @@ pub(crate) fn open_connection(
     // Reading the version reads the header: a damaged file fails here, before
     // anything is written.
     let version = user_version(&conn).map_err(sq)?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema {
-            path: path.to_path_buf(),
-            found: version,
-            supported: SCHEMA_VERSION,
-        });
-    }
+    check_not_newer(path, version)?;
     if conn.is_readonly(rusqlite::MAIN_DB).map_err(sq)? {
         return Err(StoreError::ReadOnly {
             path: path.to_path_buf(),
@@ -501,6 +495,18 @@ fn foreign(path: &Path) -> StoreError {
     }
 }
 
+/// Refuse a store whose schema `version` is newer than this build's.
+fn check_not_newer(path: &Path, version: i64) -> Result<(), StoreError> {
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_path_buf(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.pragma_query_value(None, "user_version", |r| r.get(0))
 }
@@ -514,13 +520,7 @@ fn create_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE").map_err(sq)?;
     let result = (|| -> Result<(), StoreError> {
         let version = user_version(conn).map_err(sq)?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema {
-                path: path.to_path_buf(),
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
+        check_not_newer(path, version)?;
         if version == SCHEMA_VERSION {
             return Ok(());
         }

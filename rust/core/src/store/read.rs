@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
-use super::journal::{Fold, IdMap, transitions_of};
+use super::journal::{Fold, IdMap, RunFold, transitions_of};
 use super::{FLOW_INTERRUPTED, FLOW_RUNNING, Store, StoreError};
 use crate::{RunId, StateKind, TaskId};
 
@@ -125,19 +125,19 @@ struct Names {
 }
 
 impl Names {
+    fn of(fold: &Fold) -> Names {
+        Names {
+            by_task: fold
+                .names
+                .iter()
+                .map(|(&t, n)| (t, Arc::from(n.as_str())))
+                .collect(),
+            unknown: Arc::from(""),
+        }
+    }
+
     fn name(&self, task: u32) -> Arc<str> {
         Arc::clone(self.by_task.get(&task).unwrap_or(&self.unknown))
-    }
-}
-
-fn shared_names(fold: &Fold) -> Names {
-    Names {
-        by_task: fold
-            .names
-            .iter()
-            .map(|(&t, n)| (t, Arc::from(n.as_str())))
-            .collect(),
-        unknown: Arc::from(""),
     }
 }
 
@@ -160,11 +160,26 @@ fn flow_row(r: &Row<'_>) -> rusqlite::Result<FlowRunRow> {
 }
 
 /// Add or replace a cache entry.
-pub(crate) const CACHE_PUT: &str = "INSERT INTO cache(task_key, cache_key, inputs_hash, \
+const CACHE_PUT: &str = "INSERT INTO cache(task_key, cache_key, inputs_hash, \
      created, expires, result_location, serializer) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
      ON CONFLICT(task_key, cache_key, inputs_hash) DO UPDATE SET created = excluded.created, \
      expires = excluded.expires, result_location = excluded.result_location, \
      serializer = excluded.serializer";
+
+/// Add or replace a cache entry on `conn` (for [`Store::cache_put`] and the
+/// writer's [`super::Event::CachePut`]).
+pub(crate) fn put_cache_row(conn: &Connection, row: &CacheRow) -> rusqlite::Result<()> {
+    conn.prepare_cached(CACHE_PUT)?.execute(params![
+        row.task_key,
+        row.cache_key,
+        row.inputs_hash,
+        row.created,
+        row.expires,
+        row.result_location,
+        row.serializer
+    ])?;
+    Ok(())
+}
 
 const CACHE_COLS: &str =
     "task_key, cache_key, inputs_hash, created, expires, result_location, serializer";
@@ -182,20 +197,27 @@ fn cache_row(r: &Row<'_>) -> rusqlite::Result<CacheRow> {
 }
 
 impl Store {
+    /// Every row of the query `sql`, mapped by `f`, through the statement cache.
+    fn rows<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.query_map(params, f)?.collect())
+            .map_err(|e| self.err(e))
+    }
+
     /// The most recently started flow runs, newest first.
     pub fn list_flow_runs(&self, limit: usize) -> Result<Vec<FlowRunRow>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {FLOW_COLS} FROM flow_runs ORDER BY started DESC, key DESC LIMIT ?1"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([limit], flow_row)
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        self.rows(
+            &format!("SELECT {FLOW_COLS} FROM flow_runs ORDER BY started DESC, key DESC LIMIT ?1"),
+            [limit],
+            flow_row,
+        )
     }
 
     /// The flow run with this id, or the only one whose id starts with it (like a
@@ -216,13 +238,11 @@ impl Store {
         // Ids sort together with their prefixes: the matches are the first rows
         // at or after the prefix, on the unique index.
         let ids: Vec<String> = self
-            .conn
-            .prepare_cached("SELECT id FROM flow_runs WHERE id >= ?1 ORDER BY id LIMIT 6")
-            .and_then(|mut s| {
-                s.query_map([id_or_prefix], |r| r.get::<_, String>(0))?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(|e| self.err(e))?
+            .rows(
+                "SELECT id FROM flow_runs WHERE id >= ?1 ORDER BY id LIMIT 6",
+                [id_or_prefix],
+                |r| r.get::<_, String>(0),
+            )?
             .into_iter()
             .take_while(|id| id.starts_with(id_or_prefix))
             .collect();
@@ -241,16 +261,12 @@ impl Store {
 
     /// The journal blobs of a flow run (by full id), oldest first.
     fn journal(&self, flow_run_id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.conn
-            .prepare_cached(
-                "SELECT j.data FROM journal j JOIN flow_runs f ON j.flow_run = f.key \
-                 WHERE f.id = ?1 ORDER BY j.seq",
-            )
-            .and_then(|mut s| {
-                s.query_map([flow_run_id], |r| r.get::<_, Vec<u8>>(0))?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(|e| self.err(e))
+        self.rows(
+            "SELECT j.data FROM journal j JOIN flow_runs f ON j.flow_run = f.key \
+             WHERE f.id = ?1 ORDER BY j.seq",
+            [flow_run_id],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
     }
 
     fn damaged(&self, detail: String) -> StoreError {
@@ -260,23 +276,22 @@ impl Store {
         }
     }
 
-    /// Fold the journal of a flow run into its task runs.
-    fn fold(&self, flow_run_id: &str) -> Result<Fold, StoreError> {
+    /// Fold the journal of a flow run into its task runs: each in its latest
+    /// state, in run-id order, with the task names.
+    fn fold(&self, flow_run_id: &str) -> Result<(Vec<(u32, RunFold)>, Names), StoreError> {
         let mut fold = Fold::default();
         for blob in self.journal(flow_run_id)? {
             fold.apply(&blob).map_err(|d| self.damaged(d))?;
         }
-        Ok(fold)
+        let names = Names::of(&fold);
+        Ok((fold.runs.into_sorted(), names))
     }
 
     /// The task runs of a flow run (by full id), in run-id order, each in its
     /// latest state; empty when the flow run is unknown.
     pub fn task_runs(&self, flow_run_id: &str) -> Result<Vec<TaskRunRow>, StoreError> {
-        let fold = self.fold(flow_run_id)?;
-        let names = shared_names(&fold);
-        Ok(fold
-            .runs
-            .into_sorted()
+        let (runs, names) = self.fold(flow_run_id)?;
+        Ok(runs
             .into_iter()
             .map(|(run, r)| TaskRunRow {
                 run: RunId(run),
@@ -311,25 +326,19 @@ impl Store {
 
     /// The log lines of a flow run and its task runs, in the order written.
     pub fn logs(&self, flow_run_id: &str) -> Result<Vec<LogRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT l.run, l.level, l.at, l.message FROM logs l \
-                 JOIN flow_runs f ON l.flow_run = f.key WHERE f.id = ?1 ORDER BY l.rowid",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([flow_run_id], |r| {
+        self.rows(
+            "SELECT l.run, l.level, l.at, l.message FROM logs l \
+             JOIN flow_runs f ON l.flow_run = f.key WHERE f.id = ?1 ORDER BY l.rowid",
+            [flow_run_id],
+            |r| {
                 Ok(LogRow {
                     run: r.get::<_, Option<u32>>(0)?.map(RunId),
                     level: r.get(1)?,
                     at: r.get(2)?,
                     message: r.get(3)?,
                 })
-            })
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+            },
+        )
     }
 
     /// The finished task runs of a flow run that have a result location, in
@@ -338,11 +347,8 @@ impl Store {
         &self,
         flow_run_id: &str,
     ) -> Result<Vec<FinishedTaskRun>, StoreError> {
-        let fold = self.fold(flow_run_id)?;
-        let names = shared_names(&fold);
-        Ok(fold
-            .runs
-            .into_sorted()
+        let (runs, names) = self.fold(flow_run_id)?;
+        Ok(runs
             .into_iter()
             .filter_map(|(run, r)| {
                 let state = r.state.filter(|s| s.is_finished())?;
@@ -384,16 +390,11 @@ impl Store {
         mut is_alive: impl FnMut(u32) -> bool,
     ) -> Result<Vec<String>, StoreError> {
         type Row = (String, Option<u32>, Option<String>);
-        let running: Vec<Row> = self
-            .conn
-            .prepare_cached("SELECT id, pid, proc FROM flow_runs WHERE state = ?1 AND host = ?2")
-            .and_then(|mut s| {
-                s.query_map(params![FLOW_RUNNING, host], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(|e| self.err(e))?;
+        let running: Vec<Row> = self.rows(
+            "SELECT id, pid, proc FROM flow_runs WHERE state = ?1 AND host = ?2",
+            params![FLOW_RUNNING, host],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
         let mut marked = Vec::new();
         for (id, pid, identity) in running {
             let Some(pid) = pid else { continue };
@@ -438,37 +439,19 @@ impl Store {
         cache_key: &str,
         now: f64,
     ) -> Result<Vec<CacheRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
+        self.rows(
+            &format!(
                 "SELECT {CACHE_COLS} FROM cache WHERE task_key = ?1 AND cache_key = ?2 \
                  AND (expires IS NULL OR expires > ?3) ORDER BY created DESC"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![task_key, cache_key, now], cache_row)
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+            ),
+            params![task_key, cache_key, now],
+            cache_row,
+        )
     }
 
     /// Add a cache entry, replacing the one with the same task key, cache key
     /// and inputs hash. (A run can also send [`super::Event::CachePut`].)
     pub fn cache_put(&self, row: &CacheRow) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(CACHE_PUT)
-            .and_then(|mut s| {
-                s.execute(params![
-                    row.task_key,
-                    row.cache_key,
-                    row.inputs_hash,
-                    row.created,
-                    row.expires,
-                    row.result_location,
-                    row.serializer
-                ])
-            })
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        put_cache_row(&self.conn, row).map_err(|e| self.err(e))
     }
 }

@@ -298,6 +298,12 @@ impl Shared {
             path: self.path.clone(),
         }
     }
+
+    /// The writer is gone: `n` records could not be handed to it.
+    fn stopped_losing(&self, n: usize) {
+        self.lose(n);
+        self.record(self.stopped());
+    }
 }
 
 /// The write side of the store: one writer thread fed through a channel.
@@ -367,18 +373,7 @@ impl Recorder {
     /// [`Recorder::flush`], [`Recorder::close`], [`Recorder::error`] and
     /// [`Recorder::lost`].
     pub fn send(&self, event: Event) {
-        let mut inbox = self.shared.inbox();
-        if inbox.armed {
-            if let Some(msg) = inbox.add([event]) {
-                self.control(&mut inbox, msg);
-            }
-            return;
-        }
-        let n = event.rows();
-        if self.tx.send(Msg::Event(event)).is_err() {
-            self.shared.lose(n);
-            self.shared.record(self.shared.stopped());
-        }
+        self.queue([event], |[e]| e.rows(), |[e]| Msg::Event(e));
     }
 
     /// Queue several events, in order, as one channel message.
@@ -386,17 +381,33 @@ impl Recorder {
         if events.is_empty() {
             return;
         }
+        self.queue(
+            events,
+            |events| events.iter().map(Event::rows).sum(),
+            Msg::Events,
+        );
+    }
+
+    /// Send `events` as the channel message `msg` makes of them, or append
+    /// them to the inbox while it is armed (so that they stay behind the events
+    /// posted before them; see [`Inbox`]). `rows` counts their records, for
+    /// the loss count when the writer is gone.
+    fn queue<E: IntoIterator<Item = Event>>(
+        &self,
+        events: E,
+        rows: impl FnOnce(&E) -> usize,
+        msg: impl FnOnce(E) -> Msg,
+    ) {
         let mut inbox = self.shared.inbox();
         if inbox.armed {
-            if let Some(msg) = inbox.add(events) {
-                self.control(&mut inbox, msg);
+            if let Some(m) = inbox.add(events) {
+                self.control(&mut inbox, m);
             }
             return;
         }
-        let n = events.iter().map(Event::rows).sum();
-        if self.tx.send(Msg::Events(events)).is_err() {
-            self.shared.lose(n);
-            self.shared.record(self.shared.stopped());
+        let n = rows(&events);
+        if self.tx.send(msg(events)).is_err() {
+            self.shared.stopped_losing(n);
         }
     }
 
@@ -420,8 +431,8 @@ impl Recorder {
     fn control(&self, inbox: &mut Inbox, msg: Msg) {
         if self.tx.send(msg).is_err() {
             let lost = inbox.take();
-            self.shared.lose(lost.iter().map(Event::rows).sum());
-            self.shared.record(self.shared.stopped());
+            self.shared
+                .stopped_losing(lost.iter().map(Event::rows).sum());
         }
     }
 
@@ -551,19 +562,26 @@ impl EventBuffer {
 
     /// Send what is buffered to `recorder`.
     pub fn send(&mut self, recorder: &Recorder) {
-        if !self.events.is_empty() {
-            self.rows = 0;
-            recorder.send_all(std::mem::take(&mut self.events));
+        if let Some(events) = self.take() {
+            recorder.send_all(events);
         }
     }
 
     /// Hand what is buffered to `recorder` without waking its writer (see
     /// [`Recorder::post`]).
     pub fn post(&mut self, recorder: &Recorder) {
-        if !self.events.is_empty() {
-            self.rows = 0;
-            recorder.post(std::mem::take(&mut self.events));
+        if let Some(events) = self.take() {
+            recorder.post(events);
         }
+    }
+
+    /// Empty the buffer; `None` when there is nothing in it.
+    fn take(&mut self) -> Option<Vec<Event>> {
+        if self.events.is_empty() {
+            return None;
+        }
+        self.rows = 0;
+        Some(std::mem::take(&mut self.events))
     }
 
     /// How many events are buffered.
@@ -600,8 +618,13 @@ struct RunSet {
 }
 
 impl RunSet {
+    /// Where a run's bit is: `(page, word in the page, bit in the word)`.
+    fn locate(run: u32) -> (usize, usize, u32) {
+        ((run >> 16) as usize, ((run >> 6) & 1023) as usize, run & 63)
+    }
+
     fn insert(&mut self, run: u32) {
-        let (page, word, bit) = ((run >> 16) as usize, ((run >> 6) & 1023) as usize, run & 63);
+        let (page, word, bit) = RunSet::locate(run);
         if self.pages.len() <= page {
             self.pages.resize_with(page + 1, || None);
         }
@@ -619,7 +642,7 @@ impl RunSet {
     }
 
     fn contains(&self, run: u32) -> bool {
-        let (page, word, bit) = ((run >> 16) as usize, ((run >> 6) & 1023) as usize, run & 63);
+        let (page, word, bit) = RunSet::locate(run);
         match self.pages.get(page) {
             Some(Some(p)) => p[word] & (1 << bit) != 0,
             _ => false,
@@ -653,8 +676,8 @@ enum Op {
 struct Slot {
     flow: usize,
     enc: Encoder,
+    /// Records encoded (0: nothing to write).
     records: usize,
-    empty: bool,
 }
 
 /// Events the writer rejected (caller bugs): what to report and how many
@@ -721,10 +744,11 @@ impl Writer<'_> {
 
     /// The pending slot of a flow run (few per batch: a scan beats hashing).
     fn slot(&mut self, id: &Arc<str>) -> usize {
-        let found = self.pending.slots.iter().rposition(|s| {
-            let fid = &self.flows[s.flow].0;
-            Arc::ptr_eq(fid, id) || **fid == **id
-        });
+        let found = self
+            .pending
+            .slots
+            .iter()
+            .rposition(|s| same_id(&self.flows[s.flow].0, id));
         match found {
             Some(i) => i,
             None => {
@@ -733,7 +757,6 @@ impl Writer<'_> {
                     flow,
                     enc: Encoder::new(),
                     records: 0,
-                    empty: true,
                 });
                 self.pending.slots.len() - 1
             }
@@ -785,19 +808,13 @@ impl Writer<'_> {
                         j += 1;
                     }
                     let count = (j - i) as u32;
-                    let s = &mut self.pending.slots[slot];
+                    let enc = &mut self.pending.slots[slot].enc;
                     if count == 1 {
-                        s.enc.register(r0.run.0, r0.task.0, r0.map_index);
+                        enc.register(r0.run.0, r0.task.0, r0.map_index);
                     } else {
-                        s.enc
-                            .register_range(r0.run.0, count, r0.task.0, r0.map_index);
+                        enc.register_range(r0.run.0, count, r0.task.0, r0.map_index);
                     }
-                    s.empty = false;
-                    s.records += count as usize;
-                    self.flows[s.flow]
-                        .1
-                        .registered
-                        .insert_range(r0.run.0, count);
+                    self.registered(slot, r0.run.0, count, count as usize);
                     i = j;
                 }
             }
@@ -810,14 +827,10 @@ impl Writer<'_> {
             } => {
                 let slot = self.slot(&flow_run_id);
                 self.name_task(slot, task.0, &task_name);
-                let s = &mut self.pending.slots[slot];
-                s.enc.register_range(first_run.0, count, task.0, Some(0));
-                s.empty = false;
-                s.records += n;
-                self.flows[s.flow]
-                    .1
-                    .registered
-                    .insert_range(first_run.0, count);
+                self.pending.slots[slot]
+                    .enc
+                    .register_range(first_run.0, count, task.0, Some(0));
+                self.registered(slot, first_run.0, count, n);
             }
             Event::Transition { flow_run_id, item } => {
                 let slot = self.slot(&flow_run_id);
@@ -838,7 +851,6 @@ impl Writer<'_> {
                 if self.check(slot, run.0) {
                     let s = &mut self.pending.slots[slot];
                     s.enc.result_location(run.0, &location);
-                    s.empty = false;
                     s.records += 1;
                 }
             }
@@ -855,7 +867,6 @@ impl Writer<'_> {
                 if !kept.is_empty() {
                     let s = &mut self.pending.slots[slot];
                     s.enc.pack_locations(&pack, &kept);
-                    s.empty = false;
                     s.records += kept.len();
                 }
             }
@@ -863,6 +874,14 @@ impl Writer<'_> {
             e @ Event::Log { .. } => self.pending.ops.push(Op::Log(e)),
             Event::CachePut(row) => self.pending.ops.push(Op::CachePut(row)),
         }
+    }
+
+    /// Runs `first .. first + count` were encoded as registered (as `records`
+    /// records) in `slot`: later events may name them.
+    fn registered(&mut self, slot: usize, first: u32, count: u32, records: usize) {
+        let s = &mut self.pending.slots[slot];
+        s.records += records;
+        self.flows[s.flow].1.registered.insert_range(first, count);
     }
 
     /// Whether a task run may be written about (rejects it otherwise).
@@ -887,7 +906,6 @@ impl Writer<'_> {
                 t.message.as_deref(),
                 t.result_location.as_deref(),
             );
-            s.empty = false;
             s.records += 1;
         }
     }
@@ -1051,18 +1069,7 @@ impl Writer<'_> {
                         None => pending.rejects.add(|| unknown_flow_run(&flow_run_id), 1),
                     }
                 }
-                Op::CachePut(row) => {
-                    conn.prepare_cached(super::read::CACHE_PUT)?
-                        .execute(params![
-                            row.task_key,
-                            row.cache_key,
-                            row.inputs_hash,
-                            row.created,
-                            row.expires,
-                            row.result_location,
-                            row.serializer
-                        ])?;
-                }
+                Op::CachePut(row) => super::read::put_cache_row(conn, &row)?,
                 // `Writer::add` builds each op from its own variant.
                 Op::FlowStart(_) | Op::FlowEnd(_) | Op::Log(_) => {}
             }
@@ -1070,7 +1077,7 @@ impl Writer<'_> {
         let mut insert =
             conn.prepare_cached("INSERT INTO journal(flow_run, data) VALUES (?1, ?2)")?;
         for slot in std::mem::take(&mut pending.slots) {
-            if slot.empty {
+            if slot.records == 0 {
                 continue;
             }
             match self.key(slot.flow, &mut flow_key)? {
