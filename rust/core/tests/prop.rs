@@ -292,6 +292,26 @@ fn check_journal(run: &Run, journal: &[(RunId, StateKind)]) -> Result<(), TestCa
     Ok(())
 }
 
+/// The upstream runs of `r` (as its trigger sees them) that have not finished,
+/// with their states: none may be left when `r` is handed out.
+fn unfinished_upstream(run: &Run, r: RunId) -> Vec<(RunId, StateKind)> {
+    run.upstream_runs(r)
+        .into_iter()
+        .flat_map(|(_, ups)| ups)
+        .map(|u| (u, run.state(u).expect("state")))
+        .filter(|(_, s)| !s.is_finished())
+        .collect()
+}
+
+/// The flow outcome over the one reference task `t`, given whether it failed.
+fn verdict(t: TaskId, failed: bool) -> FlowOutcome {
+    if failed {
+        FlowOutcome::Failed(vec![t])
+    } else {
+        FlowOutcome::Success
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Property 1: random DAGs.
 
@@ -405,13 +425,8 @@ fn check_dag(case: &DagCase) -> Result<(), TestCaseError> {
                 attempts[t], ready.run_count
             ));
         }
-        for (_, ups) in run.upstream_runs(ready.run) {
-            for u in ups {
-                let s = run.state(u).expect("state");
-                if !s.is_finished() {
-                    violations.push(format!("task {t} started while upstream {} is {s:?}", u.0));
-                }
-            }
+        for (u, s) in unfinished_upstream(run, ready.run) {
+            violations.push(format!("task {t} started while upstream {} is {s:?}", u.0));
         }
         case.tasks[t].script.outcome(ready.run_count)
     });
@@ -568,8 +583,7 @@ fn check_map(case: &MapCase) -> Result<(), TestCaseError> {
     let graph = Graph::new(specs, edges).expect("a valid chain");
     let mut run = Run::new(graph);
     run.enable_journal();
-    let mut lens = Lens::default();
-    lens.len.insert(0, Ok(case.len));
+    let mut lens = Lens::with_lens([(0, case.len)]);
 
     let mut violations: Vec<String> = Vec::new();
     let order = drive(&mut run, &mut lens, |run, ready| {
@@ -585,16 +599,11 @@ fn check_map(case: &MapCase) -> Result<(), TestCaseError> {
             return Outcome::Success;
         };
         // Child i of stage s waits for child i of stage s - 1 to finish.
-        for (_, ups) in run.upstream_runs(ready.run) {
-            for u in ups {
-                let s = run.state(u).expect("state");
-                if !s.is_finished() {
-                    violations.push(format!(
-                        "child {i} of stage {t} started while upstream run {} is {s:?}",
-                        u.0
-                    ));
-                }
-            }
+        for (u, s) in unfinished_upstream(run, ready.run) {
+            violations.push(format!(
+                "child {i} of stage {t} started while upstream run {} is {s:?}",
+                u.0
+            ));
         }
         case.stages[t as usize - 1].children[i as usize].outcome(ready.run_count)
     });
@@ -654,19 +663,14 @@ fn check_map(case: &MapCase) -> Result<(), TestCaseError> {
     let journal = run.drain_journal();
     check_journal(&run, &journal)?;
 
-    let last = &want_stages[n_stages - 1];
-    let want_last = if last.iter().any(|c| ref_failed(c.0)) {
-        FlowOutcome::Failed(vec![TaskId(n_stages as u32)])
-    } else {
-        FlowOutcome::Success
-    };
-    prop_assert_eq!(run.outcome(&[TaskId(n_stages as u32)]), want_last);
-    let want_out = if ref_failed(want_reduce.0) {
-        FlowOutcome::Failed(vec![TaskId(reduce)])
-    } else {
-        FlowOutcome::Success
-    };
-    prop_assert_eq!(run.outcome(&[TaskId(reduce)]), want_out);
+    let last = TaskId(n_stages as u32);
+    let last_failed = want_stages[n_stages - 1].iter().any(|c| ref_failed(c.0));
+    prop_assert_eq!(run.outcome(&[last]), verdict(last, last_failed));
+    let reduce = TaskId(reduce);
+    prop_assert_eq!(
+        run.outcome(&[reduce]),
+        verdict(reduce, ref_failed(want_reduce.0))
+    );
     Ok(())
 }
 

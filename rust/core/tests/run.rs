@@ -6,11 +6,23 @@ use std::time::Duration;
 
 use common::{Lens, drive, state};
 use ferroflow_core::{
-    EdgeSpec, FlowOutcome, Graph, Outcome, Run, RunId, StateKind, TaskId, TaskSpec, Trigger,
+    EdgeSpec, FlowOutcome, Graph, Outcome, Ready, Run, RunId, StateKind, TaskId, TaskSpec, Trigger,
 };
 
 fn tasks(n: usize) -> Vec<TaskSpec> {
     (0..n).map(|i| TaskSpec::new(format!("t{i}"))).collect()
+}
+
+/// A run of these tasks and edges (which must make a valid graph).
+fn new_run(tasks: Vec<TaskSpec>, edges: Vec<EdgeSpec>) -> Run {
+    Run::new(Graph::new(tasks, edges).unwrap())
+}
+
+/// `0 -> 1 -> ... -> stages`, every edge mapped: a source and a chain of maps.
+fn map_chain(stages: u32) -> Vec<EdgeSpec> {
+    (0..stages)
+        .map(|s| EdgeSpec::new(s, s + 1).mapped())
+        .collect()
 }
 
 fn fail() -> Outcome {
@@ -20,17 +32,25 @@ fn fail() -> Outcome {
     }
 }
 
-#[test]
-fn chain_runs_in_order_and_failure_stops_downstream() {
-    let g = Graph::new(tasks(3), vec![EdgeSpec::new(0, 1), EdgeSpec::new(1, 2)]).unwrap();
-    let mut run = Run::new(g);
-    let order = drive(&mut run, &mut Lens::default(), |_, r| {
-        if r.task == TaskId(1) {
+/// Outcomes for [`drive`]: [`fail`] where `pred` says so, success elsewhere.
+fn fail_where(mut pred: impl FnMut(&Run, Ready) -> bool) -> impl FnMut(&Run, Ready) -> Outcome {
+    move |run, r| {
+        if pred(run, r) {
             fail()
         } else {
             Outcome::Success
         }
-    });
+    }
+}
+
+#[test]
+fn chain_runs_in_order_and_failure_stops_downstream() {
+    let mut run = new_run(tasks(3), vec![EdgeSpec::new(0, 1), EdgeSpec::new(1, 2)]);
+    let order = drive(
+        &mut run,
+        &mut Lens::default(),
+        fail_where(|_, r| r.task == TaskId(1)),
+    );
     assert_eq!(order, vec![RunId(0), RunId(1)]);
     assert_eq!(state(&run, 0), StateKind::Success);
     assert_eq!(state(&run, 1), StateKind::Failed);
@@ -46,16 +66,14 @@ fn skip_propagates_unless_disabled() {
     let mut t = tasks(4);
     t[3].skip_on_upstream_skip = false;
     t[3].trigger = Trigger::AllFinished;
-    let g = Graph::new(
+    let mut run = new_run(
         t,
         vec![
             EdgeSpec::new(0, 1),
             EdgeSpec::new(1, 2),
             EdgeSpec::new(1, 3),
         ],
-    )
-    .unwrap();
-    let mut run = Run::new(g);
+    );
     drive(&mut run, &mut Lens::default(), |_, r| {
         if r.task == TaskId(1) {
             Outcome::Skipped(None)
@@ -75,8 +93,7 @@ fn retry_waits_only_for_itself() {
     let mut t = tasks(4);
     t[0].max_retries = 2;
     t[0].retry_delay = Duration::from_secs(60);
-    let g = Graph::new(t, vec![EdgeSpec::new(1, 2), EdgeSpec::new(2, 3)]).unwrap();
-    let mut run = Run::new(g);
+    let mut run = new_run(t, vec![EdgeSpec::new(1, 2), EdgeSpec::new(2, 3)]);
     let mut attempts = 0;
     let order = drive(&mut run, &mut Lens::default(), |_, r| {
         if r.task == TaskId(0) {
@@ -100,8 +117,7 @@ fn retries_exhausted_and_not_retryable() {
     let mut t = tasks(2);
     t[0].max_retries = 2;
     t[1].max_retries = 5;
-    let g = Graph::new(t, vec![]).unwrap();
-    let mut run = Run::new(g);
+    let mut run = new_run(t, vec![]);
     drive(&mut run, &mut Lens::default(), |_, r| {
         if r.task == TaskId(0) {
             fail()
@@ -120,8 +136,7 @@ fn retries_exhausted_and_not_retryable() {
 
 #[test]
 fn loop_reruns_with_count() {
-    let g = Graph::new(tasks(1), vec![]).unwrap();
-    let mut run = Run::new(g);
+    let mut run = new_run(tasks(1), vec![]);
     let mut seen = Vec::new();
     drive(&mut run, &mut Lens::default(), |_, r| {
         seen.push(r.loop_count);
@@ -139,8 +154,7 @@ fn loop_reruns_with_count() {
 fn manual_only_pauses_and_flow_is_unfinished() {
     let mut t = tasks(2);
     t[1].trigger = Trigger::ManualOnly;
-    let g = Graph::new(t, vec![EdgeSpec::new(0, 1)]).unwrap();
-    let mut run = Run::new(g);
+    let mut run = new_run(t, vec![EdgeSpec::new(0, 1)]);
     drive(&mut run, &mut Lens::default(), |_, _| Outcome::Success);
     assert_eq!(state(&run, 1), StateKind::Paused);
     assert_eq!(
@@ -152,21 +166,16 @@ fn manual_only_pauses_and_flow_is_unfinished() {
 #[test]
 fn map_expands_and_reduce_sees_children() {
     // 0: source list of 5, 1: mapped over 0, 2: reduce of 1.
-    let g = Graph::new(
+    let mut run = new_run(
         tasks(3),
         vec![EdgeSpec::new(0, 1).mapped(), EdgeSpec::new(1, 2)],
-    )
-    .unwrap();
-    let mut run = Run::new(g);
-    let mut lens = Lens::default();
-    lens.len.insert(0, Ok(5));
-    drive(&mut run, &mut lens, |run, r| {
-        if run.map_index(r.run) == Some(2) {
-            fail()
-        } else {
-            Outcome::Success
-        }
-    });
+    );
+    let mut lens = Lens::with_lens([(0, 5)]);
+    drive(
+        &mut run,
+        &mut lens,
+        fail_where(|run, r| run.map_index(r.run) == Some(2)),
+    );
     let (base, n) = run.children(TaskId(1)).unwrap();
     assert_eq!(n, 5);
     assert_eq!(state(&run, 1), StateKind::Mapped);
@@ -182,25 +191,13 @@ fn map_expands_and_reduce_sees_children() {
 #[test]
 fn map_chain_is_depth_first_and_failure_stays_in_branch() {
     // 0: source (len 3), 1 = map(0), 2 = map(1), 3 = map(2)
-    let g = Graph::new(
-        tasks(4),
-        vec![
-            EdgeSpec::new(0, 1).mapped(),
-            EdgeSpec::new(1, 2).mapped(),
-            EdgeSpec::new(2, 3).mapped(),
-        ],
-    )
-    .unwrap();
-    let mut run = Run::new(g);
-    let mut lens = Lens::default();
-    lens.len.insert(0, Ok(3));
-    let order = drive(&mut run, &mut lens, |run, r| {
-        if r.task == TaskId(2) && run.map_index(r.run) == Some(1) {
-            fail()
-        } else {
-            Outcome::Success
-        }
-    });
+    let mut run = new_run(tasks(4), map_chain(3));
+    let mut lens = Lens::with_lens([(0, 3)]);
+    let order = drive(
+        &mut run,
+        &mut lens,
+        fail_where(|run, r| r.task == TaskId(2) && run.map_index(r.run) == Some(1)),
+    );
     let idx: Vec<(u32, Option<u32>)> = order
         .iter()
         .map(|&r| (run.task_of(r).unwrap().0, run.map_index(r)))
@@ -227,7 +224,7 @@ fn map_chain_is_depth_first_and_failure_stays_in_branch() {
 #[test]
 fn zip_to_shortest_and_empty_map() {
     // 0 (len 4), 1 (len 2) -> 2 = map(0, 1); 3 (len 0) -> 4 = map(3) -> 5 = map(4) -> 6 reduce
-    let g = Graph::new(
+    let mut run = new_run(
         tasks(7),
         vec![
             EdgeSpec::new(0, 2).mapped(),
@@ -236,13 +233,8 @@ fn zip_to_shortest_and_empty_map() {
             EdgeSpec::new(4, 5).mapped(),
             EdgeSpec::new(5, 6),
         ],
-    )
-    .unwrap();
-    let mut run = Run::new(g);
-    let mut lens = Lens::default();
-    lens.len.insert(0, Ok(4));
-    lens.len.insert(1, Ok(2));
-    lens.len.insert(3, Ok(0));
+    );
+    let mut lens = Lens::with_lens([(0, 4), (1, 2), (3, 0)]);
     drive(&mut run, &mut lens, |_, _| Outcome::Success);
     assert_eq!(run.children(TaskId(2)).unwrap().1, 2);
     assert_eq!(run.children(TaskId(5)).unwrap().1, 0);
@@ -251,12 +243,7 @@ fn zip_to_shortest_and_empty_map() {
 
 #[test]
 fn unmappable_input_fails_parent_with_message() {
-    let g = Graph::new(
-        tasks(3),
-        vec![EdgeSpec::new(0, 1).mapped(), EdgeSpec::new(1, 2).mapped()],
-    )
-    .unwrap();
-    let mut run = Run::new(g);
+    let mut run = new_run(tasks(3), map_chain(2));
     let mut lens = Lens::default();
     lens.len
         .insert(0, Err("int is not a sized sequence".into()));
@@ -273,21 +260,15 @@ fn unmappable_input_fails_parent_with_message() {
 #[test]
 fn flatten_across_children() {
     // 0 (len 3) -> 1 = map(0); 1 children return [0], [0,1], [0,1,2] -> 2 = map(flatten(1))
-    let g = Graph::new(
+    let mut run = new_run(
         tasks(3),
         vec![
             EdgeSpec::new(0, 1).mapped(),
             EdgeSpec::new(1, 2).mapped().flattened(),
         ],
-    )
-    .unwrap();
-    let mut run = Run::new(g);
-    let mut lens = Lens::default();
-    lens.len.insert(0, Ok(3));
+    );
     // children of task 1 are runs 3, 4, 5
-    for (i, r) in (3..6).enumerate() {
-        lens.len.insert(r, Ok(i as u32 + 1));
-    }
+    let mut lens = Lens::with_lens([(0, 3), (3, 1), (4, 2), (5, 3)]);
     drive(&mut run, &mut lens, |_, _| Outcome::Success);
     let (b2, n2) = run.children(TaskId(2)).unwrap();
     assert_eq!(n2, 6);
@@ -303,17 +284,13 @@ fn child_retries_on_its_own() {
     let mut t = tasks(2);
     t[1].max_retries = 1;
     t[1].retry_delay = Duration::from_secs(1);
-    let g = Graph::new(t, vec![EdgeSpec::new(0, 1).mapped()]).unwrap();
-    let mut run = Run::new(g);
-    let mut lens = Lens::default();
-    lens.len.insert(0, Ok(3));
-    drive(&mut run, &mut lens, |run, r| {
-        if run.map_index(r.run) == Some(1) && r.run_count == 1 {
-            fail()
-        } else {
-            Outcome::Success
-        }
-    });
+    let mut run = new_run(t, map_chain(1));
+    let mut lens = Lens::with_lens([(0, 3)]);
+    drive(
+        &mut run,
+        &mut lens,
+        fail_where(|run, r| run.map_index(r.run) == Some(1) && r.run_count == 1),
+    );
     let (b, _) = run.children(TaskId(1)).unwrap();
     assert_eq!(run.run_count(RunId(b.0 + 1)), 2);
     assert_eq!(run.run_count(RunId(b.0)), 1);
@@ -322,14 +299,15 @@ fn child_retries_on_its_own() {
 
 #[test]
 fn cancel_keeps_finished_states() {
-    let g = Graph::new(tasks(3), vec![EdgeSpec::new(0, 1), EdgeSpec::new(1, 2)]).unwrap();
-    let mut run = Run::new(g);
+    let mut run = new_run(tasks(3), vec![EdgeSpec::new(0, 1), EdgeSpec::new(1, 2)]);
     let now = std::time::Instant::now();
     let mut lens = Lens::default();
     let r0 = run.next_ready(now, &mut lens).unwrap();
     run.complete(r0.run, Outcome::Success, now).unwrap();
     let r1 = run.next_ready(now, &mut lens).unwrap();
+    assert_eq!(run.in_flight(), 1);
     run.cancel("interrupted");
+    assert_eq!(run.in_flight(), 0);
     assert!(run.is_done());
     assert_eq!(state(&run, 0), StateKind::Success);
     assert_eq!(state(&run, r1.run.0), StateKind::Cancelled);
@@ -340,14 +318,11 @@ fn cancel_keeps_finished_states() {
 
 #[test]
 fn million_children_fit() {
-    let g = Graph::new(
+    let mut run = new_run(
         tasks(3),
         vec![EdgeSpec::new(0, 1).mapped(), EdgeSpec::new(1, 2)],
-    )
-    .unwrap();
-    let mut run = Run::new(g);
-    let mut lens = Lens::default();
-    lens.len.insert(0, Ok(1_000_000));
+    );
+    let mut lens = Lens::with_lens([(0, 1_000_000)]);
     let order = drive(&mut run, &mut lens, |_, _| Outcome::Success);
     assert_eq!(order.len(), 1_000_002);
     assert_eq!(state(&run, 2), StateKind::Success);
@@ -356,19 +331,9 @@ fn million_children_fit() {
 #[test]
 fn release_frees_inputs_branch_by_branch() {
     // 0: source (len 3) -> 1 = map(0) -> 2 = map(1) -> 3 = map(2); 3 is terminal.
-    let g = Graph::new(
-        tasks(4),
-        vec![
-            EdgeSpec::new(0, 1).mapped(),
-            EdgeSpec::new(1, 2).mapped(),
-            EdgeSpec::new(2, 3).mapped(),
-        ],
-    )
-    .unwrap();
-    let mut run = Run::new(g);
+    let mut run = new_run(tasks(4), map_chain(3));
     run.enable_release(&[]);
-    let mut lens = Lens::default();
-    lens.len.insert(0, Ok(3));
+    let mut lens = Lens::with_lens([(0, 3)]);
     let mut released_after: Vec<(RunId, Vec<RunId>)> = Vec::new();
     let mut now = std::time::Instant::now();
     while let Some(r) = run.next_ready(now, &mut lens) {
@@ -396,22 +361,17 @@ fn release_frees_inputs_branch_by_branch() {
 
 #[test]
 fn state_counts_follow_every_transition() {
-    let g = Graph::new(
+    let mut run = new_run(
         tasks(3),
         vec![EdgeSpec::new(0, 1).mapped(), EdgeSpec::new(1, 2)],
-    )
-    .unwrap();
-    let mut run = Run::new(g);
+    );
     assert_eq!(run.state_counts()[StateKind::Pending as usize], 3);
-    let mut lens = Lens::default();
-    lens.len.insert(0, Ok(4));
-    drive(&mut run, &mut lens, |run, r| {
-        if run.map_index(r.run) == Some(1) {
-            fail()
-        } else {
-            Outcome::Success
-        }
-    });
+    let mut lens = Lens::with_lens([(0, 4)]);
+    drive(
+        &mut run,
+        &mut lens,
+        fail_where(|run, r| run.map_index(r.run) == Some(1)),
+    );
     let c = run.state_counts();
     assert_eq!(c.iter().sum::<u32>() as usize, run.n_runs());
     assert_eq!(c[StateKind::Success as usize], 4); // source + 3 children

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferroflow_core::store::{
-    CacheRow, Event, EventBuffer, FLOW_INTERRUPTED, NewTaskRun, PackItem, Recorder, Store,
-    StoreError, StoreOptions, TransitionItem,
+    CacheRow, Event, EventBuffer, FLOW_INTERRUPTED, FlowRunRow, NewTaskRun, PackItem, Recorder,
+    Store, StoreError, StoreOptions, TransitionItem, TransitionRow,
 };
 use ferroflow_core::{RunId, StateKind, TaskId};
 
@@ -80,6 +80,45 @@ fn started(flow_run_id: &Arc<str>, flow: &str) -> Event {
     }
 }
 
+/// A flow run of flow "f" started by process `pid` on `host`.
+fn started_by(flow_run_id: &str, pid: u32, host: &str) -> Event {
+    Event::FlowRunStarted {
+        id: id(flow_run_id),
+        flow_name: "f".into(),
+        parameters_json: "{}".into(),
+        started: 1.0,
+        pid,
+        host: host.into(),
+        resumed_from: None,
+    }
+}
+
+fn ended(flow_run_id: &Arc<str>, state: StateKind, at: f64) -> Event {
+    Event::FlowRunEnded {
+        id: Arc::clone(flow_run_id),
+        state,
+        message: None,
+        ended: at,
+    }
+}
+
+fn task_runs(flow_run_id: &Arc<str>, runs: Vec<NewTaskRun>) -> Event {
+    Event::TaskRuns {
+        flow_run_id: Arc::clone(flow_run_id),
+        runs,
+    }
+}
+
+fn log(flow_run_id: &Arc<str>, run: Option<u32>, level: i32, at: f64, message: &str) -> Event {
+    Event::Log {
+        flow_run_id: Arc::clone(flow_run_id),
+        run: run.map(RunId),
+        level,
+        at,
+        message: message.into(),
+    }
+}
+
 fn task_run(run: u32, task: u32, name: &Arc<str>, map_index: Option<u32>) -> NewTaskRun {
     NewTaskRun {
         run: RunId(run),
@@ -107,6 +146,38 @@ fn transition(flow_run_id: &Arc<str>, item: TransitionItem) -> Event {
     }
 }
 
+fn transitions(flow_run_id: &Arc<str>, items: Vec<TransitionItem>) -> Event {
+    Event::Transitions {
+        flow_run_id: Arc::clone(flow_run_id),
+        items,
+    }
+}
+
+/// The flow run with this id, which must exist.
+fn flow_run(store: &Store, id: &str) -> FlowRunRow {
+    store.flow_run(id).expect("get").expect("exists")
+}
+
+/// The states of a task run's history.
+fn states(hist: &[TransitionRow]) -> Vec<StateKind> {
+    hist.iter().map(|t| t.state).collect()
+}
+
+/// The history of task run `run` of flow run `id`, as states.
+fn history(store: &Store, id: &str, run: u32) -> Vec<StateKind> {
+    states(&store.transitions(id, RunId(run)).expect("history"))
+}
+
+/// The finished task runs of a flow run with results, as `(run, location)`.
+fn results(store: &Store, id: &str) -> Vec<(u32, String)> {
+    store
+        .finished_task_runs_with_results(id)
+        .expect("finished")
+        .into_iter()
+        .map(|t| (t.run.0, t.result_location))
+        .collect()
+}
+
 #[test]
 fn recorder_is_send_and_sync_and_store_is_send() {
     fn send_sync<T: Send + Sync>() {}
@@ -126,10 +197,10 @@ fn round_trip_flow_run_task_runs_transitions_logs() {
     let add: Arc<str> = Arc::from("add");
     let inc: Arc<str> = Arc::from("inc");
     rec.send(started(&fr, "etl"));
-    rec.send(Event::TaskRuns {
-        flow_run_id: Arc::clone(&fr),
-        runs: vec![task_run(0, 0, &add, None), task_run(1, 1, &inc, None)],
-    });
+    rec.send(task_runs(
+        &fr,
+        vec![task_run(0, 0, &add, None), task_run(1, 1, &inc, None)],
+    ));
     rec.send(transition(&fr, tr(0, StateKind::Running, 1, 1001.0)));
     rec.send(transition(
         &fr,
@@ -148,13 +219,13 @@ fn round_trip_flow_run_task_runs_transitions_logs() {
     ));
     // Task 1 maps over two items: its children are registered when it expands.
     rec.send(transition(&fr, tr(1, StateKind::Mapped, 1, 1005.0)));
-    rec.send(Event::TaskRuns {
-        flow_run_id: Arc::clone(&fr),
-        runs: vec![task_run(2, 1, &inc, Some(0)), task_run(3, 1, &inc, Some(1))],
-    });
-    rec.send(Event::Transitions {
-        flow_run_id: Arc::clone(&fr),
-        items: vec![
+    rec.send(task_runs(
+        &fr,
+        vec![task_run(2, 1, &inc, Some(0)), task_run(3, 1, &inc, Some(1))],
+    ));
+    rec.send(transitions(
+        &fr,
+        vec![
             tr(2, StateKind::Running, 1, 1006.0),
             tr(3, StateKind::Running, 1, 1006.5),
             tr(2, StateKind::Success, 1, 1007.0),
@@ -163,26 +234,14 @@ fn round_trip_flow_run_task_runs_transitions_logs() {
                 ..tr(3, StateKind::Failed, 1, 1008.0)
             },
         ],
-    });
+    ));
     rec.send(Event::ResultLocation {
         flow_run_id: Arc::clone(&fr),
         run: RunId(2),
         location: "results/inc-0.pickle".into(),
     });
-    rec.send(Event::Log {
-        flow_run_id: Arc::clone(&fr),
-        run: Some(RunId(3)),
-        level: 40,
-        at: 1008.0,
-        message: "task failed".into(),
-    });
-    rec.send(Event::Log {
-        flow_run_id: Arc::clone(&fr),
-        run: None,
-        level: 20,
-        at: 1009.0,
-        message: "flow finished".into(),
-    });
+    rec.send(log(&fr, Some(3), 40, 1008.0, "task failed"));
+    rec.send(log(&fr, None, 20, 1009.0, "flow finished"));
     rec.send(Event::FlowRunEnded {
         id: Arc::clone(&fr),
         state: StateKind::Failed,
@@ -233,9 +292,8 @@ fn round_trip_flow_run_task_runs_transitions_logs() {
     assert_eq!(tasks[3].message.as_deref(), Some("ValueError: bad"));
 
     let hist = store.transitions(&fr, RunId(0)).expect("transitions");
-    let states: Vec<StateKind> = hist.iter().map(|t| t.state).collect();
     use StateKind::{Retrying, Running, Success};
-    assert_eq!(states, [Running, Retrying, Running, Success]);
+    assert_eq!(states(&hist), [Running, Retrying, Running, Success]);
     assert_eq!(hist[1].message.as_deref(), Some("boom"));
     assert_eq!(hist[3].at, 1004.0);
 
@@ -246,18 +304,11 @@ fn round_trip_flow_run_task_runs_transitions_logs() {
     assert_eq!(logs[1].run, None);
     assert_eq!(logs[1].message, "flow finished");
 
-    let done = store
-        .finished_task_runs_with_results(&fr)
-        .expect("finished");
-    let done: Vec<(RunId, &str)> = done
-        .iter()
-        .map(|t| (t.run, t.result_location.as_str()))
-        .collect();
     assert_eq!(
-        done,
+        results(&store, &fr),
         [
-            (RunId(0), "results/add-0.pickle"),
-            (RunId(2), "results/inc-0.pickle")
+            (0, "results/add-0.pickle".to_string()),
+            (2, "results/inc-0.pickle".to_string())
         ]
     );
     // Unknown flow runs read as empty.
@@ -275,10 +326,10 @@ fn million_transitions_recorded_and_flushed() {
     // Worst case for the caller: one `send` per transition.
     let fr = id("one-event-each");
     rec.send(started(&fr, "map"));
-    rec.send(Event::TaskRuns {
-        flow_run_id: Arc::clone(&fr),
-        runs: (0..N).map(|r| task_run(r, 1, &name, Some(r))).collect(),
-    });
+    rec.send(task_runs(
+        &fr,
+        (0..N).map(|r| task_run(r, 1, &name, Some(r))).collect(),
+    ));
     rec.flush().expect("flush task runs");
     let t1 = Instant::now();
     for r in 0..N {
@@ -353,8 +404,7 @@ fn million_transitions_recorded_and_flushed() {
     let hist = store
         .transitions(&fr2, RunId(123_456))
         .expect("transitions");
-    let states: Vec<StateKind> = hist.iter().map(|t| t.state).collect();
-    assert_eq!(states, [StateKind::Running, StateKind::Success]);
+    assert_eq!(states(&hist), [StateKind::Running, StateKind::Success]);
     assert_eq!(hist[1].at, 3000.25);
     let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
         + fs::metadata(path.with_extension("db-wal"))
@@ -546,25 +596,16 @@ fn locked_store_reports_lost_records() {
 
     let other = rusqlite::Connection::open(&path).expect("open");
     other.execute_batch("BEGIN IMMEDIATE").expect("lock");
-    rec.send(Event::Log {
-        flow_run_id: Arc::clone(&fr),
-        run: None,
-        level: 20,
-        at: 1.0,
-        message: "lost".into(),
-    });
+    rec.send(log(&fr, None, 20, 1.0, "lost"));
     let err = rec.flush().expect_err("flush while locked");
     assert_eq!(err, StoreError::Locked { path: path.clone() });
     assert_message_helps(&err, &path);
     assert_eq!(rec.lost(), 1);
     other.execute_batch("COMMIT").expect("unlock");
     // The writer stopped: later records are counted, never silently dropped.
-    rec.send(Event::FlowRunEnded {
-        id: Arc::clone(&fr),
-        state: StateKind::Success,
-        message: None,
-        ended: 2.0,
-    });
+    rec.send(ended(&fr, StateKind::Success, 2.0));
+    assert_eq!(rec.flush(), Err(err.clone()));
+    assert_eq!(rec.lost(), 2);
     assert_eq!(rec.error(), Some(err.clone()));
     assert_eq!(rec.close(), Err(err));
 }
@@ -588,16 +629,10 @@ fn events_for_unknown_runs_are_reported() {
     // other a task run that was never registered.
     assert_eq!(rec.lost(), 2);
     // The rest was written.
-    rec.send(Event::FlowRunEnded {
-        id: Arc::clone(&fr),
-        state: StateKind::Success,
-        message: None,
-        ended: 3.0,
-    });
+    rec.send(ended(&fr, StateKind::Success, 3.0));
     assert!(rec.close().is_err());
     let store = Store::open(&path).expect("open");
-    let f = store.flow_run("known").expect("lookup").expect("exists");
-    assert_eq!(f.state, "Success");
+    assert_eq!(flow_run(&store, "known").state, "Success");
     assert!(
         store
             .transitions("known", RunId(5))
@@ -614,10 +649,7 @@ fn pack_locations_are_stored_per_run() {
     let fr = id("packed");
     let inc: Arc<str> = Arc::from("inc");
     rec.send(started(&fr, "f"));
-    rec.send(Event::TaskRuns {
-        flow_run_id: Arc::clone(&fr),
-        runs: vec![task_run(0, 0, &inc, None)],
-    });
+    rec.send(task_runs(&fr, vec![task_run(0, 0, &inc, None)]));
     rec.send(Event::MapChildren {
         flow_run_id: Arc::clone(&fr),
         task: TaskId(0),
@@ -625,10 +657,10 @@ fn pack_locations_are_stored_per_run() {
         first_run: RunId(1),
         count: 3,
     });
-    rec.send(Event::Transitions {
-        flow_run_id: Arc::clone(&fr),
-        items: (1..4).map(|r| tr(r, StateKind::Success, 1, 2.0)).collect(),
-    });
+    rec.send(transitions(
+        &fr,
+        (1..4).map(|r| tr(r, StateKind::Success, 1, 2.0)).collect(),
+    ));
     let item = |run, offset, length| PackItem {
         run: RunId(run),
         offset,
@@ -644,18 +676,11 @@ fn pack_locations_are_stored_per_run() {
     assert_eq!(rec.lost(), 1);
     drop(rec);
     let store = Store::open(&path).expect("open");
-    let done = store
-        .finished_task_runs_with_results("packed")
-        .expect("finished");
-    let done: Vec<(RunId, &str)> = done
-        .iter()
-        .map(|t| (t.run, t.result_location.as_str()))
-        .collect();
     assert_eq!(
-        done,
+        results(&store, "packed"),
         [
-            (RunId(1), "runs/packed/inc-7.pack#40:5"),
-            (RunId(3), "runs/packed/inc-7.pack#49:12"),
+            (1, "runs/packed/inc-7.pack#40:5".to_string()),
+            (3, "runs/packed/inc-7.pack#49:12".to_string()),
         ]
     );
 }
@@ -671,10 +696,7 @@ fn posted_events_keep_their_order_with_sent_ones() {
     // reach the writer before the registration (it would be rejected).
     rec.post(vec![
         started(&fr, "f"),
-        Event::TaskRuns {
-            flow_run_id: Arc::clone(&fr),
-            runs: vec![task_run(0, 0, &t, None)],
-        },
+        task_runs(&fr, vec![task_run(0, 0, &t, None)]),
     ]);
     rec.send(transition(&fr, tr(0, StateKind::Running, 1, 1.0)));
     rec.post(vec![transition(&fr, tr(0, StateKind::Retrying, 1, 2.0))]);
@@ -688,23 +710,18 @@ fn posted_events_keep_their_order_with_sent_ones() {
         first_run: RunId(1),
         count: 20_000,
     }]);
-    rec.post(vec![Event::Transitions {
-        flow_run_id: Arc::clone(&fr),
-        items: (1..20_001)
+    rec.post(vec![transitions(
+        &fr,
+        (1..20_001)
             .map(|r| tr(r, StateKind::Running, 1, 5.0))
             .collect(),
-    }]);
+    )]);
     rec.send(transition(&fr, tr(7, StateKind::Success, 1, 6.0)));
     rec.post(vec![transition(&fr, tr(8, StateKind::Success, 1, 6.0))]);
     rec.flush().expect("nothing rejected");
     assert_eq!(rec.lost(), 0);
     // A post alone is committed within the commit interval, without a flush.
-    rec.post(vec![Event::FlowRunEnded {
-        id: Arc::clone(&fr),
-        state: StateKind::Success,
-        message: None,
-        ended: 5.0,
-    }]);
+    rec.post(vec![ended(&fr, StateKind::Success, 5.0)]);
     let store = Store::open(&path).expect("open");
     let deadline = Instant::now() + Duration::from_secs(30);
     while store.flow_run("posted").expect("read").map(|f| f.state) != Some("Success".into()) {
@@ -714,22 +731,13 @@ fn posted_events_keep_their_order_with_sent_ones() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let states: Vec<StateKind> = store
-        .transitions("posted", RunId(0))
-        .expect("history")
-        .iter()
-        .map(|t| t.state)
-        .collect();
     use StateKind::{Retrying, Running, Success};
-    assert_eq!(states, [Running, Retrying, Running, Success]);
+    assert_eq!(
+        history(&store, "posted", 0),
+        [Running, Retrying, Running, Success]
+    );
     for r in [7, 8] {
-        let h: Vec<StateKind> = store
-            .transitions("posted", RunId(r))
-            .expect("history")
-            .iter()
-            .map(|t| t.state)
-            .collect();
-        assert_eq!(h, [Running, Success]);
+        assert_eq!(history(&store, "posted", r), [Running, Success]);
     }
     rec.close().expect("close");
 }
@@ -743,13 +751,7 @@ fn dropping_a_recorder_commits_what_was_sent() {
         let fr = id("dropped");
         rec.send(started(&fr, "f"));
         for i in 0..1000 {
-            rec.send(Event::Log {
-                flow_run_id: Arc::clone(&fr),
-                run: None,
-                level: 20,
-                at: f64::from(i),
-                message: format!("line {i}"),
-            });
+            rec.send(log(&fr, None, 20, f64::from(i), &format!("line {i}")));
         }
     }
     let store = Store::open(&path).expect("open");
@@ -798,25 +800,11 @@ fn interrupted_runs_are_fixed_up() {
     let dir = TempDir::new("interrupted");
     let path = dir.db();
     let rec = Recorder::start(&path).expect("start");
-    let mk = |fr: &str, pid: u32, host: &str| Event::FlowRunStarted {
-        id: id(fr),
-        flow_name: "f".into(),
-        parameters_json: "{}".into(),
-        started: 1.0,
-        pid,
-        host: host.into(),
-        resumed_from: None,
-    };
-    rec.send(mk("dead", 111, "here"));
-    rec.send(mk("alive", 222, "here"));
-    rec.send(mk("elsewhere", 111, "there"));
-    rec.send(mk("finished", 111, "here"));
-    rec.send(Event::FlowRunEnded {
-        id: id("finished"),
-        state: StateKind::Success,
-        message: None,
-        ended: 2.0,
-    });
+    rec.send(started_by("dead", 111, "here"));
+    rec.send(started_by("alive", 222, "here"));
+    rec.send(started_by("elsewhere", 111, "there"));
+    rec.send(started_by("finished", 111, "here"));
+    rec.send(ended(&id("finished"), StateKind::Success, 2.0));
     rec.close().expect("close");
 
     let store = Store::open(&path).expect("open");
@@ -830,7 +818,7 @@ fn interrupted_runs_are_fixed_up() {
     assert_eq!(marked, ["dead"]);
     asked.sort_unstable();
     assert_eq!(asked, [111, 222]);
-    let dead = store.flow_run("dead").expect("get").expect("exists");
+    let dead = flow_run(&store, "dead");
     assert_eq!(dead.state, FLOW_INTERRUPTED);
     assert!(
         dead.message.as_deref().unwrap_or("").contains("pid 111"),
@@ -841,17 +829,13 @@ fn interrupted_runs_are_fixed_up() {
         ("elsewhere", "Running"),
         ("finished", "Success"),
     ] {
-        assert_eq!(
-            store.flow_run(fr).expect("get").expect("exists").state,
-            state
-        );
+        assert_eq!(flow_run(&store, fr).state, state);
     }
-    // Idempotent.
-    assert!(
-        store
-            .fixup_interrupted("here", |_| false)
-            .expect("fixup")
-            .contains(&"alive".to_string())
+    // Once its process is gone, "alive" is marked too; "dead" is not marked
+    // again, and the runs of other hosts or that finished are left alone.
+    assert_eq!(
+        store.fixup_interrupted("here", |_| false).expect("fixup"),
+        ["alive"]
     );
     assert!(!store.mark_interrupted("dead", "again").expect("mark"));
     // This process is alive.
@@ -927,10 +911,7 @@ fn restarting_a_flow_run_keeps_its_task_runs() {
     let name: Arc<str> = Arc::from("t");
     let rec = Recorder::start(&path).expect("start");
     rec.send(started(&fr, "f"));
-    rec.send(Event::TaskRuns {
-        flow_run_id: Arc::clone(&fr),
-        runs: vec![task_run(0, 0, &name, None)],
-    });
+    rec.send(task_runs(&fr, vec![task_run(0, 0, &name, None)]));
     rec.send(transition(
         &fr,
         TransitionItem {
@@ -938,23 +919,15 @@ fn restarting_a_flow_run_keeps_its_task_runs() {
             ..tr(0, StateKind::Success, 1, 5.0)
         },
     ));
-    rec.send(Event::FlowRunEnded {
-        id: Arc::clone(&fr),
-        state: StateKind::Cancelled,
-        message: None,
-        ended: 6.0,
-    });
+    rec.send(ended(&fr, StateKind::Cancelled, 6.0));
     rec.close().expect("close");
     // A second process (new recorder, so the id is looked up in the file).
     let rec = Recorder::start(&path).expect("start");
     rec.send(started(&fr, "f"));
-    rec.send(Event::TaskRuns {
-        flow_run_id: Arc::clone(&fr),
-        runs: vec![task_run(0, 0, &name, None)],
-    });
+    rec.send(task_runs(&fr, vec![task_run(0, 0, &name, None)]));
     rec.close().expect("close");
     let store = Store::open(&path).expect("open");
-    let f = store.flow_run("again").expect("get").expect("exists");
+    let f = flow_run(&store, "again");
     assert_eq!((f.state.as_str(), f.ended), ("Running", None));
     let t = store.task_runs("again").expect("tasks");
     assert_eq!(t[0].state, StateKind::Success);
@@ -968,15 +941,7 @@ fn a_reused_pid_or_a_reboot_does_not_keep_a_run_running() {
     let rec = Recorder::start(&path).expect("start");
     let me = std::process::id();
     for fr in ["mine", "rebooted"] {
-        rec.send(Event::FlowRunStarted {
-            id: id(fr),
-            flow_name: "f".into(),
-            parameters_json: "{}".into(),
-            started: 1.0,
-            pid: me,
-            host: "here".into(),
-            resumed_from: None,
-        });
+        rec.send(started_by(fr, me, "here"));
     }
     rec.close().expect("close");
     if ferroflow_core::store::process_identity(me).is_none() {
@@ -995,10 +960,7 @@ fn a_reused_pid_or_a_reboot_does_not_keep_a_run_running() {
     // Even an is_alive that says yes to every pid does not keep it running.
     let marked = store.fixup_interrupted("here", |_| true).expect("fixup");
     assert_eq!(marked, ["rebooted"]);
-    assert_eq!(
-        store.flow_run("mine").expect("get").expect("exists").state,
-        "Running"
-    );
+    assert_eq!(flow_run(&store, "mine").state, "Running");
 }
 
 #[test]

@@ -13,6 +13,16 @@ pub struct Lens {
     pub item_len: HashMap<(u32, u32), u32>,
 }
 
+impl Lens {
+    /// Runs `run` return lists of `len` items, for each `(run, len)`.
+    pub fn with_lens(lens: impl IntoIterator<Item = (u32, u32)>) -> Lens {
+        Lens {
+            len: lens.into_iter().map(|(r, l)| (r, Ok(l))).collect(),
+            ..Lens::default()
+        }
+    }
+}
+
 impl Host for Lens {
     fn len_of(&mut self, run: RunId) -> Result<u32, String> {
         self.len
@@ -58,6 +68,7 @@ pub fn drive(
     order
 }
 
+/// The state of run `r`.
 pub fn state(run: &Run, r: u32) -> StateKind {
     run.state(RunId(r)).expect("state")
 }
