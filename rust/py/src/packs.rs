@@ -68,8 +68,12 @@ pub struct PackSink {
 /// What a block write gives back: the records' locations, or the error and how
 /// many checkpoints it lost.
 pub enum Written {
+    /// No block was written (nothing buffered, or the block is not full yet).
     Nothing,
+    /// A block reached the file: where each of its records is.
     Items(Vec<PackItem>),
+    /// Writing failed (why, and how many checkpoints were lost); the sink is
+    /// broken from then on.
     Lost(String, usize),
 }
 
@@ -293,17 +297,13 @@ impl PackSink {
             );
             return Err(ff_error(py, "ResultError", msg));
         };
+        self.buf.extend_from_slice(&len.to_be_bytes());
+        self.items.push((run, self.buf.len(), len));
         if bytes.len() >= BIG {
             // Written at once with what is buffered, without copying it.
-            self.buf.extend_from_slice(&len.to_be_bytes());
-            let at = self.buf.len();
-            self.items.push((run, at, len));
             return Ok(self.write_block(py, Some(&data)));
         }
-        self.buf.extend_from_slice(&len.to_be_bytes());
-        let at = self.buf.len();
         self.buf.extend_from_slice(bytes);
-        self.items.push((run, at, len));
         Ok(self.written_if_full(py))
     }
 
@@ -354,6 +354,7 @@ impl PackSink {
         }
     }
 
+    /// Visit the Python objects the sink holds (for the runner's `__traverse__`).
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.write)?;
         if let Some(f) = &self.fast {

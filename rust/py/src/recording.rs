@@ -61,10 +61,13 @@ pub fn recorder_for(path: &Path) -> Result<Arc<Recorder>, StoreError> {
 
 /// What a flow run needs to know to be recorded.
 pub struct FlowRunMeta {
+    /// The run store file.
     pub store_path: PathBuf,
     pub flow_run_id: String,
     pub flow_name: String,
+    /// The flow's parameters, as JSON.
     pub parameters_json: String,
+    /// The id of the flow run this one resumes, if any.
     pub resumed_from: Option<String>,
     /// This machine's name, as `socket.gethostname()` gives it (the interrupted-run
     /// fixup compares it).
@@ -75,9 +78,13 @@ pub struct FlowRunMeta {
 pub struct Recording {
     rec: Arc<Recorder>,
     buf: EventBuffer,
+    /// The flow run id.
     id: Arc<str>,
+    /// Task names, by task id (shared by every event that names a task).
     names: Vec<Arc<str>>,
+    /// Transitions not yet in a `Transitions` event.
     items: Vec<TransitionItem>,
+    /// The time given to transitions, re-read every 256 journal calls.
     at: f64,
     clock_uses: u32,
     /// Result locations reported by checkpointing tasks, waiting for the run's

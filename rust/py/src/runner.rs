@@ -34,6 +34,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::{ff_error, to_py};
 use crate::packs::{PackSink, Written};
 use crate::recording::{FlowRunMeta, Recording};
+use crate::store::{host_name, store_err};
 use crate::ticker;
 
 /// What the calling thread is executing, for `ferroflow.context`.
@@ -47,18 +48,24 @@ struct Current {
     loop_result: Option<Py<PyAny>>,
 }
 
+impl Current {
+    /// The previous loop iteration's result, or None.
+    fn loop_result(&self, py: Python<'_>) -> Py<PyAny> {
+        self.loop_result
+            .as_ref()
+            .map_or_else(|| py.None(), |v| v.clone_ref(py))
+    }
+}
+
 thread_local! {
     static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
 }
 
+/// What the calling thread is executing, as `_native.current()` returns it.
 pub fn current(py: Python<'_>) -> Option<Py<PyAny>> {
     CURRENT.with(|c| {
         let c = c.borrow();
         let c = c.as_ref()?;
-        let lr = c
-            .loop_result
-            .as_ref()
-            .map_or_else(|| py.None(), |v| v.clone_ref(py));
         (
             c.token,
             c.run,
@@ -66,7 +73,7 @@ pub fn current(py: Python<'_>) -> Option<Py<PyAny>> {
             c.map_index,
             c.run_count,
             c.loop_count,
-            lr,
+            c.loop_result(py),
         )
             .into_pyobject(py)
             .ok()
@@ -76,6 +83,15 @@ pub fn current(py: Python<'_>) -> Option<Py<PyAny>> {
 
 fn set_current(cur: Option<Current>) {
     CURRENT.with(|c| *c.borrow_mut() = cur);
+}
+
+/// A failure that retries cannot fix (the inputs could not be assembled, the
+/// value not checkpointed, a hook misbehaved).
+fn fatal(message: String) -> Outcome {
+    Outcome::Failed {
+        message: Some(message),
+        retryable: false,
+    }
 }
 
 /// One argument of a task: the value of an input edge, or a constant.
@@ -130,8 +146,8 @@ struct Inner {
     /// `progress_hook(counts)` with the number of runs per state code, at most
     /// every `PROGRESS_EVERY`.
     progress_hook: Option<Py<PyAny>>,
-    /// `pack_hook(task)` opens the pack of a `Kind::Pack` task: `(write_framed,
-    /// location, fast, gate, slow)`.
+    /// `pack_hook(task)` opens the pack of a `Kind::Pack` task and returns what
+    /// [`PackSink::from_hook`] takes.
     pack_hook: Option<Py<PyAny>>,
     /// Open packs by task (few: a linear scan).
     packs: Vec<(u32, PackSink)>,
@@ -149,14 +165,23 @@ struct Inner {
     steps: u32,
     signal_base: Py<PyAny>,
     token: u64,
-    observing: bool,
     /// The core journals transitions (for handlers or the run store).
     journaling: bool,
     journal_buf: Vec<(RunId, StateKind)>,
     recording: Option<Recording>,
-    releasing: bool,
-    epoch: Instant,
+    /// When the run was built: the time given to the core where no timer can
+    /// be due or set (one clock read less per task).
+    started: Instant,
     finished: bool,
+}
+
+/// The value in the result slab for `run`, or None when there is none (not run
+/// yet, or released).
+fn slab_get<'py>(py: Python<'py>, results: &[Option<Py<PyAny>>], run: RunId) -> Bound<'py, PyAny> {
+    match results.get(run.idx()) {
+        Some(Some(v)) => v.bind(py).clone(),
+        _ => py.None().into_bound(py),
+    }
 }
 
 /// The result slab seen by the core when it needs lengths for mapping.
@@ -185,10 +210,7 @@ fn seq_len(obj: &Bound<'_, PyAny>) -> Result<u32, String> {
 
 impl LenHost<'_, '_> {
     fn get(&self, run: RunId) -> Bound<'_, PyAny> {
-        match self.results.get(run.idx()) {
-            Some(Some(v)) => v.bind(self.py).clone(),
-            _ => self.py.None().into_bound(self.py),
-        }
+        slab_get(self.py, self.results, run)
     }
 }
 
@@ -279,12 +301,7 @@ fn parse_call(py: Python<'_>, n_edges: usize, t: &Bound<'_, PyTuple>) -> PyResul
             parse_slot(n_edges, pair.get_item(1)?.cast::<PyTuple>()?)?,
         ));
     }
-    let retry_on = t.get_item(4)?;
-    let retry_on = if retry_on.is_none() {
-        None
-    } else {
-        Some(retry_on.unbind())
-    };
+    let retry_on: Option<Py<PyAny>> = t.get_item(4)?.extract()?;
     let observed: bool = t.get_item(5)?.extract()?;
     let const_args = if kw.is_empty() && pos.iter().all(|s| matches!(s, Slot::Const(_))) {
         let vals = pos.iter().map(|s| match s {
@@ -308,10 +325,7 @@ fn parse_call(py: Python<'_>, n_edges: usize, t: &Bound<'_, PyTuple>) -> PyResul
 
 impl Inner {
     fn result<'py>(&self, py: Python<'py>, r: RunId) -> Bound<'py, PyAny> {
-        match self.results.get(r.idx()) {
-            Some(Some(v)) => v.bind(py).clone(),
-            _ => py.None().into_bound(py),
-        }
+        slab_get(py, &self.results, r)
     }
 
     fn value_of<'py>(&self, py: Python<'py>, e: EdgeId, run: RunId) -> PyResult<Bound<'py, PyAny>> {
@@ -467,11 +481,7 @@ impl Inner {
                 Ok(_) => {}
                 Err(e) => {
                     let msg = format!("Could not restore the task from the earlier run: {e}");
-                    let failed = Outcome::Failed {
-                        message: Some(msg),
-                        retryable: false,
-                    };
-                    return Err((failed, None));
+                    return Err((fatal(msg), None));
                 }
             }
         }
@@ -488,11 +498,7 @@ impl Inner {
             Ok(a) => a,
             Err(e) => {
                 let msg = format!("Could not assemble the inputs of the task: {e}");
-                let failed = Outcome::Failed {
-                    message: Some(msg),
-                    retryable: false,
-                };
-                return Err((failed, Some(e.into_value(py).into_any())));
+                return Err((fatal(msg), Some(e.into_value(py).into_any())));
             }
         };
         match call.kind {
@@ -513,13 +519,7 @@ impl Inner {
         let hook = if call.kind == Kind::Hook {
             let Some(hook) = &self.run_hook else {
                 let msg = "internal error: task needs the run hook but none was given".to_string();
-                return Err((
-                    Outcome::Failed {
-                        message: Some(msg),
-                        retryable: false,
-                    },
-                    None,
-                ));
+                return Err((fatal(msg), None));
             };
             Some(hook.clone_ref(py))
         } else {
@@ -542,7 +542,6 @@ impl Inner {
             },
             run: ready.run,
             hook,
-            pack: call.kind == Kind::Pack,
             func,
             args,
             kwargs,
@@ -571,18 +570,14 @@ impl Inner {
         };
         if !hooked {
             if let Ok(task) = self.run.task_of(work_run)
-                && self.calls[task.idx()].kind == Kind::Pack
+                && self.is_pack(task)
                 && let Err(e) = self.pack_value(py, task, work_run, value.bind(py))
             {
                 let msg = format!(
                     "The task succeeded but its result could not be written: {}",
                     e.value(py)
                 );
-                let failed = Outcome::Failed {
-                    message: Some(msg),
-                    retryable: false,
-                };
-                return (failed, Some(e.into_value(py).into_any()), false);
+                return (fatal(msg), Some(e.into_value(py).into_any()), false);
             }
             return (Outcome::Success, Some(value), false);
         }
@@ -624,14 +619,7 @@ impl Inner {
             }
             Err(e) => {
                 let msg = format!("internal error: the run hook returned a bad value: {e}");
-                (
-                    Outcome::Failed {
-                        message: Some(msg),
-                        retryable: false,
-                    },
-                    None,
-                    false,
-                )
+                (fatal(msg), None, false)
             }
         }
     }
@@ -661,7 +649,7 @@ impl Inner {
         }
         let t = match outcome {
             Outcome::Failed { .. } | Outcome::TimedOut { .. } | Outcome::Retry(_) => Instant::now(),
-            _ => self.epoch,
+            _ => self.started,
         };
         self.run
             .complete(run, outcome, t)
@@ -679,7 +667,7 @@ impl Inner {
             let now = if self.run.next_wakeup().is_some() {
                 Instant::now()
             } else {
-                self.epoch
+                self.started
             };
             let ready = {
                 let mut host = LenHost {
@@ -753,25 +741,23 @@ impl Inner {
         if let Some(rec) = self.recording.as_mut() {
             rec.journal(&self.run, &journal);
         }
-        if executed || !self.observing {
-            self.journal_buf = journal;
-            return Ok(());
-        }
-        let Some(hook) = &self.observe_hook else {
-            return Ok(());
-        };
-        for &(r, kind) in &journal {
-            if matches!(kind, StateKind::Running | StateKind::Pending) {
-                continue;
+        // The observe hook is given only when some task has state handlers.
+        if let Some(hook) = &self.observe_hook
+            && !executed
+        {
+            for &(r, kind) in &journal {
+                if matches!(kind, StateKind::Running | StateKind::Pending) {
+                    continue;
+                }
+                let Ok(task) = self.run.task_of(r) else {
+                    continue;
+                };
+                if !self.calls[task.idx()].observed {
+                    continue;
+                }
+                let msg = self.run.message(r).map(str::to_string);
+                hook.bind(py).call1((r.0, task.0, kind as u8, msg))?;
             }
-            let Ok(task) = self.run.task_of(r) else {
-                continue;
-            };
-            if !self.calls[task.idx()].observed {
-                continue;
-            }
-            let msg = self.run.message(r).map(str::to_string);
-            hook.bind(py).call1((r.0, task.0, kind as u8, msg))?;
         }
         self.journal_buf = journal;
         Ok(())
@@ -792,6 +778,13 @@ impl Inner {
         let counts = self.run.state_counts();
         // A failing progress callback must not stop the flow run.
         let _ = hook.bind(py).call1((counts.to_vec(),));
+    }
+
+    /// Whether `task` checkpoints into its pack (`Kind::Pack`).
+    fn is_pack(&self, task: TaskId) -> bool {
+        self.calls
+            .get(task.idx())
+            .is_some_and(|c| c.kind == Kind::Pack)
     }
 
     /// Append the value of a `Kind::Pack` run to its task's pack (opened on
@@ -821,6 +814,8 @@ impl Inner {
         Ok(())
     }
 
+    /// Act on what a block write of pack `i` gave back: record the locations,
+    /// or note the lost checkpoints.
     fn pack_written(&mut self, i: usize, written: Written) {
         match written {
             Written::Nothing => {}
@@ -868,6 +863,7 @@ impl Inner {
         }
     }
 
+    /// Record the buffered pack locations of restored runs.
     fn flush_restored(&mut self) {
         let restored = std::mem::take(&mut self.restored);
         if let Some(rec) = self.recording.as_mut() {
@@ -895,29 +891,31 @@ impl Inner {
         }
     }
 
-    /// Send what is buffered when the clock ticked since the last time (one
-    /// atomic load otherwise): the worker-thread loop wakes at least every
-    /// 50 ms, so records and checkpoints of finished runs reach the store
-    /// within a tick or two however long the calls in flight take.
-    fn tick(&mut self, py: Python<'_>) {
+    /// Send what is buffered when `force`d or when the clock ticked since the
+    /// last time (one atomic load otherwise). Returns the current epoch. The
+    /// worker-thread loop comes here at least every [`MAX_WAIT`], so records
+    /// and checkpoints of finished runs reach the store within a tick or two
+    /// however long the calls in flight take.
+    fn tick(&mut self, py: Python<'_>, force: bool) -> u64 {
         let epoch = ticker::epoch();
-        if epoch != self.epoch_seen {
+        if force || epoch != self.epoch_seen {
             self.epoch_seen = epoch;
             self.send_records(py);
         }
+        epoch
     }
 
-    /// Drop results the core says nothing can read any more.
+    /// Drop results the core says nothing can read any more (none unless
+    /// release was enabled).
     fn drop_released(&mut self) {
-        if self.releasing {
-            for r in self.run.drain_released() {
-                if let Some(slot) = self.results.get_mut(r.idx()) {
-                    *slot = None;
-                }
+        for r in self.run.drain_released() {
+            if let Some(slot) = self.results.get_mut(r.idx()) {
+                *slot = None;
             }
         }
     }
 
+    /// Make room in the result slab for runs the core added (map children).
     fn grow(&mut self) {
         let n = self.run.n_runs();
         if self.results.len() < n {
@@ -925,17 +923,24 @@ impl Inner {
         }
     }
 
-    /// Wait for the next retry timer (at most `cap`) without holding the
+    /// How long to wait now: until the next retry timer, at most [`MAX_WAIT`].
+    fn until_wakeup(&self) -> Duration {
+        self.run.next_wakeup().map_or(MAX_WAIT, |w| {
+            w.saturating_duration_since(Instant::now()).min(MAX_WAIT)
+        })
+    }
+
+    /// Wait for the next retry timer (at most [`MAX_WAIT`]) without holding the
     /// interpreter. Returns false when Ctrl-C was pressed.
-    fn wait_timer(&mut self, py: Python<'_>, cap: Duration) -> PyResult<bool> {
+    fn wait_timer(&mut self, py: Python<'_>) -> PyResult<bool> {
         self.send_records(py);
-        let wait = self.run.next_wakeup().map_or(cap, |w| {
-            w.saturating_duration_since(Instant::now()).min(cap)
-        });
+        let wait = self.until_wakeup();
         py.detach(|| std::thread::sleep(wait));
         interrupted(py).map(|i| !i)
     }
 
+    /// Finish the run: write the packs, report progress a last time and, with a
+    /// reason, cancel what is unfinished.
     fn end(&mut self, py: Python<'_>, cancel_reason: Option<&str>) -> PyResult<()> {
         self.flush_packs(py);
         self.packs.clear();
@@ -949,6 +954,7 @@ impl Inner {
         Ok(())
     }
 
+    /// Run to the end, calling each task in this thread.
     fn run_local(&mut self, py: Python<'_>) -> PyResult<()> {
         let _active = ticker::Active::start();
         let mut cancel = false;
@@ -958,12 +964,8 @@ impl Inner {
                 // Send what is buffered at a tick, and before every call of a
                 // task not known to be quick: a long call must not hold back
                 // the records of the runs that finished before it.
-                let epoch = ticker::epoch();
                 let quick = self.quick.get(task).copied().unwrap_or(false);
-                if epoch != self.epoch_seen || !quick {
-                    self.epoch_seen = epoch;
-                    self.send_records(py);
-                }
+                let epoch = self.tick(py, !quick);
                 let run = work.run;
                 let hooked = work.hooked();
                 let res = work.call(py);
@@ -980,7 +982,7 @@ impl Inner {
             if self.run.is_done() || self.run.next_wakeup().is_none() {
                 break;
             }
-            if !self.wait_timer(py, Duration::from_millis(50))? {
+            if !self.wait_timer(py)? {
                 cancel = true;
                 break;
             }
@@ -1036,17 +1038,14 @@ impl Inner {
                 if self.run.is_done() || self.run.next_wakeup().is_none() {
                     break;
                 }
-                if !self.wait_timer(py, Duration::from_millis(50))? {
+                if !self.wait_timer(py)? {
                     cancel = true;
                     break;
                 }
                 continue;
             }
-            let cap = Duration::from_millis(50);
-            let wait = self.run.next_wakeup().map_or(cap, |w| {
-                w.saturating_duration_since(Instant::now()).min(cap)
-            });
-            self.tick(py);
+            let wait = self.until_wakeup();
+            self.tick(py, false);
             if let Some(rec) = self.recording.as_mut() {
                 rec.send();
             }
@@ -1113,6 +1112,10 @@ fn format_traceback(py: Python<'_>, value: &Bound<'_, PyAny>) -> Option<String> 
     Some(parts.concat())
 }
 
+/// The longest a run loop waits at once (for a retry timer or for a worker),
+/// so it sends buffered records and checks for Ctrl-C at least this often.
+const MAX_WAIT: Duration = Duration::from_millis(50);
+
 /// How often a progress callback is called at most.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
@@ -1134,9 +1137,6 @@ struct Work {
     run: RunId,
     /// The Python run hook, for tasks that need one (it calls `func` itself).
     hook: Option<Py<PyAny>>,
-    /// A `Kind::Pack` task: here its value is checkpointed after the call; an
-    /// external executor runs it through the run hook (it is "hooked" there).
-    pack: bool,
     func: Py<PyAny>,
     args: Py<PyTuple>,
     kwargs: Option<Py<PyDict>>,
@@ -1157,6 +1157,7 @@ impl Work {
         self.hook.is_some()
     }
 
+    /// Call the task (through the hook if it has one) with its context set.
     fn call(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let Work {
             current,
@@ -1196,6 +1197,7 @@ impl Work {
     }
 }
 
+/// A worker thread of `run_threads`: call work items until the channel closes.
 fn worker_loop(rx: &Mutex<mpsc::Receiver<Work>>, tx: &mpsc::Sender<Done>) {
     loop {
         let next = match rx.lock() {
@@ -1229,6 +1231,7 @@ pub struct PyRunner {
 }
 
 impl PyRunner {
+    /// The run state, or an error while a run loop holds it (never blocks).
     fn lock(&self, py: Python<'_>) -> PyResult<MutexGuard<'_, Inner>> {
         match self.inner.try_lock() {
             Ok(g) => Ok(g),
@@ -1242,6 +1245,19 @@ impl PyRunner {
                 "the run state is corrupt after an internal panic",
             )),
         }
+    }
+
+    /// [`PyRunner::lock`], for a run that has not been executed yet.
+    fn lock_unfinished(&self, py: Python<'_>) -> PyResult<MutexGuard<'_, Inner>> {
+        let inner = self.lock(py)?;
+        if inner.finished {
+            return Err(ff_error(
+                py,
+                "FerroflowError",
+                "this flow run has already been executed".into(),
+            ));
+        }
+        Ok(inner)
     }
 }
 
@@ -1340,10 +1356,10 @@ impl PyRunner {
                     flow_name,
                     parameters_json,
                     resumed_from,
-                    host: crate::store::host_name(py)?,
+                    host: host_name(py)?,
                 };
                 let started = py.detach(|| Recording::start(meta, &run));
-                Some(started.map_err(|e| ff_error(py, "StoreError", e.to_string()))?)
+                Some(started.map_err(|e| store_err(py, &e))?)
             }
         };
         let journaling = observing || recording.is_some();
@@ -1388,12 +1404,10 @@ impl PyRunner {
                 steps: 0,
                 signal_base,
                 token,
-                observing,
                 journaling,
                 journal_buf: Vec::new(),
                 recording,
-                releasing: release,
-                epoch: Instant::now(),
+                started: Instant::now(),
                 finished: false,
             }),
         })
@@ -1401,15 +1415,7 @@ impl PyRunner {
 
     /// Run the flow to the end in the calling thread.
     fn run_local(&self, py: Python<'_>) -> PyResult<()> {
-        let mut inner = self.lock(py)?;
-        if inner.finished {
-            return Err(ff_error(
-                py,
-                "FerroflowError",
-                "this flow run has already been executed".into(),
-            ));
-        }
-        inner.run_local(py)
+        self.lock_unfinished(py)?.run_local(py)
     }
 
     /// Run the flow with `n` native worker threads.
@@ -1421,15 +1427,7 @@ impl PyRunner {
                 "max_workers must be at least 1".into(),
             ));
         }
-        let mut inner = self.lock(py)?;
-        if inner.finished {
-            return Err(ff_error(
-                py,
-                "FerroflowError",
-                "this flow run has already been executed".into(),
-            ));
-        }
-        inner.run_threads(py, n)
+        self.lock_unfinished(py)?.run_threads(py, n)
     }
 
     /// Hand out up to `max` ready runs to an executor that runs them elsewhere.
@@ -1443,10 +1441,6 @@ impl PyRunner {
         while out.len() < max {
             let Some(w) = inner.next_work(py)? else { break };
             let c = &w.current;
-            let lr = c
-                .loop_result
-                .as_ref()
-                .map_or_else(|| py.None(), |v| v.clone_ref(py));
             let kwargs = w
                 .kwargs
                 .as_ref()
@@ -1457,11 +1451,13 @@ impl PyRunner {
                 c.map_index,
                 c.run_count,
                 c.loop_count,
-                w.hooked() || w.pack,
+                // A `Kind::Pack` task is checkpointed here after a local call;
+                // an external executor runs it through the run hook instead.
+                w.hooked() || inner.is_pack(TaskId(c.task)),
                 w.func.clone_ref(py),
                 w.args.clone_ref(py),
                 kwargs,
-                lr,
+                c.loop_result(py),
             )
                 .into_pyobject(py)?;
             out.push(item);

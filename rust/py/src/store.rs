@@ -28,6 +28,14 @@ pub(crate) fn store_err(py: Python<'_>, err: &StoreError) -> PyErr {
     ff_error(py, "StoreError", err.to_string())
 }
 
+/// Run store I/O `f` with the GIL released; its error becomes a StoreError.
+fn detached<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> Result<T, StoreError> + Send,
+) -> PyResult<T> {
+    py.detach(f).map_err(|e| store_err(py, &e))
+}
+
 /// This machine's name as the run store records it (`socket.gethostname()`), so
 /// that the recorder and the interrupted-run fixup agree on it.
 pub(crate) fn host_name(py: Python<'_>) -> PyResult<String> {
@@ -190,11 +198,7 @@ impl PyStore {
         py: Python<'_>,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send,
     ) -> PyResult<T> {
-        py.detach(|| {
-            let store = lock(&self.inner);
-            f(&store)
-        })
-        .map_err(|e| store_err(py, &e))
+        detached(py, || f(&lock(&self.inner)))
     }
 }
 
@@ -202,9 +206,7 @@ impl PyStore {
 impl PyStore {
     #[new]
     fn new(py: Python<'_>, path: PathBuf) -> PyResult<PyStore> {
-        let store = py
-            .detach(|| Store::open(&path))
-            .map_err(|e| store_err(py, &e))?;
+        let store = detached(py, || Store::open(&path))?;
         Ok(PyStore {
             inner: Mutex::new(store),
             path,
@@ -335,10 +337,7 @@ impl PyStore {
     /// ids marked.
     #[pyo3(signature = (host=None))]
     fn fixup_interrupted(&self, py: Python<'_>, host: Option<String>) -> PyResult<Vec<String>> {
-        let host = match host {
-            Some(h) => h,
-            None => host_name(py)?,
-        };
+        let host = host.map_or_else(|| host_name(py), Ok)?;
         self.with(py, move |s| {
             s.fixup_interrupted(&host, core_store::pid_is_alive)
         })
@@ -429,10 +428,8 @@ pub struct PyRecorder {
 }
 
 impl PyRecorder {
-    /// The core recorder, shared (None once closed): lets the run loop send
-    /// events (e.g. through an `EventBuffer`) to the recorder Python made.
-    #[allow(dead_code)]
-    pub(crate) fn inner(&self) -> Option<Arc<Recorder>> {
+    /// The core recorder, shared (None once closed).
+    fn inner(&self) -> Option<Arc<Recorder>> {
         lock(&self.inner).clone()
     }
 
@@ -468,9 +465,7 @@ fn close_recorder(rec: Arc<Recorder>) -> Result<(), StoreError> {
 impl PyRecorder {
     #[new]
     fn new(py: Python<'_>, path: PathBuf) -> PyResult<PyRecorder> {
-        let rec = py
-            .detach(|| Recorder::start(&path))
-            .map_err(|e| store_err(py, &e))?;
+        let rec = detached(py, || Recorder::start(&path))?;
         Ok(PyRecorder {
             inner: Mutex::new(Some(Arc::new(rec))),
             path,
@@ -513,10 +508,7 @@ impl PyRecorder {
         host: Option<String>,
         resumed_from: Option<String>,
     ) -> PyResult<()> {
-        let host = match host {
-            Some(h) => h,
-            None => host_name(py)?,
-        };
+        let host = host.map_or_else(|| host_name(py), Ok)?;
         self.send(
             py,
             Event::FlowRunStarted {
@@ -711,7 +703,7 @@ impl PyRecorder {
     /// met (StoreError), if any.
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         let rec = self.live(py)?;
-        py.detach(|| rec.flush()).map_err(|e| store_err(py, &e))
+        detached(py, || rec.flush())
     }
 
     /// Commit everything sent and stop the writer thread; raise the first error
@@ -720,14 +712,15 @@ impl PyRecorder {
         let Some(rec) = lock(&self.inner).take() else {
             return Ok(());
         };
-        py.detach(|| close_recorder(rec))
-            .map_err(|e| store_err(py, &e))
+        detached(py, || close_recorder(rec))
     }
 
+    /// `with Recorder(path) as rec:` closes it at the end of the block.
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
 
+    /// Close the recorder (see `close()`); exceptions propagate.
     fn __exit__(
         &self,
         py: Python<'_>,

@@ -54,6 +54,7 @@ pub fn epoch() -> u64 {
 pub struct Active(());
 
 impl Active {
+    /// Count a run loop as active, starting (or waking) the ticker thread.
     pub fn start() -> Active {
         ACTIVE.fetch_add(1, Ordering::AcqRel);
         if let Some(t) = ticker() {
