@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ferroflow.tasks.control_flow import case
     from ferroflow.tasks.resource_manager import ResourceContext
 
-__all__ = ["ROOT", "Frame", "current", "pop", "push"]
+__all__ = ["ROOT", "Frame", "current", "pop", "pop_entered", "push"]
 
 
 class Frame:
@@ -91,3 +91,14 @@ def pop(frame: Frame) -> None:
         raise RuntimeError("ferroflow building blocks (Flow, case, tags) exited out of order")
     _FRAME.reset(frame.token)
     frame.token = None
+
+
+def pop_entered(frame: Frame | None, block: str) -> None:
+    """:func:`pop` the frame a ``block`` (``"case"``, ``"resource"``) pushed on entry.
+
+    Raises:
+        RuntimeError: ``frame`` is ``None`` (the block was never entered), or as :func:`pop`.
+    """
+    if frame is None:
+        raise RuntimeError(f"{block} block exited without being entered")
+    pop(frame)

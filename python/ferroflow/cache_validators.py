@@ -226,6 +226,20 @@ def _same_mapping(
     return True
 
 
+def _fresh_and_same(
+    state: Any,
+    current: Mapping[str, Any],
+    on_parameters: bool,
+    keys: Iterable[str] | None = None,
+) -> bool:
+    """Whether ``state`` has not expired and its cached inputs (or, with ``on_parameters``,
+    parameters) match ``current``: all of them, or only ``keys``."""
+    expiration, inputs, parameters, hashed = _entry_fields(state)
+    if _is_expired(expiration):
+        return False
+    return _same_mapping(parameters if on_parameters else inputs, current or {}, hashed, keys)
+
+
 def never_use(state: Any, inputs: Mapping[str, Any], parameters: Mapping[str, Any]) -> bool:
     """Never reuse a cached result.
 
@@ -260,10 +274,7 @@ def all_inputs(state: Any, inputs: Mapping[str, Any], parameters: Mapping[str, A
         >>> all_inputs(CacheEntry(None, {"x": 1, "y": 2}), {"x": 1}, {})
         False
     """
-    expiration, cached, _, hashed = _entry_fields(state)
-    if _is_expired(expiration):
-        return False
-    return _same_mapping(cached, inputs or {}, hashed)
+    return _fresh_and_same(state, inputs, on_parameters=False)
 
 
 def all_parameters(state: Any, inputs: Mapping[str, Any], parameters: Mapping[str, Any]) -> bool:
@@ -275,20 +286,28 @@ def all_parameters(state: Any, inputs: Mapping[str, Any], parameters: Mapping[st
         >>> all_parameters(CacheEntry(None, parameters={"n": 1}), {}, {"n": 2})
         False
     """
-    expiration, _, cached, hashed = _entry_fields(state)
-    if _is_expired(expiration):
-        return False
-    return _same_mapping(cached, parameters or {}, hashed)
+    return _fresh_and_same(state, parameters, on_parameters=True)
 
 
-def _validate_on(validate_on: Iterable[str] | None, name: str) -> list[str] | None:
-    if validate_on is None:
-        return None
+def _partial(name: str, validate_on: Iterable[str] | None, on_parameters: bool) -> CacheValidator:
+    """The validator ``name(validate_on)`` makes: compare only the inputs (or parameters)
+    named in ``validate_on``; with ``None``, only the expiration counts."""
     if isinstance(validate_on, str):
         raise TypeError(
             f"{name}(validate_on=...) takes a list of names, not the string {validate_on!r}"
         )
-    return list(validate_on)
+    keys = None if validate_on is None else list(validate_on)
+
+    def validator(state: Any, inputs: Mapping[str, Any], parameters: Mapping[str, Any]) -> bool:
+        if keys is None:
+            return duration_only(state, inputs, parameters)
+        current = parameters if on_parameters else inputs
+        return _fresh_and_same(state, current, on_parameters, keys)
+
+    validator.__name__ = f"_{name}"
+    validator.__qualname__ = f"{name}.<locals>._{name}"
+    validator.validate_on = keys  # type: ignore[attr-defined]
+    return validator
 
 
 def partial_inputs_only(validate_on: Iterable[str] | None = None) -> CacheValidator:
@@ -308,20 +327,7 @@ def partial_inputs_only(validate_on: Iterable[str] | None = None) -> CacheValida
         >>> v(CacheEntry(None, {"x": 1, "y": 2}), {"x": 5, "y": 2}, {})
         False
     """
-    keys = _validate_on(validate_on, "partial_inputs_only")
-
-    def _partial_inputs_only(
-        state: Any, inputs: Mapping[str, Any], parameters: Mapping[str, Any]
-    ) -> bool:
-        expiration, cached, _, hashed = _entry_fields(state)
-        if _is_expired(expiration):
-            return False
-        if keys is None:
-            return True
-        return _same_mapping(cached, inputs or {}, hashed, keys)
-
-    _partial_inputs_only.validate_on = keys  # type: ignore[attr-defined]
-    return _partial_inputs_only
+    return _partial("partial_inputs_only", validate_on, on_parameters=False)
 
 
 def partial_parameters_only(validate_on: Iterable[str] | None = None) -> CacheValidator:
@@ -337,20 +343,7 @@ def partial_parameters_only(validate_on: Iterable[str] | None = None) -> CacheVa
         >>> v(CacheEntry(None, parameters={"n": 1, "m": 2}), {}, {"n": 1, "m": 3})
         True
     """
-    keys = _validate_on(validate_on, "partial_parameters_only")
-
-    def _partial_parameters_only(
-        state: Any, inputs: Mapping[str, Any], parameters: Mapping[str, Any]
-    ) -> bool:
-        expiration, _, cached, hashed = _entry_fields(state)
-        if _is_expired(expiration):
-            return False
-        if keys is None:
-            return True
-        return _same_mapping(cached, parameters or {}, hashed, keys)
-
-    _partial_parameters_only.validate_on = keys  # type: ignore[attr-defined]
-    return _partial_parameters_only
+    return _partial("partial_parameters_only", validate_on, on_parameters=True)
 
 
 # ------------------------------------------------------------------------ canonical hash

@@ -63,18 +63,24 @@ class EdgeAnnotation(Generic[_T]):
         Returns:
             A dict with ``"mapped"`` and/or ``"flattened"``.
         """
-        out: dict[str, bool] = {}
-        x: Any = self
-        while isinstance(x, EdgeAnnotation):
-            if x._mapped is not None:
-                out["mapped"] = x._mapped
-            if x._flattened is not None:
-                out["flattened"] = x._flattened
-            x = x.value
-        return out
+        return _unwrap(self)[1]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.value!r})"
+
+
+def _unwrap(x: Any) -> tuple[Any, dict[str, bool]]:
+    """The value inside any annotations wrapped around ``x``, and the flags they set
+    (``"mapped"`` and/or ``"flattened"``; the innermost annotation wins; empty for a bare
+    value)."""
+    flags: dict[str, bool] = {}
+    while isinstance(x, EdgeAnnotation):
+        if x._mapped is not None:
+            flags["mapped"] = x._mapped
+        if x._flattened is not None:
+            flags["flattened"] = x._flattened
+        x = x.value
+    return x, flags
 
 
 class unmapped(EdgeAnnotation[_T]):
@@ -189,11 +195,9 @@ class Edge(tuple):  # type: ignore[type-arg]
         flattened: bool = False,
     ) -> Edge:
         if isinstance(upstream_task, EdgeAnnotation):
-            flags = upstream_task.annotations()
+            upstream_task, flags = _unwrap(upstream_task)
             mapped = flags.get("mapped", mapped)
             flattened = flags.get("flattened", flattened)
-            while isinstance(upstream_task, EdgeAnnotation):
-                upstream_task = upstream_task.value
         if key is not None and not (type(key) is str and key.isidentifier()):
             raise EdgeError(f"edge keys must be valid Python identifiers, got {key!r}")
         return tuple.__new__(

@@ -37,7 +37,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ferroflow import _build
-from ferroflow.edge import Edge, EdgeAnnotation
+from ferroflow.edge import Edge, EdgeAnnotation, _unwrap
 from ferroflow.exceptions import (
     BindError,
     CycleError,
@@ -46,7 +46,7 @@ from ferroflow.exceptions import (
     MappingError,
     ParameterError,
 )
-from ferroflow.task import Parameter, Task, _Signature
+from ferroflow.task import Parameter, Task
 from ferroflow.tasks.core import Constant, Dict, List, Set, Tuple
 
 if TYPE_CHECKING:
@@ -487,7 +487,7 @@ class Flow:
         return self._link(edge)
 
     def _check_key(self, task: Task, key: str) -> None:
-        sig = _sig(task)
+        sig = task._signature()
         if not sig.var_kw and key not in sig.names:
             raise BindError(
                 f"task {task.name!r} got an unexpected argument {key!r} "
@@ -607,7 +607,7 @@ class Flow:
         fresh: bool = True,
     ) -> None:
         """Bind a call's arguments to ``task`` (``fresh``: a new copy, not yet bound)."""
-        sig = task.__dict__.get("_ff_sig") or _sig(task)
+        sig = task.__dict__.get("_ff_sig") or task._signature()
         items: Iterable[tuple[str, Any]]
         if args:
             pos = sig.positional
@@ -677,11 +677,9 @@ class Flow:
                 continue
             m, f = mapped, False
             if isinstance(value, EdgeAnnotation):
-                flags = value.annotations()
+                value, flags = _unwrap(value)
                 m = flags.get("mapped", m)
                 f = flags.get("flattened", False)
-                while isinstance(value, EdgeAnnotation):
-                    value = value.value
             up = self._as_task(value, frame)
             if up is None:  # a constant
                 if not m and not f:
@@ -705,9 +703,8 @@ class Flow:
             for value in upstream_tasks:
                 m = mapped
                 if isinstance(value, EdgeAnnotation):
-                    m = value.annotations().get("mapped", m)
-                    while isinstance(value, EdgeAnnotation):
-                        value = value.value
+                    value, flags = _unwrap(value)
+                    m = flags.get("mapped", m)
                 up = self._as_task(value, frame)
                 if up is None:
                     raise BindError(
@@ -981,7 +978,7 @@ class Flow:
         for t in tasks:
             consts = get_consts(t, empty)
             append(consts)
-            sig = t.__dict__.get("_ff_sig") or _sig(t)
+            sig = t.__dict__.get("_ff_sig") or t._signature()
             for name in sig.required:
                 if name in consts:
                     continue
@@ -1133,14 +1130,6 @@ class Flow:
 
     def __repr__(self) -> str:
         return f"<Flow: {self.name!r}, {len(self._tasks)} tasks>"
-
-
-def _sig(task: Task) -> _Signature:
-    sig = task.__dict__.get("_ff_sig")
-    if sig is None:  # a subclass that did not call Task.__init__
-        task._ff_signature()
-        sig = task.__dict__["_ff_sig"]
-    return sig  # type: ignore[no-any-return]
 
 
 def _already_bound(flow: Flow, task: Task, key: str) -> EdgeError:

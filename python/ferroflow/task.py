@@ -453,10 +453,14 @@ class Task:
             >>> f._ff_signature()
             (('a', 'b'), ('c',), True)
         """
-        sig = self.__dict__.get("_ff_sig")
+        return self._signature().public
+
+    def _signature(self) -> _Signature:
+        """What ``run`` accepts (see :class:`_Signature`)."""
+        sig: _Signature | None = self.__dict__.get("_ff_sig")
         if sig is None:  # a subclass that did not call Task.__init__
             sig = self._ff_sig = self._compute_signature()
-        return sig.public
+        return sig
 
     if TYPE_CHECKING:
         # Subclasses define run() with any signature.
@@ -592,10 +596,7 @@ class Task:
             (True, {'x': 1, 'y': 2})
         """
         frame = _build.current()
-        if flow is None:
-            flow = frame.flow
-            if flow is None:
-                raise _no_flow_error(self, "bind")
+        flow = self._flow_or_current(flow, "bind", frame)
         flow._bind_call(self, args, kwargs, mapped, upstream_tasks, frame, fresh=False)
         return self
 
@@ -643,14 +644,8 @@ class Task:
     ) -> tuple[Flow, _TaskT]:
         """The flow a call adds to, and the cheap copy of this task it adds (with the
         call's task_args and the active tags); the copy no longer counts as unused."""
-        if flow is None:
-            flow = frame.flow
-            if flow is None:
-                raise _no_flow_error(self, what)
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        if task_args:
-            new._apply_task_args(task_args)
+        flow = self._flow_or_current(flow, what, frame)
+        new = Task.copy(self, **(task_args or {}))
         if frame.tags:
             new.tags = new.tags | frame.tags
         tracker = frame.tracker
@@ -735,9 +730,12 @@ class Task:
         else:
             flow.set_dependencies(task, keyword_tasks={key: self}, mapped=mapped)
 
-    def _flow_or_current(self, flow: Flow | None, what: str) -> Flow:
+    def _flow_or_current(
+        self, flow: Flow | None, what: str, frame: _build.Frame | None = None
+    ) -> Flow:
+        """``flow``, else the active flow (of ``frame``, if given); raises outside a flow."""
         if flow is None:
-            flow = _build.current().flow
+            flow = (_build.current() if frame is None else frame).flow
             if flow is None:
                 raise _no_flow_error(self, what)
         return flow
@@ -1189,17 +1187,6 @@ class Parameter(Task):
         new.name = name
         new.slug = name
         return new
-
-    def _strip_defaults(self) -> None:
-        """Drop instance options equal to the class default (read through the class)."""
-        d = self.__dict__
-        cls = type(self)
-        for key in _OPTION_NAMES:
-            if key in d:
-                value = d[key]
-                default = getattr(cls, key, _MISSING)
-                if value is default or (type(value) is type(default) and value == default):
-                    del d[key]
 
     def _normalize_options(self) -> None:
         super()._normalize_options()

@@ -86,6 +86,25 @@ def _tasks(n: int) -> str:
     return "upstream task" if n == 1 else "upstream tasks"
 
 
+def _require_all(name: str, states: list[State], ok: Callable[[State], bool], verb: str) -> bool:
+    """``True`` when every state is ``ok``; else ``TRIGGERFAIL`` counting those that are not."""
+    bad = sum(1 for s in states if not ok(s))
+    if bad:
+        raise signals.TRIGGERFAIL(
+            f'Trigger was "{name}" but {bad} of {len(states)} {_tasks(len(states))} {verb}.'
+        )
+    return True
+
+
+def _require_any(name: str, states: list[State], ok: Callable[[State], bool], verb: str) -> bool:
+    """``True`` when some state is ``ok`` or there are none; else ``TRIGGERFAIL``."""
+    if states and not any(ok(s) for s in states):
+        raise signals.TRIGGERFAIL(
+            f'Trigger was "{name}" but none of the {len(states)} {_tasks(len(states))} {verb}.'
+        )
+    return True
+
+
 @_builtin("all_finished")
 def all_finished(upstream_states: Mapping[Any, State]) -> bool:
     """Run whatever the upstream states, once they are all finished (alias ``always_run``).
@@ -102,14 +121,9 @@ def all_finished(upstream_states: Mapping[Any, State]) -> bool:
         >>> all_finished({"a": Failed(), "b": Skipped()})
         True
     """
-    states = _flat_states(upstream_states)
-    pending = sum(1 for s in states if not s.is_finished())
-    if pending:
-        raise signals.TRIGGERFAIL(
-            f'Trigger was "all_finished" but {pending} of {len(states)} '
-            f"{_tasks(len(states))} did not finish."
-        )
-    return True
+    return _require_all(
+        "all_finished", _flat_states(upstream_states), State.is_finished, "did not finish"
+    )
 
 
 always_run = all_finished
@@ -154,13 +168,9 @@ def all_successful(upstream_states: Mapping[Any, State]) -> bool:
         >>> all_successful({"a": Success(), "b": Skipped()})
         True
     """
-    states = _flat_states(upstream_states)
-    bad = sum(1 for s in states if not s.is_successful())
-    if bad:
-        raise signals.TRIGGERFAIL(
-            f'Trigger was "all_successful" but {bad} of {len(states)} {_tasks(len(states))} failed.'
-        )
-    return True
+    return _require_all(
+        "all_successful", _flat_states(upstream_states), State.is_successful, "failed"
+    )
 
 
 @_builtin("all_failed")
@@ -178,14 +188,9 @@ def all_failed(upstream_states: Mapping[Any, State]) -> bool:
         >>> all_failed({"a": Failed(), "b": TimedOut()})
         True
     """
-    states = _flat_states(upstream_states)
-    bad = sum(1 for s in states if not s.is_failed())
-    if bad:
-        raise signals.TRIGGERFAIL(
-            f'Trigger was "all_failed" but {bad} of {len(states)} '
-            f"{_tasks(len(states))} did not fail."
-        )
-    return True
+    return _require_all(
+        "all_failed", _flat_states(upstream_states), State.is_failed, "did not fail"
+    )
 
 
 @_builtin("any_successful")
@@ -203,13 +208,9 @@ def any_successful(upstream_states: Mapping[Any, State]) -> bool:
         >>> any_successful({"a": Failed(), "b": Success()})
         True
     """
-    states = _flat_states(upstream_states)
-    if states and not any(s.is_successful() for s in states):
-        raise signals.TRIGGERFAIL(
-            f'Trigger was "any_successful" but none of the {len(states)} '
-            f"{_tasks(len(states))} succeeded."
-        )
-    return True
+    return _require_any(
+        "any_successful", _flat_states(upstream_states), State.is_successful, "succeeded"
+    )
 
 
 @_builtin("any_failed")
@@ -227,12 +228,7 @@ def any_failed(upstream_states: Mapping[Any, State]) -> bool:
         >>> any_failed({"a": Failed(), "b": Success()})
         True
     """
-    states = _flat_states(upstream_states)
-    if states and not any(s.is_failed() for s in states):
-        raise signals.TRIGGERFAIL(
-            f'Trigger was "any_failed" but none of the {len(states)} {_tasks(len(states))} failed.'
-        )
-    return True
+    return _require_any("any_failed", _flat_states(upstream_states), State.is_failed, "failed")
 
 
 @_builtin("not_all_skipped")
@@ -258,13 +254,7 @@ def not_all_skipped(upstream_states: Mapping[Any, State]) -> bool:
         return True
     if all(s.is_skipped() for s in states):
         raise signals.SKIP("All upstream tasks were skipped.")
-    bad = sum(1 for s in states if not s.is_successful())
-    if bad:
-        raise signals.TRIGGERFAIL(
-            f'Trigger was "not_all_skipped" but {bad} of {len(states)} '
-            f"{_tasks(len(states))} failed."
-        )
-    return True
+    return _require_all("not_all_skipped", states, State.is_successful, "failed")
 
 
 def _check_bound(name: str, value: int | float | None) -> None:

@@ -136,10 +136,7 @@ class case:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        frame = self._frame
-        if frame is None:
-            raise RuntimeError("case block exited without being entered")
-        _build.pop(frame)
+        _build.pop_entered(self._frame, "case")
         self._frame = None
         flow = self._flow
         if exc_type is not None or flow is None or not self._tasks:

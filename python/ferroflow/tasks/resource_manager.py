@@ -162,10 +162,7 @@ class ResourceContext:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        frame = self._frame
-        if frame is None:
-            raise RuntimeError("resource block exited without being entered")
-        _build.pop(frame)
+        _build.pop_entered(self._frame, "resource")
         self._frame = None
         if exc_type is not None:
             return

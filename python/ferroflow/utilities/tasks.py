@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ferroflow import _build
-from ferroflow.edge import EdgeAnnotation, flatten, mapped, unmapped
+from ferroflow.edge import _unwrap, flatten, mapped, unmapped
 from ferroflow.exceptions import FlowContextError, MappingError, TaskDefinitionError
 from ferroflow.flow import Flow, _is_mappable
 from ferroflow.task import Task
@@ -80,8 +80,7 @@ def as_task(x: Any, flow: Flow | None = None) -> Task:
         >>> as_task(3)
         <Constant: Constant[int]>
     """
-    while isinstance(x, EdgeAnnotation):
-        x = x.value
+    x = _unwrap(x)[0]
     if isinstance(x, Task):
         return x
     frame = _build.current()
@@ -156,12 +155,9 @@ def apply_map(func: Callable[..., Any], *args: Any, flow: Flow | None = None, **
     arg_info: dict[Task, tuple[bool, bool, bool]] = {}
 
     def prepare(name: str, a: Any) -> Task:
-        flags = a.annotations() if isinstance(a, EdgeAnnotation) else {}
+        value, flags = _unwrap(a)
         is_mapped = flags.get("mapped", True)
         flattened = flags.get("flattened", False)
-        value = a
-        while isinstance(value, EdgeAnnotation):
-            value = value.value
         made = value if isinstance(value, Task) else flow._as_task(value, frame)
         is_constant = made is None
         if made is None:
