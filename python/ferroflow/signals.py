@@ -37,6 +37,13 @@ from ferroflow.states import (
 __all__ = ["FAIL", "LOOP", "PAUSE", "RETRY", "SKIP", "SUCCESS", "TRIGGERFAIL", "FerroflowSignal"]
 
 
+def _code_of(state: type[State]) -> int:
+    """``state.code``: the code a signal that produces ``state`` carries, for the engine."""
+    if state.code is None:
+        raise TypeError(f"a signal needs a concrete state class, got {state.__name__}")
+    return state.code
+
+
 class FerroflowSignal(BaseException):
     """Base class of the signals. Raised directly, it is treated like :class:`FAIL`.
 
@@ -48,7 +55,7 @@ class FerroflowSignal(BaseException):
         message: the message given to the constructor (or ``None``).
         result: the result given to the constructor (or ``None``).
         state: the State class this signal turns the run into.
-        code: ``state.code``, for the engine.
+        code: ``state.code``, for the engine (each subclass gets its own state's code).
 
     Example:
         >>> sig = SUCCESS("early exit", result=3)
@@ -59,10 +66,14 @@ class FerroflowSignal(BaseException):
     """
 
     state: ClassVar[type[State]] = Failed
-    code: ClassVar[int] = 11
+    code: ClassVar[int] = _code_of(Failed)
 
     message: str | None
     result: Any
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.code = _code_of(cls.state)
 
     def __init__(self, message: str | None = None, result: Any = None) -> None:
         if message is None:
@@ -109,7 +120,6 @@ class FAIL(FerroflowSignal):
     """
 
     state = Failed
-    code = 11
 
 
 class TRIGGERFAIL(FAIL):
@@ -121,7 +131,6 @@ class TRIGGERFAIL(FAIL):
     """
 
     state = TriggerFailed
-    code = 13
 
 
 class SUCCESS(FerroflowSignal):
@@ -133,7 +142,6 @@ class SUCCESS(FerroflowSignal):
     """
 
     state = Success
-    code = 6
 
 
 class SKIP(FerroflowSignal):
@@ -145,7 +153,6 @@ class SKIP(FerroflowSignal):
     """
 
     state = Skipped
-    code = 9
 
 
 class RETRY(FerroflowSignal):
@@ -157,7 +164,6 @@ class RETRY(FerroflowSignal):
     """
 
     state = Retrying
-    code = 4
 
 
 class LOOP(FerroflowSignal):
@@ -169,7 +175,6 @@ class LOOP(FerroflowSignal):
     """
 
     state = Looped
-    code = 10
 
 
 class PAUSE(FerroflowSignal):
@@ -181,4 +186,3 @@ class PAUSE(FerroflowSignal):
     """
 
     state = Paused
-    code = 2
