@@ -102,24 +102,28 @@ class _Packs:
         self.lock = threading.Lock()
         self.writers: dict[tuple[str, str], tuple[Any, int]] = {}
 
-    def _entry(self, result: LocalResult, key: tuple[str, str]) -> tuple[Any, int]:
+    def _entry(self, task: Any, key: tuple[str, str]) -> tuple[Any, int]:
         entry = self.writers.get(key)
         if entry is None:
+            result = backend(task)  # only here: a default LocalResult() costs a mkdir
+            if not isinstance(result, LocalResult):  # native_pack() / write() said so
+                raise TypeError(f"task {task.name!r} does not checkpoint to a LocalResult")
             flow_run_id, slug = key
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in slug)
             writer = result.pack_writer(f"runs/{flow_run_id}/{safe}-{os.getpid()}.pack")
             entry = self.writers[key] = (writer, 0)
         return entry
 
-    def writer(self, result: LocalResult, flow_run_id: str, slug: str) -> Any:
+    def writer(self, task: Any, flow_run_id: str, slug: str) -> Any:
         """The pack writer of a task in a flow run (opened on first use)."""
         with self.lock:
-            return self._entry(result, (flow_run_id, slug))[0]
+            return self._entry(task, (flow_run_id, slug))[0]
 
-    def append(self, result: LocalResult, flow_run_id: str, slug: str, value: Any) -> str:
+    def append(self, task: Any, flow_run_id: str, slug: str, value: Any) -> str:
+        """Append a value of ``task`` to its pack; return the value's location."""
         key = (flow_run_id, slug)
         with self.lock:
-            writer, n = self._entry(result, key)
+            writer, n = self._entry(task, key)
             location = writer.append(value)
             n += 1
             if n % _FLUSH_EVERY == 0:
@@ -143,6 +147,7 @@ class _Packs:
         return problems
 
     def flush_all(self) -> None:
+        """Flush every open pack (their locations become readable by other processes)."""
         with self.lock:
             for writer, _n in self.writers.values():
                 writer.flush()
@@ -191,34 +196,33 @@ def open_native(
 
     from ferroflow.results import PickleSerializer, _serialize
 
-    result = backend(task)
-    if not isinstance(result, LocalResult):  # native_pack() said so
-        raise TypeError(f"task {task.name!r} does not checkpoint to a LocalResult")
-    writer = PACKS.writer(result, flow_run_id, slug)
-    fast, extra, gate = fast_dumps(result.serializer)
+    writer = PACKS.writer(task, flow_run_id, slug)
+    serializer = writer.serializer  # the task's Result's serializer
+    fast, extra, gate = fast_dumps(serializer)
     return (
         writer.write_framed,
         writer.location,
         fast,
         extra,
         gate,
-        functools.partial(_serialize, result.serializer),
-        type(result.serializer) is PickleSerializer,
+        functools.partial(_serialize, serializer),
+        type(serializer) is PickleSerializer,
     )
 
 
 def write(task: Any, value: Any, values: dict[str, Any], target: str | None) -> str:
     """Write a successful value; return its location."""
-    result = backend(task)
-    if target is not None or result.location is not None:
+    result = task.result
+    if target is not None or (result is not None and result.location is not None):
+        result = backend(task)
         where = target if target is not None else render_location(str(result.location), **values)
         out = result.copy()
         out.location = where.replace("{", "{{").replace("}", "}}")
         return out.write(value).location or where
-    if isinstance(result, LocalResult):
+    if result is None or isinstance(result, LocalResult):  # the default pack layout
         flow_run_id = str(values.get("flow_run_id") or "unrecorded")
         slug = str(values.get("task_slug") or task.name)
-        return PACKS.append(result, flow_run_id, slug, value)
+        return PACKS.append(task, flow_run_id, slug, value)
     written = result.write(value, **values)
     return written.location or ""
 
@@ -327,8 +331,7 @@ def cache_store(task: Any, inputs: dict[str, Any], values: dict[str, Any], locat
     )
     task_key = _task_key(task, values)
     now = time.time()
-    for writer, _n in PACKS.writers.values():
-        writer.flush()  # a reader in another process must find the value
+    PACKS.flush_all()  # a reader in another process must find the value
     _store().cache_put(
         task_key,
         task.cache_key or task_key,

@@ -40,7 +40,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ferroflow.store import FAILED_STATES
+from ferroflow.store import FAILED_STATES, errors_by_run
 
 if TYPE_CHECKING:
     from ferroflow.flow import Flow
@@ -338,7 +338,8 @@ def make_executor(kind: str | None, workers: int | None) -> Any:
 # Running, and the summary of a final state.
 
 
-FAILED_NAMES = ("Failed", "TimedOut", "TriggerFailed")
+#: Names of the failed states (``store.FAILED_STATES``, in order).
+FAILED_NAMES = tuple(sorted(FAILED_STATES))
 
 _FINISHED = (
     "Success",
@@ -737,10 +738,7 @@ def _runs_show(run_id: str, as_json: bool, limit: int) -> int:
         out.print(_task_runs_table(task_runs, limit, run.started, out.width))
     failed = [t for t in task_runs if t.state in FAILED_STATES]
     if failed:
-        errors_by_run: dict[int, list[str]] = {}
-        for entry in logs:
-            if entry.run is not None and entry.level >= 40:
-                errors_by_run.setdefault(entry.run, []).append(entry.message)
+        errors = errors_by_run(logs)
         out.print(Text(f"Failures ({len(failed)})", style="bold red"))
         for t in failed[:MAX_FAILURE_ROWS]:
             out.print(
@@ -754,7 +752,7 @@ def _runs_show(run_id: str, as_json: bool, limit: int) -> int:
             )
             if t.message:
                 out.print(Text(t.message), style="red")
-            for message in errors_by_run.get(t.run, []):
+            for message in errors.get(t.run, []):
                 if message != t.message:
                     out.print(Text(message))
         if len(failed) > MAX_FAILURE_ROWS:
@@ -902,7 +900,7 @@ def visualize_cmd(target: str, output: str | None, run_id: str | None) -> int:
             if t.map_index is None and t.task < len(tasks) and tasks[t.task].name == t.task_name:
                 states[tasks[t.task]] = t.state
         children_failed = {
-            t.task for t in task_runs if t.map_index is not None and t.state in FAILED_NAMES
+            t.task for t in task_runs if t.map_index is not None and t.state in FAILED_STATES
         }
         for tid in children_failed:
             if tid < len(tasks):

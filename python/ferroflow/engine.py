@@ -264,40 +264,17 @@ class FlowRun:
 
     # --- context -------------------------------------------------------------------
     def flow_value(self, name: str) -> Any:
-        if name == "flow_name":
-            return self.flow.name
-        if name == "flow_run_id":
-            return self.flow_run_id
-        if name == "parameters":
-            return dict(self.parameters)
-        if name == "today":
-            return self.started.strftime("%Y-%m-%d")
-        if name == "date" or name == "scheduled_start_time":
-            return self.started
-        raise AttributeError(name)
+        """A flow-level context value (what ``ferroflow.context`` reads)."""
+        return _context._flow_value(
+            name, self.flow.name, self.flow_run_id, self.parameters, self.started
+        )
 
     def task_value(self, name: str, cur: tuple[Any, ...]) -> Any:
-        _token, run_id, task_id, map_index, run_count, loop_count, loop_result = cur
-        task = self.plan.tasks[task_id]
-        if name == "task_name":
-            return task.name
-        if name == "task_full_name":
-            return task.name if map_index < 0 else f"{task.name}[{map_index}]"
-        if name == "task_slug":
-            return self.flow.slugs.get(task, task.slug)
-        if name == "task_run_id":
-            return f"{self.flow_run_id}/{run_id}"
-        if name == "map_index":
-            return None if map_index < 0 else map_index
-        if name == "task_run_count":
-            return run_count
-        if name == "task_loop_count":
-            return loop_count + 1
-        if name == "task_loop_result":
-            return loop_result
-        if name == "task_tags":
-            return set(task.tags)
-        raise AttributeError(name)
+        """A task-level context value for the task run described by ``cur``."""
+        task = self.plan.tasks[cur[2]]
+        # The slug is looked up only when asked for (``to_dict`` reads every key).
+        slug = self.flow.slugs.get(task, task.slug) if name == "task_slug" else None
+        return _context._task_value(name, cur, self.flow_run_id, task.name, slug, task.tags)
 
     def remote_info(self) -> Any:
         """The context a worker process needs for this run."""
@@ -398,6 +375,8 @@ class FlowRun:
 
     # --- results --------------------------------------------------------------------------
     def task_state(self, task_id: int) -> State:
+        """The State of task ``task_id`` as the runner has it (a mapped task's children
+        are built when first read)."""
         runner = self.runner
         code, message, result, run_count, _loop_count = runner.state(task_id)
         cls = BY_CODE[code]
@@ -466,8 +445,7 @@ def run_task(
             try:
                 location = _checkpoint.write(task, value, _checkpoint.pack_values(task), None)
             except Exception as exc:
-                msg = f"The task succeeded but its result could not be written: {exc}"
-                return Failed.code, exc, msg, False  # type: ignore[return-value]
+                return _not_written(exc)
             return Success.code, value, None, False, location  # type: ignore[return-value]
         return _run_task_full(task, run_count, args, kwargs, func, enforce_timeout, raised)
     return _run_task_full(task, run_count, args, kwargs, func, enforce_timeout)
@@ -572,10 +550,15 @@ def _run_task_full(
             if task.cache_for is not None:
                 _checkpoint.cache_store(task, inputs, values, location)
         except Exception as exc:
-            msg = f"The task succeeded but its result could not be written: {exc}"
-            return Failed.code, exc, msg, False  # type: ignore[return-value]
+            return _not_written(exc)
         return code, final.result, final.message, retryable, location  # type: ignore[return-value]
     return code, final.result, final.message, retryable
+
+
+def _not_written(exc: Exception) -> tuple[int, Any, str | None, bool]:
+    """What ``run_task`` returns when a successful value could not be checkpointed."""
+    msg = f"The task succeeded but its result could not be written: {exc}"
+    return Failed.code, exc, msg, False  # type: ignore[return-value]
 
 
 class _TaskStates(Mapping["Task", State]):

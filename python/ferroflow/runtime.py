@@ -96,36 +96,65 @@ class RemoteRunInfo:
 
     def flow_value(self, name: str) -> Any:
         """A flow-level context value."""
-        if name == "flow_name":
-            return self.flow_name
-        if name == "flow_run_id":
-            return self.flow_run_id
-        if name == "parameters":
-            return dict(self.parameters)
-        if name == "today":
-            return self.started.strftime("%Y-%m-%d")
-        if name in ("date", "scheduled_start_time"):
-            return self.started
-        raise AttributeError(name)
+        return _flow_value(name, self.flow_name, self.flow_run_id, self.parameters, self.started)
 
     def task_value(self, name: str, cur: tuple[Any, ...]) -> Any:
         """A task-level context value for the task run described by ``cur``."""
-        _token, run_id, task_id, map_index, run_count, loop_count, loop_result = cur
-        tname, slug, tags = self.tasks[task_id]
-        values = {
-            "task_name": tname,
-            "task_full_name": tname if map_index < 0 else f"{tname}[{map_index}]",
-            "task_slug": slug,
-            "task_run_id": f"{self.flow_run_id}/{run_id}",
-            "map_index": None if map_index < 0 else map_index,
-            "task_run_count": run_count,
-            "task_loop_count": loop_count + 1,
-            "task_loop_result": loop_result,
-            "task_tags": set(tags),
-        }
-        if name not in values:
-            raise AttributeError(name)
-        return values[name]
+        tname, slug, tags = self.tasks[cur[2]]
+        return _task_value(name, cur, self.flow_run_id, tname, slug, tags)
+
+
+def _flow_value(
+    name: str,
+    flow_name: str,
+    flow_run_id: str,
+    parameters: dict[str, Any],
+    started: datetime.datetime,
+) -> Any:
+    """The flow-level context value ``name`` (the engine's FlowRun and RemoteRunInfo)."""
+    if name == "flow_name":
+        return flow_name
+    if name == "flow_run_id":
+        return flow_run_id
+    if name == "parameters":
+        return dict(parameters)
+    if name == "today":
+        return started.strftime("%Y-%m-%d")
+    if name in ("date", "scheduled_start_time"):
+        return started
+    raise AttributeError(name)
+
+
+def _task_value(
+    name: str,
+    cur: tuple[Any, ...],
+    flow_run_id: str,
+    task_name: str,
+    slug: str | None,
+    tags: Any,
+) -> Any:
+    """The task-level context value ``name`` of the task run ``cur`` (the native
+    module's ``(token, run_id, task_id, map_index, run_count, loop_count, loop_result)``)."""
+    _token, run_id, _task_id, map_index, run_count, loop_count, loop_result = cur
+    if name == "task_name":
+        return task_name
+    if name == "task_full_name":
+        return task_name if map_index < 0 else f"{task_name}[{map_index}]"
+    if name == "task_slug":
+        return slug
+    if name == "task_run_id":
+        return f"{flow_run_id}/{run_id}"
+    if name == "map_index":
+        return None if map_index < 0 else map_index
+    if name == "task_run_count":
+        return run_count
+    if name == "task_loop_count":
+        return loop_count + 1
+    if name == "task_loop_result":
+        return loop_result
+    if name == "task_tags":
+        return set(tags)
+    raise AttributeError(name)
 
 
 def _enter_remote(info: RemoteRunInfo | None, cur: tuple[Any, ...] | None) -> None:

@@ -21,7 +21,9 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +43,7 @@ __all__ = [
     "RunStore",
     "TaskRunInfo",
     "TransitionInfo",
+    "errors_by_run",
     "open_store",
     "store_path",
 ]
@@ -417,6 +420,22 @@ class RunStore:
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r})"
+
+
+def errors_by_run(logs: Iterable[LogInfo]) -> dict[int, list[str]]:
+    """The messages of the error (and worse) log lines of task runs, by task run, in the
+    order written; lines of the flow run itself are left out.
+
+    Example:
+        >>> errors_by_run([LogInfo(3, 40, 0.0, "boom"), LogInfo(None, 50, 0.0, "flow"),
+        ...                LogInfo(3, 20, 0.0, "info")])
+        {3: ['boom']}
+    """
+    errors: dict[int, list[str]] = {}
+    for line in logs:
+        if line.run is not None and line.level >= logging.ERROR:
+            errors.setdefault(line.run, []).append(line.message)
+    return errors
 
 
 def open_store(path: str | os.PathLike[str] | None = None) -> RunStore:

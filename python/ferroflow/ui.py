@@ -39,7 +39,14 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ferroflow.exceptions import FerroflowError
-from ferroflow.store import FAILED_STATES, FlowRunInfo, RunStore, open_store, store_path
+from ferroflow.store import (
+    FAILED_STATES,
+    FlowRunInfo,
+    RunStore,
+    errors_by_run,
+    open_store,
+    store_path,
+)
 
 __all__ = ["RunStoreUI"]
 
@@ -231,10 +238,7 @@ class _Views:
         parts.append("</table>")
         failed = [t for t in task_runs if t.state in FAILED_STATES]
         if failed:
-            errors: dict[int, list[str]] = {}
-            for line in logs:
-                if line.run is not None and line.level >= 40:
-                    errors.setdefault(line.run, []).append(line.message)
+            errors = errors_by_run(logs)
             parts.append(f"<h2>Failures ({len(failed)})</h2>")
             for t in failed[:50]:
                 tries = f"{t.run_count} attempt{'s' if t.run_count != 1 else ''}"

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from ferroflow.exceptions import ExecutorError
@@ -58,6 +59,26 @@ def _check_workers(max_workers: int | None, default: int) -> int:
     if max_workers < 1:
         raise ExecutorError(f"max_workers must be at least 1, got {max_workers}")
     return max_workers
+
+
+def _wait_idle(runner: Any) -> bool:
+    """Nothing is in flight: sleep until the core may have work again (a retry timer),
+    at most 50 ms. False when the run is over (done, or nothing will ever be ready)."""
+    if runner.done():
+        return False
+    hint = runner.wait_hint()
+    if hint is None:
+        return False
+    time.sleep(min(hint, 0.05))
+    return True
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, or a placeholder when its ``__repr__`` fails."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
 
 
 class ThreadExecutor(Executor):

@@ -56,14 +56,13 @@ import asyncio
 import itertools
 import queue
 import threading
-import time
 import uuid
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from ferroflow.exceptions import ExecutorError
-from ferroflow.executors import Executor
+from ferroflow.executors import Executor, _shown, _wait_idle
 
 __all__ = ["DaskExecutor"]
 
@@ -307,13 +306,6 @@ def _cannot_send(value: Any) -> str | None:
         return repr(exc)
 
 
-def _shown(value: Any) -> str:
-    try:
-        return repr(value)
-    except Exception:
-        return f"<unprintable {type(value).__name__}>"
-
-
 def _keep_traceback(exc: Any) -> None:
     """Let ``exc`` pickle with its traceback (the Failed state shows where it failed)."""
     if isinstance(exc, BaseException):
@@ -343,26 +335,19 @@ class _TimedCall:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from ferroflow import engine, runtime
 
-        box: dict[str, Any] = {}
-
-        def target() -> None:
+        def call() -> Any:
+            # The helper thread needs the task's context too.
             runtime._enter_remote(self.info, self.cur)
             try:
-                box["value"] = self.func(*args, **kwargs)
-            except BaseException as exc:
-                box["error"] = exc
+                return self.func(*args, **kwargs)
             finally:
                 runtime._enter_remote(None, None)
 
-        worker = threading.Thread(target=target, name="ferroflow-timeout", daemon=True)
-        worker.start()
-        worker.join(self.timeout)
-        if worker.is_alive():
+        try:
+            return engine._call_with_timeout(call, (), {}, self.timeout)
+        except engine._Timeout:
             self.stuck = True
-            raise engine._Timeout
-        if "error" in box:
-            raise box["error"]
-        return box.get("value")
+            raise
 
 
 def _run(fn: tuple[Any, Any], info: Any, spec: tuple[Any, ...]) -> Any:
@@ -984,16 +969,7 @@ class _Driver:
 
     def _fetch(self, recs: list[_Sub]) -> None:
         """Bring outcomes and descriptions (small) to the driver, in one call."""
-        futs = [r.future for r in recs]
-        try:
-            values = self.client.gather(futs)
-        except Exception:
-            values = []
-            for f in futs:
-                try:
-                    values.append(f.result())
-                except Exception as exc:
-                    values.append(_Failure(exc))
+        values = _gather(self.client, [r.future for r in recs], _Failure)
         for rec, value in zip(recs, values, strict=True):
             self.inflight.pop(rec.future.key, None)
             if isinstance(value, _Failure):
@@ -1083,12 +1059,8 @@ class _Driver:
         while True:
             self._fill()
             if not self.inflight:
-                if runner.done():
+                if not _wait_idle(runner):
                     return
-                hint = runner.wait_hint()
-                if hint is None:
-                    return
-                time.sleep(min(hint, 0.05))
                 continue
             wait = 0.05
             hint = runner.wait_hint()
@@ -1126,16 +1098,7 @@ class _Driver:
         for v in found.values():
             _collect(v, proxies)
         unique = list({id(p): p for p in proxies}.values())
-        futs = [p.future for p in unique]
-        try:
-            values = self.client.gather(futs, direct=self.direct)
-        except Exception:
-            values = []
-            for f in futs:
-                try:
-                    values.append(f.result())
-                except Exception as exc:
-                    values.append(exc)
+        values = _gather(self.client, [p.future for p in unique], _identity, direct=self.direct)
         resolved = {id(p): val for p, val in zip(unique, values, strict=True)}
         self.final = {rid: _replace(v, resolved) for rid, v in found.items()}
         for p in unique:
@@ -1154,6 +1117,22 @@ class _Failure:
 
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
+
+
+def _gather(client: Any, futs: list[Any], failed: Any, **kwargs: Any) -> list[Any]:
+    """The futures' values in one call; when that fails, one by one, each future that
+    fails giving ``failed(exception)``."""
+    try:
+        values: list[Any] = client.gather(futs, **kwargs)
+        return values
+    except Exception:
+        out = []
+        for f in futs:
+            try:
+                out.append(f.result())
+            except Exception as exc:
+                out.append(failed(exc))
+        return out
 
 
 def _dask_error(fut: Any, status: str) -> BaseException:

@@ -27,6 +27,7 @@ from collections import deque
 from typing import Any
 
 from ferroflow.exceptions import ExecutorError
+from ferroflow.executors import _check_workers, _shown, _wait_idle
 
 _BATCH = 256  # runs per message to a worker
 _DEPTH = 2  # batches in flight per worker
@@ -54,12 +55,8 @@ def _encode(cloudpickle: Any, run_id: int, hooked: bool, ok: bool, value: Any) -
         if hooked and ok and isinstance(value, tuple) and len(value) == 4:
             what = "result"
             value = value[1]
-        try:
-            shown = repr(value)
-        except Exception:
-            shown = f"<unprintable {type(value).__name__}>"
         msg = f"the task's {what} could not be sent back from the worker process: {exc!r}"
-        return (run_id, hooked, None, (msg, shown))
+        return (run_id, hooked, None, (msg, _shown(value)))
 
 
 def _worker_main(conn: Any, current: Any, info_blob: bytes) -> None:
@@ -184,8 +181,6 @@ class ProcessExecutor:
     """
 
     def __init__(self, max_workers: int | None = None, mp_context: str | None = None) -> None:
-        from ferroflow.executors import _check_workers
-
         self.max_workers = _check_workers(max_workers, os.cpu_count() or 1)
         import multiprocessing
 
@@ -454,12 +449,8 @@ class _Driver:
             self._fill()
             busy = any(w.inflight for w in self.workers)
             if not busy and not self.requeue:
-                if self.runner.done():
+                if not _wait_idle(self.runner):
                     return
-                hint = self.runner.wait_hint()
-                if hint is None:
-                    return
-                time.sleep(min(hint, 0.05))
                 continue
             timeout = 0.05
             deadline = self._check_timeouts()
