@@ -446,6 +446,10 @@ class OtherLoad:
         other = (busy - self._busy) - (_own_cpu() - self._own)
         self.cpus = max(0.0, other / wall)
 
+    def describe(self) -> str:
+        """``cpus`` for a note: e.g. ``0.12 of 4``, or ``n/a``."""
+        return "n/a" if self.cpus is None else f"{self.cpus:.2f} of {os.cpu_count()}"
+
 
 def interleaved(
     fns: dict[str, Callable[[], Any]], reps: int, expected: dict[str, Any]
@@ -569,11 +573,11 @@ def part_cpu(sizes: dict[str, int], quick: bool, notes: list[str]) -> Figure:
             dict.fromkeys(("local", "processes", "pool"), expected),
         )
     speedup = best["local"] / best["processes"]
-    busy = "n/a" if load.cpus is None else f"{load.cpus:.2f} of {os.cpu_count()}"
     notes.append(
         f"CPU-bound: burn({k:,}) takes {fmt_s(one)} here (calibrated to ~{burn_s} s); "
         f"best of 3 each, interleaved; the pool and ProcessExecutor runs include starting "
-        f"their {PROCESS_WORKERS} workers. Other processes kept {busy} CPUs busy meanwhile."
+        f"their {PROCESS_WORKERS} workers. Other processes kept {load.describe()} CPUs "
+        "busy meanwhile."
     )
     return Figure(
         f"CPU: map of {n} x ~{burn_s} s pure Python, "
@@ -630,11 +634,10 @@ def part_recording(sizes: dict[str, int], quick: bool, notes: list[str]) -> Figu
             {"record": expected, "no record": expected},
         )
     ratio = best["record"] / best["no record"]
-    busy = "n/a" if load.cpus is None else f"{load.cpus:.2f} of {os.cpu_count()}"
     notes.append(
         f"recording: best of 3 each, interleaved; the run store's writer thread works "
         f"beside the run, so the ratio needs a free second core. Other processes kept "
-        f"{busy} CPUs busy meanwhile."
+        f"{load.describe()} CPUs busy meanwhile."
     )
     return Figure(
         f"recording: {fmt_n(n)} map + reduce, record=True",
