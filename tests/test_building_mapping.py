@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from _tasks import add, inc
 from ferroflow import Flow, Parameter, apply_map, case, flatten, mapped, merge, task, unmapped
 from ferroflow.exceptions import FlowContextError, MappingError
 from ferroflow.tasks.control_flow import CompareValue, Merge
 from ferroflow.tasks.core import Constant, List
-
-
-@task
-def add(x, y):
-    return x + y
-
-
-@task
-def inc(x):
-    return x + 1
 
 
 @task
@@ -102,7 +93,7 @@ def test_mapped_in_normal_call():
 
 def test_flatten_in_map_and_in_normal_call():
     with Flow("f") as flow:
-        nested = nums.map(upstream_tasks=[unmapped(nums())]) if False else inc.map(nums())
+        nested = inc.map(nums())
         flat_map = inc.map(flatten(nested))
         flat_reduce = add(flatten(nested), 0)
         flat_unmapped = add.map(nums(), unmapped(flatten(nested)))
@@ -227,10 +218,11 @@ def test_apply_map_inside_case():
         with case(c, True):
             out = apply_map(lambda x: inc(x), [1, 2])
     compare = next(t for t in flow.tasks if isinstance(t, CompareValue))
-    # the mapped pipeline still depends on the outer condition
-    assert compare in flow.upstream_tasks(out) or any(
-        compare in flow.upstream_tasks(u) for u in flow.upstream_tasks(out)
-    )
+    # the mapped pipeline still depends on the outer condition, through its input
+    (source,) = flow.upstream_tasks(out)
+    assert isinstance(source, Constant) and source.value == [1, 2]
+    assert flow.upstream_tasks(source) == {compare}
+    assert flow.upstream_tasks(compare) == {c}
 
 
 def test_map_inside_apply_map_is_an_error():

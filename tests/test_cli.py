@@ -297,13 +297,13 @@ def test_help_and_console_script() -> None:
     assert "visualize" in proc.stdout
     run_help = ff("run", "--help")
     assert run_help.returncode == 0 and "--param" in run_help.stdout
+    # The [project.scripts] entry point, installed next to the interpreter.
     script = Path(sys.executable).parent / "ferroflow"
-    if script.exists():
-        env = dict(os.environ, COLUMNS="200", NO_COLOR="1")
-        same = subprocess.run(
-            [str(script), "--help"], capture_output=True, text=True, env=env, timeout=60
-        )
-        assert same.returncode == 0 and same.stdout == proc.stdout
+    env = dict(os.environ, COLUMNS="200", NO_COLOR="1")
+    same = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert same.returncode == 0 and same.stdout == proc.stdout
 
 
 # --- ferroflow runs ------------------------------------------------------------------
@@ -387,10 +387,9 @@ def test_corrupt_store_is_exit_2_and_left_untouched(tmp_path: Path) -> None:
     for args in (["runs", "ls"], ["runs", "show", "abc"], ["runs", "ls", "--json"]):
         assert_one_line_error(ff(*args), str(path), "move the file aside")
     flow_file = write(tmp_path, "numbers_flow.py", OK_FLOW)
-    proc = ff("run", str(flow_file))
-    if proc.returncode != 0:  # once runs are recorded, a bad store stops the run first
-        assert_one_line_error(proc, str(path))
-        assert ff("run", str(flow_file), "--no-record").returncode == 0
+    # Runs are recorded by default: a bad store stops the run before it starts.
+    assert_one_line_error(ff("run", str(flow_file)), str(path), "--no-record")
+    assert ff("run", str(flow_file), "--no-record").returncode == 0
     assert path.read_bytes() == garbage
 
 

@@ -20,6 +20,7 @@ pytest.importorskip("distributed")
 import psutil
 from distributed import Client, LocalCluster
 
+from _tasks import add, inc, total
 from ferroflow import (
     Flow,
     Parameter,
@@ -76,21 +77,6 @@ def dask_ex(cluster: LocalCluster) -> DaskExecutor:
 @task
 def make(n: int) -> list[int]:
     return list(range(n))
-
-
-@task
-def inc(x: int) -> int:
-    return x + 1
-
-
-@task
-def add(x: int, y: int) -> int:
-    return x + y
-
-
-@task
-def total(xs: list[int]) -> int:
-    return sum(xs)
 
 
 @task
@@ -270,6 +256,7 @@ def test_control_flow_and_state_handlers_match_local(dask_ex: DaskExecutor) -> N
         soft = handled.map(xs)
         after = inc.map(soft)
     tasks = [t for t in flow.tasks if t.name in ("half", "triple", "Merge", "handled", "inc")]
+    assert sorted(t.name for t in tasks) == ["Merge", "half", "handled", "inc", "triple"]
     local = flow.run(executor=LocalExecutor())
     state = flow.run(executor=dask_ex)
     _same_states(local, state, [*tasks, soft, after])

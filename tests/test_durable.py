@@ -9,26 +9,19 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from _killable import KillableFlow
+from _tasks import inc, total
 from ferroflow import Flow, task
 from ferroflow.exceptions import StoreError
 from ferroflow.results import LocalResult
 from ferroflow.states import Cached, Failed, Success
 from ferroflow.store import open_store
-
-
-@task
-def inc(x: int) -> int:
-    return x + 1
-
-
-@task
-def total(xs: list[int]) -> int:
-    return sum(xs)
 
 
 def test_runs_are_recorded_with_every_task_run(_ferroflow_home: str) -> None:
@@ -193,77 +186,15 @@ def test_resume_bad_input(_ferroflow_home: str) -> None:
         flow.run(resume="not-a-run")
 
 
-KILL_SCRIPT = textwrap.dedent(
-    """
-    import os, sys, time
-    from ferroflow import Flow, task
-    from ferroflow.results import LocalResult
-
-    results_dir, side, mode = sys.argv[1], sys.argv[2], sys.argv[3]
-
-    @task(target="child/{map_index}.bin", result=LocalResult(dir=results_dir))
-    def child(x):
-        with open(side, "a") as f:
-            f.write(f"{x}\\n")
-        time.sleep(0.0005)
-        return x * 3
-
-    @task
-    def total(xs):
-        return sum(xs)
-
-    with Flow("killable") as flow:
-        s = total(child.map(list(range(10_000))))
-
-    if mode == "run":
-        flow.run()
-    else:
-        state = flow.run(resume=mode)
-        print("RESULT", state.result[s].result, type(state).__name__)
-    """
-)
-
-
-def _run_until(script: Path, args: list[str], side: Path, lines: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, str(script), *args], text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if side.exists() and side.read_text().count("\n") >= lines:
-            return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError("the flow never got far enough to be interrupted")
-
-
 @pytest.mark.timeout(180)
 def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
-    script = tmp_path / "flow.py"
-    script.write_text(KILL_SCRIPT)
-    side = tmp_path / "executions.txt"
-    results = tmp_path / "results"
-    proc = _run_until(script, [str(results), str(side), "run"], side, 1500)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    finished = {int(p.stem) for p in (results / "child").glob("*.bin")}
+    flow = KillableFlow(tmp_path, 'target="child/{map_index}.bin"', n=10_000, sleep=0.0005)
+    proc = flow.start()
+    flow.wait_for_children(proc, 1500)
+    flow.kill(proc)
+    finished = {int(p.stem) for p in (flow.results / "child").glob("*.bin")}
     assert 0 < len(finished) < 10_000
-    with open_store() as store:
-        store.fixup_interrupted()
-        (killed,) = store.list_flow_runs()
-        assert killed.state == "Interrupted"
-    out = subprocess.run(
-        [sys.executable, str(script), str(results), str(side), killed.id],
-        capture_output=True,
-        text=True,
-        timeout=150,
-        check=True,
-    )
-    assert f"RESULT {3 * sum(range(10_000))} Success" in out.stdout
-    executions: dict[int, int] = {}
-    for line in side.read_text().split():
-        executions[int(line)] = executions.get(int(line), 0) + 1
-    assert set(executions) == set(range(10_000))
+    executions = flow.resume(flow.interrupted_run())
     again = sorted(i for i in finished if executions[i] > 1)
     assert again == [], f"children re-executed after they finished: {again[:10]}"
 
@@ -370,6 +301,25 @@ def test_two_processes_share_the_durable_cache(tmp_path: Path) -> None:
     assert run(3) == "VALUE 300 Success CALLS 1"
     assert run(3) == "VALUE 300 Cached CALLS 0"  # another process: the cache is durable
     assert run(4) == "VALUE 400 Success CALLS 1"  # other inputs: all_inputs says no
+
+
+def test_a_cached_value_that_is_gone_is_a_miss(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    @task(cache_for=timedelta(hours=1), result=LocalResult(dir=tmp_path))
+    def expensive(x: int) -> int:
+        calls.append(x)
+        return x * 100
+
+    with Flow("cache-gone") as flow:
+        e = expensive(3)
+    assert isinstance(flow.run().result[e], Success)
+    assert isinstance(flow.run().result[e], Cached)
+    for path in [p for p in tmp_path.rglob("*") if p.is_file()]:
+        path.unlink()
+    again = flow.run().result[e]
+    assert isinstance(again, Success) and again.result == 300  # run again, not failed
+    assert calls == [3, 3]
 
 
 LOCKER = """

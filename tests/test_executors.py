@@ -11,25 +11,11 @@ from typing import Any
 
 import pytest
 
+from _tasks import add, inc, total
 from ferroflow import Flow, Parameter, case, context, merge, signals, task, triggers, unmapped
 from ferroflow.exceptions import ExecutorError
 from ferroflow.executors import LocalExecutor, ProcessExecutor, ThreadExecutor
 from ferroflow.states import State
-
-
-@task
-def inc(x: int) -> int:
-    return x + 1
-
-
-@task
-def add(x: int, y: int) -> int:
-    return x + y
-
-
-@task
-def total(xs: list[int]) -> int:
-    return sum(xs)
 
 
 @task

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from _tasks import add, inc, total
 from ferroflow import (
     Flow,
     apply_map,
@@ -20,21 +21,6 @@ from ferroflow import (
     unmapped,
 )
 from ferroflow.states import Failed, Mapped, Skipped, Success, TriggerFailed
-
-
-@task
-def inc(x: int) -> int:
-    return x + 1
-
-
-@task
-def add(x: int, y: int) -> int:
-    return x + y
-
-
-@task
-def total(xs: list[int]) -> int:
-    return sum(xs)
 
 
 @task

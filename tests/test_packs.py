@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import math
 import pickle
-import signal
 import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from _killable import KillableFlow
 from ferroflow import Flow, task
+from ferroflow.exceptions import ResultError
 from ferroflow.executors import ThreadExecutor
 from ferroflow.results import JSONSerializer, LocalResult, MsgpackSerializer, PickleSerializer
 from ferroflow.states import Failed, Success
@@ -245,73 +247,60 @@ def test_other_serializers_on_the_native_path(tmp_path: Path, serializer: Any) -
     result = LocalResult(dir=tmp_path, serializer=serializer)
     assert [result.read(locations[i]).value for i in range(len(values))] == values
     # Another serializer refuses to read them, naming both.
-    with pytest.raises(Exception, match=serializer.name):
+    with pytest.raises(
+        ResultError, match=rf"serializer '{serializer.name}' .*reads it with 'pickle'"
+    ):
         LocalResult(dir=tmp_path, serializer=PickleSerializer()).read(locations[0])
 
 
-PACK_KILL_SCRIPT = textwrap.dedent(
-    """
-    import sys, time
-    from ferroflow import Flow, task
-    from ferroflow.results import LocalResult
+class Zipped(PickleSerializer):
+    """A serializer of the user's own that builds on pickle."""
 
-    results_dir, side, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    name = "zpickle"
 
-    @task(checkpoint=True, result=LocalResult(dir=results_dir))
-    def child(x):
-        with open(side, "a") as f:
-            f.write(f"{x}\\n")
-        time.sleep(0.002)
-        return x * 3
+    def serialize(self, value: Any) -> bytes:
+        return zlib.compress(super().serialize(value))
 
-    @task
-    def total(xs):
-        return sum(xs)
+    def deserialize(self, data: bytes) -> Any:
+        return super().deserialize(zlib.decompress(data))
 
-    with Flow("killable-packs") as flow:
-        s = total(child.map(list(range(3000))))
 
-    if mode == "run":
-        flow.run()
-    else:
-        state = flow.run(resume=mode)
-        print("RESULT", state.result[s].result, type(state).__name__)
-    """
-)
+def test_a_pickle_serializer_subclass_is_not_bypassed(tmp_path: Path) -> None:
+    """The native path pickles scalars itself and calls ``pickle.dumps`` for plain values
+    only for ``PickleSerializer`` proper: a subclass's own encoding is used for every value."""
+    values: list[Any] = [1, "a", None, 2.5, [1, 2], 2**70]
+    serializer = Zipped()
+
+    @task(checkpoint=True, result=LocalResult(dir=tmp_path, serializer=serializer))
+    def same(x: Any) -> Any:
+        return x
+
+    with Flow("subclassed") as flow:
+        same.map(values)
+    assert flow.run().is_successful()
+    with open_store() as store:
+        (run,) = store.list_flow_runs()
+    locations = _locations(run.id)
+    result = LocalResult(dir=tmp_path, serializer=serializer)
+    for i, value in enumerate(values):
+        assert _raw(tmp_path, locations[i]) == serializer.serialize(value), repr(value)
+        assert result.read(locations[i]).value == value
 
 
 @pytest.mark.timeout(180)
 def test_sigkill_loses_no_child_the_store_recorded(tmp_path: Path) -> None:
-    script = tmp_path / "flow.py"
-    script.write_text(PACK_KILL_SCRIPT)
-    side = tmp_path / "executions.txt"
-    results = tmp_path / "results"
-    proc = subprocess.Popen([sys.executable, str(script), str(results), str(side), "run"])
+    flow = KillableFlow(tmp_path, "checkpoint=True", n=3000, sleep=0.002)
+    proc = flow.start()
     # Kill once the store shows finished children (while more are running).
     recorded = _wait_for_locations(proc, 300)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
+    flow.kill(proc)
     assert len(recorded) >= 300, "the flow never got far enough to be interrupted"
-    with open_store() as store:
-        store.fixup_interrupted()
-        (killed,) = store.list_flow_runs()
-        assert killed.state == "Interrupted"
-    finished = _locations(killed.id)  # a superset of what was seen before the kill
+    killed = flow.interrupted_run()
+    finished = _locations(killed)  # a superset of what was seen before the kill
     assert set(recorded) <= set(finished) and len(finished) < 3000
-    read = LocalResult(dir=results).read
+    read = LocalResult(dir=flow.results).read
     assert all(read(loc).value == 3 * i for i, loc in finished.items())
-    out = subprocess.run(
-        [sys.executable, str(script), str(results), str(side), killed.id],
-        capture_output=True,
-        text=True,
-        timeout=150,
-        check=True,
-    )
-    assert f"RESULT {3 * sum(range(3000))} Success" in out.stdout
-    executions: dict[int, int] = {}
-    for line in side.read_text().split():
-        executions[int(line)] = executions.get(int(line), 0) + 1
-    assert set(executions) == set(range(3000))
+    executions = flow.resume(killed)
     again = sorted(i for i in finished if executions[i] > 1)
     assert again == [], f"children re-executed after the store recorded them: {again[:10]}"
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import ferroflow
+from _tasks import add, inc, total
 from ferroflow import (
     Flow,
     Parameter,
@@ -26,32 +27,14 @@ from ferroflow import (
 )
 from ferroflow.exceptions import CycleError, ParameterError
 from ferroflow.states import (
-    Cancelled,
     Failed,
-    Looped,
     Paused,
-    Retrying,
     Skipped,
     State,
     Success,
     TimedOut,
     TriggerFailed,
 )
-
-
-@task
-def inc(x: int) -> int:
-    return x + 1
-
-
-@task
-def add(x: int, y: int) -> int:
-    return x + y
-
-
-@task
-def total(xs: list[int]) -> int:
-    return sum(xs)
 
 
 @task
@@ -292,7 +275,7 @@ def test_loop_signal(executor: Any) -> None:
     state = flow.run(executor=executor)
     assert state.result[f].result == 55
     assert state.result[lr].result == 2
-    assert counts[:3] == [1, 2, 3]
+    assert counts == [1, 2, 3, 3]  # the retry keeps the loop's count and result
 
 
 def test_system_exit_is_a_failure() -> None:
@@ -502,11 +485,11 @@ def test_cycle_is_reported_before_running() -> None:
 
 
 def test_version_and_public_names() -> None:
-    assert isinstance(ferroflow.__version__, str)
+    from importlib.metadata import version
+
+    assert ferroflow.__version__ == version("ferroflow")
     for name in ferroflow.__all__:
         assert getattr(ferroflow, name) is not None
-    assert Looped.__name__ == "Looped" and Retrying.__name__ == "Retrying"
-    assert Cancelled.__name__ == "Cancelled"
 
 
 def test_progress_callback_sees_counts_per_state() -> None:
@@ -519,7 +502,7 @@ def test_progress_callback_sees_counts_per_state() -> None:
     assert seen, "progress was never reported"
     last = seen[-1]
     assert last == {"Success": 3000 + 2, "Mapped": 1}
-    assert all(sum(c.values()) <= 3003 + 1 for c in seen)
+    assert all(sum(c.values()) <= 3003 for c in seen)  # each task run counted once
 
 
 def test_visualize_colours_tasks_by_state(tmp_path: Any) -> None:

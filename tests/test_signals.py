@@ -126,3 +126,26 @@ def test_pickle_keeps_message_and_result(cls: type[FerroflowSignal]) -> None:
     assert (back.message, back.result, str(back)) == ("why", [1, 2], "why")
     bare = pickle.loads(pickle.dumps(cls()))
     assert bare.message is None and bare.result is None
+
+
+def test_a_user_signal_gets_its_own_states_code() -> None:
+    """The engine reads a signal's code; a subclass that names another state must not
+    carry its parent's code."""
+    from ferroflow import Flow, task
+    from ferroflow.signals import FAIL
+    from ferroflow.states import Skipped
+
+    class SkipInstead(FAIL):
+        state = Skipped
+
+    assert SkipInstead.code == Skipped.code
+
+    @task
+    def t() -> None:
+        raise SkipInstead("not today")
+
+    with Flow("user-signal") as flow:
+        r = t()
+    state = flow.run(record=False)
+    assert isinstance(state.result[r], Skipped)
+    assert state.result[r].message == "not today"

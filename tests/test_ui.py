@@ -4,9 +4,12 @@ real server and read over HTTP."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ferroflow import Flow, task
+from ferroflow import Flow, _native, task
 from ferroflow.store import open_store, store_path
 from ferroflow.ui import RunStoreUI
 
@@ -101,6 +104,38 @@ def test_json_api_matches_the_store(ui: str) -> None:
     assert data["flow_run"]["id"] == failed_id
     assert data["task_runs"] == json.loads(json.dumps(expected))
     assert any("two is not allowed" in entry["message"] for entry in data["logs"])
+
+
+RUNNING = "feed0001-0000-4000-8000-000000000001"
+RESUMED = "feed0002-0000-4000-8000-000000000002"
+
+
+def test_running_runs_refresh_and_long_runs_are_cut(ui: str) -> None:
+    """A page with a running run on it refreshes itself, a finished one does not; a run
+    page shows ``?limit`` task runs and links to the rest; a resumed run links back."""
+    now = time.time()
+    with _native.Recorder(str(store_path())) as rec:
+        # Running in this very process: not taken for an interrupted run.
+        rec.flow_run_started(RUNNING, "busy", "{}", now - 5, os.getpid(), socket.gethostname())
+        rec.task_runs(RUNNING, [(0, 0, "src", None), (1, 1, "work", None)])
+        rec.map_children(RUNNING, 1, "work", 2, 5)
+        rec.flow_run_started(RESUMED, "busy", "{}", now - 1, resumed_from=RUNNING)
+        rec.flow_run_ended(RESUMED, "Success", None, now)
+    refresh = '<meta http-equiv="refresh"'
+    _status, _kind, index = _get(ui)
+    assert refresh in index
+    assert re.search(r"<td class=\"num\">[0-9.]+ s\+</td>", index)  # still counting
+    status, _kind, running = _get(f"{ui}runs/{RUNNING}?limit=3")
+    assert status == 200 and refresh in running
+    assert "<th>Task runs</th><td>7: " in running  # all seven task runs are counted...
+    assert len(re.findall(r"<tr><td class=\"num\">\d+</td>", running)) == 3  # ...3 listed
+    assert f'4 more: <a href="/runs/{RUNNING}?limit=0">show all</a>' in running
+    _status, _kind, everything = _get(f"{ui}runs/{RUNNING}?limit=0")
+    assert len(re.findall(r"<tr><td class=\"num\">\d+</td>", everything)) == 7
+    assert "more:" not in everything
+    status, _kind, resumed = _get(f"{ui}runs/{RESUMED}")
+    assert status == 200 and refresh not in resumed
+    assert f'Resumed from</th><td><a href="/runs/{RUNNING}"><code>{RUNNING[:8]}</code>' in resumed
 
 
 def test_bad_requests_are_readable_errors(ui: str) -> None:
