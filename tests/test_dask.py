@@ -551,3 +551,40 @@ def test_interrupt_cancels_and_closes_the_cluster_it_started(
     assert isinstance(state, Cancelled)
     assert not state.result[r].is_successful()
     assert closed == ["Client", "LocalCluster"]
+
+
+def test_checkpoints_and_targets_are_written_and_recorded(
+    dask_ex: DaskExecutor, tmp_path: Path
+) -> None:
+    from ferroflow.results import LocalResult
+    from ferroflow.states import Cached
+    from ferroflow.store import open_store
+
+    @task(checkpoint=True, result=LocalResult(dir=str(tmp_path)))
+    def square(x: int) -> int:
+        return x * x
+
+    @task(target="t/{x}.bin", result=LocalResult(dir=str(tmp_path)))
+    def targeted(x: int) -> int:
+        return x + 100
+
+    with Flow("dask-checkpoints") as flow:
+        s = total(square.map([1, 2, 3]))
+        t = targeted(5)
+    first = flow.run(executor=dask_ex)
+    assert first.is_successful()
+    assert (first.result[s].result, first.result[t].result) == (14, 105)
+    with open_store() as store:
+        run = store.list_flow_runs(1)[0]
+        rows = store.restorable(run.id)
+    assert sorted((r[2], r[1]) for r in rows) == [
+        ("square", 0),
+        ("square", 1),
+        ("square", 2),
+        ("targeted", -1),
+    ]
+    read = LocalResult(dir=str(tmp_path)).read
+    packed = {r[1]: read(f"{r[3]}#{r[4]}:{r[5]}").value for r in rows if r[2] == "square"}
+    assert packed == {0: 1, 1: 4, 2: 9}
+    second = flow.run(executor=dask_ex)
+    assert isinstance(second.result[t], Cached) and second.result[t].result == 105

@@ -16,7 +16,8 @@ the native runner on the local and thread executors: Python opens the pack
 (:func:`open_native`) and the runner serializes values and appends them in blocks, recording
 a block's locations once its bytes are in the file (``rust/py/src/packs.rs``). Elsewhere
 (process and Dask workers, tasks with handlers or a timeout) :func:`write` appends one value
-at a time; those packs are flushed every few hundred appends and when the flow run ends.
+at a time and flushes it to the file before returning its location. Either way, a location
+that reaches the run store names bytes that are in the file.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from typing import Any
 from ferroflow import _native
 from ferroflow.results import LocalResult, Result, render_location
 from ferroflow.runtime import context
-
-_FLUSH_EVERY = 256
 
 
 def checkpoints(task: Any) -> bool:
@@ -100,35 +99,34 @@ class _Packs:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.writers: dict[tuple[str, str], tuple[Any, int]] = {}
+        self.writers: dict[tuple[str, str], Any] = {}
 
-    def _entry(self, task: Any, key: tuple[str, str]) -> tuple[Any, int]:
-        entry = self.writers.get(key)
-        if entry is None:
+    def _entry(self, task: Any, key: tuple[str, str]) -> Any:
+        writer = self.writers.get(key)
+        if writer is None:
             result = backend(task)  # only here: a default LocalResult() costs a mkdir
             if not isinstance(result, LocalResult):  # native_pack() / write() said so
                 raise TypeError(f"task {task.name!r} does not checkpoint to a LocalResult")
             flow_run_id, slug = key
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in slug)
-            writer = result.pack_writer(f"runs/{flow_run_id}/{safe}-{os.getpid()}.pack")
-            entry = self.writers[key] = (writer, 0)
-        return entry
+            writer = self.writers[key] = result.pack_writer(
+                f"runs/{flow_run_id}/{safe}-{os.getpid()}.pack"
+            )
+        return writer
 
     def writer(self, task: Any, flow_run_id: str, slug: str) -> Any:
         """The pack writer of a task in a flow run (opened on first use)."""
         with self.lock:
-            return self._entry(task, (flow_run_id, slug))[0]
+            return self._entry(task, (flow_run_id, slug))
 
     def append(self, task: Any, flow_run_id: str, slug: str, value: Any) -> str:
-        """Append a value of ``task`` to its pack; return the value's location."""
-        key = (flow_run_id, slug)
+        """Append a value of ``task`` to its pack and flush it to the file (the caller
+        may record the location at once, and the caller may be a worker process the
+        flow run never closes); return the value's location."""
         with self.lock:
-            writer, n = self._entry(task, key)
-            location = writer.append(value)
-            n += 1
-            if n % _FLUSH_EVERY == 0:
-                writer.flush()
-            self.writers[key] = (writer, n)
+            writer = self._entry(task, (flow_run_id, slug))
+            location: str = writer.append(value)
+            writer.flush()
             return location
 
     def close_run(self, flow_run_id: str) -> list[str]:
@@ -139,18 +137,12 @@ class _Packs:
         problems: list[str] = []
         with self.lock:
             for key in [k for k in self.writers if k[0] == flow_run_id]:
-                writer, _n = self.writers.pop(key)
+                writer = self.writers.pop(key)
                 try:
                     writer.close()
                 except Exception as err:
                     problems.append(f"checkpoints of task {key[1]!r} may be lost: {err}")
         return problems
-
-    def flush_all(self) -> None:
-        """Flush every open pack (their locations become readable by other processes)."""
-        with self.lock:
-            for writer, _n in self.writers.values():
-                writer.flush()
 
 
 PACKS = _Packs()
@@ -331,7 +323,6 @@ def cache_store(task: Any, inputs: dict[str, Any], values: dict[str, Any], locat
     )
     task_key = _task_key(task, values)
     now = time.time()
-    PACKS.flush_all()  # a reader in another process must find the value
     _store().cache_put(
         task_key,
         task.cache_key or task_key,

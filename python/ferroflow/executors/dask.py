@@ -374,13 +374,14 @@ def _run(fn: tuple[Any, Any], info: Any, spec: tuple[Any, ...]) -> Any:
             call = func
             if task.timeout is not None:
                 call = _TimedCall(func, float(task.timeout), cur, info)
-            code, value, message, retryable = run_task(
-                task, run_count, tuple(args), kwargs, call, enforce_timeout=False
-            )
+            out = run_task(task, run_count, tuple(args), kwargs, call, enforce_timeout=False)
+            code, value, message, retryable = out[:4]
+            # Where a checkpoint, target or cache put the value: the driver records it.
+            location = out[4] if len(out) > 4 else None
             stuck = _worker_address() if getattr(call, "stuck", False) else None
-            if code != _SUCCESS or stuck is not None:
+            if code != _SUCCESS or stuck is not None or location is not None:
                 _keep_traceback(value)
-                payload = (code, value, message, retryable, stuck)
+                payload = (code, value, message, retryable, stuck, location)
                 why = _cannot_send(payload)
                 if why is not None:
                     what = "exception" if isinstance(value, BaseException) else "result"
@@ -987,10 +988,12 @@ class _Driver:
         if out.kind == _Outcome.RAISED:
             stop = runner.report(rec.run_id, rec.hooked, False, out.payload)
         elif out.kind == _Outcome.HOOKED:
-            code, value, message, retryable, stuck = out.payload
+            code, value, message, retryable, stuck, location = out.payload
             if stuck is not None:
                 message = self._stop_stuck(stuck, message)
-            stop = runner.report(rec.run_id, True, True, (code, value, message, retryable))
+            stop = runner.report(
+                rec.run_id, True, True, (code, value, message, retryable, location)
+            )
         else:
             msg, shown = out.payload
             runner.report_failure(rec.run_id, _FAILED, msg, False, shown)

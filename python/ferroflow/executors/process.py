@@ -52,7 +52,7 @@ def _encode(cloudpickle: Any, run_id: int, hooked: bool, ok: bool, value: Any) -
         return (run_id, hooked, ok, cloudpickle.dumps(value))
     except Exception as exc:
         what = "exception" if not ok else "result"
-        if hooked and ok and isinstance(value, tuple) and len(value) == 4:
+        if hooked and ok and isinstance(value, tuple) and len(value) in (4, 5):
             what = "result"
             value = value[1]
         msg = f"the task's {what} could not be sent back from the worker process: {exc!r}"
