@@ -129,11 +129,6 @@ def test_custom_trigger_has_no_tag() -> None:
     assert state.result[a].result == "ran"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="functools.wraps copies the built-in's _ff_builtin tag onto the wrapper, so the "
-    "engine runs the built-in's fast path and never calls the user's function",
-)
 def test_a_trigger_that_wraps_a_builtin_is_called() -> None:
     calls: list[int] = []
 

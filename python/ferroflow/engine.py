@@ -90,6 +90,7 @@ class _Plan:
         from ferroflow.tasks.core import Constant
         from ferroflow.tasks.core import List as ListTask
         from ferroflow.tasks.core import Tuple as TupleTask
+        from ferroflow.triggers import _builtin_spec
 
         tasks = compiled.tasks
         edge_ids = compiled.edge_ids
@@ -116,7 +117,7 @@ class _Plan:
         observed_any = False
         no_edges: dict[str, int] = {}
         for tid, t in enumerate(tasks):
-            trig = getattr(t.trigger, "_ff_builtin", None) or ("custom",)
+            trig = _builtin_spec(t.trigger) or ("custom",)
             task_opts.append(
                 (
                     t.name,

@@ -28,7 +28,9 @@ Example:
     ferroflow.signals.TRIGGERFAIL: Trigger was "all_successful" but 1 of 2 upstream tasks failed.
 
 For the engine: every built-in trigger carries ``_ff_builtin``, a tuple naming it and its
-bounds, e.g. ``("all_successful",)`` or ``("some_failed", 0.5, None)``.
+bounds, e.g. ``("all_successful",)`` or ``("some_failed", 0.5, None)``;
+:func:`_builtin_spec` reads it. A wrapper made with ``functools.wraps`` copies the
+attribute but is not the built-in: it is called like any custom trigger.
 """
 
 from __future__ import annotations
@@ -70,6 +72,23 @@ def _builtin(*spec: Any) -> Callable[[_F], _F]:
         return fn
 
     return mark
+
+
+def _builtin_spec(trigger: Any) -> tuple[Any, ...] | None:
+    """The engine's name and bounds of a built-in trigger (e.g. ``("some_failed", 0.5,
+    None)``), or None for any other callable, including one that wraps a built-in.
+
+    Example:
+        >>> _builtin_spec(all_successful), _builtin_spec(some_failed(at_least=2))
+        (('all_successful',), ('some_failed', 2, None))
+        >>> _builtin_spec(lambda states: True) is None
+        True
+    """
+    attrs = getattr(trigger, "__dict__", {})
+    if "__wrapped__" in attrs:  # functools.wraps copied the tag from what it wraps
+        return None
+    spec: tuple[Any, ...] | None = attrs.get("_ff_builtin")
+    return spec
 
 
 def _flat_states(upstream_states: Mapping[Any, State]) -> list[State]:
