@@ -970,7 +970,7 @@ impl Inner {
                 let hooked = work.hooked();
                 let res = work.call(py);
                 if let Some(q) = self.quick.get_mut(task) {
-                    *q = ticker::epoch() == epoch;
+                    *q = ticker::running() && ticker::epoch() == epoch;
                 }
                 let (outcome, value, stop) = self.interpret(py, run, hooked, res);
                 if self.settle(py, run, outcome, value, stop)? {

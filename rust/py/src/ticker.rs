@@ -45,6 +45,12 @@ fn ticker() -> Option<&'static Thread> {
         .as_ref()
 }
 
+/// Whether the ticker thread runs (it could be started): without it the epoch
+/// never moves, and no call can be known to be quick.
+pub fn running() -> bool {
+    ticker().is_some()
+}
+
 /// The current epoch.
 pub fn epoch() -> u64 {
     EPOCH.load(Ordering::Relaxed)
