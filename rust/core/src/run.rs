@@ -180,8 +180,9 @@ pub struct Run {
 struct Release {
     /// Per task: never release (reference or terminal tasks).
     keep: Vec<bool>,
-    /// Per task: every out-edge is elementwise, so child `i` can go as soon as
-    /// the downstream children `i` have finished.
+    /// Per task: every out-edge is elementwise (and there are at most 255 of
+    /// them), so child `i` can go as soon as the downstream children `i` have
+    /// finished.
     per_child: Vec<bool>,
     /// Per per-child task, once expanded: consumers left for each child.
     remaining: HashMap<u32, Vec<u8>>,
@@ -251,7 +252,11 @@ impl Run {
             let tid = TaskId(t as u32);
             let outs = self.graph.outs(tid);
             keep_v[t] = outs.is_empty();
-            per_child[t] = !outs.is_empty() && outs.iter().all(|&e| self.graph.is_elementwise(e));
+            // The per-child count is a byte per child: a task read by more
+            // consumers than that is released the whole way instead.
+            per_child[t] = !outs.is_empty()
+                && outs.len() <= usize::from(u8::MAX)
+                && outs.iter().all(|&e| self.graph.is_elementwise(e));
             whole_left[t] = outs.len() as u32;
         }
         for k in keep {
@@ -729,7 +734,8 @@ impl Run {
             && rel.per_child[task.idx()]
             && !rel.keep[task.idx()]
         {
-            let consumers = self.graph.outs(task).len().min(u8::MAX as usize) as u8;
+            // per_child guarantees the count fits.
+            let consumers = u8::try_from(self.graph.outs(task).len()).unwrap_or(u8::MAX);
             rel.remaining.insert(task.0, vec![consumers; n as usize]);
         }
         self.tasks[task.idx()].unfinished = n;

@@ -380,3 +380,44 @@ fn state_counts_follow_every_transition() {
     assert_eq!(c[StateKind::TriggerFailed as usize], 1);
     assert_eq!(c[StateKind::Pending as usize], 0);
 }
+
+#[test]
+fn release_waits_for_every_consumer_even_past_255() {
+    // 0: source (len 2) -> 1 = map(0) -> 300 tasks each mapping over 1 (all
+    // elementwise). Child i of task 1 may only be released once child i of all
+    // 300 consumers has finished.
+    const CONSUMERS: u32 = 300;
+    let mut edges = vec![EdgeSpec::new(0, 1).mapped()];
+    for c in 0..CONSUMERS {
+        edges.push(EdgeSpec::new(1, 2 + c).mapped());
+    }
+    let mut run = new_run(tasks(2 + CONSUMERS as usize), edges);
+    run.enable_release(&[]);
+    let mut lens = Lens::with_lens([(0, 2)]);
+    let mut done_at = [0u32; 2]; // consumer children finished, by map index
+    let mut released = 0;
+    let mut now = std::time::Instant::now();
+    while let Some(r) = run.next_ready(now, &mut lens) {
+        run.complete(r.run, Outcome::Success, now).unwrap();
+        if r.task.0 >= 2 {
+            done_at[r.map_index.unwrap() as usize] += 1;
+        }
+        let (b1, n1) = run.children(TaskId(1)).unwrap_or((RunId(0), 0));
+        for f in run.drain_released() {
+            if (b1.0..b1.0 + n1).contains(&f.0) {
+                let i = (f.0 - b1.0) as usize;
+                assert_eq!(
+                    done_at[i], CONSUMERS,
+                    "child {i} of task 1 released while consumers still read it"
+                );
+                released += 1;
+            }
+        }
+        now += Duration::from_millis(1);
+    }
+    assert!(run.is_done());
+    assert_eq!(
+        released, 2,
+        "both children of task 1 are released in the end"
+    );
+}
