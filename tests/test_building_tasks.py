@@ -59,10 +59,14 @@ def test_retries_without_delay():
         Task(max_retries=3)
 
 
-@pytest.mark.parametrize("value", [-1, 1.5, "2", True])
+@pytest.mark.parametrize("value", [-1, 1.5, "2", True, 65535, 10**9])
 def test_bad_max_retries(value):
     with pytest.raises(TaskDefinitionError, match="max_retries"):
         Task(max_retries=value, retry_delay=1)
+
+
+def test_max_retries_fits_the_engines_attempt_counter():
+    assert Task(max_retries=65534, retry_delay=0).max_retries == 65534
 
 
 def test_negative_retry_delay():

@@ -57,6 +57,9 @@ RESERVED_ARGUMENTS = frozenset({"upstream_tasks", "mapped", "task_args", "flow"}
 
 _MISSING: Any = object()
 
+#: The largest ``max_retries`` a task may have (the engine counts attempts in 16 bits).
+_MAX_RETRIES = 65534
+
 _OPTION_NAMES = (
     "name",
     "slug",
@@ -358,6 +361,10 @@ class Task:
         mr = self.max_retries
         if isinstance(mr, bool) or not isinstance(mr, int) or mr < 0:
             raise TaskDefinitionError(f"{owner}: max_retries must be an int >= 0, got {mr!r}")
+        if mr > _MAX_RETRIES:  # the engine counts attempts in 16 bits
+            raise TaskDefinitionError(
+                f"{owner}: max_retries must be at most {_MAX_RETRIES}, got {mr!r}"
+            )
         delay = self.retry_delay
         if delay is not None and not isinstance(delay, timedelta):
             secs = _seconds(delay, "retry_delay", owner)
