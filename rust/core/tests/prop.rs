@@ -711,7 +711,7 @@ fn run_small(scripts: &[Script], edges: Vec<EdgeSpec>, last: impl FnOnce(&mut Ta
 }
 
 #[test]
-fn known_bug_not_all_skipped_all_skipped_is_skipped() {
+fn regression_not_all_skipped_all_skipped_is_skipped() {
     // t0 raises SKIP; t1 (not_all_skipped, skip_on_upstream_skip = false) must be
     // skipped too (triggers.not_all_skipped raises SKIP).
     let run = run_small(
@@ -726,7 +726,7 @@ fn known_bug_not_all_skipped_all_skipped_is_skipped() {
 }
 
 #[test]
-fn known_bug_not_all_skipped_failed_upstream_trigger_fails() {
+fn regression_not_all_skipped_failed_upstream_trigger_fails() {
     // t0 fails; t1 (not_all_skipped) must not run (triggers.not_all_skipped raises
     // TRIGGERFAIL when some upstream did not succeed).
     let fail = Script::Fail {
@@ -741,7 +741,7 @@ fn known_bug_not_all_skipped_failed_upstream_trigger_fails() {
 }
 
 #[test]
-fn known_bug_proportion_bound_rounding() {
+fn regression_proportion_bound_rounding() {
     // 25 upstreams, 7 succeed: 7 is exactly 28 % of 25, so at_least = 0.28 holds
     // (Python: ceil(25 * 0.28 - 1e-9) = 7 <= 7). The core computes 0.28 * 25 =
     // 7.000000000000001 and fails the trigger.
