@@ -14,7 +14,7 @@ PY_DIRS := python tests benches examples
 # maturin installs into the virtualenv named by VIRTUAL_ENV; CONDA_PREFIX would confuse it.
 MATURIN_DEVELOP := env -u CONDA_PREFIX VIRTUAL_ENV="$(CURDIR)/$(VENV)" "$(BIN)/maturin" develop
 
-.PHONY: venv build build-release test demo bench lint typecheck fmt
+.PHONY: venv build build-release test demo bench lint typecheck fmt proptest
 
 venv: $(STAMP)
 
@@ -39,6 +39,10 @@ test: venv
 	cargo test -p ferroflow-core
 	$(MATURIN_DEVELOP)
 	"$(BIN)/python" -m pytest tests
+
+# The core's property tests at 100,000 cases each (CI runs 2,000 with `make test`).
+proptest:
+	PROPTEST_CASES=100000 cargo test --release -p ferroflow-core --test inflight --test prop
 
 demo: build-release
 	"$(BIN)/python" examples/demo.py

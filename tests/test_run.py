@@ -292,9 +292,11 @@ def test_system_exit_is_a_failure() -> None:
 
 def test_state_handlers_on_failure_and_replacement(executor: Any) -> None:
     log: list[tuple[str, str]] = []
+    seen: list[tuple[str, str, str]] = []
 
     def handler(t: Task, old: State, new: State) -> State | None:
         log.append((type(old).__name__, type(new).__name__))
+        seen.append((t.name, type(old).__name__, type(new).__name__))
         return None
 
     failures: list[str] = []
@@ -325,9 +327,16 @@ def test_state_handlers_on_failure_and_replacement(executor: Any) -> None:
         s = skipped_by_upstream(task(lambda: (_ for _ in ()).throw(signals.SKIP()), name="sk")())
     state = flow.run(executor=executor)
     assert isinstance(state.result[f], Failed)
-    assert ("Pending", "Running") in log
-    assert ("Running", "Retrying") in log
-    assert ("Running", "Failed") in log
+    # Prefect's visible sequence for a failure that will be retried: the attempt
+    # fails, then the run is retrying, then runs again and fails for good.
+    assert [(o, n) for name, o, n in seen if name == "failing"] == [
+        ("Pending", "Running"),
+        ("Running", "Failed"),
+        ("Failed", "Retrying"),
+        ("Retrying", "Running"),
+        ("Running", "Failed"),
+    ]
+    assert ("Running", "Retrying") not in log
     assert ("Pending", "Skipped") in log
     assert failures == ["failing"]
     assert state.result[r].result == "fallback"

@@ -10,6 +10,21 @@ def current() -> tuple[int, int, int, int, int, int, Any] | None:
     """``(token, run_id, task_id, map_index, run_count, loop_count, loop_result)`` of
     the task run executing in this thread, or None."""
 
+#: State codes by state class name, as the core defines them.
+STATE_CODES: dict[str, int]
+#: What made a run fail, for the core's retry rule.
+CAUSE_UNMATCHED: int
+CAUSE_MATCHED: int
+CAUSE_FAIL_SIGNAL: int
+CAUSE_WORKER_LOST: int
+CAUSE_INTERNAL: int
+
+def will_retry(code: int, cause: int, retries_left: bool) -> bool:
+    """Whether the core retries a run ending with state ``code`` (and ``cause``)."""
+
+def error_classes() -> list[str]:
+    """Names of the ``ferroflow.exceptions`` classes the binding raises."""
+
 class Runner:
     """One flow run driven by the Rust core."""
 
@@ -53,11 +68,23 @@ class Runner:
     def report(self, run: int, hooked: bool, ok: bool, value: Any) -> bool:
         """Report a run handed out by ``take``; True when the flow run must stop."""
     def report_failure(
-        self, run: int, code: int, message: str, retryable: bool, value: Any
+        self,
+        run: int,
+        message: str,
+        value: Any,
+        cause: int = ...,
+        timed_out: bool = False,
     ) -> None:
-        """Report a run that ended without the task deciding (worker died, timeout)."""
+        """Report a run that ended without the task deciding: its worker died
+        (``CAUSE_WORKER_LOST``), it could not be shipped (``CAUSE_INTERNAL``), or it
+        timed out (``timed_out``)."""
+    def approve(self, run: int) -> None:
+        """Approve a paused task run: it runs at the next step."""
+    def paused(self) -> list[int]:
+        """Task runs waiting for approval."""
     def wait_hint(self) -> float | None:
-        """Seconds until the next retry timer fires, or None."""
+        """How long to wait before asking for work again (the driver's wait policy),
+        or None when the run is over."""
     def done(self) -> bool:
         """True when nothing is ready, waiting on a timer or handed out."""
     def close(self, cancel_reason: str | None = None) -> None:

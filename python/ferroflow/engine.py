@@ -60,6 +60,8 @@ __all__ = ["RecordingWarning", "run_flow", "run_task", "store_path"]
 _CALL, _HOOK, _VALUE, _LIST, _TUPLE, _PACK = 0, 1, 2, 3, 4, 5
 _RUNNING_CODE = Running.code
 
+_INTERNAL = _native.CAUSE_INTERNAL
+
 _TOKENS = itertools.count(1)
 _checkpoint_missing = object()
 
@@ -332,7 +334,7 @@ class FlowRun:
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None,
         func: Callable[..., Any],
-    ) -> tuple[int, Any, str | None, bool]:
+    ) -> tuple[int, Any, str | None, int]:
         return run_task(self.plan.tasks[task_id], run_count, args, kwargs, func)
 
     def _trigger_hook(
@@ -423,11 +425,12 @@ def run_task(
     kwargs: dict[str, Any] | None,
     func: Callable[..., Any],
     enforce_timeout: bool = True,
-) -> tuple[int, Any, str | None, bool]:
+) -> tuple[int, Any, str | None, int]:
     """Run one attempt of a task that needs Python-level machinery around the call:
     state handlers, ``on_failure`` and (in this process) its timeout.
 
-    Returns ``(state code, value, message, retryable)`` for the core. Module-level and
+    Returns ``(state code, value, message, cause)`` for the core (``cause``: one of
+    ``_native.CAUSE_*``, what failed; the core alone decides a retry). Module-level and
     free of engine state so that process and Dask workers can run it too; there the
     executor enforces the timeout (``enforce_timeout=False``) by stopping the worker.
     """
@@ -447,7 +450,7 @@ def run_task(
                 location = _checkpoint.write(task, value, _checkpoint.pack_values(task), None)
             except Exception as exc:
                 return _not_written(exc)
-            return Success.code, value, None, False, location  # type: ignore[return-value]
+            return Success.code, value, None, _INTERNAL, location  # type: ignore[return-value]
         return _run_task_full(task, run_count, args, kwargs, func, enforce_timeout, raised)
     return _run_task_full(task, run_count, args, kwargs, func, enforce_timeout)
 
@@ -460,14 +463,14 @@ def _run_task_full(
     func: Callable[..., Any],
     enforce_timeout: bool,
     raised: BaseException | None = None,
-) -> tuple[int, Any, str | None, bool]:
+) -> tuple[int, Any, str | None, int]:
     """The full task machinery; ``raised`` is what an attempt already raised."""
     old: State = Retrying(run_count=run_count - 1) if run_count > 1 else Pending()
     running: State = Running("Starting task run.")
     try:
         running = _handle(task, old, running)
     except Exception as exc:
-        return Failed.code, exc, f"A state handler raised an error: {exc!r}", False  # type: ignore[return-value]
+        return Failed.code, exc, f"A state handler raised an error: {exc!r}", _INTERNAL  # type: ignore[return-value]
     checkpointing = _checkpoint.checkpoints(task)
     values: dict[str, Any] = {}
     target: str | None = None
@@ -487,16 +490,17 @@ def _run_task_full(
                     value = result.read(target).value
                     cached = Cached(f"Result found at target {target!r}.", value)
                     final = _handle(task, running, cached)
-                    return type(final).code, final.result, final.message, False, target  # type: ignore[return-value]
+                    return type(final).code, final.result, final.message, _INTERNAL, target  # type: ignore[return-value]
             if task.cache_for is not None:
                 hit = _checkpoint.cache_lookup(task, inputs, values)
                 if hit is not None:
                     cached = Cached("Reused a cached result.", hit[0])
                     final = _handle(task, running, cached)
-                    return type(final).code, final.result, final.message, False, hit[1]  # type: ignore[return-value]
+                    return type(final).code, final.result, final.message, _INTERNAL, hit[1]  # type: ignore[return-value]
         except Exception as exc:
-            return Failed.code, exc, f"Could not use the task's target: {exc}", False  # type: ignore[return-value]
-    retryable = False
+            return Failed.code, exc, f"Could not use the task's target: {exc}", _INTERNAL  # type: ignore[return-value]
+    # What failed, for the core's retry rule (``_native.CAUSE_*``).
+    cause = _INTERNAL
     try:
         if raised is not None:
             raise raised
@@ -507,25 +511,32 @@ def _run_task_full(
         new: State = Success("Task run succeeded.", value)
     except _Timeout:
         new = TimedOut(f"Task timed out after {task.timeout:g} s.")
-        retryable = True
     except KeyboardInterrupt as exc:
-        return Cancelled.code, exc, "Interrupted by the user (KeyboardInterrupt).", False  # type: ignore[return-value]
+        return Cancelled.code, exc, "Interrupted by the user (KeyboardInterrupt).", _INTERNAL  # type: ignore[return-value]
     except FerroflowSignal as sig:
         new = sig.to_state()
-        retryable = isinstance(sig, FAIL) or type(sig) is FerroflowSignal
+        if isinstance(sig, FAIL) or type(sig) is FerroflowSignal:
+            cause = _native.CAUSE_FAIL_SIGNAL
     except BaseException as exc:
         new = Failed(f"Error during execution of task: {exc!r}", exc)
         retry_on = task.retry_on  # exception types, or None for any exception
-        retryable = (
-            isinstance(exc, retry_on) if retry_on is not None else isinstance(exc, Exception)
-        )
+        matched = isinstance(exc, retry_on) if retry_on is not None else isinstance(exc, Exception)
+        cause = _native.CAUSE_MATCHED if matched else _native.CAUSE_UNMATCHED
     shown = new
-    will_retry = (
-        new.is_failed()
-        and not isinstance(new, TriggerFailed)
-        and retryable
-        and run_count <= (task.max_retries or 0)
+    # The core decides retries; handlers are shown Failed, then Retrying, exactly
+    # when it will retry (Prefect's visible sequence).
+    will_retry = new.code is not None and _native.will_retry(
+        new.code, cause, run_count <= (task.max_retries or 0)
     )
+    if will_retry and not isinstance(new, Retrying):
+        try:
+            new = _handle(task, running, new)
+        except Exception as exc:
+            new = Failed(f"A state handler raised an error: {exc!r}", exc)
+            return Failed.code, exc, new.message, _INTERNAL  # type: ignore[return-value]
+        running = new
+        # A handler that turned the failure into something else decides.
+        will_retry = new.is_failed()
     if will_retry:
         start = datetime.now(timezone.utc) + timedelta(seconds=_retry_delay(task))
         shown = Retrying(new.message, new.result, start_time=start, run_count=run_count)
@@ -534,14 +545,14 @@ def _run_task_full(
     except Exception as exc:
         final = Failed(f"A state handler raised an error: {exc!r}", exc)
         shown = final
-        retryable = False
+        cause = _INTERNAL
     if final.is_failed() and task.on_failure is not None:
         try:
             task.on_failure(task, final)
         except Exception as exc:
             final = Failed(f"The on_failure handler raised an error: {exc!r}", exc)
     if final is shown and will_retry:
-        return Failed.code, new.result, new.message, True  # type: ignore[return-value]
+        return type(new).code, new.result, new.message, cause  # type: ignore[return-value]
     code = type(final).code
     if code is None or code == _RUNNING_CODE:
         code = Failed.code
@@ -552,14 +563,14 @@ def _run_task_full(
                 _checkpoint.cache_store(task, inputs, values, location)
         except Exception as exc:
             return _not_written(exc)
-        return code, final.result, final.message, retryable, location  # type: ignore[return-value]
-    return code, final.result, final.message, retryable
+        return code, final.result, final.message, cause, location  # type: ignore[return-value]
+    return code, final.result, final.message, cause
 
 
-def _not_written(exc: Exception) -> tuple[int, Any, str | None, bool]:
+def _not_written(exc: Exception) -> tuple[int, Any, str | None, int]:
     """What ``run_task`` returns when a successful value could not be checkpointed."""
     msg = f"The task succeeded but its result could not be written: {exc}"
-    return Failed.code, exc, msg, False  # type: ignore[return-value]
+    return Failed.code, exc, msg, _INTERNAL  # type: ignore[return-value]
 
 
 class _TaskStates(Mapping["Task", State]):

@@ -43,6 +43,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from ferroflow._native import STATE_CODES as _CODES
+
 if TYPE_CHECKING:
     from datetime import datetime
 
@@ -327,7 +329,7 @@ class Pending(State):
     """
 
     __slots__ = ()
-    code = 0
+    code = _CODES["Pending"]
 
 
 class Scheduled(Pending):
@@ -346,7 +348,7 @@ class Scheduled(Pending):
     """
 
     __slots__ = ("start_time",)
-    code = 1
+    code = _CODES["Scheduled"]
 
     start_time: datetime | None
 
@@ -369,7 +371,7 @@ class Paused(Scheduled):
     """
 
     __slots__ = ()
-    code = 2
+    code = _CODES["Paused"]
 
 
 class Resume(Scheduled):
@@ -381,7 +383,7 @@ class Resume(Scheduled):
     """
 
     __slots__ = ()
-    code = 3
+    code = _CODES["Resume"]
 
 
 class Retrying(Scheduled):
@@ -400,7 +402,7 @@ class Retrying(Scheduled):
     """
 
     __slots__ = ("run_count",)
-    code = 4
+    code = _CODES["Retrying"]
 
     run_count: int
 
@@ -424,7 +426,7 @@ class Running(State):
     """
 
     __slots__ = ()
-    code = 5
+    code = _CODES["Running"]
 
 
 class Finished(State):
@@ -447,7 +449,7 @@ class Success(Finished):
     """
 
     __slots__ = ()
-    code = 6
+    code = _CODES["Success"]
 
 
 class Cached(Success):
@@ -460,7 +462,7 @@ class Cached(Success):
     """
 
     __slots__ = ()
-    code = 7
+    code = _CODES["Cached"]
 
 
 class Mapped(Success):
@@ -484,7 +486,7 @@ class Mapped(Success):
     """
 
     __slots__ = ("_map_loader", "_map_states")
-    code = 8
+    code = _CODES["Mapped"]
 
     _map_states: list[State]
     _map_loader: Callable[[], list[State]] | None
@@ -568,7 +570,7 @@ class Skipped(Success):
     """
 
     __slots__ = ()
-    code = 9
+    code = _CODES["Skipped"]
 
 
 class Looped(Finished):
@@ -585,7 +587,7 @@ class Looped(Finished):
     """
 
     __slots__ = ("loop_count",)
-    code = 10
+    code = _CODES["Looped"]
 
     loop_count: int
 
@@ -604,7 +606,7 @@ class Failed(Finished):
     """
 
     __slots__ = ()
-    code = 11
+    code = _CODES["Failed"]
 
 
 class TimedOut(Failed):
@@ -616,7 +618,7 @@ class TimedOut(Failed):
     """
 
     __slots__ = ()
-    code = 12
+    code = _CODES["TimedOut"]
 
 
 class TriggerFailed(Failed):
@@ -628,7 +630,7 @@ class TriggerFailed(Failed):
     """
 
     __slots__ = ()
-    code = 13
+    code = _CODES["TriggerFailed"]
 
 
 class Cancelled(Finished):
@@ -641,7 +643,7 @@ class Cancelled(Finished):
     """
 
     __slots__ = ()
-    code = 14
+    code = _CODES["Cancelled"]
 
 
 BY_CODE: tuple[type[State], ...] = (

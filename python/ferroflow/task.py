@@ -28,6 +28,7 @@ function itself, so the engine calls it with no wrapper in between.
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -368,7 +369,13 @@ class Task:
         delay = self.retry_delay
         if delay is not None and not isinstance(delay, timedelta):
             secs = _seconds(delay, "retry_delay", owner)
-            delay = self.retry_delay = timedelta(seconds=secs or 0.0)
+            try:
+                delay = self.retry_delay = timedelta(seconds=secs or 0.0)
+            except (OverflowError, ValueError):
+                raise TaskDefinitionError(
+                    f"{owner}: retry_delay must be a finite number of seconds that a "
+                    f"datetime.timedelta can hold, got {self.retry_delay!r}"
+                ) from None
         if delay is not None and delay < timedelta(0):
             raise TaskDefinitionError(f"{owner}: retry_delay must not be negative, got {delay}")
         if mr > 0 and delay is None:
@@ -397,8 +404,10 @@ class Task:
 
         if self.timeout is not None:
             secs = _seconds(self.timeout, "timeout", owner)
-            if secs is None or secs <= 0:
-                raise TaskDefinitionError(f"{owner}: timeout must be > 0 seconds, got {secs}")
+            if secs is None or not math.isfinite(secs) or secs <= 0:
+                raise TaskDefinitionError(
+                    f"{owner}: timeout must be a finite number of seconds > 0, got {secs}"
+                )
             self.timeout = secs
 
         if self.trigger is None:

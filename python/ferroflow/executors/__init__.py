@@ -62,14 +62,12 @@ def _check_workers(max_workers: int | None, default: int) -> int:
 
 
 def _wait_idle(runner: Any) -> bool:
-    """Nothing is in flight: sleep until the core may have work again (a retry timer),
-    at most 50 ms. False when the run is over (done, or nothing will ever be ready)."""
-    if runner.done():
-        return False
+    """Nothing is in flight: sleep as long as the core's driver says (until a retry
+    timer, at most its longest wait). False when the run is over."""
     hint = runner.wait_hint()
     if hint is None:
         return False
-    time.sleep(min(hint, 0.05))
+    time.sleep(hint)
     return True
 
 

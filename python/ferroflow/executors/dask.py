@@ -61,13 +61,15 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from ferroflow import _native
 from ferroflow.exceptions import ExecutorError
 from ferroflow.executors import Executor, _shown, _wait_idle
+from ferroflow.states import Success
 
 __all__ = ["DaskExecutor"]
 
 _INSTALL_HINT = "DaskExecutor needs dask.distributed: pip install 'ferroflow[dask]'"
-_FAILED, _SUCCESS = 11, 6  # state codes of ferroflow.states
+_SUCCESS = Success.code
 _BATCH = 512  # runs taken from the core per submission
 _PER_THREAD = 8  # runs in flight per worker thread (at least _MIN_INFLIGHT)
 _MIN_INFLIGHT = 64
@@ -375,13 +377,13 @@ def _run(fn: tuple[Any, Any], info: Any, spec: tuple[Any, ...]) -> Any:
             if task.timeout is not None:
                 call = _TimedCall(func, float(task.timeout), cur, info)
             out = run_task(task, run_count, tuple(args), kwargs, call, enforce_timeout=False)
-            code, value, message, retryable = out[:4]
+            code, value, message, cause = out[:4]
             # Where a checkpoint, target or cache put the value: the driver records it.
             location = out[4] if len(out) > 4 else None
             stuck = _worker_address() if getattr(call, "stuck", False) else None
             if code != _SUCCESS or stuck is not None or location is not None:
                 _keep_traceback(value)
-                payload = (code, value, message, retryable, stuck, location)
+                payload = (code, value, message, cause, stuck, location)
                 why = _cannot_send(payload)
                 if why is not None:
                     what = "exception" if isinstance(value, BaseException) else "result"
@@ -840,7 +842,7 @@ class _Driver:
         for run_id, task_id, map_index, rc, lc, hooked, func, args, kwargs, lr in items:
             fn = self._fn_future(task_id, func, hooked)
             if isinstance(fn, Exception):
-                self.runner.report_failure(run_id, _FAILED, str(fn), False, fn)
+                self.runner.report_failure(run_id, str(fn), fn)
                 continue
             args, kwargs, walk = self._substitute(task_id, args, kwargs)
             spec = (run_id, task_id, map_index, rc, lc, hooked, args, kwargs, lr, walk)
@@ -888,7 +890,7 @@ class _Driver:
             run_id, task_id = spec[0], spec[1]
             msg = f"the inputs of task '{self.tasks[task_id].name}' could not be sent to Dask: "
             msg += repr(exc)
-            self.runner.report_failure(run_id, _FAILED, msg, False, ExecutorError(msg))
+            self.runner.report_failure(run_id, msg, ExecutorError(msg))
             return []
         return [(fut, item)]
 
@@ -964,7 +966,7 @@ class _Driver:
 
     def _report_ok(self, rec: _Sub, value: Any) -> None:
         if rec.hooked:
-            value = (_SUCCESS, value, None, False)
+            value = (_SUCCESS, value, None, _native.CAUSE_INTERNAL)
         if self.runner.report(rec.run_id, rec.hooked, True, value):
             raise KeyboardInterrupt
 
@@ -988,15 +990,13 @@ class _Driver:
         if out.kind == _Outcome.RAISED:
             stop = runner.report(rec.run_id, rec.hooked, False, out.payload)
         elif out.kind == _Outcome.HOOKED:
-            code, value, message, retryable, stuck, location = out.payload
+            code, value, message, cause, stuck, location = out.payload
             if stuck is not None:
                 message = self._stop_stuck(stuck, message)
-            stop = runner.report(
-                rec.run_id, True, True, (code, value, message, retryable, location)
-            )
+            stop = runner.report(rec.run_id, True, True, (code, value, message, cause, location))
         else:
             msg, shown = out.payload
-            runner.report_failure(rec.run_id, _FAILED, msg, False, shown)
+            runner.report_failure(rec.run_id, msg, shown)
             stop = False
         if stop:
             raise KeyboardInterrupt
@@ -1008,11 +1008,11 @@ class _Driver:
             # Dask already reran it on other workers; as on the process pool, a death
             # counts one attempt and the task's retries apply whatever retry_on says.
             msg = f"worker process died: Dask lost the workers running it ({exc})"
-            self.runner.report_failure(rec.run_id, _FAILED, msg, True, exc)
+            self.runner.report_failure(rec.run_id, msg, exc, cause=_native.CAUSE_WORKER_LOST)
             return
         what = "the description of its result" if rec.describing else "it"
         msg = f"Dask could not run {what}: {exc!r}"
-        self.runner.report_failure(rec.run_id, _FAILED, msg, False, exc)
+        self.runner.report_failure(rec.run_id, msg, exc)
 
     def _stop_stuck(self, address: str, message: str | None) -> str:
         """Restart the worker whose thread still runs a timed-out run (in the background)."""
@@ -1065,10 +1065,9 @@ class _Driver:
                 if not _wait_idle(runner):
                     return
                 continue
-            wait = 0.05
+            # The core's driver says how long to wait (its wait policy).
             hint = runner.wait_hint()
-            if hint is not None:
-                wait = max(0.0, min(wait, hint))
+            wait = 0.0 if hint is None else hint
             try:
                 done = [get(timeout=wait)]
             except queue.Empty:

@@ -26,13 +26,13 @@ import time
 from collections import deque
 from typing import Any
 
+from ferroflow import _native
 from ferroflow.exceptions import ExecutorError
 from ferroflow.executors import _check_workers, _shown, _wait_idle
 
 _BATCH = 256  # runs per message to a worker
 _DEPTH = 2  # batches in flight per worker
 _FLUSH_S = 0.002  # a worker sends finished results at least this often
-_FAILED, _TIMED_OUT = 11, 12
 
 
 def _death_name(exitcode: int | None) -> str:
@@ -295,7 +295,7 @@ class _Driver:
             run_id, task_id, hooked, func = item[0], item[1], item[5], item[6]
             blob = self._task_payload(task_id, hooked, func)
             if isinstance(blob, Exception):
-                self.runner.report_failure(run_id, _FAILED, str(blob), False, blob)
+                self.runner.report_failure(run_id, str(blob), blob)
                 continue
             if task_id not in w.known:
                 new_tasks[task_id] = blob
@@ -316,7 +316,7 @@ class _Driver:
                         f"the inputs of task '{name}' could not be sent to a worker process: "
                         f"{exc!r}"
                     )
-                    self.runner.report_failure(b[0], _FAILED, msg, False, ExecutorError(msg))
+                    self.runner.report_failure(b[0], msg, ExecutorError(msg))
                 else:
                     good_batch.append(b)
                     good_items.append(item)
@@ -386,13 +386,13 @@ class _Driver:
             w.started_at.pop(run_id, None)
             if ok is None:
                 msg, shown = payload
-                self.runner.report_failure(run_id, _FAILED, msg, False, shown)
+                self.runner.report_failure(run_id, msg, shown)
                 continue
             try:
                 value = cp.loads(payload)
             except Exception as exc:
                 msg = f"the task's result could not be unpickled in the driver: {exc!r}"
-                self.runner.report_failure(run_id, _FAILED, msg, False, repr(exc))
+                self.runner.report_failure(run_id, msg, repr(exc))
                 continue
             if self.runner.report(run_id, hooked, ok, value):
                 raise KeyboardInterrupt
@@ -412,10 +412,12 @@ class _Driver:
                 if w.killed_for == run_id:
                     timeout = self.tasks[item[1]].timeout
                     msg = f"Task timed out after {timeout:g} s; its worker process was stopped."
-                    self.runner.report_failure(run_id, _TIMED_OUT, msg, True, TimeoutError(msg))
+                    self.runner.report_failure(run_id, msg, TimeoutError(msg), timed_out=True)
                 else:
                     msg = f"worker process died: {cause}"
-                    self.runner.report_failure(run_id, _FAILED, msg, True, RuntimeError(msg))
+                    self.runner.report_failure(
+                        run_id, msg, RuntimeError(msg), cause=_native.CAUSE_WORKER_LOST
+                    )
             else:
                 self.requeue.append(item)
         w.conn.close()

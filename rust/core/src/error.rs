@@ -25,6 +25,9 @@ pub enum CoreError {
     /// The host reported an outcome for a run that is not running.
     #[error("task run {run} is not running (state {state})")]
     NotRunning { run: u32, state: &'static str },
+    /// Only a paused run can be approved.
+    #[error("task run {run} is not paused (state {state}): only a paused run can be approved")]
+    NotPaused { run: u32, state: &'static str },
     /// More runs than the run table can index.
     #[error("too many task runs: the run table holds at most {0}")]
     TooManyRuns(u64),

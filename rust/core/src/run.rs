@@ -42,6 +42,37 @@ pub trait Host {
     fn len_of_item(&mut self, run: RunId, item: u32) -> Result<u32, String>;
 }
 
+/// Why a run failed, as far as retries care. The host says what happened; the
+/// core alone decides whether that failure is retried ([`Cause::retryable`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// The task raised an error; `matched` says whether it matches the task's
+    /// `retry_on` (with no `retry_on`: whether it is an ordinary `Exception`,
+    /// not a `BaseException` such as `SystemExit`).
+    Raised {
+        /// The error matches `retry_on`.
+        matched: bool,
+    },
+    /// The task raised the FAIL signal (retries apply, whatever `retry_on` says).
+    FailSignal,
+    /// The worker executing it died (retries apply; `retry_on` does not filter a death).
+    WorkerLost,
+    /// ferroflow could not run or keep it (inputs not assembled, value not
+    /// written, a hook misbehaved, a state handler raised): retrying cannot help.
+    Internal,
+}
+
+impl Cause {
+    /// Whether a failure with this cause may be retried (while retries are left).
+    pub fn retryable(self) -> bool {
+        match self {
+            Cause::Raised { matched } => matched,
+            Cause::FailSignal | Cause::WorkerLost => true,
+            Cause::Internal => false,
+        }
+    }
+}
+
 /// What the host reports when a run it executed ends.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
@@ -51,19 +82,17 @@ pub enum Outcome {
     Cached,
     /// It raised SKIP (with this message).
     Skipped(Option<String>),
-    /// It raised an error: retried while retries are left, if `retryable`.
+    /// It failed: retried while retries are left, if its cause is retryable.
     Failed {
         /// The error, as the state's message.
         message: Option<String>,
-        /// The error matches the task's `retry_on`.
-        retryable: bool,
+        /// What failed (see [`Cause::retryable`]).
+        cause: Cause,
     },
-    /// It ran past its timeout: retried like a failure.
+    /// It ran past its timeout: retried like a failure, while retries are left.
     TimedOut {
         /// The state's message.
         message: Option<String>,
-        /// As for `Failed`.
-        retryable: bool,
     },
     /// Its custom trigger (evaluated by the host) said no.
     TriggerFailed(Option<String>),
@@ -71,12 +100,37 @@ pub enum Outcome {
     Retry(Option<String>),
     /// The LOOP signal: run again at once with the loop count + 1.
     Loop(Option<String>),
-    /// The PAUSE signal: the run waits for approval.
+    /// The PAUSE signal: the run waits for approval ([`Run::approve`]).
     Paused(Option<String>),
     /// It was cancelled.
     Cancelled(Option<String>),
+    /// The user interrupted it (Ctrl-C): it is Cancelled, and a driver stops the
+    /// whole flow run ([`crate::driver::Driver`]).
+    Interrupted(Option<String>),
     /// Finished in an earlier flow run and restored from its checkpoint.
     Restored(Option<String>),
+}
+
+impl Outcome {
+    /// Whether [`Run::complete`] retries a run that ends with this outcome
+    /// while it has `retries_left`: the one retry rule. RETRY always retries;
+    /// a timeout, and a failure whose cause is retryable, while retries are left.
+    pub fn is_retried(&self, retries_left: bool) -> bool {
+        match self {
+            Outcome::Retry(_) => true,
+            Outcome::TimedOut { .. } => retries_left,
+            Outcome::Failed { cause, .. } => retries_left && cause.retryable(),
+            _ => false,
+        }
+    }
+
+    /// A failure with this message and cause.
+    pub fn failed(message: impl Into<String>, cause: Cause) -> Outcome {
+        Outcome::Failed {
+            message: Some(message.into()),
+            cause,
+        }
+    }
 }
 
 /// A run the host should execute now.
@@ -125,6 +179,10 @@ pub enum FlowOutcome {
     Unfinished(Vec<TaskId>),
 }
 
+/// One journalled state transition: which run, into which state, and when
+/// (the instant the host gave with the call that made it).
+pub type Transition = (RunId, StateKind, Instant);
+
 #[derive(Copy, Clone, Debug)]
 enum Item {
     One(RunId),
@@ -168,7 +226,10 @@ pub struct Run {
     flat: HashMap<u32, Vec<u32>>,
     stack: Vec<Item>,
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
-    journal: Option<Vec<(RunId, StateKind)>>,
+    journal: Option<Vec<Transition>>,
+    /// The instant of the call being handled ([`Run::next_ready`],
+    /// [`Run::complete`]): the time of the transitions it makes.
+    clock: Instant,
     cancelled: bool,
     release: Option<Release>,
     /// How many runs are in each state, by state code. The runs in flight
@@ -229,6 +290,7 @@ impl Run {
             stack,
             timers: BinaryHeap::new(),
             journal: None,
+            clock: Instant::now(),
             cancelled: false,
             release: None,
             graph,
@@ -350,7 +412,7 @@ impl Run {
 
     /// Move the transitions recorded since the last call into `out` (cleared
     /// first). Swapping buffers keeps both allocations alive across calls.
-    pub fn take_journal(&mut self, out: &mut Vec<(RunId, StateKind)>) {
+    pub fn take_journal(&mut self, out: &mut Vec<Transition>) {
         out.clear();
         if let Some(j) = self.journal.as_mut() {
             std::mem::swap(j, out);
@@ -358,7 +420,7 @@ impl Run {
     }
 
     /// Take the transitions recorded since the last call.
-    pub fn drain_journal(&mut self) -> Vec<(RunId, StateKind)> {
+    pub fn drain_journal(&mut self) -> Vec<Transition> {
         self.journal
             .as_mut()
             .map(std::mem::take)
@@ -465,7 +527,7 @@ impl Run {
             }
         }
         if let Some(j) = self.journal.as_mut() {
-            j.push((run, kind));
+            j.push((run, kind, self.clock));
         }
     }
 
@@ -506,6 +568,7 @@ impl Run {
     /// [`Run::is_done`] and [`Run::next_wakeup`]). Runs that end without executing
     /// (skipped, trigger failed, paused, mapped parents) are settled on the way.
     pub fn next_ready(&mut self, now: Instant, host: &mut dyn Host) -> Option<Ready> {
+        self.clock = now;
         self.fire_timers(now);
         while let Some(run) = self.pop() {
             if let Some(ready) = self.prepare(run, host) {
@@ -718,7 +781,7 @@ impl Run {
                 let mut p = 0;
                 for u in &elementwise {
                     if let Some((ub, _)) = self.tasks[u.idx()].children
-                        && !self.state[(ub + i) as usize].is_finished()
+                        && !self.state[(ub + i) as usize].is_final()
                     {
                         p += 1;
                     }
@@ -906,7 +969,7 @@ impl Run {
         }
     }
 
-    /// Report how a run handed out by [`Run::next_ready`] ended.
+    /// Report how a run handed out by [`Run::next_ready`] ended, at `now`.
     pub fn complete(
         &mut self,
         run: RunId,
@@ -921,28 +984,38 @@ impl Run {
                 state: st.name(),
             });
         }
+        self.clock = now;
         let task = self.task_of[run.idx()];
         let spec = &self.graph.tasks[task.idx()];
         let (max_retries, delay) = (spec.max_retries, spec.retry_delay);
-        let retry = |this: &mut Self, msg: Option<String>, delay: Duration| {
-            this.set(run, StateKind::Retrying, msg);
-            this.timers.push(Reverse((now + delay, run.0)));
-        };
+        if outcome.is_retried(self.run_count(run) <= max_retries) {
+            let msg = match outcome {
+                Outcome::Retry(m) | Outcome::TimedOut { message: m } => m,
+                Outcome::Failed { message, .. } => message,
+                _ => None,
+            };
+            self.set(run, StateKind::Retrying, msg);
+            // Task options are checked when a task is made, so `now + delay`
+            // fits; a delay past what the clock can hold waits "for ever".
+            let at = now
+                .checked_add(delay)
+                .unwrap_or_else(|| now + Duration::from_secs(u32::MAX.into()));
+            self.timers.push(Reverse((at, run.0)));
+            return Ok(());
+        }
         match outcome {
             Outcome::Success => self.finish(run, StateKind::Success, None),
             Outcome::Cached => self.finish(run, StateKind::Cached, None),
             Outcome::Skipped(m) => self.finish(run, StateKind::Skipped, m),
             Outcome::TriggerFailed(m) => self.finish(run, StateKind::TriggerFailed, m),
-            Outcome::Cancelled(m) => self.finish(run, StateKind::Cancelled, m),
-            Outcome::Restored(m) => self.finish(run, StateKind::Success, m),
-            Outcome::Failed { message, retryable } | Outcome::TimedOut { message, retryable }
-                if retryable && self.run_count(run) <= max_retries =>
-            {
-                retry(self, message, delay);
+            Outcome::Cancelled(m) | Outcome::Interrupted(m) => {
+                self.finish(run, StateKind::Cancelled, m);
             }
+            Outcome::Restored(m) => self.finish(run, StateKind::Success, m),
             Outcome::Failed { message, .. } => self.finish(run, StateKind::Failed, message),
-            Outcome::TimedOut { message, .. } => self.finish(run, StateKind::TimedOut, message),
-            Outcome::Retry(m) => retry(self, m, delay),
+            Outcome::TimedOut { message } => self.finish(run, StateKind::TimedOut, message),
+            // Always retried (above).
+            Outcome::Retry(_) => {}
             Outcome::Loop(m) => {
                 *self.loop_count.entry(run.0).or_insert(0) += 1;
                 self.set(run, StateKind::Looped, m);
@@ -951,6 +1024,41 @@ impl Run {
             Outcome::Paused(m) => self.set(run, StateKind::Paused, m),
         }
         Ok(())
+    }
+
+    /// Whether `run` has retries left: a retryable failure of its current
+    /// attempt would be retried.
+    pub fn retries_left(&self, run: RunId) -> bool {
+        self.task_of
+            .get(run.idx())
+            .is_some_and(|&t| self.run_count(run) <= self.graph.tasks[t.idx()].max_retries)
+    }
+
+    /// Approve a paused run (PAUSE, or a `manual_only` trigger): it runs next,
+    /// without its trigger being asked again (state `Resume`).
+    pub fn approve(&mut self, run: RunId) -> Result<(), CoreError> {
+        self.check(run)?;
+        let st = self.state[run.idx()];
+        if st != StateKind::Paused {
+            return Err(CoreError::NotPaused {
+                run: run.0,
+                state: st.name(),
+            });
+        }
+        self.set(run, StateKind::Resume, None);
+        self.push_ready(run);
+        Ok(())
+    }
+
+    /// The runs waiting for approval.
+    pub fn paused(&self) -> Vec<RunId> {
+        if self.counts[StateKind::Paused as usize] == 0 {
+            return Vec::new();
+        }
+        (0..self.state.len() as u32)
+            .map(RunId)
+            .filter(|r| self.state[r.idx()] == StateKind::Paused)
+            .collect()
     }
 
     /// Stop the run: running runs and waiting retries become Cancelled, nothing
@@ -962,7 +1070,7 @@ impl Run {
         for r in 0..self.state.len() {
             if matches!(
                 self.state[r],
-                StateKind::Running | StateKind::Retrying | StateKind::Looped
+                StateKind::Running | StateKind::Retrying | StateKind::Looped | StateKind::Resume
             ) {
                 self.set(
                     RunId(r as u32),

@@ -89,6 +89,15 @@ impl StateKind {
         (self as u8) >= StateKind::Success as u8
     }
 
+    /// Settled for good: finished and not `Looped` (a looping run runs again).
+    /// Dependency counting waits for this, never for [`StateKind::is_finished`]
+    /// alone: a downstream run must not start while its upstream still loops.
+    /// `Paused` is not finished either: it waits for approval.
+    #[inline]
+    pub fn is_final(self) -> bool {
+        self.is_finished() && self != StateKind::Looped
+    }
+
     /// Successful: Success, Cached, Mapped, Skipped.
     #[inline]
     pub fn is_successful(self) -> bool {

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use common::{Lens, drive};
 use ferroflow_core::{
-    EdgeSpec, FlowOutcome, Graph, Outcome, Run, RunId, StateKind, TaskId, TaskSpec, Trigger,
+    Cause, EdgeSpec, FlowOutcome, Graph, Outcome, Run, RunId, StateKind, TaskId, TaskSpec,
+    Transition, Trigger,
 };
 use proptest::prelude::*;
 
@@ -191,7 +192,8 @@ enum Script {
     Success,
     /// The SKIP signal.
     Skip,
-    /// Fail on every attempt (as a timeout when `timeout`).
+    /// Fail on every attempt (as a timeout when `timeout`; timeouts are always
+    /// retryable).
     Fail {
         retryable: bool,
         timeout: bool,
@@ -211,18 +213,14 @@ impl Script {
                 timeout: false,
             } => Outcome::Failed {
                 message: Some("boom".into()),
-                retryable,
+                cause: Cause::Raised { matched: retryable },
             },
-            Script::Fail {
-                retryable,
-                timeout: true,
-            } => Outcome::TimedOut {
+            Script::Fail { timeout: true, .. } => Outcome::TimedOut {
                 message: Some("too slow".into()),
-                retryable,
             },
             Script::FailThenSucceed(k) if run_count <= k => Outcome::Failed {
                 message: Some("flaky".into()),
-                retryable: true,
+                cause: Cause::Raised { matched: true },
             },
             Script::FailThenSucceed(_) => Outcome::Success,
         }
@@ -239,7 +237,12 @@ impl Script {
                 } else {
                     StateKind::Failed
                 },
-                if retryable { max_retries + 1 } else { 1 },
+                // A timeout is retried like any retryable failure.
+                if retryable || timeout {
+                    max_retries + 1
+                } else {
+                    1
+                },
             ),
             Script::FailThenSucceed(k) if k <= max_retries => (StateKind::Success, k + 1),
             Script::FailThenSucceed(_) => (StateKind::Failed, max_retries + 1),
@@ -263,17 +266,17 @@ fn script() -> impl Strategy<Value = Script> {
 /// Every run in the journal reaches a finished state exactly once, never changes
 /// after that, and the last journalled state is the run's current state. Every run
 /// in the table appears in the journal.
-fn check_journal(run: &Run, journal: &[(RunId, StateKind)]) -> Result<(), TestCaseError> {
+fn check_journal(run: &Run, journal: &[Transition]) -> Result<(), TestCaseError> {
     let mut finished: HashMap<u32, StateKind> = HashMap::new();
     let mut last: HashMap<u32, StateKind> = HashMap::new();
-    for (i, &(r, s)) in journal.iter().enumerate() {
+    for (i, &(r, s, _)) in journal.iter().enumerate() {
         if let Some(f) = finished.get(&r.0) {
             return Err(TestCaseError::fail(format!(
                 "run {} transitioned to {s:?} (journal entry {i}) after finishing as {f:?}",
                 r.0
             )));
         }
-        if s.is_finished() {
+        if s.is_final() {
             finished.insert(r.0, s);
         }
         last.insert(r.0, s);
@@ -299,7 +302,7 @@ fn unfinished_upstream(run: &Run, r: RunId) -> Vec<(RunId, StateKind)> {
         .into_iter()
         .flat_map(|(_, ups)| ups)
         .map(|u| (u, run.state(u).expect("state")))
-        .filter(|(_, s)| !s.is_finished())
+        .filter(|(_, s)| !s.is_final())
         .collect()
 }
 

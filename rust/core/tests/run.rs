@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use common::{Lens, drive, state};
 use ferroflow_core::{
-    EdgeSpec, FlowOutcome, Graph, Outcome, Ready, Run, RunId, StateKind, TaskId, TaskSpec, Trigger,
+    Cause, EdgeSpec, FlowOutcome, Graph, Outcome, Ready, Run, RunId, StateKind, TaskId, TaskSpec,
+    Trigger,
 };
 
 fn tasks(n: usize) -> Vec<TaskSpec> {
@@ -28,7 +29,7 @@ fn map_chain(stages: u32) -> Vec<EdgeSpec> {
 fn fail() -> Outcome {
     Outcome::Failed {
         message: Some("boom".into()),
-        retryable: true,
+        cause: Cause::Raised { matched: true },
     }
 }
 
@@ -124,7 +125,7 @@ fn retries_exhausted_and_not_retryable() {
         } else {
             Outcome::Failed {
                 message: None,
-                retryable: false,
+                cause: Cause::Raised { matched: false },
             }
         }
     });

@@ -10,10 +10,10 @@
 //! and returns where they start. Here, per value: one serializer call (the C
 //! pickler for plain builtin values), a copy into the block, and three numbers.
 //!
-//! A block is written when it holds 1 MiB or 16384 records, at the first task
-//! call after a tick of the runner's clock (`ticker`, every 50 ms), before a
-//! call of a task not known to be quick, before the runner waits, and when the
-//! run ends. Only then are its records' locations sent to
+//! A block is written when it holds 1 MiB or 16384 records, and whenever the
+//! core's driver tells the runner to flush (at least every 50 ms while tasks
+//! run, before a call of a task not known to be quick, before a wait), and when
+//! the run ends. Only then are its records' locations sent to
 //! the run store, as one compact `PackLocations` event: a location in the store
 //! always names bytes that reached the file. A kill loses at most the last
 //! block's checkpoints; those children run again on resume.
@@ -29,7 +29,7 @@ use pyo3::types::{
 };
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::errors::ff_error;
+use crate::errors::{PyErrKind, ff_error};
 
 /// A block is written once it holds this many bytes...
 const BLOCK_BYTES: usize = 1 << 20;
@@ -277,7 +277,7 @@ impl PackSink {
         value: &Bound<'_, PyAny>,
     ) -> PyResult<Written> {
         if let Some(why) = &self.broken {
-            return Err(ff_error(py, "ResultError", why.clone()));
+            return Err(ff_error(py, PyErrKind::Result, why.clone()));
         }
         if self.scalars {
             let at = self.buf.len();
@@ -295,7 +295,7 @@ impl PackSink {
                  location for it",
                 bytes.len()
             );
-            return Err(ff_error(py, "ResultError", msg));
+            return Err(ff_error(py, PyErrKind::Result, msg));
         };
         self.buf.extend_from_slice(&len.to_be_bytes());
         self.items.push((run, self.buf.len(), len));

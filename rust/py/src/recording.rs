@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ferroflow_core::store::{
     Event, EventBuffer, NewTaskRun, PackItem, Recorder, StoreError, TransitionItem, now,
 };
-use ferroflow_core::{Run, RunId, StateKind, TaskId};
+use std::time::Instant;
+
+use ferroflow_core::{Run, RunId, StateKind, TaskId, Transition};
 
 /// Transitions per `Transitions` event.
 const BATCH: usize = 8192;
@@ -84,9 +86,11 @@ pub struct Recording {
     names: Vec<Arc<str>>,
     /// Transitions not yet in a `Transitions` event.
     items: Vec<TransitionItem>,
-    /// The time given to transitions, re-read every 256 journal calls.
-    at: f64,
-    clock_uses: u32,
+    /// The wall-clock time (seconds since the epoch) at `origin`: a
+    /// transition's instant converts to wall time from this pair, so it costs
+    /// no clock read.
+    wall: f64,
+    origin: Instant,
     /// Result locations reported by checkpointing tasks, waiting for the run's
     /// next transition.
     pub locations: HashMap<u32, String>,
@@ -132,28 +136,23 @@ impl Recording {
             id,
             names,
             items: Vec::with_capacity(BATCH),
-            at: now(),
-            clock_uses: 0,
+            wall: now(),
+            origin: Instant::now(),
             locations: HashMap::new(),
         })
     }
 
     /// Turn journal entries into store events. Transitions collect in a batch
     /// that goes out as one event every few thousand entries.
-    pub fn journal(&mut self, run: &Run, entries: &[(RunId, StateKind)]) {
+    pub fn journal(&mut self, run: &Run, entries: &[Transition]) {
         if entries.is_empty() {
             return;
         }
-        // The wall clock is read once per 256 journal calls: transition times are
-        // then at most a few hundred microseconds early, and a million-child map
-        // does not pay a million clock reads.
-        if self.clock_uses == 0 {
-            self.at = now();
-        }
-        self.clock_uses = (self.clock_uses + 1) % 256;
-        let at = self.at;
         let n_tasks = self.names.len();
-        for &(r, state) in entries {
+        for &(r, state, instant) in entries {
+            // The instant the run loop gave the core with the call that made
+            // this transition: the real start or end of an attempt.
+            let at = self.wall_time(instant);
             if state == StateKind::Mapped && r.idx() < n_tasks {
                 let task = TaskId(r.0);
                 if let Some((first_run, count)) = run.children(task) {
@@ -192,6 +191,14 @@ impl Recording {
         }
         if self.items.len() >= BATCH {
             self.flush_items();
+        }
+    }
+
+    /// Wall-clock seconds of a monotonic instant.
+    fn wall_time(&self, at: Instant) -> f64 {
+        match at.checked_duration_since(self.origin) {
+            Some(d) => self.wall + d.as_secs_f64(),
+            None => self.wall - self.origin.duration_since(at).as_secs_f64(),
         }
     }
 

@@ -10,32 +10,34 @@
 //! that only checkpoints into its pack takes the plain path too, and its value
 //! is appended to the pack here (`packs`).
 //!
-//! Records for the run store and pack blocks are buffered and sent in batches:
-//! when full, at a tick of the process-wide clock (`ticker`), before a call of
-//! a task not known to be quick, before waiting, and at the end, so a long
-//! call never holds back the records of runs that finished before it.
+//! The loops here execute what the core's [`Driver`] asks and nothing else: it
+//! says which run to call, when to send buffered records (store events and pack
+//! blocks), how long to wait and when the run is over, and it decides whether
+//! a failure is retried. The binding reads the real clock around each call and
+//! converts values and errors: an exception becomes an [`Outcome`] with its
+//! [`Cause`] (its kind, and whether it matched `retry_on`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
+use ferroflow_core::driver::INTERRUPTED;
 use ferroflow_core::run::Source;
 use ferroflow_core::store::PackItem;
 use ferroflow_core::{
-    EdgeId, EdgeSpec, FlowOutcome, Graph, Host, Outcome, Ready, Run, RunId, StateKind, TaskId,
-    TaskSpec, Trigger,
+    Cause, Driver, EdgeId, EdgeSpec, FlowOutcome, Graph, Host, Outcome, Policy, Ready, Run, RunId,
+    StateKind, Step, TaskId, TaskSpec, Transition, Trigger,
 };
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PySequence, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::errors::{ff_error, to_py};
+use crate::errors::{PyErrKind, ff_error, to_py};
 use crate::packs::{PackSink, Written};
 use crate::recording::{FlowRunMeta, Recording};
 use crate::store::{host_name, store_err};
-use crate::ticker;
 
 /// What the calling thread is executing, for `ferroflow.context`.
 struct Current {
@@ -88,11 +90,31 @@ fn set_current(cur: Option<Current>) {
 /// A failure that retries cannot fix (the inputs could not be assembled, the
 /// value not checkpointed, a hook misbehaved).
 fn fatal(message: String) -> Outcome {
-    Outcome::Failed {
-        message: Some(message),
-        retryable: false,
+    Outcome::failed(message, Cause::Internal)
+}
+
+/// The [`Cause`] of a failure as the run hook and the executors report it
+/// (`_native.CAUSE_*`).
+pub fn cause_from_code(code: u8) -> Cause {
+    match code {
+        CAUSE_MATCHED => Cause::Raised { matched: true },
+        CAUSE_UNMATCHED => Cause::Raised { matched: false },
+        CAUSE_FAIL_SIGNAL => Cause::FailSignal,
+        CAUSE_WORKER_LOST => Cause::WorkerLost,
+        _ => Cause::Internal,
     }
 }
+
+/// `_native.CAUSE_*`: what made a run fail, as Python reports it.
+pub const CAUSE_UNMATCHED: u8 = 0;
+/// The error matched `retry_on`.
+pub const CAUSE_MATCHED: u8 = 1;
+/// The FAIL signal.
+pub const CAUSE_FAIL_SIGNAL: u8 = 2;
+/// The worker died.
+pub const CAUSE_WORKER_LOST: u8 = 3;
+/// ferroflow could not run or keep the task.
+pub const CAUSE_INTERNAL: u8 = 4;
 
 /// One argument of a task: the value of an input edge, or a constant.
 enum Slot {
@@ -130,7 +152,7 @@ struct Call {
 }
 
 struct Inner {
-    run: Run,
+    driver: Driver,
     calls: Vec<Call>,
     results: Vec<Option<Py<PyAny>>>,
     loop_results: HashMap<u32, Py<PyAny>>,
@@ -156,22 +178,14 @@ struct Inner {
     pack_problems: Vec<String>,
     /// Pack records of restored runs, by pack, waiting to be recorded.
     restored: Vec<(Arc<str>, Vec<PackItem>)>,
-    /// The `ticker` epoch when buffers were last sent.
-    epoch_seen: u64,
-    /// By task: its last call ended within the tick it started in (calls of
-    /// other tasks send buffered records first).
-    quick: Vec<bool>,
     last_progress: Instant,
     steps: u32,
     signal_base: Py<PyAny>,
     token: u64,
     /// The core journals transitions (for handlers or the run store).
     journaling: bool,
-    journal_buf: Vec<(RunId, StateKind)>,
+    journal_buf: Vec<Transition>,
     recording: Option<Recording>,
-    /// When the run was built: the time given to the core where no timer can
-    /// be due or set (one clock read less per task).
-    started: Instant,
     finished: bool,
 }
 
@@ -329,7 +343,7 @@ impl Inner {
     }
 
     fn value_of<'py>(&self, py: Python<'py>, e: EdgeId, run: RunId) -> PyResult<Bound<'py, PyAny>> {
-        let v = match self.run.source(e, run) {
+        let v = match self.run().source(e, run) {
             Source::Run(r) => self.result(py, r),
             Source::Item(r, i) => self.result(py, r).get_item(i)?,
             Source::Nested(r, k, i) => self.result(py, r).get_item(k)?.get_item(i)?,
@@ -337,7 +351,7 @@ impl Inner {
                 PyList::new(py, (base.0..base.0 + n).map(|r| self.result(py, RunId(r))))?.into_any()
             }
         };
-        let spec = self.run.graph().edge(e);
+        let spec = self.run().graph().edge(e);
         if spec.flattened && !spec.mapped {
             let out = PyList::empty(py);
             for sub in v.try_iter()? {
@@ -383,18 +397,12 @@ impl Inner {
     }
 
     /// Turn an exception raised by a task into an outcome and a stored value.
-    fn classify(
-        &self,
-        py: Python<'_>,
-        err: PyErr,
-        retry_on: Option<&Py<PyAny>>,
-    ) -> (Outcome, Py<PyAny>, bool) {
+    fn classify(&self, py: Python<'_>, err: PyErr, retry_on: Option<&Py<PyAny>>) -> Settled {
         if err.is_instance_of::<PyKeyboardInterrupt>(py) {
             let v = err.into_value(py).into_any();
             return (
-                Outcome::Cancelled(Some("Interrupted by the user (KeyboardInterrupt).".into())),
-                v,
-                true,
+                Outcome::Interrupted(Some("Interrupted by the user (KeyboardInterrupt).".into())),
+                Some(v),
             );
         }
         let value = err.value(py).clone();
@@ -406,7 +414,7 @@ impl Inner {
             let code: u8 = value
                 .getattr("code")
                 .and_then(|c| c.extract())
-                .unwrap_or(11);
+                .unwrap_or(StateKind::Failed as u8);
             let msg: Option<String> = value.getattr("message").ok().and_then(|m| m.extract().ok());
             let result = value
                 .getattr("result")
@@ -420,34 +428,27 @@ impl Inner {
                 Some(StateKind::Paused) => Outcome::Paused(msg),
                 _ => {
                     // FAIL: retries apply. Keep the signal itself as the result.
-                    return (
-                        Outcome::Failed {
-                            message: msg,
-                            retryable: true,
-                        },
-                        value.into_any().unbind(),
-                        false,
-                    );
+                    let out = Outcome::Failed {
+                        message: msg,
+                        cause: Cause::FailSignal,
+                    };
+                    return (out, Some(value.into_any().unbind()));
                 }
             };
-            return (out, result, false);
+            return (out, Some(result));
         }
-        let retryable = match retry_on {
+        let matched = match retry_on {
             None => err.is_instance_of::<pyo3::exceptions::PyException>(py),
             Some(types) => err.is_instance(py, types.bind(py)),
         };
         let repr = value
             .repr()
             .map_or_else(|_| "<unprintable error>".to_string(), |r| r.to_string());
-        let msg = format!("Error during execution of task: {repr}");
-        (
-            Outcome::Failed {
-                message: Some(msg),
-                retryable,
-            },
-            value.into_any().unbind(),
-            false,
-        )
+        let out = Outcome::failed(
+            format!("Error during execution of task: {repr}"),
+            Cause::Raised { matched },
+        );
+        (out, Some(value.into_any().unbind()))
     }
 
     /// Turn a popped run into work to call, or settle it at once (constants,
@@ -555,21 +556,20 @@ impl Inner {
         work_run: RunId,
         hooked: bool,
         res: PyResult<Py<PyAny>>,
-    ) -> (Outcome, Option<Py<PyAny>>, bool) {
+    ) -> Settled {
         let value = match res {
             Ok(v) => v,
             Err(e) => {
                 let retry_on = self
-                    .run
+                    .run()
                     .task_of(work_run)
                     .ok()
                     .and_then(|t| self.calls[t.idx()].retry_on.as_ref());
-                let (o, v, cancel) = self.classify(py, e, retry_on);
-                return (o, Some(v), cancel);
+                return self.classify(py, e, retry_on);
             }
         };
         if !hooked {
-            if let Ok(task) = self.run.task_of(work_run)
+            if let Ok(task) = self.run().task_of(work_run)
                 && self.is_pack(task)
                 && let Err(e) = self.pack_value(py, task, work_run, value.bind(py))
             {
@@ -577,61 +577,42 @@ impl Inner {
                     "The task succeeded but its result could not be written: {}",
                     e.value(py)
                 );
-                return (fatal(msg), Some(e.into_value(py).into_any()), false);
+                return (fatal(msg), Some(e.into_value(py).into_any()));
             }
-            return (Outcome::Success, Some(value), false);
+            return (Outcome::Success, Some(value));
         }
         let parsed = value
             .bind(py)
-            .extract::<(u8, Py<PyAny>, Option<String>, bool, Option<String>)>()
+            .extract::<(u8, Py<PyAny>, Option<String>, u8, Option<String>)>()
             .or_else(|_| {
                 value
                     .bind(py)
-                    .extract::<(u8, Py<PyAny>, Option<String>, bool)>()
+                    .extract::<(u8, Py<PyAny>, Option<String>, u8)>()
                     .map(|(c, v, m, r)| (c, v, m, r, None))
             });
         match parsed {
-            Ok((code, value, msg, retryable, location)) => {
+            Ok((code, value, msg, cause, location)) => {
                 if let (Some(loc), Some(rec)) = (location, self.recording.as_mut()) {
                     rec.locations.insert(work_run.0, loc);
                 }
-                let out = match StateKind::from_code(code) {
-                    Some(StateKind::Success) => Outcome::Success,
-                    Some(StateKind::Cached) => Outcome::Cached,
-                    Some(StateKind::Skipped) => Outcome::Skipped(msg),
-                    Some(StateKind::TriggerFailed) => Outcome::TriggerFailed(msg),
-                    Some(StateKind::Retrying) => Outcome::Retry(msg),
-                    Some(StateKind::Looped) => Outcome::Loop(msg),
-                    Some(StateKind::Paused) => Outcome::Paused(msg),
-                    Some(StateKind::TimedOut) => Outcome::TimedOut {
-                        message: msg,
-                        retryable,
-                    },
-                    Some(StateKind::Cancelled) => {
-                        return (Outcome::Cancelled(msg), Some(value), true);
-                    }
-                    _ => Outcome::Failed {
-                        message: msg,
-                        retryable,
-                    },
-                };
-                (out, Some(value), false)
+                (hook_outcome(code, msg, cause), Some(value))
             }
             Err(e) => {
                 let msg = format!("internal error: the run hook returned a bad value: {e}");
-                (fatal(msg), None, false)
+                (fatal(msg), None)
             }
         }
     }
 
-    /// Record an outcome in the core. Returns true when the whole run must stop.
+    /// Record an outcome of a call that ran from `started` to `ended`. Returns
+    /// true when the whole run must stop (the task was interrupted).
     fn settle(
         &mut self,
         py: Python<'_>,
         run: RunId,
-        outcome: Outcome,
-        value: Option<Py<PyAny>>,
-        cancel: bool,
+        (outcome, value): Settled,
+        started: Instant,
+        ended: Instant,
     ) -> PyResult<bool> {
         if let Some(v) = value {
             if matches!(outcome, Outcome::Loop(_)) {
@@ -647,44 +628,47 @@ impl Inner {
             }
             self.results[run.idx()] = Some(v);
         }
-        let t = match outcome {
-            Outcome::Failed { .. } | Outcome::TimedOut { .. } | Outcome::Retry(_) => Instant::now(),
-            _ => self.started,
-        };
-        self.run
-            .complete(run, outcome, t)
+        let stop = self
+            .driver
+            .complete(run, outcome, started, ended)
             .map_err(|e| to_py(py, e))?;
         self.journal(py, true)?;
         self.drop_released();
-        Ok(cancel)
+        Ok(stop)
     }
 
-    /// Pop ready runs until one needs calling; settle the others on the way.
-    /// Returns None when nothing is ready now.
-    fn next_work(&mut self, py: Python<'_>) -> PyResult<Option<Work>> {
+    /// The run being executed.
+    fn run(&self) -> &Run {
+        self.driver.run()
+    }
+
+    /// Ask the driver what to do at `now`. Runs it settles on the way are
+    /// journalled, and runs that need no call (constants, collections, a
+    /// custom trigger that says no, a restored checkpoint) are settled here.
+    /// Returns the work to call (and whether to flush first), or the wait or
+    /// end the driver asked for.
+    fn next_work(&mut self, py: Python<'_>, now: Instant) -> PyResult<Next> {
         loop {
             self.maybe_progress(py, false);
-            let now = if self.run.next_wakeup().is_some() {
-                Instant::now()
-            } else {
-                self.started
-            };
-            let ready = {
+            let step = {
                 let mut host = LenHost {
                     py,
                     results: &self.results,
                 };
-                self.run.next_ready(now, &mut host)
+                self.driver.step(now, &mut host)
             };
             self.grow();
             self.drop_released();
             self.journal(py, false)?;
-            let Some(ready) = ready else { return Ok(None) };
-            match self.prepare_work(py, ready) {
-                Ok(w) => return Ok(Some(w)),
-                Err((outcome, value)) => {
-                    self.settle(py, ready.run, outcome, value, false)?;
-                }
+            match step {
+                Step::Execute { ready, flush } => match self.prepare_work(py, ready) {
+                    Ok(w) => return Ok(Next::Call(w, flush)),
+                    Err(settled) => {
+                        self.settle(py, ready.run, settled, now, now)?;
+                    }
+                },
+                Step::Wait { until } => return Ok(Next::Wait(until)),
+                Step::Done => return Ok(Next::Done),
             }
         }
     }
@@ -693,18 +677,18 @@ impl Inner {
     fn check_trigger(&self, py: Python<'_>, ready: Ready) -> Option<Outcome> {
         let hook = self.trigger_hook.as_ref()?;
         let upstream: Vec<UpstreamRow> = self
-            .run
+            .run()
             .upstream_runs(ready.run)
             .into_iter()
             .map(|(e, runs)| {
                 let states = runs
                     .into_iter()
                     .map(|r| {
-                        let code = self.run.state(r).map_or(0, |s| s as u8);
+                        let code = self.run().state(r).map_or(0, |s| s as u8);
                         (
                             r.0,
                             code,
-                            self.run.message(r).map(str::to_string),
+                            self.run().message(r).map(str::to_string),
                             self.result(py, r).unbind(),
                         )
                     })
@@ -737,25 +721,25 @@ impl Inner {
             return Ok(());
         }
         let mut journal = std::mem::take(&mut self.journal_buf);
-        self.run.take_journal(&mut journal);
+        self.driver.run_mut().take_journal(&mut journal);
         if let Some(rec) = self.recording.as_mut() {
-            rec.journal(&self.run, &journal);
+            rec.journal(self.driver.run(), &journal);
         }
         // The observe hook is given only when some task has state handlers.
         if let Some(hook) = &self.observe_hook
             && !executed
         {
-            for &(r, kind) in &journal {
+            for &(r, kind, _) in &journal {
                 if matches!(kind, StateKind::Running | StateKind::Pending) {
                     continue;
                 }
-                let Ok(task) = self.run.task_of(r) else {
+                let Ok(task) = self.run().task_of(r) else {
                     continue;
                 };
                 if !self.calls[task.idx()].observed {
                     continue;
                 }
-                let msg = self.run.message(r).map(str::to_string);
+                let msg = self.run().message(r).map(str::to_string);
                 hook.bind(py).call1((r.0, task.0, kind as u8, msg))?;
             }
         }
@@ -775,7 +759,7 @@ impl Inner {
             return;
         }
         self.last_progress = Instant::now();
-        let counts = self.run.state_counts();
+        let counts = self.run().state_counts();
         // A failing progress callback must not stop the flow run.
         let _ = hook.bind(py).call1((counts.to_vec(),));
     }
@@ -827,7 +811,7 @@ impl Inner {
             Written::Lost(why, n) => self.pack_problems.push(format!(
                 "{n} checkpoints of task '{}' could not be written (they run again on \
                  resume): {why}",
-                self.run
+                self.run()
                     .graph()
                     .tasks
                     .get(self.packs[i].0 as usize)
@@ -891,24 +875,10 @@ impl Inner {
         }
     }
 
-    /// Send what is buffered when `force`d or when the clock ticked since the
-    /// last time (one atomic load otherwise). Returns the current epoch. The
-    /// worker-thread loop comes here at least every [`MAX_WAIT`], so records
-    /// and checkpoints of finished runs reach the store within a tick or two
-    /// however long the calls in flight take.
-    fn tick(&mut self, py: Python<'_>, force: bool) -> u64 {
-        let epoch = ticker::epoch();
-        if force || epoch != self.epoch_seen {
-            self.epoch_seen = epoch;
-            self.send_records(py);
-        }
-        epoch
-    }
-
     /// Drop results the core says nothing can read any more (none unless
     /// release was enabled).
     fn drop_released(&mut self) {
-        for r in self.run.drain_released() {
+        for r in self.driver.run_mut().drain_released() {
             if let Some(slot) = self.results.get_mut(r.idx()) {
                 *slot = None;
             }
@@ -917,83 +887,77 @@ impl Inner {
 
     /// Make room in the result slab for runs the core added (map children).
     fn grow(&mut self) {
-        let n = self.run.n_runs();
+        let n = self.run().n_runs();
         if self.results.len() < n {
             self.results.resize_with(n, || None);
         }
     }
 
-    /// How long to wait now: until the next retry timer, at most [`MAX_WAIT`].
-    fn until_wakeup(&self) -> Duration {
-        self.run.next_wakeup().map_or(MAX_WAIT, |w| {
-            w.saturating_duration_since(Instant::now()).min(MAX_WAIT)
-        })
-    }
-
-    /// Wait for the next retry timer (at most [`MAX_WAIT`]) without holding the
-    /// interpreter. Returns false when Ctrl-C was pressed.
-    fn wait_timer(&mut self, py: Python<'_>) -> PyResult<bool> {
+    /// Wait until `until` without holding the interpreter, after sending what
+    /// is buffered. Returns false when Ctrl-C was pressed.
+    fn wait_until(&mut self, py: Python<'_>, until: Instant) -> PyResult<bool> {
         self.send_records(py);
-        let wait = self.until_wakeup();
+        let wait = until.saturating_duration_since(Instant::now());
         py.detach(|| std::thread::sleep(wait));
         interrupted(py).map(|i| !i)
     }
 
-    /// Finish the run: write the packs, report progress a last time and, with a
-    /// reason, cancel what is unfinished.
-    fn end(&mut self, py: Python<'_>, cancel_reason: Option<&str>) -> PyResult<()> {
+    /// Finish the run: write the packs and report progress a last time.
+    fn end(&mut self, py: Python<'_>) -> PyResult<()> {
         self.flush_packs(py);
         self.packs.clear();
         self.maybe_progress(py, true);
-        if let Some(reason) = cancel_reason {
-            self.run.cancel(reason);
-            self.journal(py, false)?;
-        }
+        self.journal(py, false)?;
         set_current(None);
         self.finished = true;
         Ok(())
     }
 
+    /// Stop the run (Ctrl-C, or the executor gave up): what runs or waits is
+    /// Cancelled with `reason`.
+    fn interrupt(&mut self, py: Python<'_>, reason: &str) -> PyResult<()> {
+        self.driver.interrupt(reason);
+        self.journal(py, false)
+    }
+
     /// Run to the end, calling each task in this thread.
     fn run_local(&mut self, py: Python<'_>) -> PyResult<()> {
-        let _active = ticker::Active::start();
-        let mut cancel = false;
+        let mut now = Instant::now();
         loop {
-            if let Some(work) = self.next_work(py)? {
-                let task = work.current.task as usize;
-                // Send what is buffered at a tick, and before every call of a
-                // task not known to be quick: a long call must not hold back
-                // the records of the runs that finished before it.
-                let quick = self.quick.get(task).copied().unwrap_or(false);
-                let epoch = self.tick(py, !quick);
-                let run = work.run;
-                let hooked = work.hooked();
-                let res = work.call(py);
-                if let Some(q) = self.quick.get_mut(task) {
-                    *q = ticker::running() && ticker::epoch() == epoch;
+            match self.next_work(py, now)? {
+                Next::Call(work, flush) => {
+                    if flush {
+                        // A call not known to be quick, or a tick since the
+                        // last flush: a long call must not hold back the
+                        // records of the runs that finished before it.
+                        self.send_records(py);
+                    }
+                    let run = work.run;
+                    let hooked = work.hooked();
+                    let res = work.call(py);
+                    let ended = Instant::now();
+                    let settled = self.interpret(py, run, hooked, res);
+                    if self.settle(py, run, settled, now, ended)? {
+                        break;
+                    }
+                    now = ended;
                 }
-                let (outcome, value, stop) = self.interpret(py, run, hooked, res);
-                if self.settle(py, run, outcome, value, stop)? {
-                    cancel = true;
-                    break;
+                Next::Wait(until) => {
+                    if !self.wait_until(py, until)? {
+                        self.interrupt(py, INTERRUPTED)?;
+                        break;
+                    }
+                    now = Instant::now();
                 }
-                continue;
-            }
-            if self.run.is_done() || self.run.next_wakeup().is_none() {
-                break;
-            }
-            if !self.wait_timer(py)? {
-                cancel = true;
-                break;
+                Next::Done => break,
             }
         }
-        self.end(py, cancel.then_some(INTERRUPTED))
+        self.end(py)
     }
 
     /// Run with `n` native worker threads that attach to the interpreter to call
     /// tasks; this thread keeps the core and settles completions.
     fn run_threads(&mut self, py: Python<'_>, n: usize) -> PyResult<()> {
-        let _active = ticker::Active::start();
         let (work_tx, work_rx) = mpsc::channel::<Work>();
         let (done_tx, mut done_rx) = mpsc::channel::<Done>();
         let work_rx = Arc::new(Mutex::new(work_rx));
@@ -1009,46 +973,61 @@ impl Inner {
                 Err(e) => {
                     return Err(ff_error(
                         py,
-                        "ExecutorError",
+                        PyErrKind::Executor,
                         format!("could not start worker thread: {e}"),
                     ));
                 }
             }
         }
         drop(done_tx);
+        let stopped = || {
+            ff_error(
+                py,
+                PyErrKind::Executor,
+                "worker threads stopped unexpectedly".into(),
+            )
+        };
         let mut in_flight = 0usize;
+        let mut now = Instant::now();
         let mut cancel = false;
         'outer: loop {
+            // Hand out work while workers are free; the driver says when to wait.
+            let mut until = None;
             while in_flight < n {
-                match self.next_work(py)? {
-                    Some(w) => {
-                        if work_tx.send(w).is_err() {
-                            return Err(ff_error(
-                                py,
-                                "ExecutorError",
-                                "worker threads stopped unexpectedly".into(),
-                            ));
+                match self.next_work(py, now)? {
+                    Next::Call(w, flush) => {
+                        if flush {
+                            self.send_records(py);
                         }
+                        work_tx.send(w).map_err(|_| stopped())?;
                         in_flight += 1;
                     }
-                    None => break,
+                    Next::Wait(u) => {
+                        until = Some(u);
+                        break;
+                    }
+                    Next::Done => break 'outer,
                 }
             }
+            let until = match until {
+                Some(u) => u,
+                None => match self.driver.idle(now) {
+                    Step::Wait { until } => until,
+                    _ => now + self.driver.policy().max_wait,
+                },
+            };
             if in_flight == 0 {
-                if self.run.is_done() || self.run.next_wakeup().is_none() {
-                    break;
-                }
-                if !self.wait_timer(py)? {
+                if !self.wait_until(py, until)? {
                     cancel = true;
                     break;
                 }
+                now = Instant::now();
                 continue;
             }
-            let wait = self.until_wakeup();
-            self.tick(py, false);
-            if let Some(rec) = self.recording.as_mut() {
-                rec.send();
+            if self.driver.flush_due_now(now) {
+                self.send_records(py);
             }
+            let wait = until.saturating_duration_since(now);
             // The receiver is moved into the detached closure and back (it is Send, not Sync).
             let (rx, first) = py.detach(move || {
                 let r = done_rx.recv_timeout(wait);
@@ -1059,25 +1038,19 @@ impl Inner {
             match first {
                 Ok(d) => batch.push(d),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(ff_error(
-                        py,
-                        "ExecutorError",
-                        "worker threads stopped unexpectedly".into(),
-                    ));
-                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(stopped()),
             }
             while let Ok(d) = done_rx.try_recv() {
                 batch.push(d);
             }
             for d in batch {
                 in_flight -= 1;
-                let (outcome, value, stop) = self.interpret(py, d.run, d.hooked, d.result);
-                if self.settle(py, d.run, outcome, value, stop)? {
-                    cancel = true;
+                let settled = self.interpret(py, d.run, d.hooked, d.result);
+                if self.settle(py, d.run, settled, d.started, d.ended)? {
                     break 'outer;
                 }
             }
+            now = Instant::now();
             self.maybe_progress(py, false);
             if interrupted(py)? {
                 cancel = true;
@@ -1085,7 +1058,11 @@ impl Inner {
             }
         }
         drop(work_tx);
-        if !cancel {
+        if cancel {
+            // Workers still inside a task are abandoned: they exit when their
+            // call returns and they find the channel closed.
+            self.interrupt(py, INTERRUPTED)?;
+        } else if self.driver.stopped().is_none() {
             // Every worker is idle; let them see the closed channel and exit.
             py.detach(|| {
                 for w in workers {
@@ -1093,9 +1070,36 @@ impl Inner {
                 }
             });
         }
-        // On cancel, workers still inside a task are abandoned: they exit when
-        // their call returns and they find the channel closed.
-        self.end(py, cancel.then_some(INTERRUPTED))
+        self.end(py)
+    }
+}
+
+/// What the run loop does next (see [`Inner::next_work`]).
+enum Next {
+    /// Call this work (sending buffered records first when the flag says so).
+    Call(Work, bool),
+    /// Wait for a completion or until this instant.
+    Wait(Instant),
+    /// The run is over.
+    Done,
+}
+
+/// The outcome of a run hook's `(state code, message, cause)`.
+pub fn hook_outcome(code: u8, msg: Option<String>, cause: u8) -> Outcome {
+    match StateKind::from_code(code) {
+        Some(StateKind::Success) => Outcome::Success,
+        Some(StateKind::Cached) => Outcome::Cached,
+        Some(StateKind::Skipped) => Outcome::Skipped(msg),
+        Some(StateKind::TriggerFailed) => Outcome::TriggerFailed(msg),
+        Some(StateKind::Retrying) => Outcome::Retry(msg),
+        Some(StateKind::Looped) => Outcome::Loop(msg),
+        Some(StateKind::Paused) => Outcome::Paused(msg),
+        Some(StateKind::TimedOut) => Outcome::TimedOut { message: msg },
+        Some(StateKind::Cancelled) => Outcome::Interrupted(msg),
+        _ => Outcome::Failed {
+            message: msg,
+            cause: cause_from_code(cause),
+        },
     }
 }
 
@@ -1112,14 +1116,8 @@ fn format_traceback(py: Python<'_>, value: &Bound<'_, PyAny>) -> Option<String> 
     Some(parts.concat())
 }
 
-/// The longest a run loop waits at once (for a retry timer or for a worker),
-/// so it sends buffered records and checks for Ctrl-C at least this often.
-const MAX_WAIT: Duration = Duration::from_millis(50);
-
 /// How often a progress callback is called at most.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
-
-const INTERRUPTED: &str = "Flow run interrupted (KeyboardInterrupt).";
 
 /// Check for Ctrl-C. `Ok(true)` when it was pressed; other signal-handler errors
 /// propagate.
@@ -1147,6 +1145,9 @@ struct Done {
     run: RunId,
     hooked: bool,
     result: PyResult<Py<PyAny>>,
+    /// When the worker started and ended the call.
+    started: Instant,
+    ended: Instant,
 }
 
 /// Result of settling a run without calling it.
@@ -1206,16 +1207,20 @@ fn worker_loop(rx: &Mutex<mpsc::Receiver<Work>>, tx: &mpsc::Sender<Done>) {
         };
         let Ok(work) = next else { return };
         let (run, hooked) = (work.run, work.hooked());
-        let result = Python::attach(|py| {
+        let (result, started, ended) = Python::attach(|py| {
+            let started = Instant::now();
             let r = work.call(py);
+            let ended = Instant::now();
             set_current(None);
-            r
+            (r, started, ended)
         });
         if tx
             .send(Done {
                 run,
                 hooked,
                 result,
+                started,
+                ended,
             })
             .is_err()
         {
@@ -1237,7 +1242,7 @@ impl PyRunner {
             Ok(g) => Ok(g),
             Err(std::sync::TryLockError::WouldBlock) => Err(ff_error(
                 py,
-                "FerroflowError",
+                PyErrKind::Ferroflow,
                 "this flow run is still executing; its states can be read when flow.run() returns"
                     .into(),
             )),
@@ -1253,7 +1258,7 @@ impl PyRunner {
         if inner.finished {
             return Err(ff_error(
                 py,
-                "FerroflowError",
+                PyErrKind::Ferroflow,
                 "this flow run has already been executed".into(),
             ));
         }
@@ -1302,18 +1307,20 @@ impl PyRunner {
         }
         let mut specs = Vec::with_capacity(tasks.len());
         for (name, max_retries, delay, trig, skip) in tasks {
-            if !(delay.is_finite() && delay >= 0.0) {
+            let Ok(retry_delay) = Duration::try_from_secs_f64(delay) else {
                 return Err(ff_error(
                     py,
-                    "TaskDefinitionError",
-                    format!("task '{name}': retry_delay must be >= 0 seconds"),
+                    PyErrKind::TaskDefinition,
+                    format!(
+                        "task '{name}': retry_delay must be a finite number of seconds >= 0, got {delay}"
+                    ),
                 ));
-            }
+            };
             specs.push(TaskSpec {
                 trigger: parse_trigger(&trig)?,
                 name,
                 max_retries,
-                retry_delay: Duration::from_secs_f64(delay),
+                retry_delay,
                 skip_on_upstream_skip: skip,
             });
         }
@@ -1344,6 +1351,8 @@ impl PyRunner {
         }
         let observing = parsed.iter().any(|c| c.observed);
         let mut run = Run::new(graph);
+        // What an earlier run of the same plan learned (one byte per task).
+        let quick = quick.map(|q| q.into_iter().map(|b| b != 0).collect());
         if release {
             run.enable_release(&reference_ids);
         }
@@ -1380,7 +1389,7 @@ impl PyRunner {
             inner: Mutex::new(Inner {
                 results: Vec::with_capacity(n_tasks),
                 loop_results: HashMap::new(),
-                run,
+                driver: Driver::new(run, Policy::default(), quick, Instant::now()),
                 calls: parsed,
                 reference: reference_ids,
                 run_hook,
@@ -1393,13 +1402,6 @@ impl PyRunner {
                 packs: Vec::new(),
                 pack_problems: Vec::new(),
                 restored: Vec::new(),
-                epoch_seen: ticker::epoch(),
-                // What an earlier run of the same plan learned (one byte per
-                // task), else every task counts as slow until it proves quick.
-                quick: match quick {
-                    Some(q) if q.len() == n_tasks => q.into_iter().map(|b| b != 0).collect(),
-                    _ => vec![false; n_tasks],
-                },
                 last_progress: Instant::now(),
                 steps: 0,
                 signal_base,
@@ -1407,7 +1409,6 @@ impl PyRunner {
                 journaling,
                 journal_buf: Vec::new(),
                 recording,
-                started: Instant::now(),
                 finished: false,
             }),
         })
@@ -1423,7 +1424,7 @@ impl PyRunner {
         if n == 0 {
             return Err(ff_error(
                 py,
-                "ExecutorError",
+                PyErrKind::Executor,
                 "max_workers must be at least 1".into(),
             ));
         }
@@ -1438,8 +1439,11 @@ impl PyRunner {
     fn take<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Vec<Bound<'py, PyTuple>>> {
         let mut inner = self.lock(py)?;
         let mut out = Vec::new();
+        let now = Instant::now();
         while out.len() < max {
-            let Some(w) = inner.next_work(py)? else { break };
+            let Next::Call(w, _) = inner.next_work(py, now)? else {
+                break;
+            };
             let c = &w.current;
             let kwargs = w
                 .kwargs
@@ -1469,7 +1473,7 @@ impl PyRunner {
     }
 
     /// Report a run handed out by `take`: `ok` means `value` is what the call
-    /// returned (for hooked runs, the hook's `(code, value, message, retryable)`);
+    /// returned (for hooked runs, the hook's `(code, value, message, cause)`);
     /// otherwise `value` is the exception it raised. Returns True when the run
     /// must stop (the task was interrupted). Reports for runs that are no longer
     /// running (after a cancel) are ignored.
@@ -1482,7 +1486,7 @@ impl PyRunner {
         value: Bound<'_, PyAny>,
     ) -> PyResult<bool> {
         let mut inner = self.lock(py)?;
-        if inner.run.state(RunId(run)).ok() != Some(StateKind::Running) {
+        if inner.run().state(RunId(run)).ok() != Some(StateKind::Running) {
             return Ok(false);
         }
         let res = if ok {
@@ -1490,39 +1494,58 @@ impl PyRunner {
         } else {
             Err(PyErr::from_value(value))
         };
-        let (outcome, value, stop) = inner.interpret(py, RunId(run), hooked, res);
-        inner.settle(py, RunId(run), outcome, value, stop)
+        let settled = inner.interpret(py, RunId(run), hooked, res);
+        let now = Instant::now();
+        inner.settle(py, RunId(run), settled, now, now)
     }
 
-    /// Report a run that ended without the task deciding: its worker died, it
-    /// timed out, or it could not be shipped. `code` is Failed (11) or TimedOut
-    /// (12); `retryable` lets the task's retries apply.
+    /// Report a run that ended without the task deciding: `cause` is
+    /// `CAUSE_WORKER_LOST` (its worker died: retries apply) or
+    /// `CAUSE_INTERNAL` (it could not be shipped or its result not read: no
+    /// retry); with `timed_out` it ran past its timeout (retries apply).
+    #[pyo3(signature = (run, message, value, cause=CAUSE_INTERNAL, timed_out=false))]
     fn report_failure(
         &self,
         py: Python<'_>,
         run: u32,
-        code: u8,
         message: String,
-        retryable: bool,
         value: Py<PyAny>,
+        cause: u8,
+        timed_out: bool,
     ) -> PyResult<()> {
         let mut inner = self.lock(py)?;
-        if inner.run.state(RunId(run)).ok() != Some(StateKind::Running) {
+        if inner.run().state(RunId(run)).ok() != Some(StateKind::Running) {
             return Ok(());
         }
-        let outcome = if code == StateKind::TimedOut as u8 {
+        let outcome = if timed_out {
             Outcome::TimedOut {
                 message: Some(message),
-                retryable,
             }
         } else {
-            Outcome::Failed {
-                message: Some(message),
-                retryable,
-            }
+            Outcome::failed(message, cause_from_code(cause))
         };
-        inner.settle(py, RunId(run), outcome, Some(value), false)?;
+        let now = Instant::now();
+        inner.settle(py, RunId(run), (outcome, Some(value)), now, now)?;
         Ok(())
+    }
+
+    /// Approve a paused task run (PAUSE, or a `manual_only` trigger): it runs
+    /// at the next step. Raises for a run that is not paused.
+    fn approve(&self, py: Python<'_>, run: u32) -> PyResult<()> {
+        let mut inner = self.lock(py)?;
+        inner.driver.approve(RunId(run)).map_err(|e| to_py(py, e))?;
+        inner.journal(py, false)
+    }
+
+    /// Task runs waiting for approval.
+    fn paused(&self, py: Python<'_>) -> PyResult<Vec<u32>> {
+        Ok(self
+            .lock(py)?
+            .run()
+            .paused()
+            .into_iter()
+            .map(|r| r.0)
+            .collect())
     }
 
     /// Record the flow run's final state in the run store and wait until every
@@ -1559,7 +1582,7 @@ impl PyRunner {
     /// in (for the next run of the same flow: `quick=`).
     fn quick_tasks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let inner = self.lock(py)?;
-        let flags: Vec<u8> = inner.quick.iter().map(|&q| u8::from(q)).collect();
+        let flags: Vec<u8> = inner.driver.quick().iter().map(|&q| u8::from(q)).collect();
         Ok(PyBytes::new(py, &flags))
     }
 
@@ -1582,32 +1605,37 @@ impl PyRunner {
         Ok(())
     }
 
-    /// Seconds until the next retry timer fires (0 when one is due), or None.
+    /// How long an executor with nothing to hand out waits before asking again
+    /// (seconds; the driver's wait policy), or None when the run is over.
     fn wait_hint(&self, py: Python<'_>) -> PyResult<Option<f64>> {
-        let inner = self.lock(py)?;
-        Ok(inner
-            .run
-            .next_wakeup()
-            .map(|w| w.saturating_duration_since(Instant::now()).as_secs_f64()))
+        let mut inner = self.lock(py)?;
+        let now = Instant::now();
+        Ok(match inner.driver.idle(now) {
+            Step::Wait { until } => Some(until.saturating_duration_since(now).as_secs_f64()),
+            _ => None,
+        })
     }
 
     /// True when nothing is ready, waiting on a timer or handed out.
     fn done(&self, py: Python<'_>) -> PyResult<bool> {
         let inner = self.lock(py)?;
-        Ok(inner.run.is_done())
+        Ok(inner.driver.stopped().is_some() || inner.run().is_done())
     }
 
     /// End an externally driven run; with a reason, cancel what is unfinished.
     #[pyo3(signature = (cancel_reason=None))]
     fn close(&self, py: Python<'_>, cancel_reason: Option<String>) -> PyResult<()> {
         let mut inner = self.lock(py)?;
-        inner.end(py, cancel_reason.as_deref())
+        if let Some(reason) = cancel_reason {
+            inner.interrupt(py, &reason)?;
+        }
+        inner.end(py)
     }
 
     /// The flow's verdict: `("success" | "failed" | "cancelled" | "unfinished", task ids)`.
     fn outcome(&self, py: Python<'_>) -> PyResult<(&'static str, Vec<u32>)> {
         let inner = self.lock(py)?;
-        Ok(match inner.run.outcome(&inner.reference) {
+        Ok(match inner.run().outcome(&inner.reference) {
             FlowOutcome::Success => ("success", vec![]),
             FlowOutcome::Failed(t) => ("failed", t.into_iter().map(|t| t.0).collect()),
             FlowOutcome::Cancelled => ("cancelled", vec![]),
@@ -1619,20 +1647,20 @@ impl PyRunner {
     fn state(&self, py: Python<'_>, run: u32) -> PyResult<StateRow> {
         let inner = self.lock(py)?;
         let r = RunId(run);
-        let code = inner.run.state(r).map_err(|e| to_py(py, e))? as u8;
+        let code = inner.run().state(r).map_err(|e| to_py(py, e))? as u8;
         Ok((
             code,
-            inner.run.message(r).map(str::to_string),
+            inner.run().message(r).map(str::to_string),
             inner.result(py, r).unbind(),
-            inner.run.run_count(r),
-            inner.run.loop_count(r),
+            inner.run().run_count(r),
+            inner.run().loop_count(r),
         ))
     }
 
     /// `(first_child_run, n_children)` of an expanded mapped task, or None.
     fn children(&self, py: Python<'_>, task: u32) -> PyResult<Option<(u32, u32)>> {
         let inner = self.lock(py)?;
-        Ok(inner.run.children(TaskId(task)).map(|(b, n)| (b.0, n)))
+        Ok(inner.run().children(TaskId(task)).map(|(b, n)| (b.0, n)))
     }
 
     /// State codes of runs `first..first+n` as bytes.
@@ -1640,7 +1668,7 @@ impl PyRunner {
         let inner = self.lock(py)?;
         let mut out = Vec::with_capacity(n as usize);
         for r in first..first.saturating_add(n) {
-            out.push(inner.run.state(RunId(r)).map_err(|e| to_py(py, e))? as u8);
+            out.push(inner.run().state(RunId(r)).map_err(|e| to_py(py, e))? as u8);
         }
         Ok(PyBytes::new(py, &out))
     }
@@ -1656,7 +1684,7 @@ impl PyRunner {
 
     /// Number of runs (tasks plus mapped children).
     fn n_runs(&self, py: Python<'_>) -> PyResult<usize> {
-        Ok(self.lock(py)?.run.n_runs())
+        Ok(self.lock(py)?.run().n_runs())
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

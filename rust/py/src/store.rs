@@ -21,11 +21,11 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use crate::errors::ff_error;
+use crate::errors::{PyErrKind, ff_error};
 
 /// `ferroflow.exceptions.StoreError` with the core error's message.
 pub(crate) fn store_err(py: Python<'_>, err: &StoreError) -> PyErr {
-    ff_error(py, "StoreError", err.to_string())
+    ff_error(py, PyErrKind::Store, err.to_string())
 }
 
 /// Run store I/O `f` with the GIL released; its error becomes a StoreError.
@@ -438,7 +438,7 @@ impl PyRecorder {
         self.inner().ok_or_else(|| {
             ff_error(
                 py,
-                "StoreError",
+                PyErrKind::Store,
                 format!(
                     "the recorder for the run store {} is closed",
                     self.path.display()
@@ -750,7 +750,7 @@ fn default_store_path(py: Python<'_>) -> PyResult<OsString> {
         .ok_or_else(|| {
             ff_error(
                 py,
-                "StoreError",
+                PyErrKind::Store,
                 "cannot find the run store: neither FERROFLOW_HOME nor HOME is set; set \
              FERROFLOW_HOME to a writable directory, or run with recording off"
                     .to_owned(),
