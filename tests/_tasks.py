@@ -22,3 +22,30 @@ def add(x: int, y: int) -> int:
 @task
 def total(xs: list[int]) -> int:
     return sum(xs)
+
+
+class Ledger:
+    """An append-only record that tasks write on any executor (a file: worker
+    processes and Dask workers append to it too), read back by the test."""
+
+    def __init__(self, path: object) -> None:
+        self.path = str(path)
+
+    def add(self, *value: object) -> None:
+        """Append one entry (a tuple of JSON values; one value is stored alone)."""
+        import json
+
+        entry = value[0] if len(value) == 1 else list(value)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def items(self) -> list[object]:
+        """Every entry, in the order written (tuples come back as tuples)."""
+        import json
+        import os
+
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            out = [json.loads(line) for line in f if line.strip()]
+        return [tuple(x) if isinstance(x, list) else x for x in out]

@@ -8,18 +8,46 @@ from collections.abc import Iterator
 
 import pytest
 
-from ferroflow.executors import LocalExecutor, ThreadExecutor
+from ferroflow.executors import LocalExecutor, ProcessExecutor, ThreadExecutor
 
-EXECUTORS = {
-    "local": lambda: LocalExecutor(),
-    "threads": lambda: ThreadExecutor(max_workers=4),
-}
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+#: Worker processes (process pool, Dask) import test modules from here.
+WORKER_ENV = {"PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
+
+EXECUTORS = ["dask", "local", "processes", "threads"]
 
 
-@pytest.fixture(params=sorted(EXECUTORS))
+@pytest.fixture(scope="session")
+def dask_cluster() -> Iterator[object]:
+    """One real Dask LocalCluster (two worker processes, loopback) for the session."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        scheduler_kwargs={"dashboard": False},
+        env=WORKER_ENV,
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=EXECUTORS)
 def executor(request: pytest.FixtureRequest) -> object:
-    """Each executor in turn."""
-    return EXECUTORS[request.param]()
+    """Each executor in turn: local, threads, processes and a real Dask cluster."""
+    kind = request.param
+    if kind == "local":
+        return LocalExecutor()
+    if kind == "threads":
+        return ThreadExecutor(max_workers=4)
+    if kind == "processes":
+        return ProcessExecutor(max_workers=2)
+    from ferroflow.executors import DaskExecutor
+
+    cluster = request.getfixturevalue("dask_cluster")
+    return DaskExecutor(address=cluster.scheduler_address)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(autouse=True)

@@ -82,6 +82,8 @@ class Runner:
         """Approve a paused task run: it runs at the next step."""
     def paused(self) -> list[int]:
         """Task runs waiting for approval."""
+    def measures(self) -> bytes:
+        """Per task, what the core measures of its results (0, 1 len, 2 item lens)."""
     def wait_hint(self) -> float | None:
         """How long to wait before asking for work again (the driver's wait policy),
         or None when the run is over."""

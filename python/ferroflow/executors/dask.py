@@ -725,16 +725,14 @@ class _Driver:
                 kinds.append(_CONTAINER)  # built by the core from upstream values
             else:
                 kinds.append(_RUN)
-        need = [0] * n
+        # What the core measures when it expands maps (its rule, not a copy).
+        measures = self.runner.measures()
+        need = [0 if kinds[t] == _REAL else measures[t] for t in range(n)]
         ins: list[list[int]] = [[] for _ in range(n)]
-        for u, d, _key, mapped, flat in plan.edge_ids:
+        for u, d, _key, _mapped, _flat in plan.edge_ids:
             ins[d].append(u)
-            if kinds[u] == _REAL:
-                continue
-            if flat:
-                need[u] = max(need[u], 1 if plan.mapped_task[u] else 2)
-            elif mapped and not plan.mapped_task[u]:
-                need[u] = max(need[u], 1)
+        # Collections are built by the binding from their upstream values: a
+        # list of lists measured item by item needs its items' lengths.
         for c in range(n):
             if kinds[c] == _CONTAINER and need[c] >= 2:
                 for u in ins[c]:

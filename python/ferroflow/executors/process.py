@@ -20,10 +20,13 @@ cancels the flow run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from ferroflow import _native
@@ -133,6 +136,38 @@ def _worker_main(conn: Any, current: Any, info_blob: bytes) -> None:
         conn.send_bytes(cloudpickle.dumps(out))
 
 
+_LAUNCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_main() -> Iterator[None]:
+    """Start processes without re-importing the parent's ``__main__`` in them.
+
+    A forkserver or spawn child normally imports the parent's main script first,
+    which runs a script without an ``if __name__ == "__main__":`` guard, and its
+    ``flow.run()``, again in every worker. ferroflow's workers need nothing from
+    ``__main__``: callables travel with cloudpickle (``__main__`` functions by
+    value). So while a worker starts, the preparation data sent to it leaves out
+    the main module (``sys.path`` and the working directory still travel).
+    """
+    from multiprocessing import spawn
+
+    with _LAUNCH_LOCK:
+        real = spawn.get_preparation_data
+
+        def without_main(name: str) -> dict[str, Any]:
+            data = real(name)
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+            return data
+
+        spawn.get_preparation_data = without_main
+        try:
+            yield
+        finally:
+            spawn.get_preparation_data = real
+
+
 class _Worker:
     def __init__(self, ctx: Any, info_blob: bytes) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
@@ -143,7 +178,8 @@ class _Worker:
             daemon=True,
             name="ferroflow-worker",
         )
-        self.proc.start()
+        with _without_main():
+            self.proc.start()
         child.close()
         self.known: set[int] = set()
         # Items sent and not yet reported, in the order the worker runs them.
@@ -167,8 +203,11 @@ class ProcessExecutor:
 
     Args:
         max_workers: number of worker processes [the number of CPUs]; must be >= 1.
-        mp_context: the multiprocessing start method ["fork" where available, else
-            "spawn"].
+        mp_context: the multiprocessing start method ["forkserver" where available,
+            else "spawn"]. Not "fork" by default: forking a process whose native
+            threads (the run store's writer, worker threads) are running can deadlock
+            the child, and a forked child would share the parent's SQLite
+            connections. Workers started either way open nothing of the parent's.
 
     Raises:
         ExecutorError: ``max_workers`` is not a whole number >= 1, or ``mp_context``
@@ -186,7 +225,7 @@ class ProcessExecutor:
 
         methods = multiprocessing.get_all_start_methods()
         if mp_context is None:
-            mp_context = "fork" if "fork" in methods else "spawn"
+            mp_context = "forkserver" if "forkserver" in methods else "spawn"
         if mp_context not in methods:
             raise ExecutorError(f"mp_context must be one of {methods}, got {mp_context!r}")
         self.mp_context = mp_context

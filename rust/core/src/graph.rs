@@ -159,6 +159,40 @@ impl Graph {
         let s = self.edge(e);
         s.mapped && !s.flattened && self.is_mapped(s.upstream)
     }
+
+    /// What the core asks the host about a task's results when it expands maps
+    /// over them ([`crate::run::Host`]): an executor that keeps results
+    /// elsewhere (Dask) prepares exactly this much.
+    pub fn measure(&self, t: TaskId) -> Measure {
+        let mapped = self.is_mapped(t);
+        let mut m = Measure::Nothing;
+        for &e in self.outs(t) {
+            let s = self.edge(e);
+            let need = match (s.mapped, s.flattened, mapped) {
+                // Flattened over children: each child's length.
+                (_, true, true) => Measure::Len,
+                // Flattened over one list of lists: its length and its items'.
+                (_, true, false) => Measure::ItemLens,
+                // Mapped over one list: its length (children need nothing).
+                (true, false, false) => Measure::Len,
+                _ => Measure::Nothing,
+            };
+            m = m.max(need);
+        }
+        m
+    }
+}
+
+/// How much of a task's result the core measures ([`Graph::measure`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Measure {
+    /// Nothing: no map expands over it.
+    Nothing = 0,
+    /// `len(result)` (of the task's own run, or of each child of a mapped task).
+    Len = 1,
+    /// `len(result)` and `len(result[k])` of every item (flattening one list).
+    ItemLens = 2,
 }
 
 /// Find a cycle in a graph of `n` nodes given as `(upstream, downstream)` pairs.

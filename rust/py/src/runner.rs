@@ -1682,6 +1682,17 @@ impl PyRunner {
         )
     }
 
+    /// One byte per task: what the core measures of its results when maps
+    /// expand over them (0 nothing, 1 `len`, 2 `len` and each item's `len`).
+    fn measures<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let inner = self.lock(py)?;
+        let graph = inner.run().graph();
+        let m: Vec<u8> = (0..graph.n_tasks() as u32)
+            .map(|t| graph.measure(TaskId(t)) as u8)
+            .collect();
+        Ok(PyBytes::new(py, &m))
+    }
+
     /// Number of runs (tasks plus mapped children).
     fn n_runs(&self, py: Python<'_>) -> PyResult<usize> {
         Ok(self.lock(py)?.run().n_runs())
