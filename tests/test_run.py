@@ -558,3 +558,46 @@ def test_a_user_task_named_like_a_builtin_still_runs() -> None:
     with Flow("shadow") as flow:
         t = List()(arg_0=inc(1), arg_1=inc(2))  # inputs from tasks, keyed like a collection
     assert flow.run(record=False).result[t].result == "mine: 5"
+
+
+def test_handlers_decide_states_the_core_would_set(executor: Any, tmp_path: Any) -> None:
+    # Skips and trigger failures go through the same handler path as executed
+    # runs: a handler sees Pending -> Skipped, may replace it, and one that
+    # raises fails the task with its message.
+    ledger = Ledger(tmp_path / "seen")
+
+    def rescue(t: Task, old: State, new: State) -> State | None:
+        ledger.add(t.name, type(old).__name__, type(new).__name__)
+        if isinstance(new, Skipped):
+            return Success("rescued by its handler", result="rescued")
+        return None
+
+    def explode(t: Task, old: State, new: State) -> State | None:
+        if isinstance(new, TriggerFailed):
+            raise RuntimeError("handler exploded")
+        return None
+
+    skip = task(lambda: (_ for _ in ()).throw(signals.SKIP()), name="skip")
+
+    @task(state_handlers=[rescue])
+    def after_skip(x: Any) -> str:
+        return "ran"
+
+    @task(state_handlers=[explode])
+    def after_failure(x: Any) -> str:
+        return "ran"
+
+    with Flow("decided") as flow:
+        rescued = after_skip(skip())
+        exploded = after_failure(boom())
+        downstream = inc.map([1])
+        downstream.set_upstream(rescued)
+    state = flow.run(executor=executor)
+    assert isinstance(state.result[rescued], Success)
+    assert state.result[rescued].result == "rescued"
+    assert ("after_skip", "Pending", "Skipped") in ledger.items()
+    failed = state.result[exploded]
+    assert type(failed) is Failed
+    assert "handler exploded" in failed.message
+    # The rescued task counts as a success for what waits on it.
+    assert state.result[downstream].result == [2]

@@ -13,8 +13,10 @@ each task's function directly. Python is called back only where a feature needs 
 - the *run hook* (:func:`run_task`) for tasks with state handlers, ``on_failure``, a
   timeout, a checkpoint, a target or a cache;
 - the *trigger hook* for custom (Python) triggers;
-- the *observe hook* for state changes the core decides (skips, trigger failures) of
-  tasks with handlers;
+- the *observe hook* for state changes the core decides (skips, trigger failures,
+  pauses) of tasks with handlers: the core hands such a run out "decided", the
+  handlers may replace the state (or fail the run by raising), and the result is
+  what the core records;
 - the *restore hook* when resuming, and the *progress* callback when one is given.
 
 Plain tasks pay nothing for features they do not use. When the run ends, task States
@@ -341,20 +343,14 @@ class FlowRun:
         self,
         run_id: int,
         task_id: int,
-        upstream: list[tuple[int, list[tuple[int, int, str | None, Any]]]],
+        upstream: list[tuple[int, bool, list[tuple[int, int, str | None, Any]]]],
     ) -> tuple[int, str | None]:
         task = self.plan.tasks[task_id]
-        n_tasks = len(self.plan.tasks)
         states: dict[Any, State] = {}
-        for edge_id, runs in upstream:
+        for edge_id, reduce, runs in upstream:
             built = [BY_CODE[c](m, r) for (_rid, c, m, r) in runs]
-            up = self.plan.edge_ids[edge_id][0]
-            is_reduce = (
-                self.plan.mapped_task[up]
-                and not self.plan.edge_ids[edge_id][3]
-                and (not runs or runs[0][0] >= n_tasks)
-            )
-            states[self.plan.edges[edge_id]] = Mapped(map_states=built) if is_reduce else built[0]
+            # A reduce edge (the core says so) shows every child as one Mapped state.
+            states[self.plan.edges[edge_id]] = Mapped(map_states=built) if reduce else built[0]
         try:
             ok = task.trigger(states)
         except FerroflowSignal as sig:
@@ -366,15 +362,30 @@ class FlowRun:
         name = getattr(task.trigger, "__name__", "custom")
         return TriggerFailed.code, f'Trigger "{name}" was not satisfied.'  # type: ignore[return-value]
 
-    def _observe_hook(self, run_id: int, task_id: int, code: int, message: str | None) -> None:
+    def _observe_hook(
+        self, run_id: int, task_id: int, code: int, message: str | None
+    ) -> tuple[int, str | None, Any] | None:
+        """Show a state the core decided to the task's handlers.
+
+        Called in two ways: for a run the core would skip, fail by its trigger or
+        pause without executing it, before the state is settled (the handlers'
+        result is returned as ``(code, message, result)`` and becomes the run's
+        state; a raising handler fails the run); and, after the fact, for the other
+        transitions the core makes (a mapped parent, a cancel), where the result
+        is ignored and errors cannot change the state.
+        """
         task = self.plan.tasks[task_id]
-        state = BY_CODE[code](message)
-        try:
-            _handle(task, Pending(), state)
-            if state.is_failed() and task.on_failure is not None:
-                task.on_failure(task, state)
-        except Exception:
-            pass
+        new = BY_CODE[code](message)
+        final = _handle(task, Pending(), new)
+        if final.is_failed() and task.on_failure is not None:
+            try:
+                task.on_failure(task, final)
+            except Exception as exc:
+                final = Failed(f"The on_failure handler raised an error: {exc!r}", exc)
+        out_code = type(final).code
+        if out_code is None or out_code == _RUNNING_CODE:
+            out_code = Failed.code
+        return out_code, final.message, final.result
 
     # --- results --------------------------------------------------------------------------
     def task_state(self, task_id: int) -> State:

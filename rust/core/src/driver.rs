@@ -206,6 +206,24 @@ impl Driver {
         Ok(interrupted)
     }
 
+    /// Report how a run handed out by [`Driver::step`] ended without being
+    /// called (a constant, a collection, a restored checkpoint, a state its
+    /// handlers settled): like [`Driver::complete`], but nothing is learned
+    /// about how long the task's calls take.
+    pub fn settle(
+        &mut self,
+        run: RunId,
+        outcome: Outcome,
+        now: Instant,
+    ) -> Result<bool, CoreError> {
+        let interrupted = matches!(outcome, Outcome::Interrupted(_));
+        self.run.complete(run, outcome, now)?;
+        if interrupted {
+            self.interrupt(INTERRUPTED);
+        }
+        Ok(interrupted)
+    }
+
     fn learn(&mut self, task: TaskId, started: Instant, ended: Instant) {
         if let Some(q) = self.quick.get_mut(task.idx()) {
             *q = ended.saturating_duration_since(started) < self.policy.flush_every;

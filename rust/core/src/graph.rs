@@ -24,6 +24,11 @@ pub struct TaskSpec {
     pub trigger: Trigger,
     /// Skip the task, without asking its trigger, when an upstream run was skipped.
     pub skip_on_upstream_skip: bool,
+    /// The host shows this task's state changes to handlers that may replace
+    /// them: a run the core would skip, fail by its trigger or pause is handed
+    /// out with [`crate::run::Ready::decided`] instead of settled, and the host
+    /// reports the final outcome.
+    pub observed: bool,
 }
 
 impl TaskSpec {
@@ -35,6 +40,7 @@ impl TaskSpec {
             retry_delay: Duration::ZERO,
             trigger: Trigger::AllSuccessful,
             skip_on_upstream_skip: true,
+            observed: false,
         }
     }
 }

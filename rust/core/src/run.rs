@@ -148,6 +148,11 @@ pub struct Ready {
     pub loop_count: u32,
     /// The task has a custom trigger the host must evaluate before running it.
     pub custom_trigger: bool,
+    /// For an observed task ([`crate::graph::TaskSpec::observed`]): the state the
+    /// core decided without executing it (Skipped, TriggerFailed or Paused, with
+    /// [`Run::message`]). The host shows it to the task's handlers and reports
+    /// what they make of it; the run is not executed and not counted as an attempt.
+    pub decided: Option<StateKind>,
 }
 
 /// Where one input value of a run comes from.
@@ -513,6 +518,14 @@ impl Run {
     }
 
     fn set(&mut self, run: RunId, kind: StateKind, message: Option<String>) {
+        self.set_quiet(run, kind, message);
+        if let Some(j) = self.journal.as_mut() {
+            j.push((run, kind, self.clock));
+        }
+    }
+
+    /// [`Run::set`] without a journal entry.
+    fn set_quiet(&mut self, run: RunId, kind: StateKind, message: Option<String>) {
         let old = std::mem::replace(&mut self.state[run.idx()], kind);
         self.counts[old as usize] -= 1;
         self.counts[kind as usize] += 1;
@@ -525,9 +538,6 @@ impl Run {
                     self.messages.remove(&run.0);
                 }
             }
-        }
-        if let Some(j) = self.journal.as_mut() {
-            j.push((run, kind, self.clock));
         }
     }
 
@@ -590,34 +600,43 @@ impl Run {
         let custom = spec.trigger == Trigger::Custom;
         if st == StateKind::Pending {
             let counts = self.upstream_counts(run);
-            if spec.skip_on_upstream_skip && counts.skipped > 0 {
-                self.finish(
-                    run,
-                    StateKind::Skipped,
-                    Some("Upstream task was skipped.".into()),
-                );
-                return None;
-            }
-            if !custom {
+            let decided = if spec.skip_on_upstream_skip && counts.skipped > 0 {
+                Some((StateKind::Skipped, "Upstream task was skipped.".to_string()))
+            } else if custom {
+                None
+            } else {
                 match spec.trigger.decide(counts) {
-                    TriggerDecision::Run => {}
-                    TriggerDecision::Fail(msg) => {
-                        self.finish(run, StateKind::TriggerFailed, Some(msg));
-                        return None;
-                    }
-                    TriggerDecision::Skip(msg) => {
-                        self.finish(run, StateKind::Skipped, Some(msg));
-                        return None;
-                    }
-                    TriggerDecision::Pause => {
-                        self.set(
-                            run,
-                            StateKind::Paused,
-                            Some("Trigger was \"manual_only\": waiting for approval.".into()),
-                        );
-                        return None;
-                    }
+                    TriggerDecision::Run => None,
+                    TriggerDecision::Fail(msg) => Some((StateKind::TriggerFailed, msg)),
+                    TriggerDecision::Skip(msg) => Some((StateKind::Skipped, msg)),
+                    TriggerDecision::Pause => Some((
+                        StateKind::Paused,
+                        "Trigger was \"manual_only\": waiting for approval.".to_string(),
+                    )),
                 }
+            };
+            if let Some((kind, msg)) = decided {
+                if spec.observed {
+                    // Handed out for its handlers: Running in the table (so it
+                    // counts as in flight), not journalled; the host's report
+                    // journals the state the handlers settle on.
+                    self.set_quiet(run, StateKind::Running, Some(msg));
+                    return Some(Ready {
+                        run,
+                        task,
+                        map_index: if is_parent { None } else { self.map_index(run) },
+                        run_count: u32::from(self.run_count[run.idx()]),
+                        loop_count: self.loop_count(run),
+                        custom_trigger: false,
+                        decided: Some(kind),
+                    });
+                }
+                if kind == StateKind::Paused {
+                    self.set(run, kind, Some(msg));
+                } else {
+                    self.finish(run, kind, Some(msg));
+                }
+                return None;
             }
         }
         let looping = st == StateKind::Looped;
@@ -633,6 +652,7 @@ impl Run {
             run_count: u32::from(self.run_count[run.idx()]),
             loop_count: self.loop_count(run),
             custom_trigger: custom && st == StateKind::Pending,
+            decided: None,
         })
     }
 
@@ -651,6 +671,16 @@ impl Run {
                 (e, runs)
             })
             .collect()
+    }
+
+    /// Whether input edge `e` of `run` reads every child of a mapped upstream
+    /// (a reduce): its trigger then sees the children's states as one `Mapped`
+    /// state, possibly with no children.
+    pub fn reads_children(&self, e: EdgeId, run: RunId) -> bool {
+        let spec = self.graph.edge(e);
+        let child = self.map_index(run);
+        let elementwise = child.is_some() && self.graph.is_elementwise(e);
+        !elementwise && !spec.mapped && self.tasks[spec.upstream.idx()].children.is_some()
     }
 
     fn for_upstream(&self, e: EdgeId, child: Option<u32>, mut f: impl FnMut(RunId)) {

@@ -173,6 +173,8 @@ struct TaskCase {
     scripts: Vec<Vec<Act>>,
     /// Its results are lists of `(len + map_index) % 4` items.
     len: u32,
+    /// It has state handlers: runs the core decides are handed out `decided`.
+    observed: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -192,15 +194,17 @@ fn task_case() -> impl Strategy<Value = TaskCase> {
         prop_oneof![Just(0u64), 1u64..20],
         prop::collection::vec(script(), 3),
         0u32..4,
+        any::<bool>(),
     )
         .prop_map(
-            |(trigger, skip, max_retries, delay_ms, scripts, len)| TaskCase {
+            |(trigger, skip, max_retries, delay_ms, scripts, len, observed)| TaskCase {
                 trigger,
                 skip,
                 max_retries,
                 delay_ms,
                 scripts,
                 len,
+                observed,
             },
         )
 }
@@ -424,6 +428,7 @@ fn build(case: &Case) -> Run {
             s.skip_on_upstream_skip = c.skip;
             s.max_retries = c.max_retries;
             s.retry_delay = Duration::from_millis(c.delay_ms);
+            s.observed = c.observed;
             s
         })
         .collect();
@@ -519,6 +524,20 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
         for _ in 0..batch {
             let ready = in_flight.swap_remove(rng.below(in_flight.len()));
             let t = ready.task.idx();
+            if let Some(kind) = ready.decided {
+                // A decided run: its "handlers" keep the core's state.
+                prop_assert!(case.tasks[t].observed);
+                let msg = driver.run().message(ready.run).map(str::to_string);
+                let out = match kind {
+                    StateKind::Skipped => Outcome::Skipped(msg),
+                    StateKind::Paused => Outcome::Paused(msg),
+                    StateKind::TriggerFailed => Outcome::TriggerFailed(msg),
+                    other => return Err(TestCaseError::fail(format!("decided {other:?}"))),
+                };
+                driver.settle(ready.run, out, now).unwrap();
+                completions += 1;
+                continue;
+            }
             let step = steps.entry(ready.run.0).or_insert(0);
             let acts = script_of(case, t, ready.map_index);
             let act = acts[(*step).min(acts.len() - 1)];

@@ -422,3 +422,53 @@ fn release_waits_for_every_consumer_even_past_255() {
         "both children of task 1 are released in the end"
     );
 }
+
+#[test]
+fn observed_runs_the_core_would_settle_are_handed_out_decided() {
+    // t0 skips; t1 (observed) would be skipped too: the host gets it with
+    // `decided`, and what it reports is the state (here its handler rescued it).
+    let mut t = tasks(3);
+    t[1].observed = true;
+    let mut run = new_run(t, vec![EdgeSpec::new(0, 1), EdgeSpec::new(1, 2)]);
+    run.enable_journal();
+    let mut decided = Vec::new();
+    drive(&mut run, &mut Lens::default(), |_, r| {
+        if r.task == TaskId(0) {
+            return Outcome::Skipped(None);
+        }
+        if let Some(kind) = r.decided {
+            decided.push((r.task, kind, r.run_count));
+            return Outcome::Success;
+        }
+        Outcome::Success
+    });
+    assert_eq!(decided, vec![(TaskId(1), StateKind::Skipped, 0)]);
+    assert_eq!(state(&run, 1), StateKind::Success);
+    assert_eq!(run.run_count(RunId(1)), 0);
+    assert_eq!(state(&run, 2), StateKind::Success);
+    // The journal shows t1 going straight to its final state, never Running.
+    let j = run.drain_journal();
+    let t1: Vec<StateKind> = j.iter().filter(|e| e.0 == RunId(1)).map(|e| e.1).collect();
+    assert_eq!(t1, vec![StateKind::Success]);
+}
+
+#[test]
+fn approve_resumes_a_paused_run_without_asking_its_trigger() {
+    let mut t = tasks(2);
+    t[1].trigger = Trigger::ManualOnly;
+    let mut run = new_run(t, vec![EdgeSpec::new(0, 1)]);
+    let order = drive(&mut run, &mut Lens::default(), |_, _| Outcome::Success);
+    assert_eq!(order, vec![RunId(0)]);
+    assert_eq!(state(&run, 1), StateKind::Paused);
+    assert_eq!(run.paused(), vec![RunId(1)]);
+    assert!(
+        run.approve(RunId(0)).is_err(),
+        "only a paused run can be approved"
+    );
+    run.approve(RunId(1)).unwrap();
+    assert_eq!(state(&run, 1), StateKind::Resume);
+    let order = drive(&mut run, &mut Lens::default(), |_, _| Outcome::Success);
+    assert_eq!(order, vec![RunId(1)]);
+    assert_eq!(state(&run, 1), StateKind::Success);
+    assert_eq!(run.run_count(RunId(1)), 1);
+}

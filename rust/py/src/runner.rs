@@ -1,6 +1,8 @@
-//! The run driver: one `Runner` per flow run. It owns the core `Run`, the Python
-//! objects of the flow (callables, constants) and the result slab, and executes
-//! ready runs in the calling thread (the local executor).
+//! One `Runner` per flow run. It holds the core's [`Driver`] (and through it
+//! the `Run`), the Python objects of the flow (callables, constants) and the
+//! result slab, and executes what the driver asks: in the calling thread
+//! (`run_local`), on native worker threads (`run_threads`), or by handing runs
+//! to a Python executor (`take` / `report`, for processes and Dask).
 //!
 //! Hot path for a plain task: pop a ready run from the core, assemble its
 //! arguments (a prebuilt tuple when they are all constants), call the user's
@@ -486,10 +488,24 @@ impl Inner {
                 }
             }
         }
+        if let Some(kind) = ready.decided {
+            let msg = self.run().message(ready.run).map(str::to_string);
+            return Err(self.show_handlers(py, ready, kind, msg));
+        }
         if ready.custom_trigger
             && let Some(o) = self.check_trigger(py, ready)
         {
-            return Err((o, None));
+            let observed = self.calls[ready.task.idx()].observed;
+            let shown = match &o {
+                Outcome::Skipped(m) => Some((StateKind::Skipped, m.clone())),
+                Outcome::TriggerFailed(m) => Some((StateKind::TriggerFailed, m.clone())),
+                Outcome::Paused(m) => Some((StateKind::Paused, m.clone())),
+                _ => None,
+            };
+            return Err(match shown {
+                Some((kind, msg)) if observed => self.show_handlers(py, ready, kind, msg),
+                _ => (o, None),
+            });
         }
         let call = &self.calls[ready.task.idx()];
         if call.kind == Kind::Value {
@@ -604,15 +620,15 @@ impl Inner {
         }
     }
 
-    /// Record an outcome of a call that ran from `started` to `ended`. Returns
-    /// true when the whole run must stop (the task was interrupted).
+    /// Record an outcome: of a call that ran from `started` to `ended`
+    /// (`called`), or of a run settled without a call. Returns true when the
+    /// whole run must stop (the task was interrupted).
     fn settle(
         &mut self,
         py: Python<'_>,
         run: RunId,
         (outcome, value): Settled,
-        started: Instant,
-        ended: Instant,
+        called: Option<(Instant, Instant)>,
     ) -> PyResult<bool> {
         if let Some(v) = value {
             if matches!(outcome, Outcome::Loop(_)) {
@@ -628,10 +644,11 @@ impl Inner {
             }
             self.results[run.idx()] = Some(v);
         }
-        let stop = self
-            .driver
-            .complete(run, outcome, started, ended)
-            .map_err(|e| to_py(py, e))?;
+        let stop = match called {
+            Some((started, ended)) => self.driver.complete(run, outcome, started, ended),
+            None => self.driver.settle(run, outcome, Instant::now()),
+        }
+        .map_err(|e| to_py(py, e))?;
         self.journal(py, true)?;
         self.drop_released();
         Ok(stop)
@@ -664,11 +681,56 @@ impl Inner {
                 Step::Execute { ready, flush } => match self.prepare_work(py, ready) {
                     Ok(w) => return Ok(Next::Call(w, flush)),
                     Err(settled) => {
-                        self.settle(py, ready.run, settled, now, now)?;
+                        self.settle(py, ready.run, settled, None)?;
                     }
                 },
                 Step::Wait { until } => return Ok(Next::Wait(until)),
                 Step::Done => return Ok(Next::Done),
+            }
+        }
+    }
+
+    /// Show a state the core (or a custom trigger) decided without executing the
+    /// run to its task's handlers, through the observe hook, and settle on what
+    /// they make of it: `(code, message, result)` replaces the state; a handler
+    /// that raises fails the run with its message.
+    fn show_handlers(
+        &self,
+        py: Python<'_>,
+        ready: Ready,
+        kind: StateKind,
+        msg: Option<String>,
+    ) -> Settled {
+        let default = |msg: Option<String>| match kind {
+            StateKind::Skipped => Outcome::Skipped(msg),
+            StateKind::Paused => Outcome::Paused(msg),
+            _ => Outcome::TriggerFailed(msg),
+        };
+        let Some(hook) = &self.observe_hook else {
+            return (default(msg), None);
+        };
+        let shown = hook
+            .bind(py)
+            .call1((ready.run.0, ready.task.0, kind as u8, msg.clone()))
+            .and_then(|r| r.extract::<(u8, Option<String>, Py<PyAny>)>());
+        match shown {
+            Ok((code, message, result)) => {
+                let outcome = if code == kind as u8 {
+                    default(message)
+                } else {
+                    hook_outcome(code, message, CAUSE_INTERNAL)
+                };
+                (outcome, Some(result))
+            }
+            Err(e) => {
+                let text = e
+                    .value(py)
+                    .repr()
+                    .map_or_else(|_| e.to_string(), |r| r.to_string());
+                (
+                    fatal(format!("A state handler raised an error: {text}")),
+                    Some(e.into_value(py).into_any()),
+                )
             }
         }
     }
@@ -693,7 +755,7 @@ impl Inner {
                         )
                     })
                     .collect();
-                (e.0, states)
+                (e.0, self.run().reads_children(e, ready.run), states)
             })
             .collect();
         match hook
@@ -740,7 +802,13 @@ impl Inner {
                     continue;
                 }
                 let msg = self.run().message(r).map(str::to_string);
-                hook.bind(py).call1((r.0, task.0, kind as u8, msg))?;
+                // After the fact (a mapped parent, a cancel): the state stands;
+                // a handler's error is recorded with the run, not raised.
+                if let Err(e) = hook.bind(py).call1((r.0, task.0, kind as u8, msg))
+                    && let Some(rec) = self.recording.as_mut()
+                {
+                    rec.log(r, 40, format!("A state handler raised an error: {e}"));
+                }
             }
         }
         self.journal_buf = journal;
@@ -937,7 +1005,7 @@ impl Inner {
                     let res = work.call(py);
                     let ended = Instant::now();
                     let settled = self.interpret(py, run, hooked, res);
-                    if self.settle(py, run, settled, now, ended)? {
+                    if self.settle(py, run, settled, Some((now, ended)))? {
                         break;
                     }
                     now = ended;
@@ -1046,7 +1114,7 @@ impl Inner {
             for d in batch {
                 in_flight -= 1;
                 let settled = self.interpret(py, d.run, d.hooked, d.result);
-                if self.settle(py, d.run, settled, d.started, d.ended)? {
+                if self.settle(py, d.run, settled, Some((d.started, d.ended)))? {
                     break 'outer;
                 }
             }
@@ -1272,8 +1340,9 @@ type Hooks = (Option<Py<PyAny>>, Option<Py<PyAny>>, Option<Py<PyAny>>);
 type RecordSpec = (String, String, String, String, Option<String>);
 /// `(state_code, message, result, run_count, loop_count)`.
 type StateRow = (u8, Option<String>, Py<PyAny>, u32, u32);
-/// Upstream states of one input edge for a custom trigger: `(run, code, message, result)`.
-type UpstreamRow = (u32, Vec<(u32, u8, Option<String>, Py<PyAny>)>);
+/// Upstream states of one input edge for a custom trigger: `(edge, reads every
+/// child of a mapped task, [(run, code, message, result)])`.
+type UpstreamRow = (u32, bool, Vec<(u32, u8, Option<String>, Py<PyAny>)>);
 
 #[pymethods]
 impl PyRunner {
@@ -1322,6 +1391,7 @@ impl PyRunner {
                 max_retries,
                 retry_delay,
                 skip_on_upstream_skip: skip,
+                observed: false,
             });
         }
         let edge_specs: Vec<EdgeSpec> = edges
@@ -1335,13 +1405,16 @@ impl PyRunner {
             })
             .collect();
         let n_tasks = specs.len();
-        let graph = py
-            .detach(|| Graph::new(specs, edge_specs))
-            .map_err(|e| to_py(py, e))?;
         let mut parsed = Vec::with_capacity(calls.len());
         for c in &calls {
             parsed.push(parse_call(py, edges.len(), c)?);
         }
+        for (spec, call) in specs.iter_mut().zip(&parsed) {
+            spec.observed = call.observed;
+        }
+        let graph = py
+            .detach(|| Graph::new(specs, edge_specs))
+            .map_err(|e| to_py(py, e))?;
         let mut reference_ids = Vec::with_capacity(reference.len());
         for r in reference {
             if r as usize >= n_tasks {
@@ -1495,8 +1568,7 @@ impl PyRunner {
             Err(PyErr::from_value(value))
         };
         let settled = inner.interpret(py, RunId(run), hooked, res);
-        let now = Instant::now();
-        inner.settle(py, RunId(run), settled, now, now)
+        inner.settle(py, RunId(run), settled, None)
     }
 
     /// Report a run that ended without the task deciding: `cause` is
@@ -1524,8 +1596,7 @@ impl PyRunner {
         } else {
             Outcome::failed(message, cause_from_code(cause))
         };
-        let now = Instant::now();
-        inner.settle(py, RunId(run), (outcome, Some(value)), now, now)?;
+        inner.settle(py, RunId(run), (outcome, Some(value)), None)?;
         Ok(())
     }
 
