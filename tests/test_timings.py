@@ -29,6 +29,7 @@ def test_a_50ms_task_is_recorded_as_taking_50ms(executor: Any) -> None:
     with Flow("timed") as flow:
         first = quick(0)
         slow = nap(upstream_tasks=[first])
+    assert flow.upstream_tasks(slow) == {first}
     before = time.time()
     state = flow.run(executor=executor)
     assert state.is_successful()
