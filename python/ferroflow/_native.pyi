@@ -108,6 +108,14 @@ def default_store_path() -> str:
     """``$FERROFLOW_HOME/ferroflow.db``, else ``~/.ferroflow/ferroflow.db``; StoreError
     when neither ``FERROFLOW_HOME`` nor a home directory is set."""
 
+def record_logs(
+    path: str, flow_run_id: str, lines: Sequence[tuple[int | None, int, float, str]]
+) -> None:
+    """Send log lines ``(run, level, at, message)`` of a recording flow run to its store."""
+
+def record_structure(path: str, flow_run_id: str, structure_json: str) -> None:
+    """Record the flow's structure (JSON) for a recording flow run."""
+
 def pid_is_alive(pid: int) -> bool:
     """Whether process ``pid`` is alive on this machine (True when it cannot tell)."""
 
@@ -133,6 +141,10 @@ class Store:
         """Keys: state, message, at."""
     def logs(self, flow_run_id: str) -> list[dict[str, Any]]:
         """Keys: run, level, at, message."""
+    def flow_structure(self, flow_run_id: str) -> str | None:
+        """The flow's structure recorded for a flow run, as JSON text."""
+    def last_record_time(self, flow_run_id: str) -> float | None:
+        """When the last record of a flow run was made."""
     def finished_task_runs_with_results(self, flow_run_id: str) -> list[dict[str, Any]]:
         """Keys: run, task, task_name, map_index, state, result_location."""
     def restorable(self, flow_run_id: str) -> list[tuple[int, int, str, str, int, int]]:
@@ -204,6 +216,9 @@ class Recorder:
     def result_location(self, flow_run_id: str, run: int, location: str) -> None: ...
     def log(
         self, flow_run_id: str, run: int | None, level: int, message: str, at: float | None = None
+    ) -> None: ...
+    def logs(
+        self, flow_run_id: str, lines: Sequence[tuple[int | None, int, float, str]]
     ) -> None: ...
     def flow_run_ended(
         self, id: str, state_name: str, message: str | None = None, ended: float | None = None
