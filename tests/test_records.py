@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -509,3 +510,183 @@ def test_a_parameter_named_like_an_option_is_not_taken_silently(option: str) -> 
     state = flow.run(parameters={option: "given"}, **{option: value})
     assert state.result[e].result == "given"
     assert flow.run().result[e].result == "default"
+
+
+# --- tracebacks from workers ---------------------------------------------------------------
+
+
+def _deep_helper(x: int) -> int:
+    raise ValueError(f"bad value {x}")
+
+
+@task
+def fails_deep(x: int) -> int:
+    return _deep_helper(x) + 1
+
+
+def _noop_handler(task: Any, old: Any, new: Any) -> None:
+    return None
+
+
+@task(state_handlers=[_noop_handler])
+def fails_deep_hooked(x: int) -> int:
+    return _deep_helper(x) + 1
+
+
+def _frames(exc: BaseException) -> list[str]:
+    return [f.name for f in traceback.extract_tb(exc.__traceback__)]
+
+
+@pytest.mark.parametrize("hooked", [False, True], ids=["plain", "hooked"])
+def test_a_failed_tasks_traceback_has_the_tasks_frames_only(
+    any_executor: Any, hooked: bool
+) -> None:
+    t = fails_deep_hooked if hooked else fails_deep
+    with Flow("tb") as flow:
+        r = t(3)
+    state = flow.run(executor=any_executor)
+    exc = state.result[r].result
+    assert isinstance(exc, ValueError) and str(exc) == "bad value 3"
+    assert _frames(exc) == ["fails_deep_hooked" if hooked else "fails_deep", "_deep_helper"]
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    assert 'raise ValueError(f"bad value {x}")' in text
+
+
+class _Unpicklable(Exception):
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        import threading
+
+        self.lock = threading.Lock()
+
+
+@task
+def raises_unpicklable() -> None:
+    raise _Unpicklable("the disk is on fire")
+
+
+def test_an_exception_that_cannot_travel_keeps_its_type_and_text() -> None:
+    with Flow("unpicklable") as flow:
+        r = raises_unpicklable()
+    state = flow.run(executor=ProcessExecutor(max_workers=1))
+    st = state.result[r]
+    assert st.is_failed()
+    assert "_Unpicklable: the disk is on fire" in (st.message or "")
+    assert "could not be sent back" in (st.message or "")
+
+
+# --- timeouts ------------------------------------------------------------------------------
+
+
+@task(timeout=30)
+def timed_context(x: int) -> tuple[Any, ...]:
+    return (context.task_name, context.task_full_name, context.task_run_count, context.map_index)
+
+
+def test_a_task_with_a_timeout_keeps_its_context(any_executor: Any) -> None:
+    with Flow("timed-context") as flow:
+        r = timed_context.map([5, 6])
+    state = flow.run(executor=any_executor)
+    assert state.result[r].result == [
+        ("timed_context", "timed_context[0]", 1, 0),
+        ("timed_context", "timed_context[1]", 1, 1),
+    ]
+
+
+@task(timeout=30, log_stdout=True)
+def timed_printer() -> int:
+    print("printed under a timeout")
+    return 1
+
+
+def test_a_timed_task_with_log_stdout_logs_its_prints() -> None:
+    with Flow("timed-print") as flow:
+        timed_printer()
+    assert flow.run(executor=ThreadExecutor(2)).is_successful()
+    with open_store() as store:
+        assert [line.message for line in store.logs(last_run_id())] == ["printed under a timeout"]
+
+
+@task
+def slow_first() -> int:
+    import time
+
+    time.sleep(1.5)
+    return 1
+
+
+@task(timeout=1.0)
+def queued_quick() -> int:
+    return 2
+
+
+def test_a_process_timeout_counts_from_the_start_in_the_worker() -> None:
+    # One worker: queued_quick waits behind slow_first for longer than its timeout, then
+    # takes no time at all. Its clock starts when the worker starts it.
+    with Flow("queued") as flow:
+        a = slow_first()
+        b = queued_quick()
+    state = flow.run(executor=ProcessExecutor(max_workers=1))
+    assert state.result[a].result == 1
+    assert state.result[b].is_successful(), state.result[b].message
+    assert state.result[b].result == 2
+
+
+def test_a_dask_attempt_that_timed_out_is_not_run_again(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    import time
+
+    side = tmp_path / "attempts.txt"
+
+    @task(timeout=0.5)
+    def stuck() -> None:
+        with open(side, "a") as f:
+            f.write("attempt\n")
+        time.sleep(5)
+
+    @task
+    def meanwhile() -> int:
+        time.sleep(6)
+        return 1
+
+    with Flow("dask-timeout") as flow:
+        r = stuck()
+        m = meanwhile()
+    state = flow.run(executor=DaskExecutor(address=cluster.scheduler_address))
+    assert type(state.result[r]).__name__ == "TimedOut"
+    assert state.result[m].result == 1
+    # The stuck attempt's worker was restarted while the run went on: Dask must not
+    # have run that attempt again on the restarted worker.
+    assert side.read_text().splitlines() == ["attempt"]
+
+
+# --- runs that cannot start or whose handlers raise ---------------------------------------
+
+
+def test_an_executor_that_cannot_start_leaves_no_run_running() -> None:
+    from ferroflow.exceptions import ExecutorError
+
+    with Flow("no-cluster") as flow:
+        fails_deep(1)
+    with pytest.raises(ExecutorError):
+        flow.run(executor=DaskExecutor(address="tcp://127.0.0.1:9"))
+    with open_store() as store:
+        (run,) = store.list_flow_runs()
+        assert run.state == "Failed" and run.ended is not None
+        assert "ExecutorError" in (run.message or "")
+        assert "Running" not in {t.state for t in store.task_runs(run.id)}
+
+
+def test_a_raising_flow_handler_leaves_no_run_running() -> None:
+    def bad_handler(flow: Any, old: Any, new: Any) -> None:
+        raise RuntimeError("handler broke")
+
+    with Flow("bad-handler", state_handlers=[bad_handler]) as flow:
+        fails_deep(1)
+    with pytest.raises(RuntimeError, match="handler broke"):
+        flow.run()
+    with open_store() as store:
+        (run,) = store.list_flow_runs()
+        assert run.state == "Failed" and run.ended is not None
+        assert "handler broke" in (run.message or "")

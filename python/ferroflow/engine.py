@@ -454,8 +454,13 @@ def run_task(
             except Exception as exc:
                 return _not_written(exc)
             return Success.code, value, None, _INTERNAL, location  # type: ignore[return-value]
-        return _run_task_full(task, run_count, args, kwargs, func, enforce_timeout, raised)
-    return _run_task_full(task, run_count, args, kwargs, func, enforce_timeout)
+        out = _run_task_full(task, run_count, args, kwargs, func, enforce_timeout, raised)
+    else:
+        out = _run_task_full(task, run_count, args, kwargs, func, enforce_timeout)
+    if isinstance(out[1], BaseException):
+        # The task's frames only, as when the core calls a plain task directly.
+        _context._user_traceback(out[1])
+    return out
 
 
 def _run_task_full(

@@ -998,6 +998,9 @@ class _Driver:
         elif out.kind == _Outcome.HOOKED:
             code, value, message, cause, stuck, location = out.payload
             if stuck is not None:
+                # Forget the attempt's key first: once its worker restarts, Dask would
+                # otherwise compute it again for the future still held here.
+                self._forget(rec.future)
                 message = self._stop_stuck(stuck, message)
             stop = runner.report(rec.run_id, True, True, (code, value, message, cause, location))
         else:
@@ -1019,6 +1022,13 @@ class _Driver:
         what = "the description of its result" if rec.describing else "it"
         msg = f"Dask could not run {what}: {exc!r}"
         self.runner.report_failure(rec.run_id, msg, exc)
+
+    def _forget(self, future: Any) -> None:
+        """Release ``future``'s key on the scheduler now (a synchronous cancel)."""
+        try:
+            self.client.cancel([future])
+        except Exception:
+            pass
 
     def _stop_stuck(self, address: str, message: str | None) -> str:
         """Restart the worker whose thread still runs a timed-out run (in the background)."""
