@@ -690,3 +690,29 @@ def test_a_raising_flow_handler_leaves_no_run_running() -> None:
         (run,) = store.list_flow_runs()
         assert run.state == "Failed" and run.ended is not None
         assert "handler broke" in (run.message or "")
+
+
+# --- the demo ------------------------------------------------------------------------------
+
+DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
+
+
+def test_the_demo_runs_and_draws_from_the_command_line(tmp_path: Path) -> None:
+    out = ff("run", str(DEMO), "--param", "n=40", "--param", "strict=true")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Success" in out.stdout and "Recorded as run" in out.stdout
+    with open_store() as store:
+        run = store.flow_run(last_run_id())
+        assert run is not None and run.flow_name == "demo-etl" and run.parameters["n"] == 40
+        logs = [line.message for line in store.logs(run.id)]
+    assert any(m.startswith("auditing ") for m in logs), logs
+    dot = tmp_path / "demo.dot"
+    drawn = ff("visualize", str(DEMO), "-o", str(dot), "--run", run.id[:8])
+    assert drawn.returncode == 0, drawn.stderr
+    text = dot.read_text()
+    assert text.startswith('digraph "demo-etl"') and "fetch" in text and "report" in text
+    direct = subprocess.run(
+        [sys.executable, str(DEMO)], capture_output=True, text=True, timeout=120
+    )
+    assert direct.returncode == 0, direct.stderr
+    assert "fetch ran 2 times" in direct.stdout
