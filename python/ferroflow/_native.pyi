@@ -1,7 +1,22 @@
 """Type stubs for ``ferroflow._native``, the PyO3 binding of the Rust core (private)."""
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, final
+
+from typing_extensions import Self
+
+__all__ = [
+    "STORE_SCHEMA_VERSION",
+    "Recorder",
+    "Runner",
+    "Store",
+    "current",
+    "default_store_path",
+    "find_cycle",
+    "pid_is_alive",
+    "record_logs",
+    "record_structure",
+]
 
 def find_cycle(n: int, edges: Sequence[tuple[int, int]]) -> list[int] | None:
     """Task indices along a cycle (first repeated last), or None for a DAG."""
@@ -25,11 +40,12 @@ def will_retry(code: int, cause: int, retries_left: bool) -> bool:
 def error_classes() -> list[str]:
     """Names of the ``ferroflow.exceptions`` classes the binding raises."""
 
+@final
 class Runner:
     """One flow run driven by the Rust core."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         tasks: Sequence[tuple[str, int, float, tuple[Any, ...], bool]],
         edges: Sequence[tuple[int, int, bool, bool, bool]] | Sequence[tuple[Any, ...]],
         calls: Sequence[tuple[Any, ...] | None],
@@ -45,7 +61,7 @@ class Runner:
         progress: Callable[[list[int]], Any] | None = None,
         pack: Callable[[int], tuple[Any, str, Any, tuple[Any, ...], bool, Any, bool]] | None = None,
         quick: bytes | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     def run_local(self) -> None:
         """Run the flow to the end in the calling thread."""
     def outcome(self) -> tuple[str, list[int]]:
@@ -119,13 +135,14 @@ def record_structure(path: str, flow_run_id: str, structure_json: str) -> None:
 def pid_is_alive(pid: int) -> bool:
     """Whether process ``pid`` is alive on this machine (True when it cannot tell)."""
 
+@final
 class Store:
     """A connection to the run store for reading (and cache entries, interrupted-run
     fixup). Opening raises ``ferroflow.exceptions.StoreError`` for a corrupt file, a
     newer schema, a read-only or locked store, leaving the file untouched. Rows are
     dicts of str/int/float/None."""
 
-    def __init__(self, path: str) -> None: ...
+    def __new__(cls, path: str) -> Self: ...
     @property
     def path(self) -> str:
         """The store file."""
@@ -176,11 +193,12 @@ class Store:
     ) -> None:
         """Add or replace an entry."""
 
+@final
 class Recorder:
     """The write side of the run store: one writer thread. Sends never block or raise
     for write failures; ``flush``/``close`` raise the first StoreError the writer met."""
 
-    def __init__(self, path: str) -> None: ...
+    def __new__(cls, path: str) -> Self: ...
     @property
     def path(self) -> str: ...
     @property
@@ -236,4 +254,4 @@ class Recorder:
     def flush(self) -> None: ...
     def close(self) -> None: ...
     def __enter__(self) -> Recorder: ...
-    def __exit__(self, *exc: object) -> bool: ...
+    def __exit__(self, _exc_type: object, _exc: object, _tb: object) -> bool: ...
