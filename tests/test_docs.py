@@ -22,9 +22,14 @@ import pytest
 import ferroflow
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = sorted(
-    m.name for m in pkgutil.walk_packages(ferroflow.__path__, "ferroflow.") if "._" not in m.name
-) + ["ferroflow"]
+MODULES = [
+    "ferroflow",
+    *sorted(
+        m.name
+        for m in pkgutil.walk_packages(ferroflow.__path__, "ferroflow.")
+        if "._" not in m.name
+    ),
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
