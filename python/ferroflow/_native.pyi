@@ -6,16 +6,24 @@ from typing import Any, final
 from typing_extensions import Self
 
 __all__ = [
+    "CAUSE_FAIL_SIGNAL",
+    "CAUSE_INTERNAL",
+    "CAUSE_MATCHED",
+    "CAUSE_UNMATCHED",
+    "CAUSE_WORKER_LOST",
+    "STATE_CODES",
     "STORE_SCHEMA_VERSION",
     "Recorder",
     "Runner",
     "Store",
     "current",
     "default_store_path",
+    "error_classes",
     "find_cycle",
     "pid_is_alive",
     "record_logs",
     "record_structure",
+    "will_retry",
 ]
 
 def find_cycle(n: int, edges: Sequence[tuple[int, int]]) -> list[int] | None:
