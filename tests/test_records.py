@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,44 +17,8 @@ import pytest
 from distributed import LocalCluster
 
 from ferroflow import Flow, Parameter, context, get_run_logger, task
-from ferroflow.executors import DaskExecutor, LocalExecutor, ProcessExecutor, ThreadExecutor
+from ferroflow.executors import DaskExecutor, ProcessExecutor, ThreadExecutor
 from ferroflow.store import open_store
-
-TESTS = str(Path(__file__).resolve().parent)
-WORKER_ENV = {"PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
-ALL_EXECUTORS = ["local", "threads", "processes", "dask"]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    """One real two-worker Dask cluster (processes, loopback) for the module."""
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        scheduler_kwargs={"dashboard": False},
-        env=WORKER_ENV,
-    ) as c:
-        yield c
-
-
-def make_executor(name: str, request: pytest.FixtureRequest) -> Any:
-    if name == "local":
-        return LocalExecutor()
-    if name == "threads":
-        return ThreadExecutor(max_workers=2)
-    if name == "processes":
-        return ProcessExecutor(max_workers=2)
-    cluster: LocalCluster = request.getfixturevalue("cluster")
-    return DaskExecutor(address=cluster.scheduler_address)
-
-
-@pytest.fixture(params=ALL_EXECUTORS)
-def any_executor(request: pytest.FixtureRequest) -> Any:
-    """Each of the four executors in turn (Dask on a real local cluster)."""
-    return make_executor(request.param, request)
 
 
 def ff(
@@ -93,10 +56,10 @@ def printer(xs: list[int]) -> int:
     return sum(xs)
 
 
-def test_run_logger_and_printed_lines_reach_the_store(any_executor: Any) -> None:
+def test_run_logger_and_printed_lines_reach_the_store(executor: Any) -> None:
     with Flow("logs") as flow:
         p = printer(chatty.map([1, 2, 3]))
-    state = flow.run(executor=any_executor)
+    state = flow.run(executor=executor)
     assert state.is_successful()
     assert state.result[p].result == 6
     run_id = last_run_id()
@@ -410,7 +373,7 @@ def test_ctrl_c_in_the_cli_records_cancelled_prints_a_summary_and_exits_130(
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_ctrl_c_re_raises_keyboard_interrupt_out_of_flow_run(any_executor: Any) -> None:
+def test_ctrl_c_re_raises_keyboard_interrupt_out_of_flow_run(executor: Any) -> None:
     @task
     def interrupt() -> None:
         raise KeyboardInterrupt
@@ -422,7 +385,7 @@ def test_ctrl_c_re_raises_keyboard_interrupt_out_of_flow_run(any_executor: Any) 
     with Flow("ctrl-c") as flow:
         after(interrupt())
     with pytest.raises(KeyboardInterrupt) as err:
-        flow.run(executor=any_executor)
+        flow.run(executor=executor)
     state = err.value.state  # type: ignore[attr-defined]
     assert type(state).__name__ == "Cancelled"
     with open_store() as store:
@@ -469,7 +432,7 @@ def test_version() -> None:
 # --- context as a mapping; parameters named like flow.run's options -----------------------
 
 
-def test_context_is_a_mapping_inside_a_task(any_executor: Any) -> None:
+def test_context_is_a_mapping_inside_a_task(executor: Any) -> None:
     @task
     def read(x: int) -> tuple[Any, ...]:
         return (
@@ -483,7 +446,7 @@ def test_context_is_a_mapping_inside_a_task(any_executor: Any) -> None:
 
     with Flow("mapping") as flow:
         r = read.map([1, 2])  # mapped: full names differ from the name
-    state = flow.run(executor=any_executor)
+    state = flow.run(executor=executor)
     got = state.result[r].result
     assert got[1] == ("read", "read[1]", 1, True, ["date", "flow_name", "flow_run_id"], "default")
     with pytest.raises(KeyError):
@@ -538,13 +501,11 @@ def _frames(exc: BaseException) -> list[str]:
 
 
 @pytest.mark.parametrize("hooked", [False, True], ids=["plain", "hooked"])
-def test_a_failed_tasks_traceback_has_the_tasks_frames_only(
-    any_executor: Any, hooked: bool
-) -> None:
+def test_a_failed_tasks_traceback_has_the_tasks_frames_only(executor: Any, hooked: bool) -> None:
     t = fails_deep_hooked if hooked else fails_deep
     with Flow("tb") as flow:
         r = t(3)
-    state = flow.run(executor=any_executor)
+    state = flow.run(executor=executor)
     exc = state.result[r].result
     assert isinstance(exc, ValueError) and str(exc) == "bad value 3"
     assert _frames(exc) == ["fails_deep_hooked" if hooked else "fails_deep", "_deep_helper"]
@@ -583,10 +544,10 @@ def timed_context(x: int) -> tuple[Any, ...]:
     return (context.task_name, context.task_full_name, context.task_run_count, context.map_index)
 
 
-def test_a_task_with_a_timeout_keeps_its_context(any_executor: Any) -> None:
+def test_a_task_with_a_timeout_keeps_its_context(executor: Any) -> None:
     with Flow("timed-context") as flow:
         r = timed_context.map([5, 6])
-    state = flow.run(executor=any_executor)
+    state = flow.run(executor=executor)
     assert state.result[r].result == [
         ("timed_context", "timed_context[0]", 1, 0),
         ("timed_context", "timed_context[1]", 1, 1),
@@ -633,7 +594,7 @@ def test_a_process_timeout_counts_from_the_start_in_the_worker() -> None:
 
 
 def test_a_dask_attempt_that_timed_out_is_not_run_again(
-    cluster: LocalCluster, tmp_path: Path
+    dask_cluster: LocalCluster, tmp_path: Path
 ) -> None:
     import time
 
@@ -653,7 +614,7 @@ def test_a_dask_attempt_that_timed_out_is_not_run_again(
     with Flow("dask-timeout") as flow:
         r = stuck()
         m = meanwhile()
-    state = flow.run(executor=DaskExecutor(address=cluster.scheduler_address))
+    state = flow.run(executor=DaskExecutor(address=dask_cluster.scheduler_address))
     assert type(state.result[r]).__name__ == "TimedOut"
     assert state.result[m].result == 1
     # The stuck attempt's worker was restarted while the run went on: Dask must not
