@@ -14,7 +14,11 @@ PY_DIRS := python tests benches examples
 # maturin installs into the virtualenv named by VIRTUAL_ENV; CONDA_PREFIX would confuse it.
 MATURIN_DEVELOP := env -u CONDA_PREFIX VIRTUAL_ENV="$(CURDIR)/$(VENV)" "$(BIN)/maturin" develop
 
-.PHONY: venv build build-release test demo bench lint typecheck fmt proptest
+.PHONY: venv build build-release wheel check-wheel stubtest doctest release-check test demo \
+	bench lint typecheck fmt proptest
+
+# Where `make wheel` puts the wheel, and the wheel it built for this version.
+DIST := dist
 
 venv: $(STAMP)
 
@@ -34,6 +38,37 @@ build: venv
 
 build-release: venv
 	$(MATURIN_DEVELOP) --release
+
+# The release wheel (abi3: one wheel for every CPython >= 3.10), as users install it.
+wheel: venv
+	rm -f $(DIST)/ferroflow-*.whl
+	env -u CONDA_PREFIX "$(BIN)/maturin" build --release --out $(DIST)
+
+# Install the wheel into a fresh virtualenv (not editable, not the source tree) and run
+# the demo with it, as a script and through the installed `ferroflow` command.
+check-wheel: wheel
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off \
+		-q $(DIST)/ferroflow-*.whl; \
+	cd "$$tmp"; export FERROFLOW_HOME="$$tmp/home"; \
+	"$$tmp/venv/bin/python" -c 'import ferroflow, sys; \
+		assert ferroflow.__file__.startswith(sys.prefix), ferroflow.__file__; \
+		print("installed:", ferroflow.__file__, ferroflow.__version__)'; \
+	"$$tmp/venv/bin/python" "$(CURDIR)/examples/demo.py"; \
+	"$$tmp/venv/bin/ferroflow" run "$(CURDIR)/examples/demo.py" --param n=100; \
+	"$$tmp/venv/bin/ferroflow" runs ls
+
+# The hand-written stub of the native module matches what the module exports.
+stubtest: build
+	"$(BIN)/python" -m mypy.stubtest ferroflow._native
+
+# The examples of the docstrings and of README.md (also part of `make test`).
+doctest: build
+	"$(BIN)/python" -m pytest tests/test_docs.py -q
+
+# What a release needs beyond the tests: the wheel works installed, the stub is true.
+release-check: check-wheel stubtest
 
 test: venv
 	cargo test -p ferroflow-core

@@ -30,7 +30,7 @@ if "FERROFLOW_HOME" not in os.environ:
     os.environ["FERROFLOW_HOME"] = _home
     atexit.register(shutil.rmtree, _home, ignore_errors=True)
 
-from ferroflow import Flow, Task, task
+from ferroflow import Flow, Task, get_run_logger, task
 
 SLEEP_S = 0.05
 BURN_S = 0.5  # CPU seconds one child of the CPU-bound map aims to burn
@@ -274,6 +274,57 @@ def build_resumable_map(n: int, result_dir: str) -> tuple[Flow, Task, dict[str, 
     with Flow(f"resumable-map-{n}") as flow:
         out = task(total_or_fail, name="total")(inc_ckpt.map(src_task()))
     return flow, out, switch
+
+
+def log_one(x: int) -> int:
+    """One run-logger line, then ``x + 1``."""
+    get_run_logger().info("child %d", x)
+    return x + 1
+
+
+def quiet_logs() -> None:
+    """Run-logger lines go nowhere but to the run store (no terminal, no pytest capture):
+    what is timed is the logging call and the store, not a console."""
+    import logging
+
+    from ferroflow import runtime
+
+    runtime._ensure_handler()  # what ferroflow would install, replaced here
+    base = logging.getLogger("ferroflow")
+    base.propagate = False
+    for handler in list(base.handlers):
+        if handler is not runtime._STORE_HANDLER:
+            base.removeHandler(handler)
+    base.addHandler(logging.NullHandler())
+    base.setLevel(logging.INFO)
+
+
+def build_logging_map(n: int) -> tuple[Flow, Task]:
+    """``total(log_one.map(src()))``: every child logs one line."""
+    quiet_logs()
+    src_task = task(make_src(n), name="src")
+    log_task = task(log_one, name="log_one")
+    with Flow(f"logging-map-{n}") as flow:
+        out = total_task(log_task.map(src_task()))
+    return flow, out
+
+
+class store_logs:
+    """``with store_logs(False):`` runs with ``FERROFLOW_STORE_LOGS=0`` (lines are logged
+    but not written to the run store); ``True`` leaves the default (written)."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __enter__(self) -> None:
+        self.old = os.environ.get("FERROFLOW_STORE_LOGS")
+        os.environ["FERROFLOW_STORE_LOGS"] = "1" if self.on else "0"
+
+    def __exit__(self, *exc: object) -> None:
+        if self.old is None:
+            os.environ.pop("FERROFLOW_STORE_LOGS", None)
+        else:
+            os.environ["FERROFLOW_STORE_LOGS"] = self.old
 
 
 def result_of(flow: Flow, out: Task, **run_kwargs: Any) -> Any:

@@ -80,6 +80,7 @@ FULL = {
     "cpu": 8,
     "proc_map": 100_000,
     "record_map": 1_000_000,
+    "log_map": 100_000,
     "ckpt_map": 100_000,
 }
 QUICK = {
@@ -99,6 +100,7 @@ QUICK = {
     "cpu": 4,
     "proc_map": 10_000,
     "record_map": 100_000,
+    "log_map": 10_000,
     "ckpt_map": 5_000,
 }
 BURN_SECONDS = {"full": w.BURN_S, "quick": 0.1}  # CPU per child of the CPU-bound map
@@ -649,6 +651,40 @@ def part_recording(sizes: dict[str, int], quick: bool, notes: list[str]) -> Figu
     )
 
 
+def part_logs(sizes: dict[str, int], quick: bool, notes: list[str]) -> Figure:
+    """Run logs: a map whose children each log one line, recorded, with the lines written
+    to the run store vs logged but not stored (``FERROFLOW_STORE_LOGS=0``)."""
+    n = sizes["log_map"]
+    _progress(f"logs: map {n}, one log line per child, stored vs not stored")
+    flow, out = w.build_logging_map(n)
+    expected = w.expected_map(n)
+
+    def run(stored: bool) -> Any:
+        with w.store_logs(stored):
+            return w.result_of(flow, out)
+
+    run(False)  # compile the flow once
+    with OtherLoad() as load:
+        best = interleaved(
+            {"stored": lambda: run(True), "not stored": lambda: run(False)},
+            3,
+            {"stored": expected, "not stored": expected},
+        )
+    ratio = best["stored"] / best["not stored"]
+    notes.append(
+        f"logs: best of 3 each, interleaved, both recorded; the writer thread inserts the "
+        f"lines beside the run. Other processes kept {load.describe()} CPUs busy meanwhile."
+    )
+    return Figure(
+        f"logs: {fmt_n(n)} map, a log line per child, in the store",
+        fmt_s(best["stored"]),
+        f"{fmt_s(best['not stored'])} (FERROFLOW_STORE_LOGS=0)",
+        f"{ratio:.2f}x",
+        "≤ 1.5x",
+        _met(ratio <= 1.5, quick),
+    )
+
+
 def part_checkpoint(sizes: dict[str, int], quick: bool, notes: list[str]) -> Figure:
     """Checkpointing overhead: checkpoint=True + LocalResult (recorded, the default) vs the
     same map without checkpoints, unrecorded."""
@@ -735,7 +771,17 @@ def part_resume(sizes: dict[str, int], quick: bool, notes: list[str]) -> Figure:
     )
 
 
-PARTS = ("memory", "depth", "io", "cpu", "processes", "recording", "checkpoint", "resume")
+PARTS = (
+    "memory",
+    "depth",
+    "io",
+    "cpu",
+    "processes",
+    "recording",
+    "logs",
+    "checkpoint",
+    "resume",
+)
 
 
 def run_executors_durability(
@@ -759,6 +805,7 @@ def run_executors_durability(
             "cpu": part_cpu,
             "processes": part_processes,
             "recording": part_recording,
+            "logs": part_logs,
             "checkpoint": part_checkpoint,
             "resume": part_resume,
         }[part]

@@ -5,7 +5,9 @@
 - the records fan out over a map, and the ``case`` branch for strict mode is skipped;
 - a reduce fans back in and a report is built from every branch.
 
-Run it with ``make demo`` (or ``python examples/demo.py``).
+Run it with ``make demo`` (or ``python examples/demo.py``), or through the command line:
+``ferroflow run examples/demo.py --param n=50`` (live progress, a summary, the run recorded)
+and ``ferroflow visualize examples/demo.py -o demo.dot`` (its graph).
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ def build() -> Flow:
     return flow
 
 
+# At module level, so that ``ferroflow run`` and ``ferroflow visualize`` find it.
+flow = build()
+
+
 def summarize(flow: Flow, state: State, seconds: float) -> None:
     print(f"flow {flow.name!r} finished {type(state).__name__} in {seconds * 1000:.1f} ms")
     print(f"  {state.message}")
@@ -107,7 +113,6 @@ def summarize(flow: Flow, state: State, seconds: float) -> None:
 
 
 def main() -> None:
-    flow = build()
     start = time.perf_counter()
     state = flow.run(n=1000)
     summarize(flow, state, time.perf_counter() - start)

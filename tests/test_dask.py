@@ -303,8 +303,11 @@ def test_keyboard_interrupt_in_a_task_cancels_the_run(dask_ex: DaskExecutor) -> 
 
     with Flow("ki") as flow:
         r = inc(interrupted())
-    local = flow.run(executor=LocalExecutor())
-    state = flow.run(executor=dask_ex)
+    with pytest.raises(KeyboardInterrupt) as on_local:
+        flow.run(executor=LocalExecutor())
+    with pytest.raises(KeyboardInterrupt) as on_dask:
+        flow.run(executor=dask_ex)
+    local, state = on_local.value.state, on_dask.value.state  # type: ignore[attr-defined]
     assert isinstance(state, Cancelled)
     _same_states(local, state, [r])
 
@@ -547,7 +550,9 @@ def test_interrupt_cancels_and_closes_the_cluster_it_started(
     monkeypatch.setattr(ffdask, "_quiet_close", spy_close)
     with Flow("ctrl-c") as flow:
         r = inc.map(make(3))
-    state = flow.run(executor=DaskExecutor(cluster_kwargs={"n_workers": 1, "processes": False}))
+    with pytest.raises(KeyboardInterrupt) as err:
+        flow.run(executor=DaskExecutor(cluster_kwargs={"n_workers": 1, "processes": False}))
+    state = err.value.state  # type: ignore[attr-defined]
     assert isinstance(state, Cancelled)
     assert not state.result[r].is_successful()
     assert closed == ["Client", "LocalCluster"]

@@ -217,8 +217,10 @@ CTRL_C_SCRIPT = textwrap.dedent(
         print("STATE", type(flow.run(resume=sys.argv[2])).__name__)
     else:
         print("READY", flush=True)
-        state = flow.run()
-        print("STATE", type(state).__name__, flush=True)
+        try:
+            flow.run()
+        except KeyboardInterrupt as exc:  # re-raised once the run is recorded Cancelled
+            print("STATE", type(exc.state).__name__, flush=True)
     """
 )
 

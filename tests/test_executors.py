@@ -233,7 +233,10 @@ with Flow("interrupt-me") as flow:
 
 executor = {"threads": ThreadExecutor(4), "processes": ProcessExecutor(2)}[sys.argv[1]]
 print("READY", flush=True)
-state = flow.run(executor=executor, record=False)
+try:
+    flow.run(executor=executor, record=False)
+except KeyboardInterrupt as exc:  # re-raised after the run was cancelled
+    state = exc.state
 done = sum(1 for s in state.result[flow.get_tasks(name="slow")[0]].map_states if s.is_successful())
 print("STATE", type(state).__name__, done, flush=True)
 """

@@ -12,8 +12,8 @@ Example:
     >>> with Flow("hello") as flow:
     ...     n = Parameter("n", default=1, type=int)
     ...     out = inc(inc(n))
-    >>> state = flow.run(n=40)  # doctest: +SKIP
-    >>> state.result[out].result  # doctest: +SKIP
+    >>> state = flow.run(n=40)
+    >>> state.result[out].result
     42
 """
 

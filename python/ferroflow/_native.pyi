@@ -1,7 +1,30 @@
 """Type stubs for ``ferroflow._native``, the PyO3 binding of the Rust core (private)."""
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, final
+
+from typing_extensions import Self
+
+__all__ = [
+    "CAUSE_FAIL_SIGNAL",
+    "CAUSE_INTERNAL",
+    "CAUSE_MATCHED",
+    "CAUSE_UNMATCHED",
+    "CAUSE_WORKER_LOST",
+    "STATE_CODES",
+    "STORE_SCHEMA_VERSION",
+    "Recorder",
+    "Runner",
+    "Store",
+    "current",
+    "default_store_path",
+    "error_classes",
+    "find_cycle",
+    "pid_is_alive",
+    "record_logs",
+    "record_structure",
+    "will_retry",
+]
 
 def find_cycle(n: int, edges: Sequence[tuple[int, int]]) -> list[int] | None:
     """Task indices along a cycle (first repeated last), or None for a DAG."""
@@ -25,11 +48,12 @@ def will_retry(code: int, cause: int, retries_left: bool) -> bool:
 def error_classes() -> list[str]:
     """Names of the ``ferroflow.exceptions`` classes the binding raises."""
 
+@final
 class Runner:
     """One flow run driven by the Rust core."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         tasks: Sequence[tuple[str, int, float, tuple[Any, ...], bool]],
         edges: Sequence[tuple[int, int, bool, bool, bool]] | Sequence[tuple[Any, ...]],
         calls: Sequence[tuple[Any, ...] | None],
@@ -45,7 +69,7 @@ class Runner:
         progress: Callable[[list[int]], Any] | None = None,
         pack: Callable[[int], tuple[Any, str, Any, tuple[Any, ...], bool, Any, bool]] | None = None,
         quick: bytes | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     def run_local(self) -> None:
         """Run the flow to the end in the calling thread."""
     def outcome(self) -> tuple[str, list[int]]:
@@ -108,16 +132,25 @@ def default_store_path() -> str:
     """``$FERROFLOW_HOME/ferroflow.db``, else ``~/.ferroflow/ferroflow.db``; StoreError
     when neither ``FERROFLOW_HOME`` nor a home directory is set."""
 
+def record_logs(
+    path: str, flow_run_id: str, lines: Sequence[tuple[int | None, int, float, str]]
+) -> None:
+    """Send log lines ``(run, level, at, message)`` of a recording flow run to its store."""
+
+def record_structure(path: str, flow_run_id: str, structure_json: str) -> None:
+    """Record the flow's structure (JSON) for a recording flow run."""
+
 def pid_is_alive(pid: int) -> bool:
     """Whether process ``pid`` is alive on this machine (True when it cannot tell)."""
 
+@final
 class Store:
     """A connection to the run store for reading (and cache entries, interrupted-run
     fixup). Opening raises ``ferroflow.exceptions.StoreError`` for a corrupt file, a
     newer schema, a read-only or locked store, leaving the file untouched. Rows are
     dicts of str/int/float/None."""
 
-    def __init__(self, path: str) -> None: ...
+    def __new__(cls, path: str) -> Self: ...
     @property
     def path(self) -> str:
         """The store file."""
@@ -133,6 +166,10 @@ class Store:
         """Keys: state, message, at."""
     def logs(self, flow_run_id: str) -> list[dict[str, Any]]:
         """Keys: run, level, at, message."""
+    def flow_structure(self, flow_run_id: str) -> str | None:
+        """The flow's structure recorded for a flow run, as JSON text."""
+    def last_record_time(self, flow_run_id: str) -> float | None:
+        """When the last record of a flow run was made."""
     def finished_task_runs_with_results(self, flow_run_id: str) -> list[dict[str, Any]]:
         """Keys: run, task, task_name, map_index, state, result_location."""
     def restorable(self, flow_run_id: str) -> list[tuple[int, int, str, str, int, int]]:
@@ -164,11 +201,12 @@ class Store:
     ) -> None:
         """Add or replace an entry."""
 
+@final
 class Recorder:
     """The write side of the run store: one writer thread. Sends never block or raise
     for write failures; ``flush``/``close`` raise the first StoreError the writer met."""
 
-    def __init__(self, path: str) -> None: ...
+    def __new__(cls, path: str) -> Self: ...
     @property
     def path(self) -> str: ...
     @property
@@ -205,6 +243,9 @@ class Recorder:
     def log(
         self, flow_run_id: str, run: int | None, level: int, message: str, at: float | None = None
     ) -> None: ...
+    def logs(
+        self, flow_run_id: str, lines: Sequence[tuple[int | None, int, float, str]]
+    ) -> None: ...
     def flow_run_ended(
         self, id: str, state_name: str, message: str | None = None, ended: float | None = None
     ) -> None: ...
@@ -221,4 +262,4 @@ class Recorder:
     def flush(self) -> None: ...
     def close(self) -> None: ...
     def __enter__(self) -> Recorder: ...
-    def __exit__(self, *exc: object) -> bool: ...
+    def __exit__(self, _exc_type: object, _exc: object, _tb: object) -> bool: ...

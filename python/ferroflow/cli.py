@@ -7,6 +7,8 @@ Commands:
 - ``ferroflow runs ls [--limit N] [--json]``: the recent runs recorded in the run store.
 - ``ferroflow runs show RUN_ID [--json]``: one run (an id prefix is enough) with its task
   runs and failures.
+- ``ferroflow runs logs RUN_ID [--task NAME] [--level LEVEL] [--json]``: the log lines
+  of one run (run-logger records, printed lines of ``log_stdout`` tasks, tracebacks).
 - ``ferroflow runs resume RUN_ID``: resume an interrupted or failed run.
 - ``ferroflow ui [--host H] [--port P]``: serve a read-only web view of the run store
   (on 127.0.0.1 unless told otherwise) until Ctrl-C.
@@ -535,32 +537,22 @@ def _run_flow(
     values: dict[str, Any],
     exe: Any,
     resume: str | None,
-    record: bool,
+    record: bool | None,
     display: RunDisplay | None = None,
+    on_start: Any = None,
 ) -> State:
     from ferroflow import engine
 
     progress = display.update_counts if display is not None else None
     return engine.run_flow(
-        flow, parameters=values, executor=exe, resume=resume, record=record, progress=progress
+        flow,
+        parameters=values,
+        executor=exe,
+        resume=resume,
+        record=record,
+        progress=progress,
+        on_start=on_start,
     )
-
-
-def _recorded_run_id(flow_name: str, since: float) -> str | None:
-    """The id of the run this process just recorded for ``flow_name``, if any."""
-    from ferroflow.exceptions import StoreError
-    from ferroflow.store import open_store, store_path
-
-    if not store_path().exists():
-        return None
-    try:
-        with open_store() as store:
-            for run in store.list_flow_runs(10):
-                if run.pid == os.getpid() and run.flow_name == flow_name and run.started >= since:
-                    return run.id
-    except StoreError:
-        return None
-    return None
 
 
 def run_command(
@@ -569,9 +561,14 @@ def run_command(
     executor: str | None,
     workers: int | None,
     resume: str | None = None,
-    record: bool = True,
+    record: bool | None = None,
 ) -> int:
-    """``ferroflow run``: load, run, summarize. Returns the exit status."""
+    """``ferroflow run``: load, run, summarize. Returns the exit status.
+
+    ``record`` None records unless ``FERROFLOW_RECORD=0``. A recorded run's file, flow
+    and executor are saved when it starts, so ``ferroflow runs resume`` works even after
+    the process was killed. Ctrl-C prints the summary and returns 130.
+    """
     values = parse_params(params)
     path, name = split_target(target)
     module = load_module(path)
@@ -580,22 +577,40 @@ def run_command(
     from ferroflow.exceptions import FerroflowError
 
     out = _out()
-    since = time.time() - 1.0
+    started: list[str] = []
+
+    def on_start(run_id: str) -> None:
+        started.append(run_id)
+        _remember_source(run_id, path, name or flow.name, executor, workers)
+
+    interrupted = False
     with RunDisplay(flow.name, _err()) as display:
         try:
-            state = _run_flow(flow, values, exe, resume, record, display)
+            state = _run_flow(flow, values, exe, resume, record, display, on_start)
         except FerroflowError as exc:
             message = _one_line(str(exc))
             if message.endswith("or run with recording off"):
                 message += " (--no-record)"
             raise CliError(message) from exc
+        except KeyboardInterrupt as exc:
+            got = getattr(exc, "state", None)
+            if got is None:
+                raise
+            state, interrupted = got, True
     summarize_state(state, flow.name, display.elapsed, out, tracebacks=_OPTIONS.debug)
-    run_id = _recorded_run_id(flow.name, since) if record else None
-    if run_id is not None:
-        _remember_source(run_id, path, name or flow.name, executor, workers)
-    if run_id is not None:
-        short = run_id[:8]
-        out.print(Text(f"Recorded as run {short}: see 'ferroflow runs show {short}'"))
+    if started:
+        short = started[0][:8]
+        if interrupted:
+            out.print(
+                Text(
+                    f"Interrupted; recorded as run {short}: resume it with "
+                    f"'ferroflow runs resume {short}'"
+                )
+            )
+        else:
+            out.print(Text(f"Recorded as run {short}: see 'ferroflow runs show {short}'"))
+    if interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_OK if state.is_successful() else EXIT_FAILED
 
 
@@ -760,6 +775,78 @@ def _runs_show(run_id: str, as_json: bool, limit: int) -> int:
     return EXIT_OK
 
 
+def _parse_level(text: str) -> int:
+    """A logging level given as a name (``info``, ``WARNING``) or a number.
+
+    Example:
+        >>> _parse_level("warning"), _parse_level("15")
+        (30, 15)
+    """
+    import logging
+
+    if text.strip().isdigit():
+        return int(text)
+    level = logging.getLevelName(text.strip().upper())
+    if not isinstance(level, int):
+        raise CliError(
+            f"unknown log level {text!r}: use DEBUG, INFO, WARNING, ERROR, CRITICAL or a number"
+        )
+    return level
+
+
+def _runs_logs(run_id: str, task: str | None, level: str | None, as_json: bool) -> int:
+    import logging
+
+    minimum = _parse_level(level) if level is not None else 0
+    with _store() as store:
+        run = _resolve_run(store, run_id)
+        task_runs = store.task_runs(run.id)
+        logs = store.logs(run.id)
+    names = {t.run: t for t in task_runs}
+    if task is not None and not any(task in (t.task_name, t.full_name) for t in task_runs):
+        known = sorted({t.task_name for t in task_runs})
+        raise CliError(
+            f"flow run {run.id} has no task named {task!r} (its tasks: {', '.join(known)})"
+        )
+    shown = []
+    for line in logs:
+        if line.level < minimum:
+            continue
+        tr = names.get(line.run) if line.run is not None else None
+        if task is not None and (tr is None or task not in (tr.task_name, tr.full_name)):
+            continue
+        shown.append((line, tr))
+    if as_json:
+        _echo_json(
+            [
+                {**line.to_dict(), "task_name": tr.full_name if tr is not None else None}
+                for line, tr in shown
+            ]
+        )
+        return EXIT_OK
+    out = _out()
+    if not shown:
+        out.print(Text(f"No log lines recorded for flow run {run.id} (with these filters)."))
+        return EXIT_OK
+    for line, tr in shown:
+        stamp = datetime.fromtimestamp(line.at).strftime("%H:%M:%S.%f")[:-3]
+        level_name = logging.getLevelName(line.level)
+        style = "red" if line.level >= logging.ERROR else "yellow" if line.level >= 30 else ""
+        who = tr.full_name if tr is not None else run.flow_name
+        out.print(
+            Text.assemble(
+                (stamp, "dim"),
+                " ",
+                (f"{level_name:<8}", style),
+                " ",
+                (who, "bold"),
+                " | ",
+                line.message,
+            )
+        )
+    return EXIT_OK
+
+
 def _sources_dir() -> Path:
     from ferroflow.store import store_path
 
@@ -801,6 +888,9 @@ def _runs_resume(run_id: str) -> int:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    None, "--version", "-V", package_name="ferroflow", message="%(prog)s %(version)s"
+)
 @_debug_option
 def cli() -> None:
     """ferroflow: run flows and look at recorded runs.
@@ -844,7 +934,7 @@ def cli() -> None:
     "--no-record",
     "no_record",
     is_flag=True,
-    help="Do not record the run in the run store.",
+    help="Do not record the run in the run store (also: FERROFLOW_RECORD=0).",
 )
 @_debug_option
 def run_cmd(
@@ -861,7 +951,7 @@ def run_cmd(
     its variable name). Prints a summary of the task states; exits 0 only when the
     flow succeeded, 1 when it failed.
     """
-    return run_command(target, params, executor, workers, resume, not no_record)
+    return run_command(target, params, executor, workers, resume, False if no_record else None)
 
 
 @cli.command("visualize")
@@ -943,6 +1033,23 @@ def runs_ls_cmd(limit: int, as_json: bool) -> int:
 def runs_show_cmd(run_id: str, as_json: bool, limit: int) -> int:
     """Show one flow run (RUN_ID may be a unique prefix): its task runs and failures."""
     return _runs_show(run_id, as_json, limit)
+
+
+@runs_group.command("logs")
+@click.argument("run_id")
+@click.option("--task", "-t", default=None, metavar="NAME", help="Only this task's lines.")
+@click.option(
+    "--level",
+    "-l",
+    default=None,
+    metavar="LEVEL",
+    help="Only lines at this level or above (DEBUG, INFO, WARNING, ERROR or a number).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+@_debug_option
+def runs_logs_cmd(run_id: str, task: str | None, level: str | None, as_json: bool) -> int:
+    """Show the log lines of flow run RUN_ID (a unique prefix is enough)."""
+    return _runs_logs(run_id, task, level, as_json)
 
 
 @runs_group.command("resume")

@@ -169,7 +169,7 @@ class _Plan:
                 kw_slots = []
             observed = bool(t.state_handlers) or t.on_failure is not None
             observed_any |= observed
-            hooked = observed or t.timeout is not None or checkpoints(t)
+            hooked = observed or t.timeout is not None or checkpoints(t) or t.log_stdout
             kind = _CALL
             if hooked:
                 kind = _PACK if native_pack(t) else _HOOK
@@ -180,6 +180,8 @@ class _Plan:
         # Which tasks ran quickly last time (the runner sends its buffered records
         # before calling any other task; see rust/py/src/ticker.rs).
         self.quick: bytes | None = None
+        # What a resume compares (see _Structure), built when first recorded.
+        self.structure: _Structure | None = None
 
 
 def _plan_for(flow: Flow) -> _Plan:
@@ -449,6 +451,7 @@ def run_task(
         not task.state_handlers
         and task.on_failure is None
         and task.timeout is None
+        and not task.log_stdout
         and not _checkpoint.needs_template_values(task)
     ):
         # Checkpointing alone: call, then append the value to the task's pack.
@@ -462,8 +465,13 @@ def run_task(
             except Exception as exc:
                 return _not_written(exc)
             return Success.code, value, None, _INTERNAL, location  # type: ignore[return-value]
-        return _run_task_full(task, run_count, args, kwargs, func, enforce_timeout, raised)
-    return _run_task_full(task, run_count, args, kwargs, func, enforce_timeout)
+        out = _run_task_full(task, run_count, args, kwargs, func, enforce_timeout, raised)
+    else:
+        out = _run_task_full(task, run_count, args, kwargs, func, enforce_timeout)
+    if isinstance(out[1], BaseException):
+        # The task's frames only, as when the core calls a plain task directly.
+        _context._user_traceback(out[1])
+    return out
 
 
 def _run_task_full(
@@ -515,10 +523,7 @@ def _run_task_full(
     try:
         if raised is not None:
             raise raised
-        if task.timeout is not None and enforce_timeout:
-            value = _call_with_timeout(func, args, kwargs or {}, task.timeout)
-        else:
-            value = func(*args, **(kwargs or {}))
+        value = _call_task(task, func, args, kwargs or {}, enforce_timeout)
         new: State = Success("Task run succeeded.", value)
     except _Timeout:
         new = TimedOut(f"Task timed out after {task.timeout:g} s.")
@@ -611,17 +616,48 @@ class _TaskStates(Mapping["Task", State]):
         return "{" + ", ".join(f"{t!r}: {self[t]!r}" for t in self) + "}"
 
 
-def _call_with_timeout(
-    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float
+def _call_task(
+    task: Task,
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    enforce_timeout: bool,
 ) -> Any:
-    """Run ``func`` in a helper thread; abandon it when ``timeout`` seconds pass."""
+    """One call of a hooked task: with its timeout (in this process) and with its
+    printed lines sent to its run logger (``log_stdout``)."""
+    if task.timeout is not None and enforce_timeout:
+        return _call_with_timeout(func, args, kwargs, task.timeout, task.log_stdout)
+    if task.log_stdout:
+        with _context.capture_stdout():
+            return func(*args, **kwargs)
+    return func(*args, **kwargs)
+
+
+def _call_with_timeout(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float,
+    log_stdout: bool = False,
+) -> Any:
+    """Run ``func`` in a helper thread; abandon it when ``timeout`` seconds pass. The
+    helper thread sees the calling task run's ``ferroflow.context`` (and, with
+    ``log_stdout``, its prints go to the task's run logger)."""
     box: dict[str, Any] = {}
+    run, cur = _context._current()
 
     def target() -> None:
+        _context._enter_remote(run, cur)
         try:
-            box["value"] = func(*args, **kwargs)
+            if log_stdout:
+                with _context.capture_stdout():
+                    box["value"] = func(*args, **kwargs)
+            else:
+                box["value"] = func(*args, **kwargs)
         except BaseException as exc:
             box["error"] = exc
+        finally:
+            _context._enter_remote(None, None)
 
     worker = threading.Thread(target=target, name="ferroflow-timeout", daemon=True)
     worker.start()
@@ -656,11 +692,17 @@ def store_path() -> Any:
     return path()
 
 
-def _recording_default() -> bool:
+def _env_flag(name: str) -> bool:
+    """Whether the environment leaves the switch ``name`` on (its default): off for
+    ``0``, ``false``, ``no`` or ``off``."""
     import os
 
-    value = os.environ.get("FERROFLOW_RECORD", "1").strip().lower()
+    value = os.environ.get(name, "1").strip().lower()
     return value not in ("0", "false", "no", "off")
+
+
+def _recording_default() -> bool:
+    return _env_flag("FERROFLOW_RECORD")
 
 
 def run_flow(
@@ -672,6 +714,7 @@ def run_flow(
     record: bool | None = None,
     resume: str | None = None,
     progress: Callable[[dict[str, int]], Any] | None = None,
+    on_start: Callable[[str], Any] | None = None,
     **parameter_values: Any,
 ) -> State:
     """Run ``flow`` to the end and return its final State (see ``Flow.run``).
@@ -686,21 +729,33 @@ def run_flow(
             anything runs; pass ``record=False`` to run unrecorded.
         resume: the id (or a unique prefix) of an earlier, unfinished run of this flow in
             the run store: every task run that finished there with a readable
-            checkpoint is restored instead of run again; the rest runs. Its parameters
-            are reused unless given again.
+            checkpoint is restored instead of run again; the rest runs. The run's own
+            parameters are used: a value given again must be the same
+            (``ResumeError`` otherwise, naming the parameters). Tasks whose definition
+            or upstream tasks changed since are run again, and the final state's
+            message names them.
         progress: called a few times a second with the number of task runs in each
             state (``{"Success": 1200, "Pending": 8800, ...}``), and once at the end.
         release_results: drop each intermediate result as soon as no downstream task
             run can still read it (results of reference and terminal tasks are always
             kept). Bounds memory for long map chains; released results read as None
             in the final states.
+        on_start: called with the flow run's id once the run is recorded as started,
+            before any task runs (the command line saves how to resume it there); not
+            called for an unrecorded run.
         **parameter_values: more parameter values by name.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C during the run, after the run was recorded
+            ``Cancelled`` (it can be resumed); ``exc.state`` is the final State and
+            ``exc.flow_run_id`` the run's id.
     """
     given = dict(parameters or {})
     given.update(parameter_values)
     flow.validate()
     plan = _plan_for(flow)
-    values = _resolve_parameters(flow, plan, given)
+    # A resume takes the missing values from the resumed run (resolved below).
+    values = _resolve_parameters(flow, plan, given) if resume is None else {}
     if executor is None:
         executor = getattr(flow, "executor", None)
     if executor is None:
@@ -711,52 +766,166 @@ def run_flow(
         record = _recording_default()
     resumed_from: str | None = None
     restore: dict[int, dict[int, tuple[str, int, int]]] | None = None
+    rerun: list[str] = []
     if resume is not None:
-        resumed_from, old_params, restore = _prepare_resume(flow, plan, resume)
+        resumed_from, old_params, restore, rerun = _prepare_resume(flow, plan, resume)
+        _check_resume_parameters(flow, plan, resumed_from, old_params, given)
         values = _resolve_parameters(flow, plan, {**old_params, **given})
     run = FlowRun(flow, plan, values, release_results, record, resumed_from, restore, progress)
-    handlers = list(getattr(flow, "state_handlers", None) or [])
-    state: State = Running("Running flow.")
-    for handler in handlers:
-        new = handler(flow, Pending(), state)
-        state = new if isinstance(new, State) else state
-    _context._register(run.token, run)
-    closing: list[str] = []
+    if record:
+        path = str(store_path())
+        if _env_flag("FERROFLOW_STORE_LOGS"):
+            _context._open_log_sink(path, run.flow_run_id)
+        _native.record_structure(path, run.flow_run_id, _structure(plan, flow).json)
+    recorded = False
     try:
-        executor.execute(run)
-    finally:
-        _context._unregister(run.token)
+        if on_start is not None and record:
+            on_start(run.flow_run_id)
+        handlers = list(getattr(flow, "state_handlers", None) or [])
+        state: State = Running("Running flow.")
+        for handler in handlers:
+            new = handler(flow, Pending(), state)
+            state = new if isinstance(new, State) else state
+        _context._register(run.token, run)
+        closing: list[str] = []
         try:
-            plan.quick = run.runner.quick_tasks()
-        except FerroflowError:  # still locked after an abrupt end: keep the old hint
-            pass
-        from ferroflow._checkpoint import PACKS
+            executor.execute(run)
+        finally:
+            _context._unregister(run.token)
+            try:
+                plan.quick = run.runner.quick_tasks()
+            except FerroflowError:  # still locked after an abrupt end: keep the old hint
+                pass
+            from ferroflow._checkpoint import PACKS
 
-        closing = PACKS.close_run(run.flow_run_id)
-    final = _flow_state(run)
-    terminal = getattr(flow, "terminal_state_handler", None)
-    if terminal is not None:
-        ref_states = {run.task_state(i) for i in plan.reference}
-        replaced = terminal(flow, final, ref_states)
-        if isinstance(replaced, State):
-            if replaced._loader is None and replaced.result is None:
-                replaced._loader = final._loader
-            final = replaced
-    for handler in handlers:
-        new = handler(flow, state, final)
-        final = new if isinstance(new, State) else final
-    problems = run.runner.checkpoint_problems() + closing
-    problem = run.runner.record_end(type(final).code or Failed.code, final.message)
+            closing = PACKS.close_run(run.flow_run_id)
+        final = _flow_state(run)
+        interrupted = isinstance(final, Cancelled)
+        terminal = getattr(flow, "terminal_state_handler", None)
+        if terminal is not None:
+            ref_states = {run.task_state(i) for i in plan.reference}
+            replaced = terminal(flow, final, ref_states)
+            if isinstance(replaced, State):
+                if replaced._loader is None and replaced.result is None:
+                    replaced._loader = final._loader
+                final = replaced
+        for handler in handlers:
+            new = handler(flow, state, final)
+            final = new if isinstance(new, State) else final
+        if rerun:
+            final.message = (
+                f"{final.message or ''} The flow changed since run {resumed_from}: re-ran "
+                f"{', '.join(repr(n) for n in rerun)} (definition or upstream tasks changed)."
+            ).strip()
+        problems = run.runner.checkpoint_problems() + closing
+        _context._close_log_sink(run.flow_run_id)
+        recorded = True
+        problem = run.runner.record_end(type(final).code or Failed.code, final.message)
+    except BaseException as exc:
+        if not recorded:
+            _end_unfinished(run, exc)
+        raise
+    finally:
+        _context._close_log_sink(run.flow_run_id)
     if problem is not None:
         problems.append(problem)
     for problem in problems:
         import warnings
 
         warnings.warn(f"flow run {run.flow_run_id}: {problem}", RecordingWarning, stacklevel=2)
+    if interrupted:
+        stop = KeyboardInterrupt(f"flow run {run.flow_run_id} was interrupted")
+        stop.state = final  # type: ignore[attr-defined]
+        stop.flow_run_id = run.flow_run_id  # type: ignore[attr-defined]
+        raise stop
     on_failure = getattr(flow, "on_failure", None)
     if final.is_failed() and on_failure is not None:
         on_failure(flow, final)
     return final
+
+
+def _end_unfinished(run: FlowRun, exc: BaseException) -> None:
+    """``flow.run`` is raising ``exc`` before the run's end was recorded (the executor
+    could not start, a flow-level handler raised, Ctrl-C outside the run loop): cancel
+    what did not run and record the flow run ended, so that it does not stay
+    ``Running`` in the store."""
+    if isinstance(exc, KeyboardInterrupt):
+        code, why = Cancelled.code, "Flow run interrupted (KeyboardInterrupt)."
+    else:
+        code, why = Failed.code, f"The flow run stopped: {type(exc).__name__}: {exc}"
+    runner = run.runner
+    try:
+        if not runner.done():
+            runner.close(why)
+    except FerroflowError:
+        pass
+    _context._close_log_sink(run.flow_run_id)
+    try:
+        runner.record_end(code or Failed.code, why)
+    except FerroflowError:
+        pass
+
+
+def _check_resume_parameters(
+    flow: Flow, plan: _Plan, old_id: str, old: dict[str, Any], given: dict[str, Any]
+) -> None:
+    """A resume uses the resumed run's parameters: a value given again must be equal."""
+    import json
+
+    differ: list[str] = []
+    for name in sorted(given):
+        if name not in old or name not in plan.parameters:
+            continue
+        p: Any = plan.tasks[plan.parameters[name]]
+        new = json.dumps(p.validate_value(given[name]), default=repr, sort_keys=True)
+        if new != json.dumps(old[name], sort_keys=True):
+            differ.append(name)
+    if differ:
+        from ferroflow.exceptions import ResumeError
+
+        shown = ", ".join(f"{n}={old[n]!r} (given {given[n]!r})" for n in differ)
+        raise ResumeError(
+            f"cannot resume flow run {old_id} of flow '{flow.name}' with other parameter "
+            f"values: it ran with {shown}. A resume reuses the run's parameters (its "
+            "finished tasks were computed from them): resume without them, or start a new run",
+            parameters=differ,
+        )
+
+
+class _Structure:
+    """What a resume compares between a flow run and the flow now: per task, its slug
+    and a digest of its definition (type, name, constant arguments) and incoming
+    edges (the upstream task's slug, key, mapped, flattened)."""
+
+    def __init__(self, plan: _Plan, flow: Flow) -> None:
+        import hashlib
+        import json
+
+        compiled = flow._compile()
+        slugs = [flow.slugs.get(t, t.slug) or t.name for t in plan.tasks]
+        incoming: list[list[tuple[Any, ...]]] = [[] for _ in plan.tasks]
+        for up, down, key, mapped, flat in plan.edge_ids:
+            incoming[down].append((slugs[up], key, bool(mapped), bool(flat)))
+        self.slugs = slugs
+        self.digests: list[str] = []
+        for tid, t in enumerate(plan.tasks):
+            consts = compiled.constants[tid]
+            try:
+                shown = repr(sorted(consts.items())) if consts else ""
+            except Exception:
+                shown = f"<unreadable {id(t)}>"  # never equal: run again
+            what = (type(t).__module__, type(t).__qualname__, t.name, sorted(incoming[tid]))
+            digest = hashlib.blake2b(f"{what!r}|{shown}".encode(), digest_size=12)
+            self.digests.append(digest.hexdigest())
+        self.json = json.dumps([[s, d] for s, d in zip(slugs, self.digests, strict=True)])
+
+
+def _structure(plan: _Plan, flow: Flow) -> _Structure:
+    """The structure of ``flow`` (built once per flow version, with its plan)."""
+    got = plan.structure
+    if got is None:
+        got = plan.structure = _Structure(plan, flow)
+    return got
 
 
 def _progress_hook(progress: Callable[[dict[str, int]], Any]) -> Callable[[list[int]], None]:
@@ -770,10 +939,13 @@ def _progress_hook(progress: Callable[[dict[str, int]], Any]) -> Callable[[list[
 
 def _prepare_resume(
     flow: Flow, plan: _Plan, resume: str
-) -> tuple[str, dict[str, Any], dict[int, dict[int, tuple[str, int, int]]]]:
+) -> tuple[str, dict[str, Any], dict[int, dict[int, tuple[str, int, int]]], list[str]]:
     """Find the flow run to resume and what of it can be restored: by task, by map
     index (-1: the task's own run), ``(location, offset, length)`` (offset -1 unless the
-    location is a pack file)."""
+    location is a pack file); and the names of the tasks that changed since (their
+    definition or upstream tasks), which run again whatever they left."""
+    import json
+
     from ferroflow.exceptions import StoreError
     from ferroflow.store import open_store
 
@@ -793,16 +965,45 @@ def _prepare_resume(
             raise StoreError(f"flow run {old.id} already succeeded: there is nothing to resume")
         rows = store.restorable(old.id)
         params = old.parameters
-    restore: dict[int, dict[int, tuple[str, int, int]]] = {}
+        recorded = store.flow_structure(old.id)
     tasks = plan.tasks
+    # Old task id -> new task id, for the tasks that are unchanged.
+    same: dict[int, int] = {}
+    rerun: list[str] = []
+    if recorded is not None:
+        now = _structure(plan, flow)
+        then = {slug: (tid, digest) for tid, (slug, digest) in enumerate(json.loads(recorded))}
+        changed: set[int] = set()
+        for tid, (slug, digest) in enumerate(zip(now.slugs, now.digests, strict=True)):
+            old_tid, old_digest = then.get(slug, (-1, ""))
+            if old_digest != digest:
+                changed.add(tid)
+            else:
+                same[old_tid] = tid
+        # A task downstream of a changed one reads different inputs: it changed too.
+        downstream: dict[int, list[int]] = {}
+        for up, down, *_ in plan.edge_ids:
+            downstream.setdefault(up, []).append(down)
+        todo = list(changed)
+        while todo:
+            for d in downstream.get(todo.pop(), ()):
+                if d not in changed:
+                    changed.add(d)
+                    todo.append(d)
+        same = {o: n for o, n in same.items() if n not in changed}
+        rerun = sorted({tasks[t].name for t in changed})
+    restore: dict[int, dict[int, tuple[str, int, int]]] = {}
     for task_id, map_index, task_name, location, offset, length in rows:
-        entries = restore.get(task_id)
-        if entries is None:
+        if recorded is not None:
+            new_id = same.get(task_id)
+            if new_id is None:
+                continue  # the task changed since, or is gone: run it again
+        else:  # recorded before structures were: match by position and name
+            new_id = task_id
             if task_id >= len(tasks) or tasks[task_id].name != task_name:
-                continue  # the flow changed since; run that task again
-            entries = restore[task_id] = {}
-        entries[map_index] = (location, offset, length)
-    return old.id, params, restore
+                continue
+        restore.setdefault(new_id, {})[map_index] = (location, offset, length)
+    return old.id, params, restore, rerun
 
 
 class RecordingWarning(UserWarning):

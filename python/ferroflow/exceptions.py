@@ -27,8 +27,10 @@ __all__ = [
     "FlowContextError",
     "GraphError",
     "MappingError",
+    "OptionCollisionError",
     "ParameterError",
     "ResultError",
+    "ResumeError",
     "StoreError",
     "TaskDefinitionError",
 ]
@@ -167,6 +169,49 @@ class ParameterError(FerroflowError, ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.parameter))
+
+
+class ResumeError(ParameterError):
+    """A resume was asked with parameter values other than the resumed run's.
+
+    A resume reuses the original run's parameters (its restored results were computed
+    from them); giving a different value would mix results of two inputs. Start a new
+    run instead, or resume without those values.
+
+    Args:
+        message: what went wrong and what to do.
+        parameters: the names of the parameters whose values differ.
+
+    Attributes:
+        parameters: the names of the parameters whose values differ, sorted.
+
+    Example:
+        >>> err = ResumeError("cannot resume: 'n' was 100, not 50", parameters=["n"])
+        >>> err.parameters, err.parameter
+        (['n'], 'n')
+    """
+
+    parameters: list[str]
+
+    def __init__(self, message: str, parameters: list[str] | None = None) -> None:
+        self.parameters = sorted(parameters or [])
+        super().__init__(message, self.parameters[0] if self.parameters else None)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.parameters))
+
+
+class OptionCollisionError(ParameterError):
+    """A keyword of ``flow.run`` names both one of its options and a Parameter of the flow.
+
+    ``flow.run(record=False)`` on a flow with a Parameter named ``record`` is ambiguous;
+    pass the parameter's value in ``parameters={"record": ...}`` (then the keyword sets
+    the option).
+
+    Example:
+        >>> OptionCollisionError("ambiguous", parameter="record").parameter
+        'record'
+    """
 
 
 class MappingError(FerroflowError):

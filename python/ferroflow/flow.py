@@ -1111,25 +1111,59 @@ class Flow:
         Args:
             parameters: ``{name: value}`` for the flow's Parameters.
             executor: where tasks run [``self.executor``, else local].
-            **kw: more parameter values by name.
+            **kw: the run's options ``record``, ``resume``, ``progress``,
+                ``release_results`` and ``on_start`` (see ``engine.run_flow``), and
+                more parameter values by name.
+
+        A Parameter whose name is also one of these options (``executor`` too) takes
+        its value only from ``parameters={...}``: a keyword with that name is then the
+        option. Such a keyword without the parameter in ``parameters`` is ambiguous and
+        raises ``OptionCollisionError`` (a ``ParameterError``) before anything runs.
+
+        Raises:
+            KeyboardInterrupt: Ctrl-C, after the run was recorded ``Cancelled``.
 
         Example:
-            >>> from ferroflow import Flow, task
+            >>> from ferroflow import Flow, Parameter, task
             >>> @task
-            ... def one():
-            ...     return 1
+            ... def echo(x):
+            ...     return x
             >>> with Flow("example") as flow:
-            ...     x = one()
-            >>> flow.run().result[x].result  # doctest: +SKIP
-            1
+            ...     e = echo(Parameter("record"))
+            >>> flow.run(parameters={"record": "on"}, record=False).result[e].result
+            'on'
+            >>> flow.run(record=False)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ferroflow.exceptions.OptionCollisionError: flow 'example' has a parameter named ...
         """
         from ferroflow.engine import run_flow
 
         given = None if parameters is None else dict(parameters)
+        options = [k for k in RUN_OPTIONS if k in kw]
+        if executor is not None:
+            options.append("executor")
+        if options:
+            names = {p.name for p in self.parameters()}
+            for option in options:
+                if option in names and (given is None or option not in given):
+                    from ferroflow.exceptions import OptionCollisionError
+
+                    raise OptionCollisionError(
+                        f"flow '{self.name}' has a parameter named '{option}', which is also "
+                        f"an option of flow.run: pass the parameter as "
+                        f"parameters={{'{option}': ...}} (a '{option}=' keyword then sets "
+                        "the option)",
+                        parameter=option,
+                    )
         return run_flow(self, parameters=given, executor=executor, **kw)
 
     def __repr__(self) -> str:
         return f"<Flow: {self.name!r}, {len(self._tasks)} tasks>"
+
+
+#: The keyword options of ``Flow.run`` besides ``parameters`` and ``executor``.
+RUN_OPTIONS = ("record", "resume", "progress", "release_results", "on_start")
 
 
 def _already_bound(flow: Flow, task: Task, key: str) -> EdgeError:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 __all__ = ["Context", "context", "get_run_logger"]
@@ -157,22 +157,44 @@ def _task_value(
     raise AttributeError(name)
 
 
-def _enter_remote(info: RemoteRunInfo | None, cur: tuple[Any, ...] | None) -> None:
+def _user_traceback(exc: BaseException) -> BaseException:
+    """Drop the leading frames of ferroflow's own code from ``exc``'s traceback (the
+    worker loop, the hooked-task path), so a failure shows the frames of the task's
+    code, as when the core calls the task directly."""
+    import os
+
+    tb = exc.__traceback__
+    root = os.path.dirname(os.path.abspath(__file__))
+    while tb is not None and tb.tb_next is not None:
+        filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if not filename.startswith(root + os.sep):
+            break
+        tb = tb.tb_next
+    if tb is not exc.__traceback__:
+        exc.__traceback__ = tb
+    return exc
+
+
+def _enter_remote(info: Any, cur: tuple[Any, ...] | None) -> None:
     """Set the context of the task run this thread executes in a worker."""
     _LOCAL.run = info
     _LOCAL.cur = cur
 
 
-class Context:
+class Context(Mapping[str, Any]):
     """Read-only view of the current flow run and task run (``ferroflow.context``).
 
-    Attributes are looked up when read; outside a flow run they raise
-    ``AttributeError`` (use :meth:`get` for a default).
+    Values are looked up when read, as attributes (``context.task_name``) or as a
+    mapping (``context["task_name"]``, ``dict(context)``), like Prefect's context.
+    Outside a flow run an attribute raises ``AttributeError`` and a key ``KeyError``
+    (use :meth:`get` for a default).
 
     Example:
         >>> from ferroflow import context
         >>> context.get("flow_name", "no flow running")
         'no flow running'
+        >>> "task_name" in context, len(context)
+        (False, 0)
     """
 
     __slots__ = ()
@@ -189,6 +211,14 @@ class Context:
             return run.task_value(name, cur)
         raise AttributeError(f"ferroflow.context has no '{name}'")
 
+    def __getitem__(self, name: str) -> Any:
+        if not isinstance(name, str) or name.startswith("_"):
+            raise KeyError(name)
+        try:
+            return getattr(self, name)
+        except AttributeError as exc:
+            raise KeyError(name) from exc
+
     def get(self, name: str, default: Any = None) -> Any:
         """Return the context value ``name``, or ``default`` when it is not set.
 
@@ -198,24 +228,27 @@ class Context:
             -1
         """
         try:
-            return getattr(self, name)
-        except AttributeError:
+            return self[name]
+        except KeyError:
             return default
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name, _MISSING) is not _MISSING
 
-    def keys(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[str]:
         """The names readable right now.
 
         Example:
             >>> from ferroflow import context
-            >>> list(context.keys())
+            >>> list(context)
             []
         """
         for k in (*_FLOW_KEYS, *_TASK_KEYS):
             if k in self:
                 yield k
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of every value readable right now.
@@ -225,7 +258,7 @@ class Context:
             >>> context.to_dict()
             {}
         """
-        return {k: getattr(self, k) for k in self.keys()}
+        return {k: self[k] for k in self}
 
     def __repr__(self) -> str:
         return f"<ferroflow.context {self.to_dict()!r}>"
@@ -259,6 +292,9 @@ def _ensure_handler() -> None:
             logging.Formatter("[%(asctime)s] %(levelname)s - %(name)s | %(message)s")
         )
         base.addHandler(handler)
+    if base.level == logging.NOTSET:
+        # Like Prefect's logger: INFO and above, whatever the root logger says, so that
+        # run-logger records reach the run store.
         base.setLevel(logging.INFO)
 
 
@@ -267,8 +303,11 @@ def get_run_logger(name: str | None = None) -> logging.LoggerAdapter:  # type: i
 
     Each record has the attributes ``flow_run_id``, ``task_run_id`` (None outside a
     task), ``flow_name`` and ``task_name``. The logger is ``ferroflow.task.<task name>``
-    inside a task and ``ferroflow.flow`` otherwise; a handler is installed on the
-    ``ferroflow`` logger only when logging has not been configured at all.
+    inside a task and ``ferroflow.flow`` otherwise, at level INFO unless the
+    ``ferroflow`` logger is given another; a handler is installed on the ``ferroflow``
+    logger only when logging has not been configured at all. In a recorded run,
+    records of INFO and above are written to the run store with the flow-run and
+    task-run ids (``ferroflow runs logs ID``), also from process and Dask workers.
 
     Example:
         >>> from ferroflow import Flow, get_run_logger, task
@@ -277,12 +316,238 @@ def get_run_logger(name: str | None = None) -> logging.LoggerAdapter:  # type: i
         ...     get_run_logger().info("working")
     """
     _ensure_handler()
+    run, cur = _current()
     extra: dict[str, Any] = {
-        "flow_run_id": context.get("flow_run_id"),
-        "flow_name": context.get("flow_name"),
-        "task_run_id": context.get("task_run_id"),
-        "task_name": context.get("task_full_name"),
+        "flow_run_id": None,
+        "flow_name": None,
+        "task_run_id": None,
+        "task_name": None,
+        "ferroflow_run": None,
     }
+    if run is not None:
+        extra["flow_run_id"] = run.flow_value("flow_run_id")
+        extra["flow_name"] = run.flow_value("flow_name")
+        if cur is not None:
+            extra["task_run_id"] = run.task_value("task_run_id", cur)
+            extra["task_name"] = run.task_value("task_full_name", cur)
+            extra["ferroflow_run"] = cur[1]
     if name is None:
         name = f"task.{extra['task_name']}" if extra["task_name"] else "flow"
     return _RunLoggerAdapter(logging.getLogger(f"ferroflow.{name}"), extra)
+
+
+# --- run logs into the run store -------------------------------------------------------
+#
+# A recorded flow run opens a sink for its id; the store handler on the ``ferroflow``
+# logger appends each record that carries that id to the sink's batch, and a full batch
+# (or the end of the run) goes to the store's writer thread in one call: one channel
+# message per batch, written with the run's other records, never a transaction per line.
+# In a worker process (or Dask worker) there is no sink: lines collect in ``_REMOTE``
+# and travel back to the driver with the results (processes) or when the driver drains
+# them (Dask), and the driver hands them to its sink.
+
+#: Lines per batch handed to the writer (memory stays bounded by this per run).
+_LOG_BATCH = 4096
+
+#: One log line as the store takes it: ``(task run or None, level, time, message)``.
+LogLine = tuple[int | None, int, float, str]
+
+
+class _LogSink:
+    """The log lines of one recorded flow run on their way to the run store."""
+
+    __slots__ = ("flow_run_id", "lines", "lock", "path")
+
+    def __init__(self, path: str, flow_run_id: str) -> None:
+        self.path = path
+        self.flow_run_id = flow_run_id
+        self.lines: list[LogLine] = []
+        self.lock = threading.Lock()
+
+    def add(self, line: LogLine) -> None:
+        with self.lock:
+            self.lines.append(line)
+            if len(self.lines) < _LOG_BATCH:
+                return
+            lines, self.lines = self.lines, []
+        self._send(lines)
+
+    def extend(self, lines: list[LogLine]) -> None:
+        with self.lock:
+            self.lines.extend(lines)
+            if len(self.lines) < _LOG_BATCH:
+                return
+            lines, self.lines = self.lines, []
+        self._send(lines)
+
+    def flush(self) -> None:
+        with self.lock:
+            lines, self.lines = self.lines, []
+        self._send(lines)
+
+    def _send(self, lines: list[LogLine]) -> None:
+        if lines:
+            from ferroflow import _native
+
+            _native.record_logs(self.path, self.flow_run_id, lines)
+
+
+_SINKS: dict[str, _LogSink] = {}
+# In a worker: (flow run id, line) of every record, until shipped to the driver.
+_REMOTE: list[tuple[str, LogLine]] = []
+_REMOTE_LOCK = threading.Lock()
+
+
+class _StoreHandler(logging.Handler):
+    """Sends run-logger records (and ``log_stdout`` lines) towards the run store."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        flow_run_id = record.__dict__.get("flow_run_id")
+        if flow_run_id is None:
+            return
+        try:
+            if record.exc_info or record.stack_info:
+                message = self.format(record)
+            else:
+                message = record.getMessage()
+            line = (record.__dict__.get("ferroflow_run"), record.levelno, record.created, message)
+            sink = _SINKS.get(flow_run_id)
+            if sink is not None:
+                sink.add(line)
+            else:
+                with _REMOTE_LOCK:
+                    _REMOTE.append((flow_run_id, line))
+        except Exception:
+            self.handleError(record)
+
+
+_STORE_HANDLER: _StoreHandler | None = None
+
+
+def _install_store_handler() -> None:
+    global _STORE_HANDLER
+    if _STORE_HANDLER is None:
+        _ensure_handler()
+        _STORE_HANDLER = _StoreHandler()
+        logging.getLogger("ferroflow").addHandler(_STORE_HANDLER)
+
+
+def _open_log_sink(path: str, flow_run_id: str) -> None:
+    """Start sending the run logs of ``flow_run_id`` to the store at ``path``."""
+    _install_store_handler()
+    _SINKS[flow_run_id] = _LogSink(path, flow_run_id)
+
+
+def _close_log_sink(flow_run_id: str) -> None:
+    """Send what is left of a run's logs to the writer and stop collecting them."""
+    sink = _SINKS.pop(flow_run_id, None)
+    if sink is not None:
+        sink.flush()
+
+
+def _add_remote_logs(lines: list[tuple[str, LogLine]]) -> None:
+    """Log lines shipped back from workers: into the sinks of their flow runs."""
+    for flow_run_id, line in lines:
+        sink = _SINKS.get(flow_run_id)
+        if sink is not None:
+            sink.add(line)
+
+
+def _take_remote_logs(flow_run_id: str | None = None) -> list[tuple[str, LogLine]]:
+    """In a worker: the lines collected so far (of one flow run, or all), removed."""
+    with _REMOTE_LOCK:
+        if flow_run_id is None:
+            taken = _REMOTE[:]
+            _REMOTE.clear()
+            return taken
+        taken = [x for x in _REMOTE if x[0] == flow_run_id]
+        if taken:
+            _REMOTE[:] = [x for x in _REMOTE if x[0] != flow_run_id]
+        return taken
+
+
+def _capture_remote_logs() -> None:
+    """In a worker: collect run-logger records for the driver."""
+    _install_store_handler()
+
+
+# --- log_stdout: a task's printed lines go to its run logger ---------------------------
+
+
+class _StdoutRouter:
+    """Stands in for ``sys.stdout`` while any task with ``log_stdout`` runs: writes from
+    a thread that runs such a task go to that task's run logger, line by line; every
+    other write goes to the real stdout."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def write(self, text: str) -> int:
+        cap = getattr(_LOCAL, "stdout_capture", None)
+        if cap is None:
+            return int(self.real.write(text))
+        cap.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if getattr(_LOCAL, "stdout_capture", None) is None:
+            self.real.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+class _LineLogger:
+    """Turns written text into one INFO record per line."""
+
+    def __init__(self, logger: logging.LoggerAdapter) -> None:  # type: ignore[type-arg]
+        self.logger = logger
+        self.pending = ""
+
+    def write(self, text: str) -> None:
+        text = self.pending + text
+        *lines, self.pending = text.split("\n")
+        for line in lines:
+            self.logger.info(line)
+
+    def close(self) -> None:
+        if self.pending:
+            self.logger.info(self.pending)
+            self.pending = ""
+
+
+_ROUTER_LOCK = threading.Lock()
+_ROUTER_USERS = 0
+
+
+class capture_stdout:
+    """``with capture_stdout():`` inside a task run: what this thread prints goes to the
+    task's run logger, one INFO record per line (the ``log_stdout`` task option)."""
+
+    def __enter__(self) -> capture_stdout:
+        import sys
+
+        global _ROUTER_USERS
+        with _ROUTER_LOCK:
+            if _ROUTER_USERS == 0 and not isinstance(sys.stdout, _StdoutRouter):
+                sys.stdout = _StdoutRouter(sys.stdout)  # type: ignore[assignment]
+            _ROUTER_USERS += 1
+        self.previous = getattr(_LOCAL, "stdout_capture", None)
+        self.lines = _LineLogger(get_run_logger())
+        _LOCAL.stdout_capture = self.lines
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import sys
+
+        global _ROUTER_USERS
+        _LOCAL.stdout_capture = self.previous
+        self.lines.close()
+        with _ROUTER_LOCK:
+            _ROUTER_USERS -= 1
+            if _ROUTER_USERS == 0 and isinstance(sys.stdout, _StdoutRouter):
+                sys.stdout = sys.stdout.real

@@ -343,6 +343,13 @@ class RunStore:
         """The log lines of a flow run and its task runs, in the order written."""
         return [LogInfo(**d) for d in self._store().logs(flow_run_id)]
 
+    def flow_structure(self, flow_run_id: str) -> str | None:
+        """The flow's structure recorded for a flow run (by full id), as JSON text: per
+        task, its slug and a digest of its definition and upstream edges (what a resume
+        compares); None for runs recorded before ferroflow recorded it."""
+        value: str | None = self._store().flow_structure(flow_run_id)
+        return value
+
     def finished_task_runs_with_results(self, flow_run_id: str) -> list[FinishedTaskRunInfo]:
         """The finished task runs of a flow run that have a result location, in run
         order: what a resume may reuse (if the result can be read back)."""

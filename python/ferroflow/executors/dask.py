@@ -56,6 +56,7 @@ import asyncio
 import itertools
 import queue
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -77,6 +78,7 @@ _CONNECT_TIMEOUT = 10.0  # seconds, for an address (the SPEC allows 15 s in all)
 _FIRST_TRY = 1.0  # seconds of the first connection attempt before probing the address
 _REAL, _CONTAINER, _RUN = 0, 1, 2
 _CALL_VALUE, _CALL_LIST, _CALL_TUPLE = 2, 3, 4  # call kinds of engine._Plan
+_DRAIN_S = 1.0  # seconds between collections of the workers' log lines
 
 
 def _load_distributed() -> Any:
@@ -368,6 +370,7 @@ def _run(fn: tuple[Any, Any], info: Any, spec: tuple[Any, ...]) -> Any:
             else:
                 kwargs[w] = _resolve(kwargs[w])
     cur = (0, run_id, task_id, map_index, run_count, loop_count, lr)
+    runtime._capture_remote_logs()
     runtime._enter_remote(info, cur)
     try:
         if hooked:
@@ -382,6 +385,8 @@ def _run(fn: tuple[Any, Any], info: Any, spec: tuple[Any, ...]) -> Any:
             location = out[4] if len(out) > 4 else None
             stuck = _worker_address() if getattr(call, "stuck", False) else None
             if code != _SUCCESS or stuck is not None or location is not None:
+                if isinstance(value, BaseException):
+                    runtime._user_traceback(value)
                 _keep_traceback(value)
                 payload = (code, value, message, cause, stuck, location)
                 why = _cannot_send(payload)
@@ -392,6 +397,7 @@ def _run(fn: tuple[Any, Any], info: Any, spec: tuple[Any, ...]) -> Any:
         else:
             value = func(*args, **(kwargs or {}))
     except BaseException as exc:
+        runtime._user_traceback(exc)  # the task's frames only, as on the other executors
         _keep_traceback(exc)
         why = _cannot_send(exc)
         if why is not None:
@@ -580,6 +586,7 @@ class DaskExecutor(Executor):
             driver.install_results()
         finally:
             driver.join_restarts()
+            driver.drain_logs()
             _quiet_close(client)
             if cluster is not None:
                 _quiet_close(cluster)
@@ -709,6 +716,7 @@ class _Driver:
         self.chunk = _MIN_INFLIGHT // 4
         self.low = 4
         self.watchers: set[Any] = set()
+        self.drained = time.monotonic()
         self._analyse()
 
     # --- static analysis of the plan ------------------------------------------------------
@@ -990,6 +998,9 @@ class _Driver:
         elif out.kind == _Outcome.HOOKED:
             code, value, message, cause, stuck, location = out.payload
             if stuck is not None:
+                # Forget the attempt's key first: once its worker restarts, Dask would
+                # otherwise compute it again for the future still held here.
+                self._forget(rec.future)
                 message = self._stop_stuck(stuck, message)
             stop = runner.report(rec.run_id, True, True, (code, value, message, cause, location))
         else:
@@ -1011,6 +1022,13 @@ class _Driver:
         what = "the description of its result" if rec.describing else "it"
         msg = f"Dask could not run {what}: {exc!r}"
         self.runner.report_failure(rec.run_id, msg, exc)
+
+    def _forget(self, future: Any) -> None:
+        """Release ``future``'s key on the scheduler now (a synchronous cancel)."""
+        try:
+            self.client.cancel([future])
+        except Exception:
+            pass
 
     def _stop_stuck(self, address: str, message: str | None) -> str:
         """Restart the worker whose thread still runs a timed-out run (in the background)."""
@@ -1048,6 +1066,20 @@ class _Driver:
                 self.nannies[addr] = bool(w.get("nanny"))
         return self.nannies.get(address, False)
 
+    def drain_logs(self) -> None:
+        """Bring the run-logger lines collected on the workers to this process, where
+        they go to the run store with the rest of the run (about once a second, and at
+        the end)."""
+        from ferroflow import runtime
+
+        self.drained = time.monotonic()
+        try:
+            got = self.client.run(runtime._take_remote_logs, self.run.flow_run_id)
+        except Exception:
+            return  # workers gone: their lines went with them
+        for lines in got.values():
+            runtime._add_remote_logs(lines)
+
     def join_restarts(self) -> None:
         for t in self.restarts:
             t.join(35)
@@ -1059,6 +1091,8 @@ class _Driver:
         get_nowait = self.done_q.get_nowait
         while True:
             self._fill()
+            if time.monotonic() - self.drained > _DRAIN_S:
+                self.drain_logs()
             if not self.inflight:
                 if not _wait_idle(runner):
                     return

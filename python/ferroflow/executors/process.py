@@ -49,26 +49,63 @@ def _death_name(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+def _exc_text(exc: BaseException) -> str:
+    """``TypeName: text`` of an exception (its type name alone when it has no text)."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _encode(cloudpickle: Any, run_id: int, hooked: bool, ok: bool, value: Any) -> tuple[Any, ...]:
-    """A result as it travels back: pickled here so one bad value spoils only itself."""
+    """A result as it travels back: pickled here so one bad value spoils only itself.
+    An exception travels with its traceback (tblib), so the driver's Failed state shows
+    where the task failed, as on the other executors."""
+    original = value
+    if hooked and ok and isinstance(value, tuple) and len(value) in (4, 5):
+        original = value[1]
+    if isinstance(original, BaseException):
+        from ferroflow.runtime import _user_traceback
+
+        _user_traceback(original)
+        _keep_traceback(original)
     try:
         return (run_id, hooked, ok, cloudpickle.dumps(value))
     except Exception as exc:
-        what = "exception" if not ok else "result"
-        if hooked and ok and isinstance(value, tuple) and len(value) in (4, 5):
-            what = "result"
-            value = value[1]
-        msg = f"the task's {what} could not be sent back from the worker process: {exc!r}"
-        return (run_id, hooked, None, (msg, _shown(value)))
+        if isinstance(original, BaseException):
+            msg = (
+                f"the task raised {_exc_text(original)}; that exception could not be sent "
+                f"back from the worker process: {exc!r}"
+            )
+        else:
+            msg = f"the task's result could not be sent back from the worker process: {exc!r}"
+        return (run_id, hooked, None, (msg, _shown(original)))
 
 
-def _worker_main(conn: Any, current: Any, info_blob: bytes) -> None:
+def _keep_traceback(exc: BaseException) -> None:
+    """Let ``exc`` (and the exceptions chained to it) pickle with their tracebacks."""
+    try:
+        import tblib.pickling_support
+
+        tblib.pickling_support.install(exc)
+    except Exception:  # pragma: no cover - tblib is a dependency
+        pass
+
+
+def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's business
     import cloudpickle
 
     from ferroflow import runtime
     from ferroflow.engine import run_task
+
+    # Log lines travel back with the results (a forked worker must not write to the
+    # driver's run-log sinks: the driver's writer thread does not exist here).
+    runtime._SINKS.clear()
+    runtime._take_remote_logs()
+    runtime._capture_remote_logs()
 
     info = cloudpickle.loads(info_blob)
     funcs: dict[int, Any] = {}
@@ -108,9 +145,12 @@ def _worker_main(conn: Any, current: Any, info_blob: bytes) -> None:
             loop_result,
         ) in payload:
             if out and time.monotonic() - last > _FLUSH_S:
-                conn.send_bytes(cloudpickle.dumps(out))
+                conn.send_bytes(cloudpickle.dumps((out, runtime._take_remote_logs())))
                 out = []
                 last = time.monotonic()
+            # The start first: the driver reads the run, then its start (a timeout
+            # counts from when the run starts here, not from when it was sent).
+            started.value = time.monotonic()
             current.value = run_id
             runtime._enter_remote(
                 info, (0, run_id, task_id, map_index, run_count, loop_count, loop_result)
@@ -133,7 +173,7 @@ def _worker_main(conn: Any, current: Any, info_blob: bytes) -> None:
                 value, ok = exc, False
             current.value = -1
             out.append(_encode(cloudpickle, run_id, hooked, ok, value))
-        conn.send_bytes(cloudpickle.dumps(out))
+        conn.send_bytes(cloudpickle.dumps((out, runtime._take_remote_logs())))
 
 
 _LAUNCH_LOCK = threading.Lock()
@@ -172,9 +212,10 @@ class _Worker:
     def __init__(self, ctx: Any, info_blob: bytes) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
         self.current = ctx.RawValue("q", -1)
+        self.started = ctx.RawValue("d", 0.0)  # time.monotonic() when `current` started
         self.proc = ctx.Process(
             target=_worker_main,
-            args=(child, self.current, info_blob),
+            args=(child, self.current, self.started, info_blob),
             daemon=True,
             name="ferroflow-worker",
         )
@@ -185,7 +226,8 @@ class _Worker:
         # Items sent and not yet reported, in the order the worker runs them.
         self.inflight: deque[tuple[Any, ...]] = deque()
         self.batches = 0
-        self.started_at: dict[int, float] = {}
+        # Runs in flight that have a timeout (their clock starts in the worker).
+        self.timed: set[int] = set()
         self.killed_for: int | None = None
 
     def kill(self) -> None:
@@ -371,18 +413,18 @@ class _Driver:
             w.conn.send_bytes(data)
         except OSError:
             pass  # the worker just died: its sentinel sends these runs elsewhere
-        now = time.monotonic()
         for item in kept:
             w.inflight.append(item)
             if self.tasks[item[1]].timeout is not None:
-                w.started_at[item[0]] = now
+                w.timed.add(item[0])
         w.batches += 1
 
     def _fill(self) -> None:
         slots = [w for w in self.workers for _ in range(_DEPTH - min(w.batches, _DEPTH))]
         if not slots:
             return
-        # Runs with a timeout travel alone, so their start time is known.
+        # Runs with a timeout travel alone, so that a worker stopped for one does not
+        # hold many others.
         per = 1 if self._has_timeouts() else _BATCH
         items = self._items(per * len(slots))
         if not items:
@@ -413,16 +455,20 @@ class _Driver:
         """Handle one message from a worker; False when its pipe is closed."""
         cp = self.cloudpickle
         try:
-            results = cp.loads(w.conn.recv_bytes())
+            results, logs = cp.loads(w.conn.recv_bytes())
         except (EOFError, OSError):
             return False  # the sentinel reports the death
+        if logs:
+            from ferroflow import runtime
+
+            runtime._add_remote_logs(logs)
         for run_id, hooked, ok, payload in results:
             # Results arrive in the order the worker ran them.
             while w.inflight and w.inflight[0][0] != run_id:
                 w.inflight.popleft()
             if w.inflight:
                 w.inflight.popleft()
-            w.started_at.pop(run_id, None)
+            w.timed.discard(run_id)
             if ok is None:
                 msg, shown = payload
                 self.runner.report_failure(run_id, msg, shown)
@@ -469,9 +515,9 @@ class _Driver:
         soonest: float | None = None
         for w in self.workers:
             running = w.current.value
-            start = w.started_at.get(running)
-            if start is None:
+            if running not in w.timed:
                 continue
+            start = w.started.value
             item = next((i for i in w.inflight if i[0] == running), None)
             if item is None:
                 continue

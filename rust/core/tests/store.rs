@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferroflow_core::store::{
-    CacheRow, Event, EventBuffer, FLOW_INTERRUPTED, FlowRunRow, NewTaskRun, PackItem, Recorder,
-    Store, StoreError, StoreOptions, TransitionItem, TransitionRow,
+    CacheRow, Event, EventBuffer, FLOW_INTERRUPTED, FlowRunRow, INTERRUPTED_TASK_RUN, LogLine,
+    NewTaskRun, PackItem, Recorder, Store, StoreError, StoreOptions, TransitionItem, TransitionRow,
 };
 use ferroflow_core::{RunId, StateKind, TaskId};
 
@@ -843,6 +843,48 @@ fn interrupted_runs_are_fixed_up() {
 }
 
 #[test]
+fn an_interrupted_run_ends_at_its_last_record_and_stops_running() {
+    let dir = TempDir::new("interrupted-end");
+    let path = dir.db();
+    let rec = Recorder::start(&path).expect("start");
+    let fr = id("dead");
+    rec.send(started_by("dead", 111, "here"));
+    let name = id("t");
+    rec.send(task_runs(
+        &fr,
+        vec![task_run(0, 0, &name, None), task_run(1, 0, &name, None)],
+    ));
+    rec.send(transitions(
+        &fr,
+        vec![
+            tr(0, StateKind::Running, 1, 2.0),
+            tr(0, StateKind::Success, 1, 3.0),
+            tr(1, StateKind::Running, 1, 4.0),
+        ],
+    ));
+    rec.send(log(&fr, Some(1), 20, 4.5, "still going"));
+    rec.close().expect("close");
+    let store = Store::open(&path).expect("open");
+    let runs = store.task_runs("dead").expect("runs");
+    assert_eq!(runs[1].state, StateKind::Running, "not marked yet");
+    assert_eq!(
+        store.fixup_interrupted("here", |_| false).expect("fixup"),
+        ["dead"]
+    );
+    let dead = flow_run(&store, "dead");
+    assert_eq!(
+        (dead.state.as_str(), dead.ended),
+        (FLOW_INTERRUPTED, Some(4.5))
+    );
+    let runs = store.task_runs("dead").expect("runs");
+    assert_eq!(runs[0].state, StateKind::Success);
+    assert_eq!(runs[0].ended, Some(3.0));
+    assert_eq!(runs[1].state, StateKind::Cancelled);
+    assert_eq!(runs[1].message.as_deref(), Some(INTERRUPTED_TASK_RUN));
+    assert_eq!(runs[1].ended, Some(4.5));
+}
+
+#[test]
 fn cache_put_and_get_with_expiry() {
     let dir = TempDir::new("cache");
     let path = dir.db();
@@ -963,33 +1005,145 @@ fn a_reused_pid_or_a_reboot_does_not_keep_a_run_running() {
     assert_eq!(flow_run(&store, "mine").state, "Running");
 }
 
-#[test]
-fn a_version_1_store_is_upgraded_in_place() {
+/// The schema of session 1's ferroflow (version 1); version 2 added `proc`.
+const OLD_SCHEMA: &str = "
+CREATE TABLE flow_runs(key INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
+    flow_name TEXT NOT NULL, parameters TEXT NOT NULL DEFAULT '{}', state TEXT NOT NULL,
+    message TEXT, started REAL NOT NULL, ended REAL, pid INTEGER, host TEXT,
+    resumed_from TEXT);
+CREATE INDEX flow_runs_by_started ON flow_runs(started);
+CREATE TABLE journal(seq INTEGER PRIMARY KEY, flow_run INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE INDEX journal_by_flow_run ON journal(flow_run, seq);
+CREATE TABLE logs(flow_run INTEGER NOT NULL, run INTEGER, level INTEGER NOT NULL,
+    at REAL NOT NULL, message TEXT NOT NULL);
+CREATE INDEX logs_by_flow_run ON logs(flow_run);
+CREATE TABLE cache(task_key TEXT NOT NULL, cache_key TEXT NOT NULL,
+    inputs_hash TEXT NOT NULL DEFAULT '', created REAL NOT NULL, expires REAL,
+    result_location TEXT NOT NULL, serializer TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY(task_key, cache_key, inputs_hash));
+INSERT INTO flow_runs(key, id, flow_name, state, started, ended)
+    VALUES (1, 'old', 'f', 'Success', 10.0, 11.0), (2, 'older', 'g', 'Failed', 5.0, 6.0);
+INSERT INTO logs(flow_run, run, level, at, message)
+    VALUES (1, 3, 40, 10.5, 'boom'), (2, NULL, 20, 5.5, 'flow line'), (1, NULL, 20, 10.7, 'late');
+";
+
+/// An old store, written as `version` wrote it, upgraded in place on open:
+/// every flow run and log line kept, the logs in the shape of version 3.
+fn upgrade_keeps_everything(version: i64) {
     let dir = TempDir::new("upgrade");
     let path = dir.db();
-    let rec = Recorder::start(&path).expect("start");
-    rec.send(started(&id("old"), "f"));
-    rec.close().expect("close");
-    // Turn it back into what session 1's ferroflow wrote.
     let conn = rusqlite::Connection::open(&path).expect("open");
-    conn.execute_batch("ALTER TABLE flow_runs DROP COLUMN proc; PRAGMA user_version = 1;")
-        .expect("downgrade");
+    conn.execute_batch(OLD_SCHEMA).expect("old schema");
+    if version >= 2 {
+        conn.execute_batch("ALTER TABLE flow_runs ADD COLUMN proc TEXT;")
+            .expect("v2");
+    }
+    conn.pragma_update(None, "user_version", version)
+        .expect("version");
     drop(conn);
     let store = Store::open(&path).expect("open upgrades");
-    assert_eq!(
-        store.flow_run("old").expect("get").expect("kept").flow_name,
-        "f"
-    );
+    assert_eq!(flow_run(&store, "old").flow_name, "f");
+    assert_eq!(flow_run(&store, "older").state, "Failed");
+    let logs = store.logs("old").expect("logs");
+    let lines: Vec<(Option<u32>, i32, &str)> = logs
+        .iter()
+        .map(|l| (l.run.map(|r| r.0), l.level, l.message.as_str()))
+        .collect();
+    assert_eq!(lines, [(Some(3), 40, "boom"), (None, 20, "late")]);
+    assert_eq!(logs[0].at, 10.5);
+    assert_eq!(store.logs("older").expect("logs")[0].message, "flow line");
+    assert_eq!(store.flow_structure("old").expect("structure"), None);
     drop(store);
     let conn = rusqlite::Connection::open(&path).expect("open");
-    let version: i64 = conn
+    let now: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
-    assert_eq!(version, ferroflow_core::store::SCHEMA_VERSION);
+    assert_eq!(now, ferroflow_core::store::SCHEMA_VERSION);
+    let cols: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('logs') ORDER BY cid")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("columns");
+    assert_eq!(
+        cols,
+        ["flow_run_id", "task_run_id", "level", "time", "message"]
+    );
     let proc: Option<String> = conn
         .query_row("SELECT proc FROM flow_runs WHERE id = 'old'", [], |r| {
             r.get(0)
         })
         .expect("column exists");
     assert_eq!(proc, None);
+    drop(conn);
+    // A new run records into the upgraded store as into a fresh one.
+    let rec = Recorder::start(&path).expect("start");
+    let new = id("new");
+    rec.send(started(&new, "f"));
+    rec.send(log(&new, None, 20, 20.0, "hello"));
+    rec.close().expect("close");
+    let store = Store::open(&path).expect("open");
+    assert_eq!(store.logs("new").expect("logs")[0].message, "hello");
+}
+
+#[test]
+fn a_version_1_store_is_upgraded_in_place() {
+    upgrade_keeps_everything(1);
+}
+
+#[test]
+fn a_version_2_store_is_upgraded_in_place() {
+    upgrade_keeps_everything(2);
+}
+
+#[test]
+fn log_batches_and_structure_are_recorded() {
+    let dir = TempDir::new("logs");
+    let path = dir.db();
+    let rec = Recorder::start(&path).expect("start");
+    let fr = id("fr");
+    rec.send(started(&fr, "f"));
+    let lines = (0..10_000u32)
+        .map(|i| LogLine {
+            run: (i % 2 == 0).then_some(RunId(i)),
+            level: 20,
+            at: 100.0 + f64::from(i),
+            message: format!("line {i}"),
+        })
+        .collect();
+    rec.send(Event::Logs {
+        flow_run_id: Arc::clone(&fr),
+        lines,
+    });
+    rec.send(Event::FlowStructure {
+        id: Arc::clone(&fr),
+        structure_json: "[1]".into(),
+    });
+    rec.send(Event::Logs {
+        flow_run_id: id("nobody"),
+        lines: vec![LogLine {
+            run: None,
+            level: 20,
+            at: 1.0,
+            message: "lost".into(),
+        }],
+    });
+    assert!(
+        rec.flush().is_err(),
+        "a batch for an unknown flow run is reported"
+    );
+    assert_eq!(rec.lost(), 1);
+    drop(rec);
+    let store = Store::open(&path).expect("open");
+    let logs = store.logs("fr").expect("logs");
+    assert_eq!(logs.len(), 10_000);
+    assert_eq!(logs[9_999].message, "line 9999");
+    assert_eq!(logs[2].run, Some(RunId(2)));
+    assert_eq!(logs[3].run, None);
+    assert_eq!(
+        store.flow_structure("fr").expect("get").as_deref(),
+        Some("[1]")
+    );
+    assert_eq!(
+        store.last_record_time("fr").expect("t"),
+        Some(100.0 + 9_999.0)
+    );
 }

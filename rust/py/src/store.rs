@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ferroflow_core::store::{
-    self as core_store, CacheRow, Event, FinishedTaskRun, FlowRunRow, LogRow, NewTaskRun, Recorder,
-    Store, StoreError, TaskRunRow, TransitionItem, TransitionRow,
+    self as core_store, CacheRow, Event, FinishedTaskRun, FlowRunRow, LogLine, LogRow, NewTaskRun,
+    Recorder, Store, StoreError, TaskRunRow, TransitionItem, TransitionRow,
 };
 use ferroflow_core::{RunId, StateKind, TaskId};
 use pyo3::exceptions::PyValueError;
@@ -22,6 +22,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::errors::{PyErrKind, ff_error};
+use crate::recording::recorder_for;
 
 /// `ferroflow.exceptions.StoreError` with the core error's message.
 pub(crate) fn store_err(py: Python<'_>, err: &StoreError) -> PyErr {
@@ -264,6 +265,19 @@ impl PyStore {
         let id = flow_run_id.to_owned();
         let rows = self.with(py, move |s| s.logs(&id))?;
         dict_list(py, rows, log_dict)
+    }
+
+    /// The flow's structure recorded for a flow run (full id), as JSON text, or None.
+    fn flow_structure(&self, py: Python<'_>, flow_run_id: &str) -> PyResult<Option<String>> {
+        let id = flow_run_id.to_owned();
+        self.with(py, move |s| s.flow_structure(&id))
+    }
+
+    /// When the last record of a flow run (full id) was made (its latest task-run
+    /// transition or log line, else its start), or None for an unknown flow run.
+    fn last_record_time(&self, py: Python<'_>, flow_run_id: &str) -> PyResult<Option<f64>> {
+        let id = flow_run_id.to_owned();
+        self.with(py, move |s| s.last_record_time(&id))
     }
 
     /// The finished task runs of a flow run that have a result location (what a
@@ -648,6 +662,17 @@ impl PyRecorder {
         )
     }
 
+    /// Many log lines of a flow run at once: `lines` is a list of
+    /// `(run or None, level, at, message)`.
+    fn logs(
+        &self,
+        py: Python<'_>,
+        flow_run_id: &str,
+        lines: Vec<(Option<u32>, i32, f64, String)>,
+    ) -> PyResult<()> {
+        self.send(py, logs_event(flow_run_id, lines))
+    }
+
     /// A flow run ended in its final state `state_name`.
     #[pyo3(signature = (id, state_name, message=None, ended=None))]
     fn flow_run_ended(
@@ -740,6 +765,62 @@ impl PyRecorder {
 // ---------------------------------------------------------------------------
 // Functions.
 
+fn logs_event(flow_run_id: &str, lines: Vec<(Option<u32>, i32, f64, String)>) -> Event {
+    Event::Logs {
+        flow_run_id: Arc::from(flow_run_id),
+        lines: lines
+            .into_iter()
+            .map(|(run, level, at, message)| LogLine {
+                run: run.map(RunId),
+                level,
+                at,
+                message,
+            })
+            .collect(),
+    }
+}
+
+/// Send events through the process-wide recorder of the store at `path` (the one
+/// flow runs record through, so they are written in order with the run's own
+/// records, by the same writer thread, in the same transactions).
+fn send_shared(py: Python<'_>, path: PathBuf, events: Vec<Event>) -> PyResult<()> {
+    let rec = detached(py, move || recorder_for(&path))?;
+    rec.send_all(events);
+    Ok(())
+}
+
+/// Record log lines of a flow run that is recording into the store at `path`:
+/// `lines` is a list of `(run or None, level, at, message)`. Never blocks on the
+/// disk; a write failure shows up in the run's end (`Runner.record_end`).
+#[pyfunction]
+fn record_logs(
+    py: Python<'_>,
+    path: PathBuf,
+    flow_run_id: &str,
+    lines: Vec<(Option<u32>, i32, f64, String)>,
+) -> PyResult<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    send_shared(py, path, vec![logs_event(flow_run_id, lines)])
+}
+
+/// Record the flow's structure (JSON text) for a flow run that is recording into
+/// the store at `path`.
+#[pyfunction]
+fn record_structure(
+    py: Python<'_>,
+    path: PathBuf,
+    flow_run_id: &str,
+    structure_json: String,
+) -> PyResult<()> {
+    let event = Event::FlowStructure {
+        id: Arc::from(flow_run_id),
+        structure_json,
+    };
+    send_shared(py, path, vec![event])
+}
+
 /// The store path for the current environment: `$FERROFLOW_HOME/ferroflow.db`,
 /// else `~/.ferroflow/ferroflow.db`. StoreError when neither `FERROFLOW_HOME`
 /// nor a home directory is set.
@@ -770,6 +851,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRecorder>()?;
     m.add_function(wrap_pyfunction!(default_store_path, m)?)?;
     m.add_function(wrap_pyfunction!(pid_is_alive, m)?)?;
+    m.add_function(wrap_pyfunction!(record_logs, m)?)?;
+    m.add_function(wrap_pyfunction!(record_structure, m)?)?;
     m.add("STORE_SCHEMA_VERSION", core_store::SCHEMA_VERSION)?;
     Ok(())
 }

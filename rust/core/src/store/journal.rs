@@ -576,6 +576,20 @@ impl Fold {
     }
 }
 
+/// The latest (finite) transition time in one blob, if it has a transition.
+pub(crate) fn last_time(blob: &[u8]) -> Result<Option<f64>, String> {
+    let mut d = Decoder::new(blob)?;
+    let mut last: Option<f64> = None;
+    while let Some(rec) = d.next_rec()? {
+        if let Rec::Transition { at, .. } = rec
+            && at.is_finite()
+        {
+            last = Some(last.map_or(at, |l: f64| l.max(at)));
+        }
+    }
+    Ok(last)
+}
+
 /// The transitions of one run in one blob, appended to `out` as
 /// `(state, message, at)`.
 pub(crate) fn transitions_of(

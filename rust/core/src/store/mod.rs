@@ -10,14 +10,20 @@
 //!
 //! - `flow_runs`: one row per flow run (text id, flow name, parameters as JSON,
 //!   state, message, start and end, pid, host and the process's identity, see
-//!   [`process_identity`]), with an integer `key` that the other tables refer
-//!   to;
+//!   [`process_identity`], and the flow's structure as JSON for resume rules,
+//!   see [`Event::FlowStructure`]), with an integer `key` that the journal
+//!   refers to;
 //! - `journal`: the task runs of each flow run, as an append-only sequence of
 //!   compact binary blobs (registrations, state transitions with messages,
 //!   result locations; format in the `journal` module). Readers fold it back
 //!   into one row per task run ([`Store::task_runs`]) and a history per task run
 //!   ([`Store::transitions`]);
-//! - `logs`: one row per log line;
+//! - `logs`: one row per log line: `flow_run_id` (the flow run's text id),
+//!   `task_run_id` (the task run's id in the flow run's run table, NULL for a
+//!   line of the flow run itself), `level` (as Python's `logging` numbers it),
+//!   `time` (seconds since the Unix epoch) and `message`. Lines arrive in
+//!   batches ([`Event::Logs`]) and are written with the other records of a
+//!   commit; the same shape is what a server ingests;
 //! - `cache`: the cache index, one row per task key, cache key and inputs hash.
 //!
 //! Task runs are journaled rather than kept one row per task run because a run
@@ -75,13 +81,15 @@ use thiserror::Error;
 
 use crate::StateKind;
 
-pub use read::{CacheRow, FinishedTaskRun, FlowRunRow, LogRow, TaskRunRow, TransitionRow};
+pub use read::{
+    CacheRow, FinishedTaskRun, FlowRunRow, INTERRUPTED_TASK_RUN, LogRow, TaskRunRow, TransitionRow,
+};
 pub use writer::{
-    Event, EventBuffer, MAX_BATCH_ROWS, NewTaskRun, PackItem, Recorder, TransitionItem,
+    Event, EventBuffer, LogLine, MAX_BATCH_ROWS, NewTaskRun, PackItem, Recorder, TransitionItem,
 };
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The store's file name inside `FERROFLOW_HOME`.
 pub const STORE_FILE_NAME: &str = "ferroflow.db";
@@ -530,8 +538,13 @@ fn create_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             }
             conn.execute_batch(SCHEMA_V1).map_err(sq)?;
         }
-        // Version 2: the identity of the process that runs a flow run.
-        conn.execute_batch(SCHEMA_V2).map_err(sq)?;
+        if version < 2 {
+            // Version 2: the identity of the process that runs a flow run.
+            conn.execute_batch(SCHEMA_V2).map_err(sq)?;
+        }
+        // Version 3: logs keyed by the flow run's text id (the shape a server
+        // shares), every existing line kept; the flow's structure per run.
+        conn.execute_batch(SCHEMA_V3).map_err(sq)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sq)?;
         Ok(())
@@ -587,6 +600,23 @@ CREATE TABLE cache(
 ";
 
 const SCHEMA_V2: &str = "ALTER TABLE flow_runs ADD COLUMN proc TEXT;";
+
+const SCHEMA_V3: &str = "
+CREATE TABLE logs_v3(
+    flow_run_id TEXT NOT NULL,
+    task_run_id INTEGER,
+    level INTEGER NOT NULL,
+    time REAL NOT NULL,
+    message TEXT NOT NULL
+);
+INSERT INTO logs_v3(flow_run_id, task_run_id, level, time, message)
+    SELECT f.id, l.run, l.level, l.at, l.message
+    FROM logs l JOIN flow_runs f ON l.flow_run = f.key ORDER BY l.rowid;
+DROP TABLE logs;
+ALTER TABLE logs_v3 RENAME TO logs;
+CREATE INDEX logs_by_flow_run ON logs(flow_run_id);
+ALTER TABLE flow_runs ADD COLUMN structure TEXT;
+";
 
 #[cfg(test)]
 mod tests {

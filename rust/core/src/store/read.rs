@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
-use super::journal::{Fold, IdMap, RunFold, transitions_of};
+use super::journal::{Fold, IdMap, RunFold, last_time, transitions_of};
 use super::{FLOW_INTERRUPTED, FLOW_RUNNING, Store, StoreError};
 use crate::{RunId, StateKind, TaskId};
 
@@ -117,6 +117,11 @@ pub struct CacheRow {
     /// Which serializer wrote it (`""` when unknown).
     pub serializer: String,
 }
+
+/// The message of a task run that was running when its flow run's process
+/// ended (see [`Store::task_runs`]).
+pub const INTERRUPTED_TASK_RUN: &str =
+    "Interrupted: the process running the flow run ended while this task run was running.";
 
 /// Task names as shared strings, so that a million rows of one task share one.
 struct Names {
@@ -288,24 +293,101 @@ impl Store {
     }
 
     /// The task runs of a flow run (by full id), in run-id order, each in its
-    /// latest state; empty when the flow run is unknown.
+    /// latest state; empty when the flow run is unknown. In a flow run marked
+    /// [`FLOW_INTERRUPTED`], a task run last seen `Running` reads as `Cancelled`,
+    /// ended when the flow run's last record was written: its process is gone,
+    /// so it is not running any more.
     pub fn task_runs(&self, flow_run_id: &str) -> Result<Vec<TaskRunRow>, StoreError> {
         let (runs, names) = self.fold(flow_run_id)?;
+        let interrupted = self
+            .conn
+            .prepare_cached("SELECT ended FROM flow_runs WHERE id = ?1 AND state = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![flow_run_id, FLOW_INTERRUPTED], |r| {
+                    r.get::<_, Option<f64>>(0)
+                })
+                .optional()
+            })
+            .map_err(|e| self.err(e))?;
         Ok(runs
             .into_iter()
-            .map(|(run, r)| TaskRunRow {
-                run: RunId(run),
-                task: TaskId(r.task),
-                task_name: names.name(r.task),
-                map_index: r.map_index,
-                run_count: r.run_count,
-                state: r.state.unwrap_or(StateKind::Pending),
-                message: r.message,
-                started: r.started,
-                ended: r.ended,
-                result_location: r.result_location,
+            .map(|(run, r)| {
+                let mut row = TaskRunRow {
+                    run: RunId(run),
+                    task: TaskId(r.task),
+                    task_name: names.name(r.task),
+                    map_index: r.map_index,
+                    run_count: r.run_count,
+                    state: r.state.unwrap_or(StateKind::Pending),
+                    message: r.message,
+                    started: r.started,
+                    ended: r.ended,
+                    result_location: r.result_location,
+                };
+                if let Some(ended) = interrupted
+                    && row.state == StateKind::Running
+                {
+                    row.state = StateKind::Cancelled;
+                    row.message = Some(INTERRUPTED_TASK_RUN.to_string());
+                    row.ended = ended.or(row.started);
+                }
+                row
             })
             .collect())
+    }
+
+    /// When the last record of a flow run (by full id) was made: the latest
+    /// task-run transition or log line, or its start when it has neither.
+    /// `None` when the flow run is unknown.
+    pub fn last_record_time(&self, flow_run_id: &str) -> Result<Option<f64>, StoreError> {
+        let Some(started) = self
+            .conn
+            .prepare_cached("SELECT started FROM flow_runs WHERE id = ?1")
+            .and_then(|mut s| {
+                s.query_row([flow_run_id], |r| r.get::<_, f64>(0))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))?
+        else {
+            return Ok(None);
+        };
+        let mut last = started;
+        // Transition times grow from blob to blob: the newest blob holds the latest.
+        let blob: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached(
+                "SELECT j.data FROM journal j JOIN flow_runs f ON j.flow_run = f.key \
+                 WHERE f.id = ?1 ORDER BY j.seq DESC LIMIT 1",
+            )
+            .and_then(|mut s| s.query_row([flow_run_id], |r| r.get(0)).optional())
+            .map_err(|e| self.err(e))?;
+        if let Some(blob) = blob
+            && let Some(t) = last_time(&blob).map_err(|d| self.damaged(d))?
+        {
+            last = last.max(t);
+        }
+        let log: Option<f64> = self
+            .conn
+            .prepare_cached("SELECT max(time) FROM logs WHERE flow_run_id = ?1")
+            .and_then(|mut s| s.query_row([flow_run_id], |r| r.get(0)))
+            .map_err(|e| self.err(e))?;
+        if let Some(t) = log {
+            last = last.max(t);
+        }
+        Ok(Some(last))
+    }
+
+    /// The flow's structure recorded for a flow run (see
+    /// [`super::Event::FlowStructure`]), if any.
+    pub fn flow_structure(&self, flow_run_id: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT structure FROM flow_runs WHERE id = ?1")
+            .and_then(|mut s| {
+                s.query_row([flow_run_id], |r| r.get::<_, Option<String>>(0))
+                    .optional()
+            })
+            .map(Option::flatten)
+            .map_err(|e| self.err(e))
     }
 
     /// Every state transition of one task run, oldest first.
@@ -327,8 +409,8 @@ impl Store {
     /// The log lines of a flow run and its task runs, in the order written.
     pub fn logs(&self, flow_run_id: &str) -> Result<Vec<LogRow>, StoreError> {
         self.rows(
-            "SELECT l.run, l.level, l.at, l.message FROM logs l \
-             JOIN flow_runs f ON l.flow_run = f.key WHERE f.id = ?1 ORDER BY l.rowid",
+            "SELECT task_run_id, level, time, message FROM logs WHERE flow_run_id = ?1 \
+             ORDER BY rowid",
             [flow_run_id],
             |r| {
                 Ok(LogRow {
@@ -365,14 +447,19 @@ impl Store {
     }
 
     /// Mark a flow run [`FLOW_INTERRUPTED`] with this message if it is still
-    /// recorded as running. Returns whether it was.
+    /// recorded as running, ended at its last record ([`Store::last_record_time`]):
+    /// its duration stops growing. Returns whether it was.
     pub fn mark_interrupted(&self, id: &str, message: &str) -> Result<bool, StoreError> {
+        let ended = self.last_record_time(id)?;
         let changed = self
             .conn
             .prepare_cached(
-                "UPDATE flow_runs SET state = ?2, message = ?3 WHERE id = ?1 AND state = ?4",
+                "UPDATE flow_runs SET state = ?2, message = ?3, ended = coalesce(ended, ?5) \
+                 WHERE id = ?1 AND state = ?4",
             )
-            .and_then(|mut s| s.execute(params![id, FLOW_INTERRUPTED, message, FLOW_RUNNING]))
+            .and_then(|mut s| {
+                s.execute(params![id, FLOW_INTERRUPTED, message, FLOW_RUNNING, ended])
+            })
             .map_err(|e| self.err(e))?;
         Ok(changed > 0)
     }

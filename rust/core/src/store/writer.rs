@@ -51,6 +51,19 @@ pub struct TransitionItem {
     pub result_location: Option<String>,
 }
 
+/// One log line (see [`Event::Logs`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogLine {
+    /// The task run it belongs to (`None`: the flow run's own line).
+    pub run: Option<RunId>,
+    /// The level, as Python's `logging` numbers it.
+    pub level: i32,
+    /// When (seconds since the Unix epoch).
+    pub at: f64,
+    /// The formatted message.
+    pub message: String,
+}
+
 /// One record of a pack file (see [`Event::PackLocations`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackItem {
@@ -164,6 +177,23 @@ pub enum Event {
         /// The formatted message.
         message: String,
     },
+    /// Many log lines of one flow run, in order: written in the same
+    /// transaction as the other events of a commit (one prepared insert per
+    /// line), never one transaction per line.
+    Logs {
+        /// The flow run.
+        flow_run_id: Arc<str>,
+        /// The lines.
+        lines: Vec<LogLine>,
+    },
+    /// The flow's structure for this run, as JSON (the caller's format; resume
+    /// compares it with the flow's structure then).
+    FlowStructure {
+        /// The flow run.
+        id: Arc<str>,
+        /// The structure as JSON text.
+        structure_json: String,
+    },
     /// A flow run ended in its final state.
     FlowRunEnded {
         /// The flow run.
@@ -187,6 +217,7 @@ impl Event {
             Event::MapChildren { count, .. } => (*count as usize).max(1),
             Event::Transitions { items, .. } => items.len().max(1),
             Event::PackLocations { items, .. } => items.len().max(1),
+            Event::Logs { lines, .. } => lines.len().max(1),
             _ => 1,
         }
     }
@@ -605,6 +636,65 @@ impl EventBuffer {
 // commit writes one row per flow run however many task runs changed. Flow-run
 // events, logs and cache entries are few and are written as rows, in order.
 
+/// Insert one log line (see the `logs` table in the module docs).
+const INSERT_LOG: &str = "INSERT INTO logs(flow_run_id, task_run_id, level, time, message) \
+     VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// Log lines per multi-row insert (a statement per line costs about twice as much).
+const LOG_ROWS_PER_INSERT: usize = 64;
+
+/// `INSERT INTO logs ... VALUES (...), (...)` with `rows` rows.
+fn insert_logs_sql(rows: usize) -> String {
+    let mut sql =
+        String::from("INSERT INTO logs(flow_run_id, task_run_id, level, time, message) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?)");
+    }
+    sql
+}
+
+/// Insert the log lines of one flow run (in order); returns roughly how many bytes
+/// they add to the WAL.
+fn write_log_lines(
+    conn: &Connection,
+    flow_run_id: &str,
+    lines: &[LogLine],
+) -> rusqlite::Result<usize> {
+    let mut bytes = 0;
+    let mut chunks = lines.chunks_exact(LOG_ROWS_PER_INSERT);
+    if lines.len() >= LOG_ROWS_PER_INSERT {
+        let mut insert = conn.prepare_cached(&insert_logs_sql(LOG_ROWS_PER_INSERT))?;
+        for chunk in &mut chunks {
+            let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 5);
+            let runs: Vec<Option<u32>> = chunk.iter().map(|l| l.run.map(|r| r.0)).collect();
+            for (line, run) in chunk.iter().zip(&runs) {
+                values.push(&flow_run_id);
+                values.push(run);
+                values.push(&line.level);
+                values.push(&line.at);
+                values.push(&line.message);
+                bytes += 64 + line.message.len();
+            }
+            insert.execute(values.as_slice())?;
+        }
+    }
+    let mut insert = conn.prepare_cached(INSERT_LOG)?;
+    for line in chunks.remainder() {
+        insert.execute(params![
+            flow_run_id,
+            line.run.map(|r| r.0),
+            line.level,
+            line.at,
+            line.message
+        ])?;
+        bytes += 64 + line.message.len();
+    }
+    Ok(bytes)
+}
+
 /// The writer copies the WAL back into the database (a passive checkpoint)
 /// after a commit once about this many bytes were written since the last one;
 /// SQLite's own checkpoint after every 4 MiB would run inside commits, on the
@@ -668,7 +758,9 @@ struct FlowInfo {
 enum Op {
     FlowStart(Event),
     FlowEnd(Event),
+    FlowStructure(Event),
     Log(Event),
+    Logs(Event),
     CachePut(super::CacheRow),
 }
 
@@ -872,6 +964,8 @@ impl Writer<'_> {
             }
             e @ Event::FlowRunEnded { .. } => self.pending.ops.push(Op::FlowEnd(e)),
             e @ Event::Log { .. } => self.pending.ops.push(Op::Log(e)),
+            e @ Event::Logs { .. } => self.pending.ops.push(Op::Logs(e)),
+            e @ Event::FlowStructure { .. } => self.pending.ops.push(Op::FlowStructure(e)),
             Event::CachePut(row) => self.pending.ops.push(Op::CachePut(row)),
         }
     }
@@ -1053,13 +1147,9 @@ impl Writer<'_> {
                 }) => {
                     let f = self.flow(&flow_run_id);
                     match self.key(f, &mut flow_key)? {
-                        Some(key) => {
-                            conn.prepare_cached(
-                                "INSERT INTO logs(flow_run, run, level, at, message) \
-                                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                            )?
-                            .execute(params![
-                                key,
+                        Some(_) => {
+                            conn.prepare_cached(INSERT_LOG)?.execute(params![
+                                &*flow_run_id,
                                 run.map(|r| r.0),
                                 level,
                                 at,
@@ -1069,9 +1159,36 @@ impl Writer<'_> {
                         None => pending.rejects.add(|| unknown_flow_run(&flow_run_id), 1),
                     }
                 }
+                Op::Logs(Event::Logs { flow_run_id, lines }) => {
+                    let f = self.flow(&flow_run_id);
+                    match self.key(f, &mut flow_key)? {
+                        Some(_) => {
+                            bytes += write_log_lines(conn, &flow_run_id, &lines)?;
+                        }
+                        None => pending
+                            .rejects
+                            .add(|| unknown_flow_run(&flow_run_id), lines.len()),
+                    }
+                }
+                Op::FlowStructure(Event::FlowStructure { id, structure_json }) => {
+                    let f = self.flow(&id);
+                    match self.key(f, &mut flow_key)? {
+                        Some(key) => {
+                            conn.prepare_cached(
+                                "UPDATE flow_runs SET structure = ?2 WHERE key = ?1",
+                            )?
+                            .execute(params![key, structure_json])?;
+                        }
+                        None => pending.rejects.add(|| unknown_flow_run(&id), 1),
+                    }
+                }
                 Op::CachePut(row) => super::read::put_cache_row(conn, &row)?,
                 // `Writer::add` builds each op from its own variant.
-                Op::FlowStart(_) | Op::FlowEnd(_) | Op::Log(_) => {}
+                Op::FlowStart(_)
+                | Op::FlowEnd(_)
+                | Op::FlowStructure(_)
+                | Op::Log(_)
+                | Op::Logs(_) => {}
             }
         }
         let mut insert =
