@@ -29,9 +29,9 @@ __all__ = [
 def find_cycle(n: int, edges: Sequence[tuple[int, int]]) -> list[int] | None:
     """Task indices along a cycle (first repeated last), or None for a DAG."""
 
-def current() -> tuple[int, int, int, int, int, int, Any] | None:
-    """``(token, run_id, task_id, map_index, run_count, loop_count, loop_result)`` of
-    the task run executing in this thread, or None."""
+def current() -> tuple[int, int, int, int, int, int, Any, bool] | None:
+    """``(token, run_id, task_id, map_index, run_count, loop_count, loop_result,
+    resumed)`` of the task run executing in this thread, or None."""
 
 #: State codes by state class name, as the core defines them.
 STATE_CODES: dict[str, int]
@@ -69,6 +69,8 @@ class Runner:
         progress: Callable[[list[int]], Any] | None = None,
         pack: Callable[[int], tuple[Any, str, Any, tuple[Any, ...], bool, Any, bool]] | None = None,
         quick: bytes | None = None,
+        approvals: Callable[[], list[tuple[int, int]]] | None = None,
+        wait_for_approval: bool = False,
     ) -> Self: ...
     def run_local(self) -> None:
         """Run the flow to the end in the calling thread."""

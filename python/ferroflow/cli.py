@@ -540,6 +540,7 @@ def _run_flow(
     record: bool | None,
     display: RunDisplay | None = None,
     on_start: Any = None,
+    wait_for_approval: bool = False,
 ) -> State:
     from ferroflow import engine
 
@@ -551,6 +552,7 @@ def _run_flow(
         resume=resume,
         record=record,
         progress=progress,
+        wait_for_approval=wait_for_approval,
         on_start=on_start,
     )
 
@@ -562,6 +564,7 @@ def run_command(
     workers: int | None,
     resume: str | None = None,
     record: bool | None = None,
+    wait_for_approval: bool = False,
 ) -> int:
     """``ferroflow run``: load, run, summarize. Returns the exit status.
 
@@ -586,7 +589,9 @@ def run_command(
     interrupted = False
     with RunDisplay(flow.name, _err()) as display:
         try:
-            state = _run_flow(flow, values, exe, resume, record, display, on_start)
+            state = _run_flow(
+                flow, values, exe, resume, record, display, on_start, wait_for_approval
+            )
         except FerroflowError as exc:
             message = _one_line(str(exc))
             if message.endswith("or run with recording off"):
@@ -936,6 +941,12 @@ def cli() -> None:
     is_flag=True,
     help="Do not record the run in the run store (also: FERROFLOW_RECORD=0).",
 )
+@click.option(
+    "--wait-for-approval",
+    is_flag=True,
+    help="When only paused tasks are left, wait until 'ferroflow runs approve' "
+    "approves them (Ctrl-C stops waiting).",
+)
 @_debug_option
 def run_cmd(
     target: str,
@@ -944,6 +955,7 @@ def run_cmd(
     workers: int | None,
     resume: str | None,
     no_record: bool,
+    wait_for_approval: bool,
 ) -> int:
     """Run the flow defined in the Python file PATH.
 
@@ -951,7 +963,15 @@ def run_cmd(
     its variable name). Prints a summary of the task states; exits 0 only when the
     flow succeeded, 1 when it failed.
     """
-    return run_command(target, params, executor, workers, resume, False if no_record else None)
+    return run_command(
+        target,
+        params,
+        executor,
+        workers,
+        resume,
+        False if no_record else None,
+        wait_for_approval,
+    )
 
 
 @cli.command("visualize")
@@ -1058,6 +1078,32 @@ def runs_logs_cmd(run_id: str, task: str | None, level: str | None, as_json: boo
 def runs_resume_cmd(run_id: str) -> int:
     """Resume flow run RUN_ID, reusing every finished task whose result was saved."""
     return _runs_resume(run_id)
+
+
+@runs_group.command("approve")
+@click.argument("task_run_id")
+@_debug_option
+def runs_approve_cmd(task_run_id: str) -> int:
+    """Approve the paused task run TASK_RUN_ID ('FLOW_RUN_ID/RUN', as 'runs show'
+    lists it). A flow run still waiting for it goes on; one that has ended is resumed
+    here, and this command then exits as 'ferroflow run' would."""
+    from ferroflow.approvals import approve
+
+    approval = approve(task_run_id)
+    task = approval.task_name
+    if approval.map_index is not None:
+        task += f"[{approval.map_index}]"
+    _out().print(f"Approved {task} of flow run {approval.flow_run_id}.")
+    with _store() as store:
+        run = _resolve_run(store, approval.flow_run_id)
+    if run.state == "Running":
+        _out().print("The flow run is still going: it runs the task when it sees the approval.")
+        return EXIT_OK
+    if run.state in ("Success", "Cached"):
+        # It was waiting, saw the approval and finished before this look.
+        _out().print("The flow run went on and has finished.")
+        return EXIT_OK
+    return _runs_resume(approval.flow_run_id)
 
 
 @cli.command("ui")

@@ -43,6 +43,7 @@ from ferroflow.states import (
     Cancelled,
     Failed,
     Mapped,
+    Paused,
     Pending,
     Retrying,
     Running,
@@ -230,6 +231,7 @@ class FlowRun:
         resumed_from: str | None = None,
         restore: dict[int, dict[int, tuple[str, int, int]]] | None = None,
         progress: Callable[[dict[str, int]], Any] | None = None,
+        wait_for_approval: bool = False,
     ) -> None:
         self.flow = flow
         self.plan = plan
@@ -255,10 +257,22 @@ class FlowRun:
             _progress_hook(progress) if progress is not None else None,
             self._pack_hook,
             plan.quick,
+            self._approvals_hook if record else None,
+            wait_for_approval,
         )
         self._restore = restore or {}
         self._restored: dict[int, dict[int, Any]] = {}
         self._resumed_from = resumed_from
+        self._approval_ids: list[str] | None = None
+
+    def _approvals_hook(self) -> list[tuple[int, int]]:
+        """Task runs approved for this flow run or the one it resumes (asked only
+        while task runs are paused)."""
+        from ferroflow.approvals import approved, resume_chain
+
+        if self._approval_ids is None:
+            self._approval_ids = resume_chain(self.flow_run_id, self._resumed_from)
+        return approved(*self._approval_ids)
 
     def _record_spec(self, resumed_from: str | None) -> tuple[str, str, str, str, str | None]:
         import json
@@ -679,7 +693,16 @@ def _flow_state(run: FlowRun) -> State:
     elif kind == "cancelled":
         state = Cancelled("Flow run was cancelled.")
     else:
-        state = Running(f"Some reference tasks did not finish (paused or waiting): {names}")
+        paused = run.runner.paused()
+        if paused:
+            ids_text = ", ".join(f"{run.flow_run_id}/{r}" for r in paused[:5])
+            more = f" and {len(paused) - 5} more" if len(paused) > 5 else ""
+            state = Paused(
+                f"Waiting for approval: {names} did not finish. Approve the paused task "
+                f"runs with 'ferroflow runs approve ID' ({ids_text}{more})."
+            )
+        else:
+            state = Running(f"Some reference tasks did not finish (paused or waiting): {names}")
     results = _TaskStates(run)
     state._loader = lambda: results  # built on first access, like every task state
     return state
@@ -715,6 +738,7 @@ def run_flow(
     resume: str | None = None,
     progress: Callable[[dict[str, int]], Any] | None = None,
     on_start: Callable[[str], Any] | None = None,
+    wait_for_approval: bool = False,
     **parameter_values: Any,
 ) -> State:
     """Run ``flow`` to the end and return its final State (see ``Flow.run``).
@@ -743,6 +767,10 @@ def run_flow(
         on_start: called with the flow run's id once the run is recorded as started,
             before any task runs (the command line saves how to resume it there); not
             called for an unrecorded run.
+        wait_for_approval: when only paused task runs (``PAUSE``, ``manual_only``)
+            are left, wait for them to be approved (``ferroflow runs approve``,
+            :func:`ferroflow.approvals.approve`) instead of ending the run; Ctrl-C
+            stops the wait. Needs a recorded run.
         **parameter_values: more parameter values by name.
 
     Raises:
@@ -771,7 +799,17 @@ def run_flow(
         resumed_from, old_params, restore, rerun = _prepare_resume(flow, plan, resume)
         _check_resume_parameters(flow, plan, resumed_from, old_params, given)
         values = _resolve_parameters(flow, plan, {**old_params, **given})
-    run = FlowRun(flow, plan, values, release_results, record, resumed_from, restore, progress)
+    run = FlowRun(
+        flow,
+        plan,
+        values,
+        release_results,
+        record,
+        resumed_from,
+        restore,
+        progress,
+        wait_for_approval,
+    )
     if record:
         path = str(store_path())
         if _env_flag("FERROFLOW_STORE_LOGS"):

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
+    "ApprovalError",
     "BindError",
     "CycleError",
     "EdgeError",
@@ -252,4 +253,16 @@ class ResultError(FerroflowError):
     Example:
         >>> issubclass(ResultError, FerroflowError)
         True
+    """
+
+
+class ApprovalError(FerroflowError):
+    """A task run could not be approved: a malformed id, an unknown flow run or task
+    run, or a task run that is not paused.
+
+    Example:
+        >>> raise ApprovalError("task run 3f2a/4 (deploy) is Success, not Paused")
+        Traceback (most recent call last):
+        ...
+        ferroflow.exceptions.ApprovalError: task run 3f2a/4 (deploy) is Success, not Paused
     """

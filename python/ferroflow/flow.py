@@ -1112,8 +1112,8 @@ class Flow:
             parameters: ``{name: value}`` for the flow's Parameters.
             executor: where tasks run [``self.executor``, else local].
             **kw: the run's options ``record``, ``resume``, ``progress``,
-                ``release_results`` and ``on_start`` (see ``engine.run_flow``), and
-                more parameter values by name.
+                ``release_results``, ``on_start`` and ``wait_for_approval`` (see
+                ``engine.run_flow``), and more parameter values by name.
 
         A Parameter whose name is also one of these options (``executor`` too) takes
         its value only from ``parameters={...}``: a keyword with that name is then the
@@ -1163,7 +1163,7 @@ class Flow:
 
 
 #: The keyword options of ``Flow.run`` besides ``parameters`` and ``executor``.
-RUN_OPTIONS = ("record", "resume", "progress", "release_results", "on_start")
+RUN_OPTIONS = ("record", "resume", "progress", "release_results", "on_start", "wait_for_approval")
 
 
 def _already_bound(flow: Flow, task: Task, key: str) -> EdgeError:

@@ -44,6 +44,7 @@ _TASK_KEYS = (
     "task_loop_count",
     "task_loop_result",
     "task_tags",
+    "resume",
 )
 _FLOW_KEYS = ("flow_name", "flow_run_id", "parameters", "today", "date", "scheduled_start_time")
 
@@ -135,7 +136,7 @@ def _task_value(
 ) -> Any:
     """The task-level context value ``name`` of the task run ``cur`` (the native
     module's ``(token, run_id, task_id, map_index, run_count, loop_count, loop_result)``)."""
-    _token, run_id, _task_id, map_index, run_count, loop_count, loop_result = cur
+    _token, run_id, _task_id, map_index, run_count, loop_count, loop_result = cur[:7]
     if name == "task_name":
         return task_name
     if name == "task_full_name":
@@ -154,6 +155,9 @@ def _task_value(
         return loop_result
     if name == "task_tags":
         return set(tags)
+    if name == "resume":
+        # True for the attempt that follows an approval of a paused run.
+        return bool(cur[7]) if len(cur) > 7 else False
     raise AttributeError(name)
 
 

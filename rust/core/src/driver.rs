@@ -48,6 +48,9 @@ pub struct Policy {
     pub flush_every: Duration,
     /// The longest single wait: the host checks for Ctrl-C at least this often.
     pub max_wait: Duration,
+    /// When only runs waiting for approval are left, wait for approvals (the
+    /// host looks for them at every wait) instead of ending the run.
+    pub wait_for_approval: bool,
 }
 
 impl Default for Policy {
@@ -55,6 +58,7 @@ impl Default for Policy {
         Policy {
             flush_every: Duration::from_millis(50),
             max_wait: Duration::from_millis(50),
+            wait_for_approval: false,
         }
     }
 }
@@ -158,13 +162,22 @@ impl Driver {
     /// What to do at `now` when no run can be handed out (for a host whose
     /// workers are all busy): wait, or done.
     pub fn idle(&mut self, now: Instant) -> Step {
-        if self.stopped.is_some() || self.run.is_done() {
+        if self.stopped.is_some() {
+            return Step::Done;
+        }
+        if self.run.is_done() && !(self.policy.wait_for_approval && self.waiting_for_approval()) {
             return Step::Done;
         }
         if self.run.in_flight() == 0 && self.run.next_wakeup().is_none() {
-            // Only runs waiting for approval are left (or the ready stack
-            // holds runs the host has not asked for): nothing will wake up.
-            return Step::Done;
+            // Only runs waiting for approval are left: nothing wakes up unless
+            // the policy says to wait for an approval.
+            if !self.policy.wait_for_approval || self.run.paused().is_empty() {
+                return Step::Done;
+            }
+            self.last_flush = now;
+            return Step::Wait {
+                until: now + self.policy.max_wait,
+            };
         }
         self.last_flush = now;
         let cap = now + self.policy.max_wait;
@@ -237,6 +250,11 @@ impl Driver {
             self.run.cancel(reason);
             self.stopped = Some(reason.to_string());
         }
+    }
+
+    /// Whether runs wait for approval and nothing else is left to do.
+    pub fn waiting_for_approval(&self) -> bool {
+        self.run.is_done() && !self.run.paused().is_empty()
     }
 
     /// Approve a paused run: it runs at the next step.

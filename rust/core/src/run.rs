@@ -153,6 +153,9 @@ pub struct Ready {
     /// [`Run::message`]). The host shows it to the task's handlers and reports
     /// what they make of it; the run is not executed and not counted as an attempt.
     pub decided: Option<StateKind>,
+    /// The run was approved after a pause (PAUSE or `manual_only`): this
+    /// attempt is its resumption (`context.resume` in Python).
+    pub resumed: bool,
 }
 
 /// Where one input value of a run comes from.
@@ -629,6 +632,7 @@ impl Run {
                         loop_count: self.loop_count(run),
                         custom_trigger: false,
                         decided: Some(kind),
+                        resumed: false,
                     });
                 }
                 if kind == StateKind::Paused {
@@ -653,6 +657,7 @@ impl Run {
             loop_count: self.loop_count(run),
             custom_trigger: custom && st == StateKind::Pending,
             decided: None,
+            resumed: st == StateKind::Resume,
         })
     }
 

@@ -50,6 +50,8 @@ struct Current {
     run_count: u32,
     loop_count: u32,
     loop_result: Option<Py<PyAny>>,
+    /// This attempt follows an approval (`context.resume`).
+    resumed: bool,
 }
 
 impl Current {
@@ -78,6 +80,7 @@ pub fn current(py: Python<'_>) -> Option<Py<PyAny>> {
             c.run_count,
             c.loop_count,
             c.loop_result(py),
+            c.resumed,
         )
             .into_pyobject(py)
             .ok()
@@ -167,6 +170,9 @@ struct Inner {
     /// finished in an earlier flow run, for the tasks flagged in `restore_tasks`.
     restore_hook: Option<Py<PyAny>>,
     restore_tasks: Vec<bool>,
+    /// `approvals_hook()` gives the `(task, map_index)` pairs approved so far
+    /// (for runs that wait for approval, and for a resume of a paused run).
+    approvals_hook: Option<Py<PyAny>>,
     /// `progress_hook(counts)` with the number of runs per state code, at most
     /// every `PROGRESS_EVERY`.
     progress_hook: Option<Py<PyAny>>,
@@ -556,6 +562,7 @@ impl Inner {
                 run_count: ready.run_count,
                 loop_count: ready.loop_count,
                 loop_result,
+                resumed: ready.resumed,
             },
             run: ready.run,
             hook,
@@ -965,9 +972,50 @@ impl Inner {
     /// is buffered. Returns false when Ctrl-C was pressed.
     fn wait_until(&mut self, py: Python<'_>, until: Instant) -> PyResult<bool> {
         self.send_records(py);
+        if self.poll_approvals(py)? {
+            return Ok(true);
+        }
         let wait = until.saturating_duration_since(Instant::now());
         py.detach(|| std::thread::sleep(wait));
         interrupted(py).map(|i| !i)
+    }
+
+    /// Approve the paused runs the approvals hook names (`(task, map_index)`
+    /// pairs, `map_index` -1 for a task's own run). Returns whether any was
+    /// approved. Asked only while runs are paused.
+    fn poll_approvals(&mut self, py: Python<'_>) -> PyResult<bool> {
+        let Some(hook) = &self.approvals_hook else {
+            return Ok(false);
+        };
+        if self.run().paused().is_empty() {
+            return Ok(false);
+        }
+        let pairs: Vec<(u32, i64)> = hook.bind(py).call0()?.extract()?;
+        let mut any = false;
+        for (task, map_index) in pairs {
+            let run = match (u32::try_from(map_index), self.run().children(TaskId(task))) {
+                (Err(_), _) => RunId(task),
+                (Ok(i), Some((base, n))) if i < n => RunId(base.0 + i),
+                _ => continue,
+            };
+            if self.run().state(run).ok() == Some(StateKind::Paused) {
+                self.driver.approve(run).map_err(|e| to_py(py, e))?;
+                any = true;
+            }
+        }
+        if any {
+            self.journal(py, false)?;
+        }
+        Ok(any)
+    }
+
+    /// At the end of a run with paused runs: approvals given meanwhile (or
+    /// before a resume) let it go on. Returns whether any was approved.
+    fn approvals_at_end(&mut self, py: Python<'_>) -> PyResult<bool> {
+        if self.driver.stopped().is_some() {
+            return Ok(false);
+        }
+        self.poll_approvals(py)
     }
 
     /// Finish the run: write the packs and report progress a last time.
@@ -1017,6 +1065,7 @@ impl Inner {
                     }
                     now = Instant::now();
                 }
+                Next::Done if self.approvals_at_end(py)? => now = Instant::now(),
                 Next::Done => break,
             }
         }
@@ -1074,6 +1123,7 @@ impl Inner {
                         until = Some(u);
                         break;
                     }
+                    Next::Done if in_flight == 0 && self.approvals_at_end(py)? => {}
                     Next::Done => break 'outer,
                 }
             }
@@ -1314,8 +1364,12 @@ impl PyRunner {
                 "this flow run is still executing; its states can be read when flow.run() returns"
                     .into(),
             )),
+            // The panic itself reached the caller as a PanicException when it
+            // happened (with its message); this only says why the run is gone.
             Err(std::sync::TryLockError::Poisoned(_)) => Err(PyRuntimeError::new_err(
-                "the run state is corrupt after an internal panic",
+                "this flow run stopped on an internal error in ferroflow (a panic, raised \
+                 as PanicException when it happened); its states cannot be read. Please \
+                 report it.",
             )),
         }
     }
@@ -1353,7 +1407,7 @@ impl PyRunner {
     /// `(run_hook, trigger_hook, observe_hook)` (each may be None); `release`:
     /// drop intermediate results as soon as nothing downstream can read them.
     #[new]
-    #[pyo3(signature = (tasks, edges, calls, reference, hooks, signal_base, token, release=false, record=None, restore=None, progress=None, pack=None, quick=None))]
+    #[pyo3(signature = (tasks, edges, calls, reference, hooks, signal_base, token, release=false, record=None, restore=None, progress=None, pack=None, quick=None, approvals=None, wait_for_approval=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -1370,6 +1424,8 @@ impl PyRunner {
         progress: Option<Py<PyAny>>,
         pack: Option<Py<PyAny>>,
         quick: Option<Vec<u8>>,
+        approvals: Option<Py<PyAny>>,
+        wait_for_approval: bool,
     ) -> PyResult<Self> {
         if calls.len() != tasks.len() {
             return Err(PyValueError::new_err("one call spec per task is required"));
@@ -1462,7 +1518,16 @@ impl PyRunner {
             inner: Mutex::new(Inner {
                 results: Vec::with_capacity(n_tasks),
                 loop_results: HashMap::new(),
-                driver: Driver::new(run, Policy::default(), quick, Instant::now()),
+                driver: Driver::new(
+                    run,
+                    Policy {
+                        wait_for_approval: wait_for_approval && approvals.is_some(),
+                        ..Policy::default()
+                    },
+                    quick,
+                    Instant::now(),
+                ),
+                approvals_hook: approvals,
                 calls: parsed,
                 reference: reference_ids,
                 run_hook,
@@ -1680,6 +1745,9 @@ impl PyRunner {
     /// (seconds; the driver's wait policy), or None when the run is over.
     fn wait_hint(&self, py: Python<'_>) -> PyResult<Option<f64>> {
         let mut inner = self.lock(py)?;
+        if inner.poll_approvals(py)? {
+            return Ok(Some(0.0));
+        }
         let now = Instant::now();
         Ok(match inner.driver.idle(now) {
             Step::Wait { until } => Some(until.saturating_duration_since(now).as_secs_f64()),
@@ -1804,6 +1872,7 @@ impl PyRunner {
             &inner.observe_hook,
             &inner.restore_hook,
             &inner.pack_hook,
+            &inner.approvals_hook,
         ]
         .into_iter()
         .flatten()
@@ -1824,6 +1893,7 @@ impl PyRunner {
             inner.observe_hook = None;
             inner.restore_hook = None;
             inner.pack_hook = None;
+            inner.approvals_hook = None;
             inner.packs.clear();
         }
     }
