@@ -31,6 +31,7 @@ __all__ = [
     "ParameterError",
     "ResultError",
     "ResumeError",
+    "ScheduleError",
     "StoreError",
     "TaskDefinitionError",
 ]
@@ -253,3 +254,34 @@ class ResultError(FerroflowError):
         >>> issubclass(ResultError, FerroflowError)
         True
     """
+
+
+class ScheduleError(FerroflowError, ValueError):
+    """A schedule, clock, filter or adjustment was given a bad argument.
+
+    For example a naive ``start_date`` (no time zone), a bad cron string, a zero or
+    negative interval, an ``end_date`` before the ``start_date``, or a filter that is not
+    callable. It is also a ``ValueError``.
+
+    Args:
+        message: what went wrong and what to do.
+        argument: the name of the argument at fault (``"start_date"``, ``"cron"``,
+            ``"filters[1]"``...), when there is one.
+
+    Attributes:
+        argument: the name of the argument at fault, or ``None``.
+
+    Example:
+        >>> err = ScheduleError("start_date is naive", argument="start_date")
+        >>> err.argument, isinstance(err, ValueError)
+        ('start_date', True)
+    """
+
+    argument: str | None
+
+    def __init__(self, message: str, argument: str | None = None) -> None:
+        self.argument = argument
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.argument))
