@@ -91,6 +91,16 @@ def test_run_on_schedule_false_runs_once_now():
     assert [r["i"] for r in RUNS] == [3]
 
 
+def test_engine_options_pass_through_to_each_run():
+    soon = datetime.now(UTC) + timedelta(milliseconds=100)
+    flow = make_flow(Schedule([DatesClock([soon], parameter_defaults={"i": 4})]))
+    seen: list[dict[str, int]] = []
+    state = flow.run(record=False, progress=seen.append, label="kw")
+    assert state.is_successful()
+    assert [(r["i"], r["label"]) for r in RUNS] == [(4, "kw")]
+    assert seen  # the progress option reached the run
+
+
 def test_a_flow_without_schedule_runs_once():
     state = make_flow(None).run(i=1)
     assert state.is_successful() and len(RUNS) == 1
