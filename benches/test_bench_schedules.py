@@ -3,8 +3,8 @@ schedule, beside croniter used directly on the same cron.
 
 Run with ``pytest benches/test_bench_schedules.py --benchmark-only``. Each benchmark checks
 the times it computed; none asserts a time. ferroflow's figures include what croniter's do
-not: DST resolution of every wall time, merging, filters and ClockEvent-free datetimes in
-the schedule's zone.
+not: resolving every local wall time to an instant with the DST rules, and the schedule's
+merge and dedupe.
 """
 
 from __future__ import annotations
