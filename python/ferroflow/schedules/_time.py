@@ -59,7 +59,15 @@ def to_utc(value: datetime) -> datetime:
 
 def instant_key(value: datetime) -> str:
     """The idempotency key of an instant: its UTC time as ISO 8601 with microseconds and
-    a ``Z``; never a local time, so the two passes of an overlap get different keys."""
+    a ``Z``; never a local time, so the two passes of an overlap get different keys.
+
+    Example:
+        >>> from datetime import datetime
+        >>> from zoneinfo import ZoneInfo
+        >>> ny = ZoneInfo("America/New_York")
+        >>> instant_key(datetime(2026, 11, 1, 1, 30, tzinfo=ny, fold=1))
+        '2026-11-01T06:30:00.000000Z'
+    """
     return to_utc(value).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
