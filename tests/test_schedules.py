@@ -814,3 +814,15 @@ def test_import_ferroflow_does_not_import_schedules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "module", ["__init__", "_time", "clocks", "filters", "adjustments", "_local"]
+)
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    name = "ferroflow.schedules" + ("" if module == "__init__" else "." + module)
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
