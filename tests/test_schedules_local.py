@@ -208,3 +208,38 @@ def test_ctrl_c_uncaught_gives_one_short_traceback():
     assert err.count("Traceback") == 1
     assert err.rstrip().endswith("KeyboardInterrupt")
     assert "During handling" not in err and "direct cause" not in err
+
+
+CANCEL_SCRIPT = """
+import os, signal
+from datetime import datetime, timedelta, timezone
+from ferroflow import Flow, Parameter, task
+from ferroflow.schedules import Schedule
+from ferroflow.schedules.clocks import DatesClock
+
+@task
+def say(i):
+    print("ran", i, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during the first run
+
+now = datetime.now(timezone.utc)
+clocks = [
+    DatesClock([now + timedelta(milliseconds=100)], parameter_defaults={"i": 0}),
+    DatesClock([now + timedelta(milliseconds=300)], parameter_defaults={"i": 1}),
+]
+with Flow("cancelled", schedule=Schedule(clocks)) as flow:
+    say(Parameter("i"))
+state = flow.run()
+print("returned", type(state).__name__, flush=True)
+"""
+
+
+def test_ctrl_c_during_a_run_cancels_it_and_ends_the_loop():
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CANCEL_SCRIPT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["ran 0", "returned Cancelled"]

@@ -5,7 +5,8 @@ until then, run the flow once with the event's ``parameter_defaults`` under the 
 parameters, and repeat; a time that passed while a run was still going is skipped, never
 run late or twice. It ends when the schedule has no more times and returns the last run's
 state. Ctrl-C while sleeping raises ``KeyboardInterrupt`` from the sleep, with nothing
-chained to it; Ctrl-C during a run cancels that run, as always, and the loop stops.
+chained to it; Ctrl-C during a run cancels that run, as always, and a ``Cancelled`` run
+ends the loop (its state is returned).
 
 It knows nothing of the engine: ``Flow.run`` hands it ``run_once`` and ``check``.
 """
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 from ferroflow.exceptions import ScheduleError
 from ferroflow.schedules import ClockEvent, Schedule
 from ferroflow.schedules._time import now_utc
+from ferroflow.states import Cancelled
 
 __all__ = ["run_on_schedule"]
 
@@ -59,7 +61,8 @@ def run_on_schedule(
         flow_name: for log lines and errors.
 
     Returns:
-        The last run's state.
+        The last run's state: when the schedule ends, or when a run ends ``Cancelled``
+        (Ctrl-C during a run).
 
     Raises:
         ScheduleError: ``schedule`` is not a Schedule, or it has no time after now.
@@ -101,5 +104,7 @@ def run_on_schedule(
         _sleep_until(event)
         last = run_once(params)
         ran = True
+        if isinstance(last, Cancelled):
+            return last
         # Never the same time twice; times that passed during the run are skipped.
         after = max(event.instant, now_utc())
