@@ -5,8 +5,9 @@ until then, run the flow once with the event's ``parameter_defaults`` under the 
 parameters, and repeat; a time that passed while a run was still going is skipped, never
 run late or twice. It ends when the schedule has no more times and returns the last run's
 state. Ctrl-C while sleeping raises ``KeyboardInterrupt`` from the sleep, with nothing
-chained to it; Ctrl-C during a run cancels that run, as always, and a ``Cancelled`` run
-ends the loop (its state is returned).
+chained to it. Ctrl-C during a run is the engine's: the run is recorded ``Cancelled``
+and ``KeyboardInterrupt`` is raised, which ends the loop too; a run that ends
+``Cancelled`` without raising ends the loop and its state is returned.
 
 It knows nothing of the engine: ``Flow.run`` hands it ``run_once`` and ``check``.
 """
@@ -61,8 +62,7 @@ def run_on_schedule(
         flow_name: for log lines and errors.
 
     Returns:
-        The last run's state: when the schedule ends, or when a run ends ``Cancelled``
-        (Ctrl-C during a run).
+        The last run's state: when the schedule ends, or when a run ends ``Cancelled``.
 
     Raises:
         ScheduleError: ``schedule`` is not a Schedule, or it has no time after now.
