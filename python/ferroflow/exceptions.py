@@ -32,6 +32,7 @@ __all__ = [
     "ParameterError",
     "ResultError",
     "ResumeError",
+    "ScheduleError",
     "StoreError",
     "TaskDefinitionError",
 ]
@@ -266,3 +267,34 @@ class ApprovalError(FerroflowError):
         ...
         ferroflow.exceptions.ApprovalError: task run 3f2a/4 (deploy) is Success, not Paused
     """
+
+
+class ScheduleError(FerroflowError, ValueError):
+    """A schedule, clock, filter or adjustment was given a bad argument.
+
+    For example a naive ``start_date`` (no time zone), a bad cron string, a zero or
+    negative interval, an ``end_date`` before the ``start_date``, or a filter that is not
+    callable. It is also a ``ValueError``.
+
+    Args:
+        message: what went wrong and what to do.
+        argument: the name of the argument at fault (``"start_date"``, ``"cron"``,
+            ``"filters[1]"``...), when there is one.
+
+    Attributes:
+        argument: the name of the argument at fault, or ``None``.
+
+    Example:
+        >>> err = ScheduleError("start_date is naive", argument="start_date")
+        >>> err.argument, isinstance(err, ValueError)
+        ('start_date', True)
+    """
+
+    argument: str | None
+
+    def __init__(self, message: str, argument: str | None = None) -> None:
+        self.argument = argument
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.argument))

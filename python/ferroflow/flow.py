@@ -1104,13 +1104,23 @@ class Flow:
         return dot
 
     def run(
-        self, parameters: Mapping[str, Any] | None = None, executor: Any = None, **kw: Any
+        self,
+        parameters: Mapping[str, Any] | None = None,
+        executor: Any = None,
+        run_on_schedule: bool = True,
+        **kw: Any,
     ) -> State:
         """Run the flow to the end and return its final state (see the engine).
+
+        A flow with a ``schedule`` runs at each of its times until the schedule ends or
+        Ctrl-C, and returns the last run's state (see ``ferroflow.schedules._local``).
 
         Args:
             parameters: ``{name: value}`` for the flow's Parameters.
             executor: where tasks run [``self.executor``, else local].
+            run_on_schedule: with a ``schedule``, wait for and run each scheduled time
+                (each time's ``parameter_defaults`` under the given parameters) until the
+                schedule ends, and return the last run's state; False runs once now.
             **kw: the run's options ``record``, ``resume``, ``progress``,
                 ``release_results``, ``on_start`` and ``wait_for_approval`` (see
                 ``engine.run_flow``), and more parameter values by name.
@@ -1156,7 +1166,31 @@ class Flow:
                         "the option)",
                         parameter=option,
                     )
+        if run_on_schedule and self.schedule is not None:
+            return self._run_on_schedule(given, executor, kw)
         return run_flow(self, parameters=given, executor=executor, **kw)
+
+    def _run_on_schedule(
+        self, given: dict[str, Any] | None, executor: Any, kw: dict[str, Any]
+    ) -> State:
+        from ferroflow.engine import run_flow
+        from ferroflow.schedules._local import run_on_schedule
+
+        # The run options go to every run; every other keyword is a parameter value.
+        options = {k: v for k, v in kw.items() if k in RUN_OPTIONS}
+        explicit = {**(given or {}), **{k: v for k, v in kw.items() if k not in RUN_OPTIONS}}
+
+        def check(params: dict[str, Any]) -> None:
+            self.validate()
+            self._resolve_parameters(params)
+
+        return run_on_schedule(
+            self.schedule,
+            lambda params: run_flow(self, parameters=params, executor=executor, **options),
+            explicit,
+            check=check,
+            flow_name=self.name,
+        )
 
     def __repr__(self) -> str:
         return f"<Flow: {self.name!r}, {len(self._tasks)} tasks>"
