@@ -224,7 +224,12 @@ def test_a_changed_flow_restores_only_unchanged_tasks(tmp_path: Path) -> None:
     result = LocalResult(dir=str(tmp_path / "r"))
     ran: list[str] = []
 
-    def build(double: bool, fail: bool) -> tuple[Flow, Any]:
+    def build(double: bool, fail: bool, extra: bool = False) -> tuple[Flow, Any]:
+        @task
+        def unrelated() -> int:
+            ran.append("unrelated")
+            return 0
+
         @task(checkpoint=True, result=result)
         def load() -> list[int]:
             ran.append("load")
@@ -240,7 +245,7 @@ def test_a_changed_flow_restores_only_unchanged_tasks(tmp_path: Path) -> None:
             ran.append("count")
             return len(xs)
 
-        @task
+        @task(checkpoint=True, result=result)
         def report(xs: list[int], n: int) -> str:
             ran.append("report")
             if fail:
@@ -248,6 +253,8 @@ def test_a_changed_flow_restores_only_unchanged_tasks(tmp_path: Path) -> None:
             return f"{sum(xs)}/{n}"
 
         with Flow("changing") as flow:
+            if extra:  # a new task first: every other task's id in the flow moves
+                unrelated()
             xs = load()
             out = report(scale(xs, 2 if double else 3), count(xs))
         return flow, out
@@ -265,6 +272,15 @@ def test_a_changed_flow_restores_only_unchanged_tasks(tmp_path: Path) -> None:
     assert "re-ran 'report', 'scale'" in (state.message or "")
     with open_store() as store:
         assert "re-ran 'report', 'scale'" in (store.flow_run(last_run_id()).message or "")
+    # A task added in front shifts every task id: tasks are matched by slug, not position.
+    flow, _ = build(double=False, fail=True)
+    assert flow.run().is_failed()
+    run_id = last_run_id()
+    ran.clear()
+    flow, out = build(double=False, fail=False, extra=True)
+    state = flow.run(resume=run_id)
+    assert state.result[out].result == "18/3"
+    assert sorted(ran) == ["report", "unrelated"]
 
 
 # --- the command line: a kill, Ctrl-C, FERROFLOW_RECORD, --version -------------------------
