@@ -17,7 +17,7 @@ import pytest
 from distributed import LocalCluster
 
 from ferroflow import Flow, Parameter, context, get_run_logger, task
-from ferroflow.executors import DaskExecutor, ProcessExecutor, ThreadExecutor
+from ferroflow.executors import DaskExecutor, ProcessExecutor
 from ferroflow.store import open_store
 
 
@@ -576,10 +576,10 @@ def timed_printer() -> int:
     return 1
 
 
-def test_a_timed_task_with_log_stdout_logs_its_prints() -> None:
+def test_a_timed_task_with_log_stdout_logs_its_prints(executor: Any) -> None:
     with Flow("timed-print") as flow:
         timed_printer()
-    assert flow.run(executor=ThreadExecutor(2)).is_successful()
+    assert flow.run(executor=executor).is_successful()
     with open_store() as store:
         assert [line.message for line in store.logs(last_run_id())] == ["printed under a timeout"]
 

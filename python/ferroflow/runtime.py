@@ -286,7 +286,8 @@ def _ensure_handler() -> None:
         return
     _LOGGING_SET_UP = True
     base = logging.getLogger("ferroflow")
-    if not base.handlers and not logging.getLogger().handlers:
+    own = [h for h in base.handlers if not isinstance(h, _StoreHandler)]
+    if not own and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(
             logging.Formatter("[%(asctime)s] %(levelname)s - %(name)s | %(message)s")
@@ -431,9 +432,11 @@ _STORE_HANDLER: _StoreHandler | None = None
 def _install_store_handler() -> None:
     global _STORE_HANDLER
     if _STORE_HANDLER is None:
-        _ensure_handler()
         _STORE_HANDLER = _StoreHandler()
-        logging.getLogger("ferroflow").addHandler(_STORE_HANDLER)
+        base = logging.getLogger("ferroflow")
+        base.addHandler(_STORE_HANDLER)
+        if base.level == logging.NOTSET:
+            base.setLevel(logging.INFO)  # as get_run_logger() makes it
 
 
 def _open_log_sink(path: str, flow_run_id: str) -> None:
