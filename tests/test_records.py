@@ -101,6 +101,8 @@ def test_logs_are_in_runs_show_json_and_runs_logs(tmp_path: Path) -> None:
     shown = json.loads(ff("runs", "show", run_id[:8], "--json").stdout)
     messages = sorted(line["message"] for line in shown["logs"])
     assert messages == ["bad a", "bad b", "hello a", "hello b", "said 2"]
+    table = ff("runs", "show", run_id[:8])
+    assert f"5 lines (ferroflow runs logs {run_id[:8]})" in table.stdout
     out = ff("runs", "logs", run_id[:8])
     assert out.returncode == 0, out.stderr
     assert "hello[1]" in out.stdout and "hello b" in out.stdout and "said 2" in out.stdout
