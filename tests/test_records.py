@@ -136,6 +136,24 @@ def test_many_log_lines_are_all_written() -> None:
     assert len({(line.run, line.message) for line in logs}) == 200 * 50
 
 
+@task
+def logs_a_lot(n: int) -> int:
+    logger = get_run_logger()
+    for i in range(n):
+        logger.info("line %d", i)
+    return n
+
+
+def test_a_long_task_in_a_worker_process_sends_its_lines_in_batches() -> None:
+    # More lines than one batch: they leave the worker while the task runs.
+    with Flow("chatty-worker") as flow:
+        logs_a_lot(10_000)
+    assert flow.run(executor=ProcessExecutor(max_workers=1)).is_successful()
+    with open_store() as store:
+        logs = store.logs(last_run_id())
+    assert [line.message for line in logs] == [f"line {i}" for i in range(10_000)]
+
+
 def test_unrecorded_runs_log_nothing_to_the_store() -> None:
     with Flow("quiet") as flow:
         chatty.map([1])

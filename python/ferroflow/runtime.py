@@ -397,6 +397,9 @@ _SINKS: dict[str, _LogSink] = {}
 # In a worker: (flow run id, line) of every record, until shipped to the driver.
 _REMOTE: list[tuple[str, LogLine]] = []
 _REMOTE_LOCK = threading.Lock()
+# In a process worker: sends a full batch of lines to the driver at once (so that a long
+# task that logs a lot does not hold them all until it ends). None: wait to be taken.
+_REMOTE_SEND: Any = None
 
 
 class _StoreHandler(logging.Handler):
@@ -422,6 +425,9 @@ class _StoreHandler(logging.Handler):
             else:
                 with _REMOTE_LOCK:
                     _REMOTE.append((flow_run_id, line))
+                    full = len(_REMOTE) >= _LOG_BATCH and _REMOTE_SEND is not None
+                if full:
+                    _REMOTE_SEND(_take_remote_logs())
         except Exception:
             self.handleError(record)
 
