@@ -154,12 +154,16 @@ def test_a_long_task_in_a_worker_process_sends_its_lines_in_batches() -> None:
     assert [line.message for line in logs] == [f"line {i}" for i in range(10_000)]
 
 
-def test_unrecorded_runs_log_nothing_to_the_store() -> None:
+def test_unrecorded_runs_log_nothing_to_the_store_and_keep_nothing() -> None:
+    from ferroflow import runtime
+
     with Flow("quiet") as flow:
-        chatty.map([1])
+        chatty.map([1, 2, 3])
+    assert flow.run().is_successful()  # the store handler is installed now
     assert flow.run(record=False).is_successful()
     with open_store() as store:
-        assert store.list_flow_runs() == []
+        assert len(store.list_flow_runs()) == 1
+    assert runtime._take_remote_logs() == []  # nothing left waiting in this process
 
 
 # --- resume rules ---------------------------------------------------------------------------

@@ -179,6 +179,13 @@ def _enter_remote(info: Any, cur: tuple[Any, ...] | None) -> None:
     """Set the context of the task run this thread executes in a worker."""
     _LOCAL.run = info
     _LOCAL.cur = cur
+    if type(info) is RemoteRunInfo:
+        _REMOTE_RUNS.add(info.flow_run_id)
+
+
+# Flow runs whose tasks this process executes as a worker: their log lines wait in
+# ``_REMOTE`` for the driver (lines of any other run without a sink here are dropped).
+_REMOTE_RUNS: set[str] = set()
 
 
 class Context(Mapping[str, Any]):
@@ -422,7 +429,7 @@ class _StoreHandler(logging.Handler):
             sink = _SINKS.get(flow_run_id)
             if sink is not None:
                 sink.add(line)
-            else:
+            elif flow_run_id in _REMOTE_RUNS:
                 with _REMOTE_LOCK:
                     _REMOTE.append((flow_run_id, line))
                     full = len(_REMOTE) >= _LOG_BATCH and _REMOTE_SEND is not None
