@@ -19,6 +19,13 @@ each task's function directly. Python is called back only where a feature needs 
   what the core records;
 - the *restore hook* when resuming, and the *progress* callback when one is given.
 
+A recorded run also opens a log sink (``runtime._open_log_sink``: run-logger records and
+``log_stdout`` lines go to the store's writer in batches) and records the flow's structure
+for later resumes (``_Structure``: slug and digest of each task a resume could restore).
+``flow.run`` records the run's end whatever happens: a run that raises out of it (the
+executor cannot start, a flow handler raises) is recorded ended, and Ctrl-C is recorded
+``Cancelled`` before ``KeyboardInterrupt`` leaves ``flow.run``.
+
 Plain tasks pay nothing for features they do not use. When the run ends, task States
 are built lazily from the runner: nothing is allocated per task until
 ``state.result[task]`` is read.
