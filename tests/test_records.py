@@ -17,7 +17,7 @@ import pytest
 from distributed import LocalCluster
 
 from ferroflow import Flow, Parameter, context, get_run_logger, task
-from ferroflow.executors import DaskExecutor, ProcessExecutor, ThreadExecutor
+from ferroflow.executors import DaskExecutor, ProcessExecutor
 from ferroflow.store import open_store
 
 
@@ -101,6 +101,8 @@ def test_logs_are_in_runs_show_json_and_runs_logs(tmp_path: Path) -> None:
     shown = json.loads(ff("runs", "show", run_id[:8], "--json").stdout)
     messages = sorted(line["message"] for line in shown["logs"])
     assert messages == ["bad a", "bad b", "hello a", "hello b", "said 2"]
+    table = ff("runs", "show", run_id[:8])
+    assert f"5 lines (ferroflow runs logs {run_id[:8]})" in table.stdout
     out = ff("runs", "logs", run_id[:8])
     assert out.returncode == 0, out.stderr
     assert "hello[1]" in out.stdout and "hello b" in out.stdout and "said 2" in out.stdout
@@ -134,12 +136,34 @@ def test_many_log_lines_are_all_written() -> None:
     assert len({(line.run, line.message) for line in logs}) == 200 * 50
 
 
-def test_unrecorded_runs_log_nothing_to_the_store() -> None:
+@task
+def logs_a_lot(n: int) -> int:
+    logger = get_run_logger()
+    for i in range(n):
+        logger.info("line %d", i)
+    return n
+
+
+def test_a_long_task_in_a_worker_process_sends_its_lines_in_batches() -> None:
+    # More lines than one batch: they leave the worker while the task runs.
+    with Flow("chatty-worker") as flow:
+        logs_a_lot(10_000)
+    assert flow.run(executor=ProcessExecutor(max_workers=1)).is_successful()
+    with open_store() as store:
+        logs = store.logs(last_run_id())
+    assert [line.message for line in logs] == [f"line {i}" for i in range(10_000)]
+
+
+def test_unrecorded_runs_log_nothing_to_the_store_and_keep_nothing() -> None:
+    from ferroflow import runtime
+
     with Flow("quiet") as flow:
-        chatty.map([1])
+        chatty.map([1, 2, 3])
+    assert flow.run().is_successful()  # the store handler is installed now
     assert flow.run(record=False).is_successful()
     with open_store() as store:
-        assert store.list_flow_runs() == []
+        assert len(store.list_flow_runs()) == 1
+    assert runtime._take_remote_logs() == []  # nothing left waiting in this process
 
 
 # --- resume rules ---------------------------------------------------------------------------
@@ -224,7 +248,12 @@ def test_a_changed_flow_restores_only_unchanged_tasks(tmp_path: Path) -> None:
     result = LocalResult(dir=str(tmp_path / "r"))
     ran: list[str] = []
 
-    def build(double: bool, fail: bool) -> tuple[Flow, Any]:
+    def build(double: bool, fail: bool, extra: bool = False) -> tuple[Flow, Any]:
+        @task
+        def unrelated() -> int:
+            ran.append("unrelated")
+            return 0
+
         @task(checkpoint=True, result=result)
         def load() -> list[int]:
             ran.append("load")
@@ -240,7 +269,7 @@ def test_a_changed_flow_restores_only_unchanged_tasks(tmp_path: Path) -> None:
             ran.append("count")
             return len(xs)
 
-        @task
+        @task(checkpoint=True, result=result)
         def report(xs: list[int], n: int) -> str:
             ran.append("report")
             if fail:
@@ -248,6 +277,8 @@ def test_a_changed_flow_restores_only_unchanged_tasks(tmp_path: Path) -> None:
             return f"{sum(xs)}/{n}"
 
         with Flow("changing") as flow:
+            if extra:  # a new task first: every other task's id in the flow moves
+                unrelated()
             xs = load()
             out = report(scale(xs, 2 if double else 3), count(xs))
         return flow, out
@@ -265,6 +296,15 @@ def test_a_changed_flow_restores_only_unchanged_tasks(tmp_path: Path) -> None:
     assert "re-ran 'report', 'scale'" in (state.message or "")
     with open_store() as store:
         assert "re-ran 'report', 'scale'" in (store.flow_run(last_run_id()).message or "")
+    # A task added in front shifts every task id: tasks are matched by slug, not position.
+    flow, _ = build(double=False, fail=True)
+    assert flow.run().is_failed()
+    run_id = last_run_id()
+    ran.clear()
+    flow, out = build(double=False, fail=False, extra=True)
+    state = flow.run(resume=run_id)
+    assert state.result[out].result == "18/3"
+    assert sorted(ran) == ["report", "unrelated"]
 
 
 # --- the command line: a kill, Ctrl-C, FERROFLOW_RECORD, --version -------------------------
@@ -560,10 +600,10 @@ def timed_printer() -> int:
     return 1
 
 
-def test_a_timed_task_with_log_stdout_logs_its_prints() -> None:
+def test_a_timed_task_with_log_stdout_logs_its_prints(executor: Any) -> None:
     with Flow("timed-print") as flow:
         timed_printer()
-    assert flow.run(executor=ThreadExecutor(2)).is_successful()
+    assert flow.run(executor=executor).is_successful()
     with open_store() as store:
         assert [line.message for line in store.logs(last_run_id())] == ["printed under a timeout"]
 

@@ -753,6 +753,12 @@ def _runs_show(run_id: str, as_json: bool, limit: int) -> int:
             + (": " + ", ".join(f"{n} {k}" for k, n in counts.most_common()) if counts else "")
         ),
     )
+    if logs:
+        info.add_row(
+            "Logs",
+            Text(f"{len(logs)} {'line' if len(logs) == 1 else 'lines'} ")
+            + Text(f"(ferroflow runs logs {run.short_id})"),
+        )
     out.print(info)
     if task_runs:
         out.print(_task_runs_table(task_runs, limit, run.started, out.width))

@@ -19,6 +19,13 @@ each task's function directly. Python is called back only where a feature needs 
   what the core records;
 - the *restore hook* when resuming, and the *progress* callback when one is given.
 
+A recorded run also opens a log sink (``runtime._open_log_sink``: run-logger records and
+``log_stdout`` lines go to the store's writer in batches) and records the flow's structure
+for later resumes (``_Structure``: slug and digest of each task a resume could restore).
+``flow.run`` records the run's end whatever happens: a run that raises out of it (the
+executor cannot start, a flow handler raises) is recorded ended, and Ctrl-C is recorded
+``Cancelled`` before ``KeyboardInterrupt`` leaves ``flow.run``.
+
 Plain tasks pay nothing for features they do not use. When the run ends, task States
 are built lazily from the runner: nothing is allocated per task until
 ``state.result[task]`` is read.
@@ -931,31 +938,57 @@ def _check_resume_parameters(
 
 
 class _Structure:
-    """What a resume compares between a flow run and the flow now: per task, its slug
-    and a digest of its definition (type, name, constant arguments) and incoming
-    edges (the upstream task's slug, key, mapped, flattened)."""
+    """What a resume compares between a flow run and the flow now, for the tasks a
+    resume can restore (those that checkpoint) and their upstream tasks: per task, its
+    slug and a digest of its definition (type, name, constant arguments) and incoming
+    edges (the upstream task's slug, key, mapped, flattened). Other tasks have nothing
+    to restore and cost nothing here.
+
+    ``entries`` maps a task id to ``(slug, digest)``; ``json`` is
+    ``[[task id, slug, digest], ...]`` as recorded in the run store."""
 
     def __init__(self, plan: _Plan, flow: Flow) -> None:
-        import hashlib
         import json
+        from hashlib import blake2b
 
-        compiled = flow._compile()
-        slugs = [flow.slugs.get(t, t.slug) or t.name for t in plan.tasks]
-        incoming: list[list[tuple[Any, ...]]] = [[] for _ in plan.tasks]
+        from ferroflow._checkpoint import checkpoints
+
+        tasks = plan.tasks
+        ups: dict[int, list[tuple[int, Any, bool, bool]]] = {}
         for up, down, key, mapped, flat in plan.edge_ids:
-            incoming[down].append((slugs[up], key, bool(mapped), bool(flat)))
-        self.slugs = slugs
-        self.digests: list[str] = []
-        for tid, t in enumerate(plan.tasks):
-            consts = compiled.constants[tid]
-            try:
-                shown = repr(sorted(consts.items())) if consts else ""
-            except Exception:
-                shown = f"<unreadable {id(t)}>"  # never equal: run again
-            what = (type(t).__module__, type(t).__qualname__, t.name, sorted(incoming[tid]))
-            digest = hashlib.blake2b(f"{what!r}|{shown}".encode(), digest_size=12)
-            self.digests.append(digest.hexdigest())
-        self.json = json.dumps([[s, d] for s, d in zip(slugs, self.digests, strict=True)])
+            ups.setdefault(down, []).append((up, key, bool(mapped), bool(flat)))
+        needed: set[int] = set()
+        todo = [tid for tid, t in enumerate(tasks) if checkpoints(t)]
+        while todo:
+            tid = todo.pop()
+            if tid not in needed:
+                needed.add(tid)
+                todo.extend(u for u, *_ in ups.get(tid, ()))
+        self.needed = needed
+        self.entries: dict[int, tuple[str, str]] = {}
+        if needed:
+            constants = flow._compile().constants
+            flow_slugs = flow.slugs
+            slug = {
+                tid: flow_slugs.get(tasks[tid]) or tasks[tid].slug or tasks[tid].name
+                for tid in needed
+            }
+            for tid in sorted(needed):
+                t = tasks[tid]
+                cls = type(t)
+                text = f"{cls.__module__}.{cls.__qualname__}\x00{t.name}"
+                edges = sorted(f"{slug[u]}\x01{k}\x01{m:d}{f:d}" for u, k, m, f in ups.get(tid, ()))
+                if edges:
+                    text += "\x00" + "\x00".join(edges)
+                consts = constants[tid]
+                if consts:
+                    try:
+                        text += "\x00" + repr(sorted(consts.items()))
+                    except Exception:
+                        text += f"\x00<unreadable {id(t)}>"  # never equal: run again
+                digest = blake2b(text.encode(), digest_size=8).hexdigest()
+                self.entries[tid] = (slug[tid], digest)
+        self.json = json.dumps([[tid, s, d] for tid, (s, d) in self.entries.items()])
 
 
 def _structure(plan: _Plan, flow: Flow) -> _Structure:
@@ -1010,9 +1043,9 @@ def _prepare_resume(
     rerun: list[str] = []
     if recorded is not None:
         now = _structure(plan, flow)
-        then = {slug: (tid, digest) for tid, (slug, digest) in enumerate(json.loads(recorded))}
+        then = {slug: (old_tid, digest) for old_tid, slug, digest in json.loads(recorded)}
         changed: set[int] = set()
-        for tid, (slug, digest) in enumerate(zip(now.slugs, now.digests, strict=True)):
+        for tid, (slug, digest) in now.entries.items():
             old_tid, old_digest = then.get(slug, (-1, ""))
             if old_digest != digest:
                 changed.add(tid)
@@ -1029,7 +1062,7 @@ def _prepare_resume(
                     changed.add(d)
                     todo.append(d)
         same = {o: n for o, n in same.items() if n not in changed}
-        rerun = sorted({tasks[t].name for t in changed})
+        rerun = sorted({tasks[t].name for t in changed if t in now.needed})
     restore: dict[int, dict[int, tuple[str, int, int]]] = {}
     for task_id, map_index, task_name, location, offset, length in rows:
         if recorded is not None:

@@ -183,6 +183,13 @@ def _enter_remote(info: Any, cur: tuple[Any, ...] | None) -> None:
     """Set the context of the task run this thread executes in a worker."""
     _LOCAL.run = info
     _LOCAL.cur = cur
+    if type(info) is RemoteRunInfo:
+        _REMOTE_RUNS.add(info.flow_run_id)
+
+
+# Flow runs whose tasks this process executes as a worker: their log lines wait in
+# ``_REMOTE`` for the driver (lines of any other run without a sink here are dropped).
+_REMOTE_RUNS: set[str] = set()
 
 
 class Context(Mapping[str, Any]):
@@ -290,7 +297,8 @@ def _ensure_handler() -> None:
         return
     _LOGGING_SET_UP = True
     base = logging.getLogger("ferroflow")
-    if not base.handlers and not logging.getLogger().handlers:
+    own = [h for h in base.handlers if not isinstance(h, _StoreHandler)]
+    if not own and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(
             logging.Formatter("[%(asctime)s] %(levelname)s - %(name)s | %(message)s")
@@ -400,6 +408,9 @@ _SINKS: dict[str, _LogSink] = {}
 # In a worker: (flow run id, line) of every record, until shipped to the driver.
 _REMOTE: list[tuple[str, LogLine]] = []
 _REMOTE_LOCK = threading.Lock()
+# In a process worker: sends a full batch of lines to the driver at once (so that a long
+# task that logs a lot does not hold them all until it ends). None: wait to be taken.
+_REMOTE_SEND: Any = None
 
 
 class _StoreHandler(logging.Handler):
@@ -422,9 +433,12 @@ class _StoreHandler(logging.Handler):
             sink = _SINKS.get(flow_run_id)
             if sink is not None:
                 sink.add(line)
-            else:
+            elif flow_run_id in _REMOTE_RUNS:
                 with _REMOTE_LOCK:
                     _REMOTE.append((flow_run_id, line))
+                    full = len(_REMOTE) >= _LOG_BATCH and _REMOTE_SEND is not None
+                if full:
+                    _REMOTE_SEND(_take_remote_logs())
         except Exception:
             self.handleError(record)
 
@@ -435,9 +449,11 @@ _STORE_HANDLER: _StoreHandler | None = None
 def _install_store_handler() -> None:
     global _STORE_HANDLER
     if _STORE_HANDLER is None:
-        _ensure_handler()
         _STORE_HANDLER = _StoreHandler()
-        logging.getLogger("ferroflow").addHandler(_STORE_HANDLER)
+        base = logging.getLogger("ferroflow")
+        base.addHandler(_STORE_HANDLER)
+        if base.level == logging.NOTSET:
+            base.setLevel(logging.INFO)  # as get_run_logger() makes it
 
 
 def _open_log_sink(path: str, flow_run_id: str) -> None:

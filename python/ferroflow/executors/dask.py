@@ -329,9 +329,12 @@ def _unsendable(what: str, why: str, value: Any) -> _Outcome:
 class _TimedCall:
     """Call ``func`` in a helper thread; give up after ``timeout`` seconds."""
 
-    def __init__(self, func: Any, timeout: float, cur: tuple[Any, ...], info: Any) -> None:
+    def __init__(
+        self, func: Any, timeout: float, cur: tuple[Any, ...], info: Any, log_stdout: bool
+    ) -> None:
         self.func = func
         self.timeout = timeout
+        self.log_stdout = log_stdout
         self.cur = cur
         self.info = info
         self.stuck = False
@@ -348,7 +351,7 @@ class _TimedCall:
                 runtime._enter_remote(None, None)
 
         try:
-            return engine._call_with_timeout(call, (), {}, self.timeout)
+            return engine._call_with_timeout(call, (), {}, self.timeout, self.log_stdout)
         except engine._Timeout:
             self.stuck = True
             raise
@@ -378,7 +381,7 @@ def _run(fn: tuple[Any, Any], info: Any, spec: tuple[Any, ...]) -> Any:
 
             call = func
             if task.timeout is not None:
-                call = _TimedCall(func, float(task.timeout), cur, info)
+                call = _TimedCall(func, float(task.timeout), cur, info, bool(task.log_stdout))
             out = run_task(task, run_count, tuple(args), kwargs, call, enforce_timeout=False)
             code, value, message, cause = out[:4]
             # Where a checkpoint, target or cache put the value: the driver records it.

@@ -106,6 +106,16 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
     runtime._SINKS.clear()
     runtime._take_remote_logs()
     runtime._capture_remote_logs()
+    # One message at a time on the pipe: results from this loop, full batches of log
+    # lines from whatever thread of a task logs them.
+    sending = threading.Lock()
+
+    def send(out: list[tuple[Any, ...]], logs: list[Any]) -> None:
+        data = cloudpickle.dumps((out, logs))
+        with sending:
+            conn.send_bytes(data)
+
+    runtime._REMOTE_SEND = lambda logs: send([], logs)
 
     info = cloudpickle.loads(info_blob)
     funcs: dict[int, Any] = {}
@@ -145,7 +155,7 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
             loop_result,
         ) in payload:
             if out and time.monotonic() - last > _FLUSH_S:
-                conn.send_bytes(cloudpickle.dumps((out, runtime._take_remote_logs())))
+                send(out, runtime._take_remote_logs())
                 out = []
                 last = time.monotonic()
             # The start first: the driver reads the run, then its start (a timeout
@@ -173,7 +183,7 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
                 value, ok = exc, False
             current.value = -1
             out.append(_encode(cloudpickle, run_id, hooked, ok, value))
-        conn.send_bytes(cloudpickle.dumps((out, runtime._take_remote_logs())))
+        send(out, runtime._take_remote_logs())
 
 
 _LAUNCH_LOCK = threading.Lock()
@@ -462,6 +472,8 @@ class _Driver:
             from ferroflow import runtime
 
             runtime._add_remote_logs(logs)
+        if not results:
+            return True  # log lines only, sent while a task runs
         for run_id, hooked, ok, payload in results:
             # Results arrive in the order the worker ran them.
             while w.inflight and w.inflight[0][0] != run_id:
