@@ -145,6 +145,26 @@ def record_structure(path: str, flow_run_id: str, structure_json: str) -> None:
 def pid_is_alive(pid: int) -> bool:
     """Whether process ``pid`` is alive on this machine (True when it cannot tell)."""
 
+def journal_fold(
+    blobs: list[bytes],
+    task: int | None = None,
+    children: bool | None = None,
+    offset: int = 0,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Fold one flow run's journal blobs (oldest first) into task-run dicts like
+    ``Store.task_runs``; ``task``/``children`` filter, ``offset``/``limit`` page."""
+
+def journal_counts(blobs: list[bytes]) -> list[tuple[int, str, bool, str, int]]:
+    """``(task, task_name, is_mapped_child, state, count)`` of one flow run's task runs."""
+
+def journal_transitions(blobs: list[bytes], run: int) -> list[dict[str, Any]]:
+    """Every transition of task run ``run`` in these journal blobs, oldest first."""
+
+def journal_encode_transitions(items: list[tuple[int, str, str | None, int, float]]) -> bytes:
+    """One journal blob holding these ``(run, state_name, message, run_count, at)``
+    transitions."""
+
 @final
 class Store:
     """A connection to the run store for reading (and cache entries, interrupted-run

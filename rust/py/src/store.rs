@@ -845,6 +845,115 @@ fn pid_is_alive(py: Python<'_>, pid: u32) -> bool {
     py.detach(|| core_store::pid_is_alive(pid))
 }
 
+/// Journal blobs as the core reads them.
+fn blob_slices(blobs: &[Vec<u8>]) -> impl Iterator<Item = &[u8]> {
+    blobs.iter().map(Vec::as_slice)
+}
+
+/// A damaged journal as a StoreError.
+fn journal_err(py: Python<'_>, detail: String) -> PyErr {
+    ff_error(
+        py,
+        "StoreError",
+        format!("a flow run's task-run journal is damaged ({detail})"),
+    )
+}
+
+/// Fold one flow run's journal blobs (oldest first, as in the `journal` table)
+/// into task-run dicts like `Store.task_runs` returns, in run-id order. With
+/// `task`, only that task's runs; with `children`, only mapped children (True)
+/// or only tasks' own runs (False); then `offset` and `limit` page the result.
+/// The server reads SQLite and PostgreSQL stores through SQL and folds here.
+#[pyfunction]
+#[pyo3(signature = (blobs, task=None, children=None, offset=0, limit=None))]
+fn journal_fold<'py>(
+    py: Python<'py>,
+    blobs: Vec<Vec<u8>>,
+    task: Option<u32>,
+    children: Option<bool>,
+    offset: usize,
+    limit: Option<usize>,
+) -> PyResult<Bound<'py, PyList>> {
+    let rows = py
+        .detach(|| core_store::fold_journal(blob_slices(&blobs)))
+        .map_err(|d| journal_err(py, d))?;
+    let keep = |r: &TaskRunRow| {
+        task.is_none_or(|t| r.task.0 == t) && children.is_none_or(|c| r.map_index.is_some() == c)
+    };
+    let rows: Vec<TaskRunRow> = rows
+        .into_iter()
+        .filter(keep)
+        .skip(offset)
+        .take(limit.unwrap_or(usize::MAX))
+        .collect();
+    dict_list(py, rows, task_run_dict)
+}
+
+/// Counts of one flow run's task runs, from its journal blobs: a list of
+/// `(task, task_name, is_mapped_child, state, count)`, ordered by task, then
+/// own run before children, then state name. A map of a million children is a
+/// handful of rows.
+#[pyfunction]
+fn journal_counts(
+    py: Python<'_>,
+    blobs: Vec<Vec<u8>>,
+) -> PyResult<Vec<(u32, String, bool, &'static str, u64)>> {
+    let rows = py
+        .detach(|| core_store::fold_journal(blob_slices(&blobs)))
+        .map_err(|d| journal_err(py, d))?;
+    let mut counts: HashMap<(u32, bool, &'static str), (Arc<str>, u64)> = HashMap::new();
+    for r in rows {
+        let e = counts
+            .entry((r.task.0, r.map_index.is_some(), r.state.name()))
+            .or_insert_with(|| (Arc::clone(&r.task_name), 0));
+        e.1 += 1;
+    }
+    let mut out: Vec<_> = counts
+        .into_iter()
+        .map(|((task, child, state), (name, n))| (task, name.to_string(), child, state, n))
+        .collect();
+    out.sort_by(|a, b| (a.0, a.2, a.3).cmp(&(b.0, b.2, b.3)));
+    Ok(out)
+}
+
+/// Every transition of task run `run` in these journal blobs, as dicts like
+/// `Store.transitions` returns (its length is the run's state version).
+#[pyfunction]
+fn journal_transitions<'py>(
+    py: Python<'py>,
+    blobs: Vec<Vec<u8>>,
+    run: u32,
+) -> PyResult<Bound<'py, PyList>> {
+    let rows = core_store::journal_transitions(blob_slices(&blobs), RunId(run))
+        .map_err(|d| journal_err(py, d))?;
+    dict_list(py, rows, transition_dict)
+}
+
+/// One journal blob holding these transitions, each `(run, state_name, message,
+/// run_count, at)`, for a row of the `journal` table: how the server applies a
+/// state change to a task run the journal already registers.
+#[pyfunction]
+fn journal_encode_transitions(
+    py: Python<'_>,
+    items: Vec<(u32, String, Option<String>, u32, f64)>,
+) -> PyResult<Py<PyAny>> {
+    let items = items
+        .into_iter()
+        .map(|(run, state, message, run_count, at)| {
+            Ok(TransitionItem {
+                run: RunId(run),
+                state: state_kind(&state)?,
+                message,
+                run_count,
+                at,
+                result_location: None,
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let blob = core_store::encode_transitions(&items);
+    Ok(pyo3::types::PyBytes::new(py, &blob).into_any().unbind())
+}
+
 /// Register the store classes and functions in `_native`.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStore>()?;
@@ -853,6 +962,10 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pid_is_alive, m)?)?;
     m.add_function(wrap_pyfunction!(record_logs, m)?)?;
     m.add_function(wrap_pyfunction!(record_structure, m)?)?;
+    m.add_function(wrap_pyfunction!(journal_fold, m)?)?;
+    m.add_function(wrap_pyfunction!(journal_counts, m)?)?;
+    m.add_function(wrap_pyfunction!(journal_transitions, m)?)?;
+    m.add_function(wrap_pyfunction!(journal_encode_transitions, m)?)?;
     m.add("STORE_SCHEMA_VERSION", core_store::SCHEMA_VERSION)?;
     Ok(())
 }
