@@ -1,0 +1,181 @@
+"""The ASGI app (Starlette): ``/graphql``, ``/health`` and the UI mount point ``/``.
+
+``/graphql`` takes ``POST`` with a JSON body ``{"query", "variables", "operationName"}``
+and always answers a GraphQL response: ``{"data": ..., "errors": [{"message": ...}]}``.
+A body over :data:`MAX_BODY_BYTES` (413), a body that is not JSON or has no query
+(400), a query over the limits of :mod:`ferroflow.server.api`, bad input and unknown
+ids all come back as GraphQL errors with a readable message; an unexpected exception
+is logged on the server and answered with a one-line message, never a traceback.
+
+``/`` is a placeholder page listing recent flow runs; the UI (a later issue) mounts
+there.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import time
+from typing import Any
+
+from graphql import GraphQLError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ferroflow.exceptions import FerroflowError
+from ferroflow.server import models
+from ferroflow.server.api import make_schema
+from ferroflow.server.database import Database
+
+__all__ = ["MAX_BODY_BYTES", "BodyLimit", "create_app", "execute"]
+
+#: The largest request body accepted, in bytes.
+MAX_BODY_BYTES = 1 << 20
+
+log = logging.getLogger("ferroflow.server")
+
+
+def _error(message: str, status: int = 200) -> JSONResponse:
+    return JSONResponse({"data": None, "errors": [{"message": message}]}, status_code=status)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over ``limit`` bytes with 413 and a
+    GraphQL error, whether it declares its length or streams it."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the declared length, then count what is received."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = _error(f"the request body is larger than {self.limit} bytes", 413)
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _message(err: GraphQLError) -> str:
+    original = err.original_error
+    if original is None or isinstance(original, (FerroflowError, GraphQLError)):
+        return err.message
+    log.error("unexpected error in %s", err.path, exc_info=original)
+    return f"internal server error ({type(original).__name__}); the server log has the details"
+
+
+def execute(
+    db: Database,
+    query: str,
+    variables: dict[str, Any] | None = None,
+    operation_name: str | None = None,
+) -> dict[str, Any]:
+    """Run one GraphQL operation against ``db``; the response as a dict (``data`` and,
+    when something went wrong, ``errors`` with readable messages only)."""
+    result = _SCHEMA.execute_sync(
+        query, variable_values=variables, operation_name=operation_name, context_value={"db": db}
+    )
+    out: dict[str, Any] = {"data": result.data}
+    if result.errors:
+        out["errors"] = [
+            {"message": _message(e), **({"path": e.path} if e.path else {})} for e in result.errors
+        ]
+    return out
+
+
+_SCHEMA = make_schema()
+
+
+def create_app(db: Database) -> Starlette:
+    """The server's ASGI app over ``db``."""
+
+    def graphql(request: Request, body: bytes) -> Response:
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return _error('the request body is not JSON: send {"query": "..."}', 400)
+        if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+            return _error("the request needs a JSON object with a 'query' string", 400)
+        variables = payload.get("variables")
+        if variables is not None and not isinstance(variables, dict):
+            return _error("'variables' must be a JSON object", 400)
+        op = payload.get("operationName")
+        return JSONResponse(execute(db, payload["query"], variables, op if op else None))
+
+    async def graphql_route(request: Request) -> Response:
+        if request.method != "POST":
+            return _error('send GraphQL as POST with a JSON body {"query": "..."}', 405)
+        body = await request.body()
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(graphql, request, body)
+
+    def health(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "database": db.dialect,
+                "url": db.url,
+                "schema_version": db.schema_version(),
+            }
+        )
+
+    def index(request: Request) -> Response:
+        runs = models.list_flow_runs(db, limit=50)
+        rows = "".join(
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
+                html.escape(r["id"][:8]),
+                html.escape(r["flow_name"]),
+                html.escape(r["state"]),
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"])),
+            )
+            for r in runs
+        )
+        page = (
+            "<!doctype html><html><head><meta charset='utf-8'><title>ferroflow server</title>"
+            "</head><body><h1>ferroflow server</h1>"
+            "<p>The API is at <code>/graphql</code>. Recent flow runs:</p>"
+            "<table><tr><th>id</th><th>flow</th><th>state</th><th>started</th></tr>"
+            f"{rows}</table></body></html>"
+        )
+        return HTMLResponse(page)
+
+    app = Starlette(
+        routes=[
+            Route("/graphql", graphql_route, methods=["GET", "POST"]),
+            Route("/health", health),
+            Route("/", index),
+        ]
+    )
+    app.add_middleware(BodyLimit)
+    app.state.db = db
+    return app
