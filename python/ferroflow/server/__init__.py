@@ -25,8 +25,10 @@ This package needs the ``server`` extra (``pip install ferroflow[server]``);
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from ferroflow.exceptions import PlatformError
@@ -85,6 +87,16 @@ def serve(
     on_ready = ready or announce
 
     class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown; a stop by
+            # signal is the normal way to end the server, so it exits 0 instead.
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals.clear()
+
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.should_exit:

@@ -362,7 +362,11 @@ class PostgresDatabase(Database):
                 "check the URL (--database-url / FERROFLOW_DATABASE_URL), or use the "
                 "default SQLite store"
             ) from exc
-        self.migrate()
+        try:
+            self.migrate()
+        except BaseException:
+            self._conn.close()
+            raise
 
     def _run(self, sql: str, params: Sequence[Any]) -> Any:
         return self._conn.execute(_pg_sql(sql), tuple(params))  # type: ignore[call-overload]
