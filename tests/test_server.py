@@ -1008,3 +1008,123 @@ def test_server_unreachable_is_a_typed_error() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ServerUnavailableError, match=f"cannot reach the ferroflow server at {url}"):
         Client(url).get_projects()
+
+
+# ------------------------------------------------------------- local runs that report
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def remote_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
+    """A database for a server that is not the local run store: a PostgreSQL database,
+    or a SQLite store in another directory."""
+    if request.param == "postgresql":
+        yield request.getfixturevalue("postgres_server").create_database()
+    else:
+        yield f"sqlite:///{tmp_path / 'server-home' / 'ferroflow.db'}"
+
+
+def server_counts(url: str, run_id: str) -> tuple[list[dict[str, Any]], int, int]:
+    db = open_database(url)
+    try:
+        counts = gql(
+            db,
+            "query($id: String!) { flow_run(id: $id) { task_run_counts { task mapped_child "
+            "state count } } }",
+            id=run_id,
+        )["flow_run"]["task_run_counts"]
+        row = db.fetchone("SELECT key FROM flow_runs WHERE id = ?", (run_id,))
+        assert row is not None
+        blobs = db.fetchone("SELECT count(*) AS n FROM journal WHERE flow_run = ?", (row["key"],))
+        logs = db.fetchone("SELECT count(*) AS n FROM logs WHERE flow_run = ?", (row["key"],))
+        assert blobs is not None and logs is not None
+        return counts, int(blobs["n"]), int(logs["n"])
+    finally:
+        db.close()
+
+
+def local_counts(run_id: str) -> tuple[list[dict[str, Any]], int, int]:
+    return server_counts(f"sqlite:///{store_path()}", run_id)
+
+
+def test_a_local_run_streams_to_the_server(
+    remote_url: str, _ferroflow_home: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = ServerProcess(remote_url, _ferroflow_home)
+    try:
+        monkeypatch.setenv("FERROFLOW_API_URL", server.url)
+        state = mapped_flow(50).run()
+        assert state.is_successful()
+        run_id = gql(open_database(), "{ flow_runs { id } }")["flow_runs"][0]["id"]
+        # flow.run() returned: the server has the whole run already.
+        assert server_counts(remote_url, run_id) == local_counts(run_id)
+        assert Client(server.url).get_flow_run(run_id)["state"] == "Success"
+    finally:
+        assert server.stop() == 0, server.stderr
+
+
+def test_a_run_on_the_servers_own_store_is_not_copied(
+    _ferroflow_home: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = ServerProcess(None, _ferroflow_home)
+    try:
+        monkeypatch.setenv("FERROFLOW_API_URL", server.url)
+        assert mapped_flow(3).run().is_successful()
+        runs = Client(server.url).get_flow_runs()
+        assert len(runs) == 1
+        assert local_counts(runs[0]["id"])[1] >= 1
+    finally:
+        assert server.stop() == 0, server.stderr
+
+
+def test_a_server_restart_mid_stream_loses_nothing_and_doubles_nothing(
+    remote_url: str, _ferroflow_home: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Recorded locally only, in several commits (journal blobs), with log lines ...
+    from ferroflow import _native, reporting
+
+    assert mapped_flow(40).run().is_successful()
+    run_id = gql(open_database(), "{ flow_runs { id } }")["flow_runs"][0]["id"]
+    for i in range(3):
+        recorder = _native.Recorder(str(store_path()))
+        recorder.log(run_id, None, 20, f"line {i}")
+        recorder.transition(run_id, 2, "Success", message=f"again {i}", run_count=1)
+        recorder.close()
+    expected = local_counts(run_id)
+    assert expected[1] >= 4 and expected[2] == 3
+    # ... then streamed one blob per batch, with the server down, up, restarted, up again.
+    monkeypatch.setattr(reporting, "BATCH_BYTES", 1)
+    down = reporting.Reporter(f"http://127.0.0.1:{free_port()}", store_path(), run_id)
+    assert down.send_once() == "failed" and down.last_error
+    server = ServerProcess(remote_url, _ferroflow_home)
+    reporter = reporting.Reporter(server.url, store_path(), run_id)
+    assert reporter.send_once() in ("more", "done")
+    assert server.stop() == 0
+    assert reporter.send_once() == "failed"
+    server = ServerProcess(remote_url, _ferroflow_home)
+    try:
+        reporter.api_url = server.url
+        for _ in range(expected[1] + 5):
+            if reporter.send_once() == "done":
+                break
+        assert server_counts(remote_url, run_id) == expected
+        # A reporter that never got an answer sends everything again: nothing doubles.
+        again = reporting.Reporter(server.url, store_path(), run_id)
+        for _ in range(expected[1] + 5):
+            if again.send_once() == "done":
+                break
+        assert server_counts(remote_url, run_id) == expected
+    finally:
+        assert server.stop() == 0, server.stderr
+
+
+def test_a_bad_ingest_batch_is_an_error(server: ServerProcess) -> None:
+    request = urllib.request.Request(
+        server.url + "/ingest",
+        data=b'{"flow_run": 3}',
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=30)
+    assert info.value.code == 400
+    assert "needs 'flow_run'" in json.loads(info.value.read())["errors"][0]["message"]
+    info.value.close()

@@ -7,6 +7,10 @@ A body over :data:`MAX_BODY_BYTES` (413), a body that is not JSON or has no quer
 ids all come back as GraphQL errors with a readable message; an unexpected exception
 is logged on the server and answered with a one-line message, never a traceback.
 
+``/ingest`` takes the batches a local run streams when ``FERROFLOW_API_URL`` is set
+(:mod:`ferroflow.reporting`): JSON, at most :data:`MAX_INGEST_BYTES`, acknowledged with
+the last local journal seq and log rowid stored.
+
 ``/`` is a placeholder page listing recent flow runs; the UI (a later issue) mounts
 there.
 """
@@ -16,11 +20,14 @@ from __future__ import annotations
 import html
 import json
 import logging
+import os
+import socket
 import time
 from typing import Any
 
 from graphql import GraphQLError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -29,12 +36,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ferroflow.exceptions import FerroflowError
 from ferroflow.server import models
 from ferroflow.server.api import make_schema
-from ferroflow.server.database import Database
+from ferroflow.server.database import Database, SqliteDatabase
 
-__all__ = ["MAX_BODY_BYTES", "BodyLimit", "create_app", "execute"]
+__all__ = ["MAX_BODY_BYTES", "MAX_INGEST_BYTES", "BodyLimit", "create_app", "execute"]
 
-#: The largest request body accepted, in bytes.
+#: The largest request body accepted, in bytes (GraphQL).
 MAX_BODY_BYTES = 1 << 20
+
+#: The largest ingest batch accepted, in bytes (a streamed run's journal).
+MAX_INGEST_BYTES = 64 << 20
 
 log = logging.getLogger("ferroflow.server")
 
@@ -44,21 +54,26 @@ def _error(message: str, status: int = 200) -> JSONResponse:
 
 
 class BodyLimit:
-    """ASGI middleware: refuse a request body over ``limit`` bytes with 413 and a
-    GraphQL error, whether it declares its length or streams it."""
+    """ASGI middleware: refuse a request body over ``limit`` bytes (``ingest_limit`` on
+    ``/ingest``) with 413 and a GraphQL error, whether it declares its length or
+    streams it."""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int = MAX_BODY_BYTES, ingest_limit: int = MAX_INGEST_BYTES
+    ) -> None:
         self.app = app
-        self.limit = limit
+        self.default_limit = limit
+        self.ingest_limit = ingest_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check the declared length, then count what is received."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.ingest_limit if scope.get("path") == "/ingest" else self.default_limit
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await self._refuse(scope, receive, send)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._refuse(scope, receive, send, limit)
                 return
         seen = 0
 
@@ -67,17 +82,17 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise _TooLarge
             return message
 
         try:
             await self.app(scope, counted, send)
         except _TooLarge:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, limit)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = _error(f"the request body is larger than {self.limit} bytes", 413)
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        response = _error(f"the request body is larger than {limit} bytes", 413)
         await response(scope, receive, send)
 
 
@@ -135,9 +150,32 @@ def create_app(db: Database) -> Starlette:
         if request.method != "POST":
             return _error('send GraphQL as POST with a JSON body {"query": "..."}', 405)
         body = await request.body()
-        from starlette.concurrency import run_in_threadpool
-
         return await run_in_threadpool(graphql, request, body)
+
+    def ingest(body: bytes) -> Response:
+        try:
+            batch = json.loads(body)
+        except ValueError:
+            return _error("an ingest batch must be JSON", 400)
+        if not isinstance(batch, dict):
+            return _error("an ingest batch must be a JSON object", 400)
+        local = batch.get("store_path")
+        if (
+            isinstance(db, SqliteDatabase)
+            and isinstance(local, str)
+            and batch.get("host") == socket.gethostname()
+            and os.path.realpath(local) == os.path.realpath(db.path)
+        ):
+            # The run writes into this very store: it is here already.
+            return JSONResponse({"same_store": True})
+        try:
+            return JSONResponse(models.ingest(db, batch))
+        except (FerroflowError, KeyError, TypeError, ValueError) as exc:
+            return _error(f"bad ingest batch: {exc}", 400)
+
+    async def ingest_route(request: Request) -> Response:
+        body = await request.body()
+        return await run_in_threadpool(ingest, body)
 
     def health(request: Request) -> Response:
         return JSONResponse(
@@ -173,6 +211,7 @@ def create_app(db: Database) -> Starlette:
         routes=[
             Route("/graphql", graphql_route, methods=["GET", "POST"]),
             Route("/health", health),
+            Route("/ingest", ingest_route, methods=["POST"]),
             Route("/", index),
         ]
     )

@@ -115,6 +115,8 @@ ALTER TABLE flow_runs ADD COLUMN idempotency_key TEXT;
 ALTER TABLE flow_runs ADD COLUMN created DOUBLE PRECISION;
 ALTER TABLE flow_runs ADD COLUMN agent_id TEXT;
 ALTER TABLE flow_runs ADD COLUMN heartbeat DOUBLE PRECISION;
+ALTER TABLE flow_runs ADD COLUMN ingest_journal_seq BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE flow_runs ADD COLUMN ingest_log_seq BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX flow_runs_by_flow ON flow_runs(flow_id, started);
 CREATE INDEX flow_runs_by_state ON flow_runs(state, started);
 CREATE UNIQUE INDEX flow_runs_by_idempotency_key ON flow_runs(flow_id, idempotency_key);

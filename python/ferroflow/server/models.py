@@ -43,6 +43,7 @@ __all__ = [
     "get_flow",
     "get_flow_run",
     "get_project",
+    "ingest",
     "list_agents",
     "list_flow_runs",
     "list_flows",
@@ -784,3 +785,79 @@ def list_agents(db: Database, limit: int = 100, offset: int = 0) -> list[dict[st
         "SELECT * FROM agents ORDER BY last_heartbeat DESC, created DESC LIMIT ? OFFSET ?",
         (limit, offset),
     )
+
+
+# ------------------------------------------------------------------------------ ingest
+
+_INGEST_RUN_FIELDS = (
+    "flow_name",
+    "parameters",
+    "state",
+    "message",
+    "started",
+    "ended",
+    "pid",
+    "host",
+    "resumed_from",
+)
+
+
+def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
+    """Apply one batch streamed by a local run (see :mod:`ferroflow.reporting`): its
+    flow-run row, and the journal blobs and log lines of its local store numbered by
+    their local ``seq`` / ``rowid``. Entries at or below what the server already
+    stored for the run are skipped, so a resent batch (after a lost answer or a server
+    restart) is applied once. Returns the acknowledged ``journal_seq`` and ``log_seq``.
+    """
+    import base64
+
+    run = batch.get("flow_run")
+    if not isinstance(run, dict) or not isinstance(run.get("id"), str):
+        raise ApiError("an ingest batch needs 'flow_run' with an 'id'")
+    values = [run.get(k) for k in _INGEST_RUN_FIELDS]
+    if not isinstance(values[0], str) or not isinstance(values[2], str):
+        raise ApiError("an ingest batch's flow run needs 'flow_name' and 'state'")
+    with db.transaction():
+        row = db.fetchone(
+            "SELECT key, ingest_journal_seq, ingest_log_seq FROM flow_runs WHERE id = ?",
+            (run["id"],),
+        )
+        if row is None:
+            db.execute(
+                "INSERT INTO flow_runs(id, flow_name, parameters, state, message, started, "
+                "ended, pid, host, resumed_from, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run["id"], *values, _now()),
+            )
+            row = db.fetchone(
+                "SELECT key, ingest_journal_seq, ingest_log_seq FROM flow_runs WHERE id = ?",
+                (run["id"],),
+            )
+            assert row is not None
+        else:
+            db.execute(
+                "UPDATE flow_runs SET state = ?, message = ?, ended = ?, heartbeat = ? "
+                "WHERE key = ?",
+                (run["state"], run.get("message"), run.get("ended"), _now(), row["key"]),
+            )
+        key, journal_seq, log_seq = row["key"], int(row["ingest_journal_seq"]), int(
+            row["ingest_log_seq"]
+        )
+        for seq, data in batch.get("journal", ()):
+            if int(seq) > journal_seq:
+                db.execute(
+                    "INSERT INTO journal(flow_run, data) VALUES (?, ?)",
+                    (key, base64.b64decode(data)),
+                )
+                journal_seq = int(seq)
+        for seq, task_run, level, at, message in batch.get("logs", ()):
+            if int(seq) > log_seq:
+                db.execute(
+                    "INSERT INTO logs(flow_run, run, level, at, message) VALUES (?, ?, ?, ?, ?)",
+                    (key, task_run, int(level), float(at), str(message)),
+                )
+                log_seq = int(seq)
+        db.execute(
+            "UPDATE flow_runs SET ingest_journal_seq = ?, ingest_log_seq = ? WHERE key = ?",
+            (journal_seq, log_seq, key),
+        )
+    return {"journal_seq": journal_seq, "log_seq": log_seq}

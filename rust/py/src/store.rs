@@ -889,15 +889,15 @@ fn journal_fold<'py>(
     dict_list(py, rows, task_run_dict)
 }
 
+/// One row of `journal_counts`: task, task name, mapped child?, state, count.
+type CountRow = (u32, String, bool, &'static str, u64);
+
 /// Counts of one flow run's task runs, from its journal blobs: a list of
 /// `(task, task_name, is_mapped_child, state, count)`, ordered by task, then
 /// own run before children, then state name. A map of a million children is a
 /// handful of rows.
 #[pyfunction]
-fn journal_counts(
-    py: Python<'_>,
-    blobs: Vec<Vec<u8>>,
-) -> PyResult<Vec<(u32, String, bool, &'static str, u64)>> {
+fn journal_counts(py: Python<'_>, blobs: Vec<Vec<u8>>) -> PyResult<Vec<CountRow>> {
     let rows = py
         .detach(|| core_store::fold_journal(blob_slices(&blobs)))
         .map_err(|d| journal_err(py, d))?;

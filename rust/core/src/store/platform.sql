@@ -18,6 +18,10 @@ ALTER TABLE flow_runs ADD COLUMN idempotency_key TEXT;
 ALTER TABLE flow_runs ADD COLUMN created REAL;
 ALTER TABLE flow_runs ADD COLUMN agent_id TEXT;
 ALTER TABLE flow_runs ADD COLUMN heartbeat REAL;
+-- Streaming a local run to a server: the last local journal seq and log rowid the server
+-- has stored for this run (what it acknowledges; a resent batch is applied past them).
+ALTER TABLE flow_runs ADD COLUMN ingest_journal_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE flow_runs ADD COLUMN ingest_log_seq INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX flow_runs_by_flow ON flow_runs(flow_id, started);
 CREATE INDEX flow_runs_by_state ON flow_runs(state, started);
 CREATE UNIQUE INDEX flow_runs_by_idempotency_key ON flow_runs(flow_id, idempotency_key);
