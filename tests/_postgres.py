@@ -2,8 +2,9 @@
 port of 127.0.0.1 with its socket in the same dir, stopped at the end of the session.
 
 Debian's ``postgresql`` package provides the binaries (``make sysdeps`` installs it).
-PostgreSQL refuses to run as root; under root the server runs as the unprivileged
-``postgres`` user (``runuser -u postgres``), owning the temp dir. No mocks.
+PostgreSQL refuses to run as root; under root ``initdb`` and ``postgres`` run as the
+unprivileged ``postgres`` user (``Popen(user=...)``, so signals reach the server itself),
+owning the temp dir. No mocks.
 
 Use the session fixture ``postgres_server`` (re-exported by ``conftest.py``) and
 :func:`fresh_database` for an empty database per test.
@@ -21,8 +22,10 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,13 +81,22 @@ class PostgresServer:
         return self.url(name)
 
 
-def _as_user(user: str | None, argv: list[str]) -> list[str]:
-    return argv if user is None else ["runuser", "-u", user, "--", *argv]
+def _as_user(user: str | None) -> dict[str, Any]:
+    """Popen arguments that run the child as ``user`` (itself, so signals reach it)."""
+    return {} if user is None else {"user": user, "group": user, "extra_groups": []}
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """Start a private PostgreSQL for the session; stop it (fast shutdown) at the end."""
+    with start_postgres() as server:
+        yield server
+
+
+@contextmanager
+def start_postgres() -> Iterator[PostgresServer]:
+    """Start a private PostgreSQL in a temp dir; stop it and remove the dir at the end
+    (the fixture's body, usable from a benchmark script too)."""
     bin_dir = pg_bin_dir()
     run_as = "postgres" if os.geteuid() == 0 else None
     with tempfile.TemporaryDirectory(prefix="ferroflow-pg-") as tmp:
@@ -97,45 +109,43 @@ def postgres_server() -> Iterator[PostgresServer]:
             root.chmod(0o755)
         user = run_as or _current_user()
         subprocess.run(
-            _as_user(
-                run_as,
-                [
-                    str(bin_dir / "initdb"),
-                    "-D",
-                    str(data),
-                    "-U",
-                    user,
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--locale=C",
-                ],
-            ),
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                user,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+            ],
             check=True,
             capture_output=True,
+            cwd=root,
+            **_as_user(run_as),
         )
         port = free_port()
         log = (root / "postgres.log").open("wb")
         process = subprocess.Popen(
-            _as_user(
-                run_as,
-                [
-                    str(bin_dir / "postgres"),
-                    "-D",
-                    str(data),
-                    "-p",
-                    str(port),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    f"unix_socket_directories={sock}",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "max_connections=50",
-                ],
-            ),
+            [
+                str(bin_dir / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={sock}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=50",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=log,
+            cwd=root,
+            **_as_user(run_as),
         )
         server = PostgresServer(
             port=port, socket_dir=sock, user=user, process=process, log=root / "postgres.log"

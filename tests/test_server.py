@@ -747,6 +747,22 @@ def test_a_postgresql_that_is_down_is_a_typed_error_naming_the_url() -> None:
     assert time.monotonic() - started < 30  # never a hang: the connect timeout is 5 s
 
 
+def test_postgresql_going_down_under_the_server_is_a_typed_error() -> None:
+    from _postgres import start_postgres
+
+    with start_postgres() as pg:
+        db = open_database(pg.create_database())
+        create_project(db, "before")
+        pg.process.send_signal(signal.SIGINT)
+        pg.process.wait(timeout=30)
+        message = gql_error(db, "{ projects { name } }")
+        assert message.startswith(("lost the connection to PostgreSQL at", "cannot connect")), (
+            message
+        )
+        assert f"@127.0.0.1:{pg.port}/" in message
+        db.close()
+
+
 def test_unknown_database_url_and_non_loopback_host_are_refused() -> None:
     with pytest.raises(StoreError, match="unknown database URL"):
         open_database("mysql://x")

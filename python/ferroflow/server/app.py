@@ -207,7 +207,16 @@ def create_app(db: Database) -> Starlette:
         )
         return HTMLResponse(page)
 
+    def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unexpected error on %s", request.url.path, exc_info=exc)
+        if isinstance(exc, FerroflowError):
+            return _error(str(exc), 503)
+        return _error(
+            f"internal server error ({type(exc).__name__}); the server log has the details", 500
+        )
+
     app = Starlette(
+        exception_handlers={Exception: unexpected},
         routes=[
             Route("/graphql", graphql_route, methods=["GET", "POST"]),
             Route("/health", health),

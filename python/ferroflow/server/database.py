@@ -350,12 +350,21 @@ class PostgresDatabase(Database):
 
     def __init__(self, url: str) -> None:
         super().__init__()
+        self.url = redact_url(url)
+        self._dsn = url
+        self._conn = self._connect()
+        try:
+            self.migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _connect(self) -> Any:
         import psycopg
 
-        self.url = redact_url(url)
         try:
-            self._conn = psycopg.connect(
-                url, autocommit=True, connect_timeout=POSTGRES_CONNECT_TIMEOUT
+            return psycopg.connect(
+                self._dsn, autocommit=True, connect_timeout=POSTGRES_CONNECT_TIMEOUT
             )
         except psycopg.Error as exc:
             detail = " ".join(str(exc).split())
@@ -364,20 +373,29 @@ class PostgresDatabase(Database):
                 "check the URL (--database-url / FERROFLOW_DATABASE_URL), or use the "
                 "default SQLite store"
             ) from exc
-        try:
-            self.migrate()
-        except BaseException:
-            self._conn.close()
-            raise
 
     def _run(self, sql: str, params: Sequence[Any]) -> Any:
-        return self._conn.execute(_pg_sql(sql), tuple(params))  # type: ignore[call-overload]
+        import psycopg
+
+        if self._conn.closed and not self._depth:
+            self._conn = self._connect()  # PostgreSQL came back after a lost connection
+        try:
+            return self._conn.execute(_pg_sql(sql), tuple(params))  # type: ignore[call-overload]
+        except psycopg.OperationalError as exc:
+            if self._conn.broken:
+                self._conn.close()
+            detail = " ".join(str(exc).split())
+            raise ServerUnavailableError(
+                f"lost the connection to PostgreSQL at {self.url}: {detail}"
+            ) from exc
 
     def _begin(self) -> None:
-        self._conn.execute("BEGIN")
+        self._run("BEGIN", ())
 
     def _end(self, commit: bool) -> None:
-        self._conn.execute("COMMIT" if commit else "ROLLBACK")
+        if self._conn.closed and not commit:
+            return  # the connection was lost: so was the transaction
+        self._run("COMMIT" if commit else "ROLLBACK", ())
 
     def close(self) -> None:
         """Close the connection."""
