@@ -588,7 +588,7 @@ def test_flow_run_filters_ordering_and_paging(db: Database) -> None:
                 i={
                     "flow_id": flow["id"],
                     "scheduled_start_time": 1000.0 + i,
-                    "labels": ["x"] if i < 3 else ["y", "x"],
+                    "labels": ["x"] if i < 3 else ["y_z", "x"],
                 },
             )["create_flow_run"]["id"]
         )
@@ -606,8 +606,9 @@ def test_flow_run_filters_ordering_and_paging(db: Database) -> None:
     assert runs(o="STARTED_ASC", n=2, off=1) == ids[1:3]
     assert runs({"project": "a"}) == [ids[4], ids[2], ids[0]]
     assert runs({"flow_id": fb["id"]}) == [ids[5], ids[3], ids[1]]
-    assert runs({"labels": ["y"]}) == [ids[5], ids[4], ids[3]]
-    assert runs({"labels": ["x", "y"], "flow_name": "fa"}) == [ids[4]]
+    assert runs({"labels": ["y_z"]}) == [ids[5], ids[4], ids[3]]
+    assert runs({"labels": ["yaz"]}) == []
+    assert runs({"labels": ["x", "y_z"], "flow_name": "fa"}) == [ids[4]]
     assert runs({"started_after": 1001.0, "started_before": 1003.0}) == [ids[2], ids[1]]
     assert runs({"states": ["Running"]}) == []
     assert "limit must be between 0 and 1000" in gql_error(db, "{ flow_runs(limit: 1001) { id } }")

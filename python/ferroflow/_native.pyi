@@ -145,18 +145,27 @@ def record_structure(path: str, flow_run_id: str, structure_json: str) -> None:
 def pid_is_alive(pid: int) -> bool:
     """Whether process ``pid`` is alive on this machine (True when it cannot tell)."""
 
-def journal_fold(
-    blobs: list[bytes],
-    task: int | None = None,
-    children: bool | None = None,
-    offset: int = 0,
-    limit: int | None = None,
-) -> list[dict[str, Any]]:
-    """Fold one flow run's journal blobs (oldest first) into task-run dicts like
-    ``Store.task_runs``; ``task``/``children`` filter, ``offset``/``limit`` page."""
+class JournalFold:
+    """One flow run's task runs, folded incrementally from its journal blobs."""
 
-def journal_counts(blobs: list[bytes]) -> list[tuple[int, str, bool, str, int]]:
-    """``(task, task_name, is_mapped_child, state, count)`` of one flow run's task runs."""
+    def __init__(self) -> None: ...
+    def apply(self, blobs: list[bytes]) -> None:
+        """Apply these blobs, oldest first; StoreError for a damaged one."""
+    def __len__(self) -> int:
+        """How many task runs are registered."""
+    def get(self, run: int) -> dict[str, Any] | None:
+        """Task run ``run`` as a dict, or None."""
+    def counts(self) -> list[tuple[int, str, bool, str, int]]:
+        """``(task, task_name, is_mapped_child, state, count)`` rows."""
+    def page(
+        self,
+        task: int | None = None,
+        children: bool | None = None,
+        states: list[str] | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """How many task runs match, and a page of them (dicts like ``Store.task_runs``)."""
 
 def journal_transitions(blobs: list[bytes], run: int) -> list[dict[str, Any]]:
     """Every transition of task run ``run`` in these journal blobs, oldest first."""

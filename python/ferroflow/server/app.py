@@ -222,7 +222,7 @@ def create_app(db: Database) -> Starlette:
             Route("/health", health),
             Route("/ingest", ingest_route, methods=["POST"]),
             Route("/", index),
-        ]
+        ],
     )
     app.add_middleware(BodyLimit)
     app.state.db = db

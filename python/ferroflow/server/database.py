@@ -209,6 +209,9 @@ class Database:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._depth = 0
+        #: Folded journals by flow-run key: ``(last seq folded, JournalFold)``, oldest
+        #: first (see ``models._fold``).
+        self.folds: dict[int, tuple[int, Any]] = {}
 
     # The dialect hooks.
     def _run(self, sql: str, params: Sequence[Any]) -> Any:

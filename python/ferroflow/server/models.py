@@ -94,6 +94,11 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
+def _like_escape(text: str) -> str:
+    """``text`` for a ``LIKE ? ESCAPE '\\'`` pattern: its wildcards taken literally."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _page(limit: int, offset: int) -> tuple[int, int]:
     if limit < 0 or limit > MAX_PAGE:
         raise ApiError(f"limit must be between 0 and {MAX_PAGE}, got {limit}")
@@ -469,10 +474,10 @@ def get_flow_run(db: Database, flow_run_id: str) -> dict[str, Any]:
     if row is not None:
         return row
     if len(flow_run_id) >= 4:
-        prefix = flow_run_id.replace("\\", "").replace("%", "").replace("_", "")
         rows = db.fetchall(
-            f"SELECT {_FLOW_RUN_COLS} FROM flow_runs r WHERE r.id LIKE ? ORDER BY r.id LIMIT 2",
-            (prefix + "%",),
+            f"SELECT {_FLOW_RUN_COLS} FROM flow_runs r WHERE r.id LIKE ? ESCAPE '\\' "
+            "ORDER BY r.id LIMIT 2",
+            (_like_escape(flow_run_id) + "%",),
         )
         if len(rows) == 1:
             return rows[0]
@@ -528,8 +533,8 @@ def list_flow_runs(
         args.append(project)
     for label in labels or ():
         # labels is a sorted JSON array of strings: match the quoted element.
-        where.append("r.labels LIKE ?")
-        args.append("%" + json.dumps(str(label)).replace("%", "").replace("_", "") + "%")
+        where.append("r.labels LIKE ? ESCAPE '\\'")
+        args.append("%" + _like_escape(json.dumps(str(label))) + "%")
     if started_after is not None:
         where.append("r.started >= ?")
         args.append(_finite(started_after, "started_after"))
@@ -613,20 +618,47 @@ def cancel_flow_run(db: Database, flow_run_id: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- task runs
 
 
-def _journal(db: Database, key: int) -> list[bytes]:
+#: How many flow runs' folded journals a database keeps in memory.
+FOLD_CACHE_SIZE = 8
+
+
+def _journal(db: Database, key: int, after: int = 0) -> list[tuple[int, bytes]]:
     return [
-        bytes(r["data"])
-        for r in db.fetchall("SELECT data FROM journal WHERE flow_run = ? ORDER BY seq", (key,))
+        (int(r["seq"]), bytes(r["data"]))
+        for r in db.fetchall(
+            "SELECT seq, data FROM journal WHERE flow_run = ? AND seq > ? ORDER BY seq",
+            (key, after),
+        )
     ]
+
+
+def _fold(db: Database, key: int) -> Any:
+    """The folded journal of flow run ``key``, brought up to date: each blob is folded
+    once and the fold kept (for the :data:`FOLD_CACHE_SIZE` most recent runs), so
+    reading the counts of a run with a million children again costs a walk over its
+    table, not a decode of its journal."""
+    from ferroflow import _native
+
+    with db.transaction():  # the lock, and one consistent read of the new blobs
+        cache = db.folds
+        seq, fold = cache.pop(key, (0, None))
+        if fold is None:
+            fold = _native.JournalFold()
+        new = _journal(db, key, seq)
+        if new:
+            fold.apply([data for _, data in new])
+            seq = new[-1][0]
+        cache[key] = (seq, fold)
+        while len(cache) > FOLD_CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+    return fold
 
 
 def task_run_counts(db: Database, flow_run_key: int) -> list[dict[str, Any]]:
     """Counts of a flow run's task runs by task, own run or mapped child, and state."""
-    from ferroflow import _native
-
     return [
         {"task": t, "task_name": n, "mapped_child": c, "state": s, "count": k}
-        for t, n, c, s, k in _native.journal_counts(_journal(db, flow_run_key))
+        for t, n, c, s, k in _fold(db, flow_run_key).counts()
     ]
 
 
@@ -642,14 +674,14 @@ def task_runs_page(
 ) -> tuple[int, list[dict[str, Any]]]:
     """A page of a flow run's task runs in run-id order (optionally of one task, only
     mapped children or only tasks' own runs, only some states) and how many match."""
-    from ferroflow import _native
-
     limit, offset = _page(limit, offset)
-    rows = _native.journal_fold(_journal(db, flow_run_key), task=task, children=children)
-    if states:
-        wanted = set(states)
-        rows = [r for r in rows if r["state"] in wanted]
-    return len(rows), rows[offset : offset + limit]
+    try:
+        total, rows = _fold(db, flow_run_key).page(
+            task=task, children=children, states=list(states or []), offset=offset, limit=limit
+        )
+    except ValueError as exc:
+        raise ApiError(str(exc)) from exc
+    return total, rows
 
 
 def task_run(db: Database, flow_run_id: str, run: int) -> dict[str, Any]:
@@ -657,13 +689,13 @@ def task_run(db: Database, flow_run_id: str, run: int) -> dict[str, Any]:
     from ferroflow import _native
 
     flow_run = get_flow_run(db, flow_run_id)
-    blobs = _journal(db, flow_run["key"])
-    rows = [r for r in _native.journal_fold(blobs) if r["run"] == run]
-    if not rows:
+    row = _fold(db, flow_run["key"]).get(run) if 0 <= run < 1 << 32 else None
+    if row is None:
         raise ApiError(f"flow run {flow_run['id']} has no task run {run}")
+    blobs = [data for _, data in _journal(db, flow_run["key"])]
     transitions = _native.journal_transitions(blobs, run)
     return {
-        **rows[0],
+        **row,
         "flow_run_id": flow_run["id"],
         "version": len(transitions),
         "transitions": transitions,
@@ -839,8 +871,10 @@ def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
                 "WHERE key = ?",
                 (run["state"], run.get("message"), run.get("ended"), _now(), row["key"]),
             )
-        key, journal_seq, log_seq = row["key"], int(row["ingest_journal_seq"]), int(
-            row["ingest_log_seq"]
+        key, journal_seq, log_seq = (
+            row["key"],
+            int(row["ingest_journal_seq"]),
+            int(row["ingest_log_seq"]),
         )
         for seq, data in batch.get("journal", ()):
             if int(seq) > journal_seq:

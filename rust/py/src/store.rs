@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ferroflow_core::store::{
-    self as core_store, CacheRow, Event, FinishedTaskRun, FlowRunRow, LogLine, LogRow, NewTaskRun,
-    Recorder, Store, StoreError, TaskRunRow, TransitionItem, TransitionRow,
+    self as core_store, CacheRow, Event, FinishedTaskRun, FlowRunRow, JournalFold, LogLine, LogRow,
+    NewTaskRun, Recorder, Store, StoreError, TaskRunFilter, TaskRunRow, TransitionItem,
+    TransitionRow,
 };
 use ferroflow_core::{RunId, StateKind, TaskId};
 use pyo3::exceptions::PyValueError;
@@ -859,61 +860,85 @@ fn journal_err(py: Python<'_>, detail: String) -> PyErr {
     )
 }
 
-/// Fold one flow run's journal blobs (oldest first, as in the `journal` table)
-/// into task-run dicts like `Store.task_runs` returns, in run-id order. With
-/// `task`, only that task's runs; with `children`, only mapped children (True)
-/// or only tasks' own runs (False); then `offset` and `limit` page the result.
-/// The server reads SQLite and PostgreSQL stores through SQL and folds here.
-#[pyfunction]
-#[pyo3(signature = (blobs, task=None, children=None, offset=0, limit=None))]
-fn journal_fold<'py>(
-    py: Python<'py>,
-    blobs: Vec<Vec<u8>>,
-    task: Option<u32>,
-    children: Option<bool>,
-    offset: usize,
-    limit: Option<usize>,
-) -> PyResult<Bound<'py, PyList>> {
-    let rows = py
-        .detach(|| core_store::fold_journal(blob_slices(&blobs)))
-        .map_err(|d| journal_err(py, d))?;
-    let keep = |r: &TaskRunRow| {
-        task.is_none_or(|t| r.task.0 == t) && children.is_none_or(|c| r.map_index.is_some() == c)
-    };
-    let rows: Vec<TaskRunRow> = rows
-        .into_iter()
-        .filter(keep)
-        .skip(offset)
-        .take(limit.unwrap_or(usize::MAX))
-        .collect();
-    dict_list(py, rows, task_run_dict)
-}
-
-/// One row of `journal_counts`: task, task name, mapped child?, state, count.
+/// One row of `JournalFold.counts`: task, task name, mapped child?, state, count.
 type CountRow = (u32, String, bool, &'static str, u64);
 
-/// Counts of one flow run's task runs, from its journal blobs: a list of
-/// `(task, task_name, is_mapped_child, state, count)`, ordered by task, then
-/// own run before children, then state name. A map of a million children is a
-/// handful of rows.
-#[pyfunction]
-fn journal_counts(py: Python<'_>, blobs: Vec<Vec<u8>>) -> PyResult<Vec<CountRow>> {
-    let rows = py
-        .detach(|| core_store::fold_journal(blob_slices(&blobs)))
-        .map_err(|d| journal_err(py, d))?;
-    let mut counts: HashMap<(u32, bool, &'static str), (Arc<str>, u64)> = HashMap::new();
-    for r in rows {
-        let e = counts
-            .entry((r.task.0, r.map_index.is_some(), r.state.name()))
-            .or_insert_with(|| (Arc::clone(&r.task_name), 0));
-        e.1 += 1;
+/// One flow run's task runs, folded incrementally from its journal blobs (as in
+/// the `journal` table): `apply(blobs)` the new blobs in `seq` order as they
+/// appear, then read `counts()` and `page(...)`. The server keeps one per busy
+/// flow run and folds each blob once.
+#[pyclass(frozen, name = "JournalFold", module = "ferroflow._native")]
+pub struct PyJournalFold {
+    inner: Mutex<JournalFold>,
+}
+
+#[pymethods]
+impl PyJournalFold {
+    #[new]
+    fn new() -> PyJournalFold {
+        PyJournalFold {
+            inner: Mutex::new(JournalFold::new()),
+        }
     }
-    let mut out: Vec<_> = counts
-        .into_iter()
-        .map(|((task, child, state), (name, n))| (task, name.to_string(), child, state, n))
-        .collect();
-    out.sort_by(|a, b| (a.0, a.2, a.3).cmp(&(b.0, b.2, b.3)));
-    Ok(out)
+
+    /// Apply these blobs, oldest first; StoreError for a damaged one.
+    fn apply(&self, py: Python<'_>, blobs: Vec<Vec<u8>>) -> PyResult<()> {
+        let result = py.detach(|| {
+            let mut fold = lock(&self.inner);
+            for blob in &blobs {
+                fold.apply(blob)?;
+            }
+            Ok::<(), String>(())
+        });
+        result.map_err(|d| journal_err(py, d))
+    }
+
+    /// How many task runs are registered.
+    fn __len__(&self) -> usize {
+        lock(&self.inner).len() as usize
+    }
+
+    /// `(task, task_name, is_mapped_child, state, count)` rows, ordered by task, own
+    /// run before children, then state. A map of a million children is a few rows.
+    fn counts(&self, py: Python<'_>) -> Vec<CountRow> {
+        py.detach(|| lock(&self.inner).counts())
+            .into_iter()
+            .map(|(t, name, child, state, n)| (t.0, name, child, state.name(), n))
+            .collect()
+    }
+
+    /// Task run `run` as a dict (like `Store.task_runs`), or None.
+    fn get<'py>(&self, py: Python<'py>, run: u32) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let row = lock(&self.inner).get(RunId(run));
+        row.map(|r| task_run_dict(py, r)).transpose()
+    }
+
+    /// `(total, rows)`: how many task runs match (of one `task`; only mapped
+    /// `children` or only own runs; in one of `states`), and the task-run dicts
+    /// (like `Store.task_runs`) from `offset`, at most `limit`, in run-id order.
+    #[pyo3(signature = (task=None, children=None, states=None, offset=0, limit=100))]
+    fn page<'py>(
+        &self,
+        py: Python<'py>,
+        task: Option<u32>,
+        children: Option<bool>,
+        states: Option<Vec<String>>,
+        offset: usize,
+        limit: usize,
+    ) -> PyResult<(usize, Bound<'py, PyList>)> {
+        let states = states
+            .unwrap_or_default()
+            .iter()
+            .map(|s| state_kind(s))
+            .collect::<PyResult<Vec<_>>>()?;
+        let filter = TaskRunFilter {
+            task: task.map(TaskId),
+            children,
+            states,
+        };
+        let (total, rows) = py.detach(|| lock(&self.inner).page(&filter, offset, limit));
+        Ok((total, dict_list(py, rows, task_run_dict)?))
+    }
 }
 
 /// Every transition of task run `run` in these journal blobs, as dicts like
@@ -962,8 +987,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pid_is_alive, m)?)?;
     m.add_function(wrap_pyfunction!(record_logs, m)?)?;
     m.add_function(wrap_pyfunction!(record_structure, m)?)?;
-    m.add_function(wrap_pyfunction!(journal_fold, m)?)?;
-    m.add_function(wrap_pyfunction!(journal_counts, m)?)?;
+    m.add_class::<PyJournalFold>()?;
     m.add_function(wrap_pyfunction!(journal_transitions, m)?)?;
     m.add_function(wrap_pyfunction!(journal_encode_transitions, m)?)?;
     m.add("STORE_SCHEMA_VERSION", core_store::SCHEMA_VERSION)?;

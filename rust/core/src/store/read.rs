@@ -206,6 +206,126 @@ pub fn encode_transitions(items: &[super::TransitionItem]) -> Vec<u8> {
     enc.finish()
 }
 
+/// One flow run's journal folded incrementally: [`JournalFold::apply`] each blob
+/// once, in `seq` order, as it appears; [`JournalFold::counts`] and
+/// [`JournalFold::page`] read the current task runs without copying them all.
+/// The server keeps one per busy flow run, so that the counts of a run with a
+/// million mapped children cost a walk over its table, not a decode of its
+/// whole journal.
+#[derive(Default)]
+pub struct JournalFold {
+    fold: Fold,
+}
+
+/// Which task runs [`JournalFold::page`] returns.
+#[derive(Clone, Debug, Default)]
+pub struct TaskRunFilter {
+    /// Only this task's runs.
+    pub task: Option<TaskId>,
+    /// Only mapped children (`Some(true)`) or only tasks' own runs (`Some(false)`).
+    pub children: Option<bool>,
+    /// Only runs in one of these states (empty: any).
+    pub states: Vec<StateKind>,
+}
+
+impl JournalFold {
+    /// An empty fold.
+    pub fn new() -> JournalFold {
+        JournalFold::default()
+    }
+
+    /// Apply the next blob (an error names the damage; the fold keeps what it had).
+    pub fn apply(&mut self, blob: &[u8]) -> Result<(), String> {
+        self.fold.apply(blob)
+    }
+
+    /// How many task runs are registered.
+    pub fn len(&self) -> u64 {
+        self.fold.runs.len()
+    }
+
+    /// Whether no task run is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `(task, task name, is mapped child, state, count)`, ordered by task, own run
+    /// before children, then state code.
+    pub fn counts(&self) -> Vec<(TaskId, String, bool, StateKind, u64)> {
+        let mut counts: std::collections::BTreeMap<(u32, bool, u8), u64> = Default::default();
+        for (_, r) in self.fold.runs.iter_sorted() {
+            let state = r.state.unwrap_or(StateKind::Pending);
+            *counts
+                .entry((r.task, r.map_index.is_some(), state as u8))
+                .or_insert(0) += 1;
+        }
+        let names = Names::of(&self.fold);
+        counts
+            .into_iter()
+            .map(|((task, child, code), n)| {
+                let state = StateKind::from_code(code).unwrap_or(StateKind::Pending);
+                (TaskId(task), names.name(task).to_string(), child, state, n)
+            })
+            .collect()
+    }
+
+    /// Task run `run`, if registered.
+    pub fn get(&mut self, run: RunId) -> Option<TaskRunRow> {
+        let names = Names::of(&self.fold);
+        let r = self.fold.runs.get_mut(run.0)?;
+        Some(TaskRunRow {
+            run,
+            task: TaskId(r.task),
+            task_name: names.name(r.task),
+            map_index: r.map_index,
+            run_count: r.run_count,
+            state: r.state.unwrap_or(StateKind::Pending),
+            message: r.message.clone(),
+            started: r.started,
+            ended: r.ended,
+            result_location: r.result_location.clone(),
+        })
+    }
+
+    /// How many task runs match `filter`, and those from `offset` on (at most
+    /// `limit`), in run-id order.
+    pub fn page(
+        &self,
+        filter: &TaskRunFilter,
+        offset: usize,
+        limit: usize,
+    ) -> (usize, Vec<TaskRunRow>) {
+        let names = Names::of(&self.fold);
+        let mut total = 0;
+        let mut out = Vec::new();
+        for (run, r) in self.fold.runs.iter_sorted() {
+            let state = r.state.unwrap_or(StateKind::Pending);
+            if filter.task.is_some_and(|t| t.0 != r.task)
+                || filter.children.is_some_and(|c| c != r.map_index.is_some())
+                || (!filter.states.is_empty() && !filter.states.contains(&state))
+            {
+                continue;
+            }
+            if total >= offset && out.len() < limit {
+                out.push(TaskRunRow {
+                    run: RunId(run),
+                    task: TaskId(r.task),
+                    task_name: names.name(r.task),
+                    map_index: r.map_index,
+                    run_count: r.run_count,
+                    state,
+                    message: r.message.clone(),
+                    started: r.started,
+                    ended: r.ended,
+                    result_location: r.result_location.clone(),
+                });
+            }
+            total += 1;
+        }
+        (total, out)
+    }
+}
+
 fn fold_blobs<'a, I>(blobs: I) -> Result<(Vec<(u32, RunFold)>, Names), String>
 where
     I: IntoIterator<Item = &'a [u8]>,
