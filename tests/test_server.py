@@ -1135,10 +1135,12 @@ def test_a_server_restart_mid_stream_loses_nothing_and_doubles_nothing(
 
 
 def test_a_bad_ingest_batch_is_an_error(server: ServerProcess) -> None:
+    import msgpack
+
     request = urllib.request.Request(
         server.url + "/ingest",
-        data=b'{"flow_run": 3}',
-        headers={"Content-Type": "application/json"},
+        data=msgpack.packb({"flow_run": 3}),
+        headers={"Content-Type": "application/msgpack"},
     )
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(request, timeout=30)

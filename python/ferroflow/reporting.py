@@ -4,11 +4,14 @@ streams its records to the server.
 The local run store is the journal: the run records there first, as always, and a
 :class:`Reporter` thread follows the run's rows in it (the flow-run row, journal blobs
 by ``seq``, log lines by ``rowid``) and posts them in batches to the server's
-``/ingest`` route. The server stores what lies past its last acknowledged seq and
-answers the new marks; the reporter sends on from there. A lost connection or a
-restarted server loses nothing (the rows are still in the local store, and are sent
-again) and doubles nothing (the server skips what it acknowledged). Off unless
-``FERROFLOW_API_URL`` is set (``FERROFLOW_REPORT=0`` turns it off even then).
+``/ingest`` route (msgpack: the blobs travel as they are). The server stores what lies
+past its last acknowledged seq and answers the new marks; the reporter sends on from
+there. A lost connection or a restarted server loses nothing (the rows are still in the
+local store, and are sent again) and doubles nothing (the server skips what it
+acknowledged). Off unless ``FERROFLOW_API_URL`` is set (``FERROFLOW_REPORT=0`` turns it
+off even then). At the end of the run, ``flow.run()`` waits up to
+:data:`FINAL_TIMEOUT` for the server to take the rest, then warns (RecordingWarning)
+that the run is complete only locally; nothing sends it later.
 
 When the server's store *is* the local store (the default SQLite server on this
 machine), the run is there already and the reporter stops after one question.
@@ -18,7 +21,6 @@ machine), the run is there already and the reporter stops after one question.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import socket
@@ -127,7 +129,7 @@ class Reporter:
                 if journal and size + len(data) > BATCH_BYTES:
                     complete = False
                     break
-                journal.append([seq, base64.b64encode(data).decode()])
+                journal.append([seq, bytes(data)])
                 size += len(data)
             logs = [
                 list(r)
@@ -186,10 +188,12 @@ class Reporter:
         return "done" if complete and ended else "more"
 
     def _post(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import msgpack
+
         request = urllib.request.Request(
             f"{self.api_url}/ingest",
-            data=json.dumps(batch).encode(),
-            headers={"Content-Type": "application/json"},
+            data=msgpack.packb(batch, use_bin_type=True),
+            headers={"Content-Type": "application/msgpack"},
             method="POST",
         )
         try:

@@ -8,7 +8,7 @@ ids all come back as GraphQL errors with a readable message; an unexpected excep
 is logged on the server and answered with a one-line message, never a traceback.
 
 ``/ingest`` takes the batches a local run streams when ``FERROFLOW_API_URL`` is set
-(:mod:`ferroflow.reporting`): JSON, at most :data:`MAX_INGEST_BYTES`, acknowledged with
+(:mod:`ferroflow.reporting`): msgpack, at most :data:`MAX_INGEST_BYTES`, acknowledged with
 the last local journal seq and log rowid stored.
 
 ``/`` is a placeholder page listing recent flow runs; the UI (a later issue) mounts
@@ -153,12 +153,14 @@ def create_app(db: Database) -> Starlette:
         return await run_in_threadpool(graphql, request, body)
 
     def ingest(body: bytes) -> Response:
+        import msgpack
+
         try:
-            batch = json.loads(body)
-        except ValueError:
-            return _error("an ingest batch must be JSON", 400)
+            batch = msgpack.unpackb(body, raw=False)
+        except (ValueError, msgpack.UnpackException):
+            return _error("an ingest batch must be msgpack", 400)
         if not isinstance(batch, dict):
-            return _error("an ingest batch must be a JSON object", 400)
+            return _error("an ingest batch must be a msgpack map", 400)
         local = batch.get("store_path")
         if (
             isinstance(db, SqliteDatabase)

@@ -117,6 +117,9 @@ ALTER TABLE flow_runs ADD COLUMN agent_id TEXT;
 ALTER TABLE flow_runs ADD COLUMN heartbeat DOUBLE PRECISION;
 ALTER TABLE flow_runs ADD COLUMN ingest_journal_seq BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE flow_runs ADD COLUMN ingest_log_seq BIGINT NOT NULL DEFAULT 0;
+-- Journal blobs are compact already: compressing them (TOAST's default) made an ingest
+-- of a 100,000-child run 5x slower.
+ALTER TABLE journal ALTER COLUMN data SET STORAGE EXTERNAL;
 CREATE INDEX flow_runs_by_flow ON flow_runs(flow_id, started);
 CREATE INDEX flow_runs_by_state ON flow_runs(state, started);
 CREATE UNIQUE INDEX flow_runs_by_idempotency_key ON flow_runs(flow_id, idempotency_key);

@@ -841,8 +841,6 @@ def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
     stored for the run are skipped, so a resent batch (after a lost answer or a server
     restart) is applied once. Returns the acknowledged ``journal_seq`` and ``log_seq``.
     """
-    import base64
-
     run = batch.get("flow_run")
     if not isinstance(run, dict) or not isinstance(run.get("id"), str):
         raise ApiError("an ingest batch needs 'flow_run' with an 'id'")
@@ -880,7 +878,7 @@ def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
             if int(seq) > journal_seq:
                 db.execute(
                     "INSERT INTO journal(flow_run, data) VALUES (?, ?)",
-                    (key, base64.b64decode(data)),
+                    (key, bytes(data)),
                 )
                 journal_seq = int(seq)
         for seq, task_run, level, at, message in batch.get("logs", ()):
