@@ -89,8 +89,8 @@ def ingest(children: int, pg_url: str, work: Path) -> list[tuple[str, float, flo
         server = Server(url, str(work))
         try:
             timed_run(min(children, 1000), None)  # warm up
-            local = min(timed_run(children, None) for _ in range(2))
-            streamed = min(timed_run(children, server.url) for _ in range(2))
+            local = min(timed_run(children, None) for _ in range(5))
+            streamed = min(timed_run(children, server.url) for _ in range(5))
         finally:
             server.stop()
         rows.append((backend, local, streamed))
@@ -187,7 +187,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ferroflow-bench-") as tmp, start_postgres() as pg:
         work = Path(tmp)
         os.environ["FERROFLOW_HOME"] = str(work)
-        print(f"Ingest of a {args.children:,}-child map run (best of 2 each):")
+        print(f"Ingest of a {args.children:,}-child map run (best of 5 each):")
         for backend, local, streamed in ingest(args.children, pg.create_database(), work):
             ratio = streamed / local
             verdict = "met" if ratio <= 2 else "NOT met"
