@@ -190,7 +190,6 @@ def test_a_version_2_store_is_migrated_keeping_every_run(tmp_path: Path) -> None
     runs = src.execute("SELECT * FROM flow_runs ORDER BY key").fetchall()
     cols = [d[0] for d in src.execute("SELECT * FROM flow_runs").description]
     journal = src.execute("SELECT seq, flow_run, data FROM journal").fetchall()
-    logs_count = src.execute("SELECT count(*) FROM logs").fetchone()[0]
     src.close()
     old = tmp_path / "v2.db"
     con = sqlite3.connect(old)
@@ -203,11 +202,16 @@ def test_a_version_2_store_is_migrated_keeping_every_run(tmp_path: Path) -> None
             values,
         )
     con.executemany("INSERT INTO journal(seq, flow_run, data) VALUES (?, ?, ?)", journal)
+    first_key = runs[0][cols.index("key")]
+    con.executemany(
+        "INSERT INTO logs(flow_run, run, level, at, message) VALUES (?, ?, ?, ?, ?)",
+        [(first_key, None, 20, 1.0, "old line"), (first_key, 3, 40, 2.0, "old error")],
+    )
     con.commit()
     con.close()
 
     db = SqliteDatabase(old)
-    assert db.schema_version() == SCHEMA_VERSION == 3
+    assert db.schema_version() == SCHEMA_VERSION == 4
     got = gql(
         db,
         "{ flow_runs(order_by: STARTED_ASC) { id state version labels "
@@ -217,7 +221,15 @@ def test_a_version_2_store_is_migrated_keeping_every_run(tmp_path: Path) -> None
     assert all(r["state"] == "Success" and r["version"] == 0 and r["labels"] == [] for r in got)
     children = [sum(c["count"] for c in r["task_run_counts"] if c["mapped_child"]) for r in got]
     assert children == [4, 2]
-    assert logs_count == db.fetchone("SELECT count(*) AS n FROM logs")["n"]  # type: ignore[index]
+    logs = gql(
+        db,
+        "query($id: String!) { logs(flow_run_id: $id) { task_run_id level message at } }",
+        id=got[0]["id"],
+    )["logs"]
+    assert logs == [
+        {"task_run_id": None, "level": 20, "message": "old line", "at": 1.0},
+        {"task_run_id": 3, "level": 40, "message": "old error", "at": 2.0},
+    ]
     db.close()
 
 
@@ -1052,7 +1064,7 @@ def server_counts(url: str, run_id: str) -> tuple[list[dict[str, Any]], int, int
         row = db.fetchone("SELECT key FROM flow_runs WHERE id = ?", (run_id,))
         assert row is not None
         blobs = db.fetchone("SELECT count(*) AS n FROM journal WHERE flow_run = ?", (row["key"],))
-        logs = db.fetchone("SELECT count(*) AS n FROM logs WHERE flow_run = ?", (row["key"],))
+        logs = db.fetchone("SELECT count(*) AS n FROM logs WHERE flow_run_id = ?", (run_id,))
         assert blobs is not None and logs is not None
         return counts, int(blobs["n"]), int(logs["n"])
     finally:

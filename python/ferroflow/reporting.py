@@ -134,9 +134,9 @@ class Reporter:
             logs = [
                 list(r)
                 for r in con.execute(
-                    "SELECT rowid, run, level, at, message FROM logs WHERE flow_run = ? "
-                    "AND rowid > ? ORDER BY rowid LIMIT 10000",
-                    (key, self.log_seq),
+                    "SELECT rowid, task_run_id, level, time, message FROM logs "
+                    "WHERE flow_run_id = ? AND rowid > ? ORDER BY rowid LIMIT 10000",
+                    (self.flow_run_id, self.log_seq),
                 )
             ]
             complete = complete and len(logs) < 10000

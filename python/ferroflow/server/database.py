@@ -106,6 +106,23 @@ CREATE TABLE cache(
 _V2 = "ALTER TABLE flow_runs ADD COLUMN proc TEXT;"
 
 _V3 = """
+CREATE TABLE logs_v3(
+    flow_run_id TEXT NOT NULL,
+    task_run_id BIGINT,
+    level BIGINT NOT NULL,
+    time DOUBLE PRECISION NOT NULL,
+    message TEXT NOT NULL
+);
+INSERT INTO logs_v3(flow_run_id, task_run_id, level, time, message)
+    SELECT f.id, l.run, l.level, l.at, l.message
+    FROM logs l JOIN flow_runs f ON l.flow_run = f.key ORDER BY l.at;
+DROP TABLE logs;
+ALTER TABLE logs_v3 RENAME TO logs;
+CREATE INDEX logs_by_flow_run ON logs(flow_run_id);
+ALTER TABLE flow_runs ADD COLUMN structure TEXT;
+"""
+
+_V4 = """
 ALTER TABLE flow_runs ADD COLUMN flow_id TEXT;
 ALTER TABLE flow_runs ADD COLUMN version BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE flow_runs ADD COLUMN labels TEXT NOT NULL DEFAULT '[]';
@@ -171,7 +188,7 @@ CREATE TABLE audit(
 #: ``(version, DDL)``: running every step whose version is above the database's brings
 #: a PostgreSQL database to :data:`SCHEMA_VERSION` (the Rust store's steps, in
 #: PostgreSQL types).
-POSTGRES_MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3))
+POSTGRES_MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
 
 if POSTGRES_MIGRATIONS[-1][0] != SCHEMA_VERSION:  # pragma: no cover - a build mismatch
     raise ImportError(

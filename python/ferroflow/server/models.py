@@ -760,17 +760,18 @@ def _level(level: int | str) -> int:
 def write_run_logs(db: Database, logs: Sequence[dict[str, Any]]) -> int:
     """Add log lines ``{flow_run_id, task_run_id, level, message, timestamp}`` to the
     run store's ``logs`` table (the one the engine writes), in one transaction."""
-    keys: dict[str, int] = {}
+    known: dict[str, str] = {}
     with db.transaction():
         for line in logs:
-            fid = line["flow_run_id"]
-            if fid not in keys:
-                keys[fid] = get_flow_run(db, fid)["key"]
+            given = line["flow_run_id"]
+            if given not in known:
+                known[given] = get_flow_run(db, given)["id"]
             at = _finite(line.get("timestamp"), "timestamp")
             db.execute(
-                "INSERT INTO logs(flow_run, run, level, at, message) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO logs(flow_run_id, task_run_id, level, time, message) "
+                "VALUES (?, ?, ?, ?, ?)",
                 (
-                    keys[fid],
+                    known[given],
                     line.get("task_run_id"),
                     _level(line.get("level", 20)),
                     at if at is not None else _now(),
@@ -792,19 +793,18 @@ def list_logs(
     """The log lines of a flow run (or one of its task runs), oldest first."""
     limit, offset = _page(limit, offset)
     run = get_flow_run(db, flow_run_id)
-    where, args = ["flow_run = ?", "level >= ?"], [run["key"], min_level]
+    where, args = ["flow_run_id = ?", "level >= ?"], [run["id"], min_level]
     if task_run_id is not None:
-        where.append("run = ?")
+        where.append("task_run_id = ?")
         args.append(task_run_id)
-    rows = db.fetchall(
-        f"SELECT run AS task_run_id, level, at, message FROM logs WHERE {' AND '.join(where)} "
-        "ORDER BY at, rowid LIMIT ? OFFSET ?"
-        if db.dialect == "sqlite"
-        else f"SELECT run AS task_run_id, level, at, message FROM logs "
-        f"WHERE {' AND '.join(where)} ORDER BY at, ctid LIMIT ? OFFSET ?",
+    # SQLite keeps the order written in rowid; PostgreSQL rows have no such order, so
+    # lines of one instant come back in storage order there.
+    tie = "rowid" if db.dialect == "sqlite" else "ctid"
+    return db.fetchall(
+        "SELECT flow_run_id, task_run_id, level, time AS at, message FROM logs "
+        f"WHERE {' AND '.join(where)} ORDER BY time, {tie} LIMIT ? OFFSET ?",
         (*args, limit, offset),
     )
-    return [{**r, "flow_run_id": run["id"]} for r in rows]
 
 
 # ------------------------------------------------------------------------------ agents
@@ -884,8 +884,9 @@ def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
         for seq, task_run, level, at, message in batch.get("logs", ()):
             if int(seq) > log_seq:
                 db.execute(
-                    "INSERT INTO logs(flow_run, run, level, at, message) VALUES (?, ?, ?, ?, ?)",
-                    (key, task_run, int(level), float(at), str(message)),
+                    "INSERT INTO logs(flow_run_id, task_run_id, level, time, message) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (run["id"], task_run, int(level), float(at), str(message)),
                 )
                 log_seq = int(seq)
         db.execute(

@@ -855,7 +855,7 @@ fn blob_slices(blobs: &[Vec<u8>]) -> impl Iterator<Item = &[u8]> {
 fn journal_err(py: Python<'_>, detail: String) -> PyErr {
     ff_error(
         py,
-        "StoreError",
+        PyErrKind::Store,
         format!("a flow run's task-run journal is damaged ({detail})"),
     )
 }
