@@ -148,6 +148,7 @@ def record_structure(path: str, flow_run_id: str, structure_json: str) -> None:
 def pid_is_alive(pid: int) -> bool:
     """Whether process ``pid`` is alive on this machine (True when it cannot tell)."""
 
+@final
 class JournalFold:
     """One flow run's task runs, folded incrementally from its journal blobs."""
 
