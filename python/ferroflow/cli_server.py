@@ -341,7 +341,11 @@ def _run_wrapper(original: Callable[..., Any], **kw: Any) -> Any:
             raise CliError("give either PATH (a local run) or --project and --name, not both")
         return run_on_server(project, name, kw["params"], watch, api)
     if kw.get("target") is None:
-        raise CliError("give PATH[:FLOW_NAME] to run a file, or --project and --name")
+        ctx = click.get_current_context()
+        target = next(p for p in ctx.command.params if p.name == "target")
+        raise click.MissingParameter(
+            ctx=ctx, param=target, message="give a file to run, or --project and --name"
+        )
     if watch or api:
         raise CliError("--watch and --api go with --project and --name (a run on the server)")
     return original(**kw)
