@@ -973,6 +973,15 @@ def test_end_to_end_register_run_through_the_cli_read_back(
         "host",
         "resumed_from",
     }
+    Client(server.url).write_run_logs(
+        [
+            {"flow_run_id": run_id, "message": "quiet", "level": 10},
+            {"flow_run_id": run_id, "message": "loud", "level": 40},
+        ]
+    )
+    logs = server.cli("runs", "logs", run_id[:8], "--level", "warning", "--json")
+    assert logs.returncode == 0, logs.stderr
+    assert [x["message"] for x in json.loads(logs.stdout)] == ["loud"]
     cancel = server.cli("runs", "cancel", run_id[:8])
     assert cancel.returncode == 0 and "Cancelled" in cancel.stdout, cancel.stderr
     assert server.stop() == 0, server.stderr

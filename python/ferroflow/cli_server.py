@@ -7,9 +7,9 @@
 - ``ferroflow run --project P --name FLOW [--param k=v] [--watch]``: create a flow run
   on the server; ``--watch`` follows its states and logs until it ends, with the exit
   status of a local run (0 Success, 1 otherwise);
-- ``ferroflow runs ls|show`` against the server when ``--api URL`` or
+- ``ferroflow runs ls|show|logs`` against the server when ``--api URL`` or
   ``FERROFLOW_API_URL`` is set (``--json`` prints the same fields as against the local
-  store), and ``ferroflow runs logs|cancel RUN_ID`` (server only).
+  store), and ``ferroflow runs cancel RUN_ID`` (server only).
 
 Every command finds the server at ``--api``, else ``$FERROFLOW_API_URL``, else
 ``http://127.0.0.1:4200``, and talks to it only through :class:`ferroflow.client.Client`.
@@ -291,21 +291,37 @@ def runs_show_server(run_id: str, as_json: bool, limit: int, api: str | None) ->
     return EXIT_OK
 
 
-@click.command("logs")
-@click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
-@_api_option
-def runs_logs_cmd(run_id: str, as_json: bool, api: str | None) -> int:
-    """Print the log lines of flow run RUN_ID (from the server)."""
+_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+
+
+def runs_logs_server(
+    run_id: str, task: str | None, level: str | None, as_json: bool, api: str | None
+) -> int:
+    """``ferroflow runs logs`` against the server."""
+    if task is not None:
+        raise CliError("--task works on the local store only; on a server, filter by level")
+    min_level = 0
+    if level is not None:
+        named = _LEVELS.get(level.upper())
+        if named is None and not level.isdigit():
+            raise CliError(f"bad --level {level!r}: DEBUG, INFO, WARNING, ERROR or a number")
+        min_level = named if named is not None else int(level)
     client = _client(api)
     run = client.get_flow_run(run_id)
-    logs = client.get_logs(run["id"])
+    logs = client.get_logs(run["id"], min_level=min_level)
     if as_json:
         base._echo_json(logs)
         return EXIT_OK
     for line in logs:
         click.echo(f"{base._fmt_time(line['at'])} [{line['level']}] {line['message']}")
     return EXIT_OK
+
+
+def _logs_wrapper(original: Callable[..., Any], **kw: Any) -> Any:
+    api = kw.pop("api")
+    if _server_wanted(api):
+        return runs_logs_server(kw["run_id"], kw["task"], kw["level"], kw["as_json"], api)
+    return original(**kw)
 
 
 @click.command("cancel")
@@ -367,8 +383,8 @@ def _show_wrapper(original: Callable[..., Any], **kw: Any) -> Any:
 
 def install(cli: click.Group) -> None:
     """Add the platform's commands to the ``ferroflow`` group: ``server``, ``projects``,
-    ``flows``, ``register``, ``runs logs|cancel``, and the server options of ``run`` and
-    ``runs ls|show``."""
+    ``flows``, ``register``, ``runs cancel``, and the server options of ``run`` and
+    ``runs ls|show|logs``."""
     for command in (server_group, projects_group, flows_group, register_cmd):
         cli.add_command(command)
     run = cli.commands["run"]
@@ -390,7 +406,7 @@ def install(cli: click.Group) -> None:
     _wrap(run, _run_wrapper)
     runs = cli.commands["runs"]
     assert isinstance(runs, click.Group)
-    for sub, wrapper in (("ls", _ls_wrapper), ("show", _show_wrapper)):
+    for sub, wrapper in (("ls", _ls_wrapper), ("show", _show_wrapper), ("logs", _logs_wrapper)):
         command = runs.commands[sub]
         command.params.append(
             click.Option(
@@ -402,5 +418,4 @@ def install(cli: click.Group) -> None:
             )
         )
         _wrap(command, wrapper)
-    runs.add_command(runs_logs_cmd)
     runs.add_command(runs_cancel_cmd)

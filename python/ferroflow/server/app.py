@@ -73,6 +73,7 @@ class BodyLimit:
         limit = self.ingest_limit if scope.get("path") == "/ingest" else self.default_limit
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._drain(receive, int(value))
                 await self._refuse(scope, receive, send, limit)
                 return
         seen = 0
@@ -90,6 +91,17 @@ class BodyLimit:
             await self.app(scope, counted, send)
         except _TooLarge:
             await self._refuse(scope, receive, send, limit)
+
+    @staticmethod
+    async def _drain(receive: Receive, declared: int) -> None:
+        """Read (and drop) a body of moderate size before refusing it, so that the client
+        gets the answer instead of a broken pipe; a huge one is cut off."""
+        if declared > 4 * MAX_INGEST_BYTES:
+            return
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         response = _error(f"the request body is larger than {limit} bytes", 413)
