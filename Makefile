@@ -15,7 +15,7 @@ PY_DIRS := python tests benches examples
 MATURIN_DEVELOP := env -u CONDA_PREFIX VIRTUAL_ENV="$(CURDIR)/$(VENV)" "$(BIN)/maturin" develop
 
 .PHONY: venv build build-release wheel check-wheel stubtest doctest release-check test demo \
-	bench lint typecheck fmt proptest
+	bench lint typecheck fmt proptest sysdeps
 
 # Where `make wheel` puts the wheel, and the wheel it built for this version.
 DIST := dist
@@ -70,7 +70,22 @@ doctest: build
 # What a release needs beyond the tests: the wheel works installed, the stub is true.
 release-check: check-wheel stubtest
 
-test: venv
+# System packages the tests need: PostgreSQL (Debian's `postgresql`; the test fixture starts
+# a private server from its binaries). Installed with apt-get when root, else the command
+# is printed and make stops.
+sysdeps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing postgresql (for the server tests)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
+			|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }; \
+	else \
+		echo "the tests need PostgreSQL: run  sudo apt-get install -y postgresql" >&2; \
+		exit 1; \
+	fi
+
+test: venv sysdeps
 	cargo test -p ferroflow-core
 	$(MATURIN_DEVELOP)
 	"$(BIN)/python" -m pytest tests

@@ -57,3 +57,7 @@ def _ferroflow_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         monkeypatch.setenv("FERROFLOW_HOME", home)
         yield home
     assert not os.path.exists(home)
+
+
+# A real PostgreSQL for the server's tests (session-scoped; started on first use).
+from _postgres import postgres_server  # noqa: E402, F401

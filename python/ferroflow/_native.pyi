@@ -13,6 +13,7 @@ __all__ = [
     "CAUSE_WORKER_LOST",
     "STATE_CODES",
     "STORE_SCHEMA_VERSION",
+    "JournalFold",
     "Recorder",
     "Runner",
     "Store",
@@ -20,6 +21,8 @@ __all__ = [
     "default_store_path",
     "error_classes",
     "find_cycle",
+    "journal_encode_transitions",
+    "journal_transitions",
     "pid_is_alive",
     "record_logs",
     "record_structure",
@@ -144,6 +147,36 @@ def record_structure(path: str, flow_run_id: str, structure_json: str) -> None:
 
 def pid_is_alive(pid: int) -> bool:
     """Whether process ``pid`` is alive on this machine (True when it cannot tell)."""
+
+@final
+class JournalFold:
+    """One flow run's task runs, folded incrementally from its journal blobs."""
+
+    def __init__(self) -> None: ...
+    def apply(self, blobs: list[bytes]) -> None:
+        """Apply these blobs, oldest first; StoreError for a damaged one."""
+    def __len__(self) -> int:
+        """How many task runs are registered."""
+    def get(self, run: int) -> dict[str, Any] | None:
+        """Task run ``run`` as a dict, or None."""
+    def counts(self) -> list[tuple[int, str, bool, str, int]]:
+        """``(task, task_name, is_mapped_child, state, count)`` rows."""
+    def page(
+        self,
+        task: int | None = None,
+        children: bool | None = None,
+        states: list[str] | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """How many task runs match, and a page of them (dicts like ``Store.task_runs``)."""
+
+def journal_transitions(blobs: list[bytes], run: int) -> list[dict[str, Any]]:
+    """Every transition of task run ``run`` in these journal blobs, oldest first."""
+
+def journal_encode_transitions(items: list[tuple[int, str, str | None, int, float]]) -> bytes:
+    """One journal blob holding these ``(run, state_name, message, run_count, at)``
+    transitions."""
 
 @final
 class Store:

@@ -1203,3 +1203,9 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The ``ferroflow`` console script: run the command line and exit with its status."""
     sys.exit(run_cli(argv))
+
+
+# The platform's commands (server, projects, flows, register, runs on a server).
+from ferroflow import cli_server as _cli_server  # noqa: E402
+
+_cli_server.install(cli)

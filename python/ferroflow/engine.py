@@ -823,6 +823,7 @@ def run_flow(
             _context._open_log_sink(path, run.flow_run_id)
         _native.record_structure(path, run.flow_run_id, _structure(plan, flow).json)
     recorded = False
+    reporter = _start_reporter(run.flow_run_id) if record else None
     try:
         if on_start is not None and record:
             on_start(run.flow_run_id)
@@ -874,6 +875,8 @@ def run_flow(
         _context._close_log_sink(run.flow_run_id)
     if problem is not None:
         problems.append(problem)
+    if reporter is not None and (unreported := reporter.stop()) is not None:
+        problems.append(unreported)
     for problem in problems:
         import warnings
 
@@ -887,6 +890,18 @@ def run_flow(
     if final.is_failed() and on_failure is not None:
         on_failure(flow, final)
     return final
+
+
+def _start_reporter(flow_run_id: str) -> Any:
+    """Stream the run to the server when ``FERROFLOW_API_URL`` is set (see
+    ``ferroflow.reporting``); None otherwise."""
+    import os
+
+    if not os.environ.get("FERROFLOW_API_URL"):
+        return None
+    from ferroflow.reporting import start_reporter
+
+    return start_reporter(store_path(), flow_run_id)
 
 
 def _end_unfinished(run: FlowRun, exc: BaseException) -> None:

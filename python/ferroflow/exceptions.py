@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
+    "ApiError",
     "ApprovalError",
     "BindError",
     "CycleError",
@@ -30,9 +31,12 @@ __all__ = [
     "MappingError",
     "OptionCollisionError",
     "ParameterError",
+    "PlatformError",
+    "RegistrationError",
     "ResultError",
     "ResumeError",
     "ScheduleError",
+    "ServerUnavailableError",
     "StoreError",
     "TaskDefinitionError",
 ]
@@ -298,3 +302,50 @@ class ScheduleError(FerroflowError, ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.argument))
+
+
+class PlatformError(FerroflowError):
+    """Base class of the errors of the platform: the server, its database, the client.
+
+    Example:
+        >>> issubclass(ApiError, PlatformError)
+        True
+    """
+
+
+class ApiError(PlatformError):
+    """The server refused a request: an unknown id, a stale state version, a duplicate
+    project, a malformed or oversized query. The message is the server's.
+
+    Args:
+        message: what the server said.
+        errors: every GraphQL error of the answer, as the server sent them.
+
+    Example:
+        >>> str(ApiError("no project named 'etl'"))
+        "no project named 'etl'"
+    """
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = list(errors or [])
+
+
+class ServerUnavailableError(PlatformError):
+    """The server, or the database behind it, cannot be reached. The message names the
+    URL and says what to do.
+
+    Example:
+        >>> issubclass(ServerUnavailableError, PlatformError)
+        True
+    """
+
+
+class RegistrationError(PlatformError):
+    """A flow cannot be registered: its file does not load, defines no such flow, or the
+    flow does not build (a cycle, an unbound argument).
+
+    Example:
+        >>> issubclass(RegistrationError, FerroflowError)
+        True
+    """

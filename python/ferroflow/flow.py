@@ -1192,6 +1192,22 @@ class Flow:
             flow_name=self.name,
         )
 
+    def register(
+        self,
+        project_name: str,
+        labels: Iterable[str] | None = None,
+        idempotency_key: str | None = None,
+        set_schedule_active: bool = True,
+    ) -> str:
+        """Register the flow with the server (``$FERROFLOW_API_URL``) in a project; the
+        id of its version (the same structure again: the same version). See
+        :meth:`ferroflow.client.Client.register`."""
+        from ferroflow.client import Client
+
+        labels = list(labels) if labels is not None else None
+        got = Client().register(self, project_name, labels, idempotency_key, set_schedule_active)
+        return str(got["id"])
+
     def __repr__(self) -> str:
         return f"<Flow: {self.name!r}, {len(self._tasks)} tasks>"
 

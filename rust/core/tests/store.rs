@@ -1027,6 +1027,19 @@ INSERT INTO logs(flow_run, run, level, at, message)
     VALUES (1, 3, 40, 10.5, 'boom'), (2, NULL, 20, 5.5, 'flow line'), (1, NULL, 20, 10.7, 'late');
 ";
 
+/// What version 3 changed: logs keyed by the flow run's text id, every line kept.
+const V3_LOGS: &str = "
+CREATE TABLE logs_v3(flow_run_id TEXT NOT NULL, task_run_id INTEGER, level INTEGER NOT NULL,
+    time REAL NOT NULL, message TEXT NOT NULL);
+INSERT INTO logs_v3(flow_run_id, task_run_id, level, time, message)
+    SELECT f.id, l.run, l.level, l.at, l.message
+    FROM logs l JOIN flow_runs f ON l.flow_run = f.key ORDER BY l.rowid;
+DROP TABLE logs;
+ALTER TABLE logs_v3 RENAME TO logs;
+CREATE INDEX logs_by_flow_run ON logs(flow_run_id);
+ALTER TABLE flow_runs ADD COLUMN structure TEXT;
+";
+
 /// An old store, written as `version` wrote it, upgraded in place on open:
 /// every flow run and log line kept, the logs in the shape of version 3.
 fn upgrade_keeps_everything(version: i64) {
@@ -1037,6 +1050,9 @@ fn upgrade_keeps_everything(version: i64) {
     if version >= 2 {
         conn.execute_batch("ALTER TABLE flow_runs ADD COLUMN proc TEXT;")
             .expect("v2");
+    }
+    if version >= 3 {
+        conn.execute_batch(V3_LOGS).expect("v3");
     }
     conn.pragma_update(None, "user_version", version)
         .expect("version");
@@ -1073,6 +1089,19 @@ fn upgrade_keeps_everything(version: i64) {
         })
         .expect("column exists");
     assert_eq!(proc, None);
+    // Version 4: the platform's columns and tables, empty.
+    let (flow_id, state_version): (Option<String>, i64) = conn
+        .query_row(
+            "SELECT flow_id, version FROM flow_runs WHERE id = 'old'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("platform columns exist");
+    assert_eq!((flow_id, state_version), (None, 0));
+    let projects: i64 = conn
+        .query_row("SELECT count(*) FROM projects", [], |r| r.get(0))
+        .expect("platform tables exist");
+    assert_eq!(projects, 0);
     drop(conn);
     // A new run records into the upgraded store as into a fresh one.
     let rec = Recorder::start(&path).expect("start");
@@ -1092,6 +1121,11 @@ fn a_version_1_store_is_upgraded_in_place() {
 #[test]
 fn a_version_2_store_is_upgraded_in_place() {
     upgrade_keeps_everything(2);
+}
+
+#[test]
+fn a_version_3_store_is_upgraded_in_place() {
+    upgrade_keeps_everything(3);
 }
 
 #[test]

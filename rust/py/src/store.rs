@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ferroflow_core::store::{
-    self as core_store, CacheRow, Event, FinishedTaskRun, FlowRunRow, LogLine, LogRow, NewTaskRun,
-    Recorder, Store, StoreError, TaskRunRow, TransitionItem, TransitionRow,
+    self as core_store, CacheRow, Event, FinishedTaskRun, FlowRunRow, JournalFold, LogLine, LogRow,
+    NewTaskRun, Recorder, Store, StoreError, TaskRunFilter, TaskRunRow, TransitionItem,
+    TransitionRow,
 };
 use ferroflow_core::{RunId, StateKind, TaskId};
 use pyo3::exceptions::PyValueError;
@@ -845,6 +846,139 @@ fn pid_is_alive(py: Python<'_>, pid: u32) -> bool {
     py.detach(|| core_store::pid_is_alive(pid))
 }
 
+/// Journal blobs as the core reads them.
+fn blob_slices(blobs: &[Vec<u8>]) -> impl Iterator<Item = &[u8]> {
+    blobs.iter().map(Vec::as_slice)
+}
+
+/// A damaged journal as a StoreError.
+fn journal_err(py: Python<'_>, detail: String) -> PyErr {
+    ff_error(
+        py,
+        PyErrKind::Store,
+        format!("a flow run's task-run journal is damaged ({detail})"),
+    )
+}
+
+/// One row of `JournalFold.counts`: task, task name, mapped child?, state, count.
+type CountRow = (u32, String, bool, &'static str, u64);
+
+/// One flow run's task runs, folded incrementally from its journal blobs (as in
+/// the `journal` table): `apply(blobs)` the new blobs in `seq` order as they
+/// appear, then read `counts()` and `page(...)`. The server keeps one per busy
+/// flow run and folds each blob once.
+#[pyclass(frozen, name = "JournalFold", module = "ferroflow._native")]
+pub struct PyJournalFold {
+    inner: Mutex<JournalFold>,
+}
+
+#[pymethods]
+impl PyJournalFold {
+    #[new]
+    fn new() -> PyJournalFold {
+        PyJournalFold {
+            inner: Mutex::new(JournalFold::new()),
+        }
+    }
+
+    /// Apply these blobs, oldest first; StoreError for a damaged one.
+    fn apply(&self, py: Python<'_>, blobs: Vec<Vec<u8>>) -> PyResult<()> {
+        let result = py.detach(|| {
+            let mut fold = lock(&self.inner);
+            for blob in &blobs {
+                fold.apply(blob)?;
+            }
+            Ok::<(), String>(())
+        });
+        result.map_err(|d| journal_err(py, d))
+    }
+
+    /// How many task runs are registered.
+    fn __len__(&self) -> usize {
+        lock(&self.inner).len() as usize
+    }
+
+    /// `(task, task_name, is_mapped_child, state, count)` rows, ordered by task, own
+    /// run before children, then state. A map of a million children is a few rows.
+    fn counts(&self, py: Python<'_>) -> Vec<CountRow> {
+        py.detach(|| lock(&self.inner).counts())
+            .into_iter()
+            .map(|(t, name, child, state, n)| (t.0, name, child, state.name(), n))
+            .collect()
+    }
+
+    /// Task run `run` as a dict (like `Store.task_runs`), or None.
+    fn get<'py>(&self, py: Python<'py>, run: u32) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let row = lock(&self.inner).get(RunId(run));
+        row.map(|r| task_run_dict(py, r)).transpose()
+    }
+
+    /// `(total, rows)`: how many task runs match (of one `task`; only mapped
+    /// `children` or only own runs; in one of `states`), and the task-run dicts
+    /// (like `Store.task_runs`) from `offset`, at most `limit`, in run-id order.
+    #[pyo3(signature = (task=None, children=None, states=None, offset=0, limit=100))]
+    fn page<'py>(
+        &self,
+        py: Python<'py>,
+        task: Option<u32>,
+        children: Option<bool>,
+        states: Option<Vec<String>>,
+        offset: usize,
+        limit: usize,
+    ) -> PyResult<(usize, Bound<'py, PyList>)> {
+        let states = states
+            .unwrap_or_default()
+            .iter()
+            .map(|s| state_kind(s))
+            .collect::<PyResult<Vec<_>>>()?;
+        let filter = TaskRunFilter {
+            task: task.map(TaskId),
+            children,
+            states,
+        };
+        let (total, rows) = py.detach(|| lock(&self.inner).page(&filter, offset, limit));
+        Ok((total, dict_list(py, rows, task_run_dict)?))
+    }
+}
+
+/// Every transition of task run `run` in these journal blobs, as dicts like
+/// `Store.transitions` returns (its length is the run's state version).
+#[pyfunction]
+fn journal_transitions<'py>(
+    py: Python<'py>,
+    blobs: Vec<Vec<u8>>,
+    run: u32,
+) -> PyResult<Bound<'py, PyList>> {
+    let rows = core_store::journal_transitions(blob_slices(&blobs), RunId(run))
+        .map_err(|d| journal_err(py, d))?;
+    dict_list(py, rows, transition_dict)
+}
+
+/// One journal blob holding these transitions, each `(run, state_name, message,
+/// run_count, at)`, for a row of the `journal` table: how the server applies a
+/// state change to a task run the journal already registers.
+#[pyfunction]
+fn journal_encode_transitions(
+    py: Python<'_>,
+    items: Vec<(u32, String, Option<String>, u32, f64)>,
+) -> PyResult<Py<PyAny>> {
+    let items = items
+        .into_iter()
+        .map(|(run, state, message, run_count, at)| {
+            Ok(TransitionItem {
+                run: RunId(run),
+                state: state_kind(&state)?,
+                message,
+                run_count,
+                at,
+                result_location: None,
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let blob = core_store::encode_transitions(&items);
+    Ok(pyo3::types::PyBytes::new(py, &blob).into_any().unbind())
+}
+
 /// Register the store classes and functions in `_native`.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStore>()?;
@@ -853,6 +987,9 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pid_is_alive, m)?)?;
     m.add_function(wrap_pyfunction!(record_logs, m)?)?;
     m.add_function(wrap_pyfunction!(record_structure, m)?)?;
+    m.add_class::<PyJournalFold>()?;
+    m.add_function(wrap_pyfunction!(journal_transitions, m)?)?;
+    m.add_function(wrap_pyfunction!(journal_encode_transitions, m)?)?;
     m.add("STORE_SCHEMA_VERSION", core_store::SCHEMA_VERSION)?;
     Ok(())
 }

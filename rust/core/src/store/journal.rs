@@ -488,6 +488,17 @@ impl RunTable {
         self.count
     }
 
+    /// The runs in run-id order, borrowed.
+    pub(crate) fn iter_sorted(&self) -> impl Iterator<Item = (u32, &RunFold)> {
+        let mut sparse: Vec<(u32, &RunFold)> = self.sparse.iter().map(|(&k, r)| (k, r)).collect();
+        sparse.sort_unstable_by_key(|(k, _)| *k);
+        self.dense
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().map(|r| (i as u32, r)))
+            .chain(sparse)
+    }
+
     /// The runs in run-id order.
     pub(crate) fn into_sorted(self) -> Vec<(u32, RunFold)> {
         let mut out: Vec<(u32, RunFold)> = Vec::with_capacity(self.count as usize);

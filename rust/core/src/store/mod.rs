@@ -24,7 +24,21 @@
 //!   `time` (seconds since the Unix epoch) and `message`. Lines arrive in
 //!   batches ([`Event::Logs`]) and are written with the other records of a
 //!   commit; the same shape is what a server ingests;
-//! - `cache`: the cache index, one row per task key, cache key and inputs hash.
+//! - `cache`: the cache index, one row per task key, cache key and inputs hash;
+//! - the platform tables (schema version 4, `platform.sql`): `projects`, `flows`
+//!   (one row per registered version), `schedules`, `agents`, `audit`, and the
+//!   columns of `flow_runs` that a server-created run fills (its flow, state
+//!   version, labels, scheduled start). The server (`ferroflow server start`)
+//!   uses the same store: this module creates and upgrades those tables in
+//!   SQLite, the server's PostgreSQL dialect keeps the same ones, and a test
+//!   fails if the two drift.
+//!
+//! # Migrations
+//!
+//! `PRAGMA user_version` is the schema version. Opening a store runs, in one
+//! immediate transaction, every step of `MIGRATIONS` newer than the file's
+//! version; every row already there stays. A store newer than this build is
+//! refused untouched.
 //!
 //! Task runs are journaled rather than kept one row per task run because a run
 //! may have a million of them, each changing state two or three times within
@@ -82,14 +96,16 @@ use thiserror::Error;
 use crate::StateKind;
 
 pub use read::{
-    CacheRow, FinishedTaskRun, FlowRunRow, INTERRUPTED_TASK_RUN, LogRow, TaskRunRow, TransitionRow,
+    CacheRow, FinishedTaskRun, FlowRunRow, INTERRUPTED_TASK_RUN, JournalFold, LogRow,
+    TaskRunFilter, TaskRunRow, TransitionRow, encode_transitions, fold_journal,
+    journal_transitions,
 };
 pub use writer::{
     Event, EventBuffer, LogLine, MAX_BATCH_ROWS, NewTaskRun, PackItem, Recorder, TransitionItem,
 };
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The store's file name inside `FERROFLOW_HOME`.
 pub const STORE_FILE_NAME: &str = "ferroflow.db";
@@ -538,13 +554,11 @@ fn create_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             }
             conn.execute_batch(SCHEMA_V1).map_err(sq)?;
         }
-        if version < 2 {
-            // Version 2: the identity of the process that runs a flow run.
-            conn.execute_batch(SCHEMA_V2).map_err(sq)?;
+        for (from, step) in MIGRATIONS {
+            if version <= *from {
+                conn.execute_batch(step).map_err(sq)?;
+            }
         }
-        // Version 3: logs keyed by the flow run's text id (the shape a server
-        // shares), every existing line kept; the flow's structure per run.
-        conn.execute_batch(SCHEMA_V3).map_err(sq)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sq)?;
         Ok(())
@@ -617,6 +631,23 @@ ALTER TABLE logs_v3 RENAME TO logs;
 CREATE INDEX logs_by_flow_run ON logs(flow_run_id);
 ALTER TABLE flow_runs ADD COLUMN structure TEXT;
 ";
+
+/// Version 4: the platform tables (projects, flows and their versions, schedules,
+/// agents, audit) and the flow-run columns the server needs. Kept in a `.sql` file
+/// so that the server's PostgreSQL schema can be read beside it.
+const SCHEMA_V4: &str = include_str!("platform.sql");
+
+/// The steps that bring a store up to [`SCHEMA_VERSION`]: a store at version `v`
+/// runs every step whose `from` is at least `v` (a fresh store first gets
+/// version 1's tables). Adding a version is one more line here.
+const MIGRATIONS: &[(i64, &str)] = &[
+    // Version 2: the identity of the process that runs a flow run.
+    (1, SCHEMA_V2),
+    // Version 3: logs keyed by the flow run's text id (the shape a server
+    // shares), every existing line kept; the flow's structure per run.
+    (2, SCHEMA_V3),
+    (3, SCHEMA_V4),
+];
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
-use super::journal::{Fold, IdMap, RunFold, last_time, transitions_of};
+use super::journal::{Encoder, Fold, IdMap, RunFold, last_time, transitions_of};
 use super::{FLOW_INTERRUPTED, FLOW_RUNNING, Store, StoreError};
 use crate::{RunId, StateKind, TaskId};
 
@@ -146,6 +146,198 @@ impl Names {
     }
 }
 
+/// Fold journal blobs (one flow run's, oldest first, as stored in the `journal`
+/// table) into its task runs: each in its latest state, in run-id order. The
+/// server reads a store through SQL and folds with this, so that one format
+/// serves the embedded store and PostgreSQL. An unreadable blob is an error
+/// naming the damage.
+pub fn fold_journal<'a, I>(blobs: I) -> Result<Vec<TaskRunRow>, String>
+where
+    I: IntoIterator<Item = &'a [u8]>,
+{
+    let (runs, names) = fold_blobs(blobs)?;
+    Ok(runs
+        .into_iter()
+        .map(|(run, r)| TaskRunRow {
+            run: RunId(run),
+            task: TaskId(r.task),
+            task_name: names.name(r.task),
+            map_index: r.map_index,
+            run_count: r.run_count,
+            state: r.state.unwrap_or(StateKind::Pending),
+            message: r.message,
+            started: r.started,
+            ended: r.ended,
+            result_location: r.result_location,
+        })
+        .collect())
+}
+
+/// Every state transition of task run `run` in these journal blobs, oldest first.
+pub fn journal_transitions<'a, I>(blobs: I, run: RunId) -> Result<Vec<TransitionRow>, String>
+where
+    I: IntoIterator<Item = &'a [u8]>,
+{
+    let mut out = Vec::new();
+    for blob in blobs {
+        transitions_of(blob, run.0, &mut out)?;
+    }
+    Ok(out
+        .into_iter()
+        .map(|(state, message, at)| TransitionRow { state, message, at })
+        .collect())
+}
+
+/// One journal blob holding these transitions (for a writer other than the
+/// [`super::Recorder`], e.g. the server applying a state change to a task run
+/// that the journal already registers).
+pub fn encode_transitions(items: &[super::TransitionItem]) -> Vec<u8> {
+    let mut enc = Encoder::new();
+    for t in items {
+        enc.transition(
+            t.run.0,
+            t.state,
+            t.run_count,
+            t.at,
+            t.message.as_deref(),
+            t.result_location.as_deref(),
+        );
+    }
+    enc.finish()
+}
+
+/// One flow run's journal folded incrementally: [`JournalFold::apply`] each blob
+/// once, in `seq` order, as it appears; [`JournalFold::counts`] and
+/// [`JournalFold::page`] read the current task runs without copying them all.
+/// The server keeps one per busy flow run, so that the counts of a run with a
+/// million mapped children cost a walk over its table, not a decode of its
+/// whole journal.
+#[derive(Default)]
+pub struct JournalFold {
+    fold: Fold,
+}
+
+/// Which task runs [`JournalFold::page`] returns.
+#[derive(Clone, Debug, Default)]
+pub struct TaskRunFilter {
+    /// Only this task's runs.
+    pub task: Option<TaskId>,
+    /// Only mapped children (`Some(true)`) or only tasks' own runs (`Some(false)`).
+    pub children: Option<bool>,
+    /// Only runs in one of these states (empty: any).
+    pub states: Vec<StateKind>,
+}
+
+impl JournalFold {
+    /// An empty fold.
+    pub fn new() -> JournalFold {
+        JournalFold::default()
+    }
+
+    /// Apply the next blob (an error names the damage; the fold keeps what it had).
+    pub fn apply(&mut self, blob: &[u8]) -> Result<(), String> {
+        self.fold.apply(blob)
+    }
+
+    /// How many task runs are registered.
+    pub fn len(&self) -> u64 {
+        self.fold.runs.len()
+    }
+
+    /// Whether no task run is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `(task, task name, is mapped child, state, count)`, ordered by task, own run
+    /// before children, then state code.
+    pub fn counts(&self) -> Vec<(TaskId, String, bool, StateKind, u64)> {
+        let mut counts: std::collections::BTreeMap<(u32, bool, u8), u64> = Default::default();
+        for (_, r) in self.fold.runs.iter_sorted() {
+            let state = r.state.unwrap_or(StateKind::Pending);
+            *counts
+                .entry((r.task, r.map_index.is_some(), state as u8))
+                .or_insert(0) += 1;
+        }
+        let names = Names::of(&self.fold);
+        counts
+            .into_iter()
+            .map(|((task, child, code), n)| {
+                let state = StateKind::from_code(code).unwrap_or(StateKind::Pending);
+                (TaskId(task), names.name(task).to_string(), child, state, n)
+            })
+            .collect()
+    }
+
+    /// Task run `run`, if registered.
+    pub fn get(&mut self, run: RunId) -> Option<TaskRunRow> {
+        let names = Names::of(&self.fold);
+        let r = self.fold.runs.get_mut(run.0)?;
+        Some(TaskRunRow {
+            run,
+            task: TaskId(r.task),
+            task_name: names.name(r.task),
+            map_index: r.map_index,
+            run_count: r.run_count,
+            state: r.state.unwrap_or(StateKind::Pending),
+            message: r.message.clone(),
+            started: r.started,
+            ended: r.ended,
+            result_location: r.result_location.clone(),
+        })
+    }
+
+    /// How many task runs match `filter`, and those from `offset` on (at most
+    /// `limit`), in run-id order.
+    pub fn page(
+        &self,
+        filter: &TaskRunFilter,
+        offset: usize,
+        limit: usize,
+    ) -> (usize, Vec<TaskRunRow>) {
+        let names = Names::of(&self.fold);
+        let mut total = 0;
+        let mut out = Vec::new();
+        for (run, r) in self.fold.runs.iter_sorted() {
+            let state = r.state.unwrap_or(StateKind::Pending);
+            if filter.task.is_some_and(|t| t.0 != r.task)
+                || filter.children.is_some_and(|c| c != r.map_index.is_some())
+                || (!filter.states.is_empty() && !filter.states.contains(&state))
+            {
+                continue;
+            }
+            if total >= offset && out.len() < limit {
+                out.push(TaskRunRow {
+                    run: RunId(run),
+                    task: TaskId(r.task),
+                    task_name: names.name(r.task),
+                    map_index: r.map_index,
+                    run_count: r.run_count,
+                    state,
+                    message: r.message.clone(),
+                    started: r.started,
+                    ended: r.ended,
+                    result_location: r.result_location.clone(),
+                });
+            }
+            total += 1;
+        }
+        (total, out)
+    }
+}
+
+fn fold_blobs<'a, I>(blobs: I) -> Result<(Vec<(u32, RunFold)>, Names), String>
+where
+    I: IntoIterator<Item = &'a [u8]>,
+{
+    let mut fold = Fold::default();
+    for blob in blobs {
+        fold.apply(blob)?;
+    }
+    let names = Names::of(&fold);
+    Ok((fold.runs.into_sorted(), names))
+}
+
 const FLOW_COLS: &str =
     "id, flow_name, parameters, state, message, started, ended, pid, host, resumed_from";
 
@@ -281,24 +473,15 @@ impl Store {
         }
     }
 
-    /// Fold the journal of a flow run into its task runs: each in its latest
-    /// state, in run-id order, with the task names.
-    fn fold(&self, flow_run_id: &str) -> Result<(Vec<(u32, RunFold)>, Names), StoreError> {
-        let mut fold = Fold::default();
-        for blob in self.journal(flow_run_id)? {
-            fold.apply(&blob).map_err(|d| self.damaged(d))?;
-        }
-        let names = Names::of(&fold);
-        Ok((fold.runs.into_sorted(), names))
-    }
-
     /// The task runs of a flow run (by full id), in run-id order, each in its
     /// latest state; empty when the flow run is unknown. In a flow run marked
     /// [`FLOW_INTERRUPTED`], a task run last seen `Running` reads as `Cancelled`,
     /// ended when the flow run's last record was written: its process is gone,
     /// so it is not running any more.
     pub fn task_runs(&self, flow_run_id: &str) -> Result<Vec<TaskRunRow>, StoreError> {
-        let (runs, names) = self.fold(flow_run_id)?;
+        let blobs = self.journal(flow_run_id)?;
+        let (runs, names) =
+            fold_blobs(blobs.iter().map(Vec::as_slice)).map_err(|d| self.damaged(d))?;
         let interrupted = self
             .conn
             .prepare_cached("SELECT ended FROM flow_runs WHERE id = ?1 AND state = ?2")
@@ -396,14 +579,8 @@ impl Store {
         flow_run_id: &str,
         run: RunId,
     ) -> Result<Vec<TransitionRow>, StoreError> {
-        let mut out = Vec::new();
-        for blob in self.journal(flow_run_id)? {
-            transitions_of(&blob, run.0, &mut out).map_err(|d| self.damaged(d))?;
-        }
-        Ok(out
-            .into_iter()
-            .map(|(state, message, at)| TransitionRow { state, message, at })
-            .collect())
+        let blobs = self.journal(flow_run_id)?;
+        journal_transitions(blobs.iter().map(Vec::as_slice), run).map_err(|d| self.damaged(d))
     }
 
     /// The log lines of a flow run and its task runs, in the order written.
@@ -429,7 +606,9 @@ impl Store {
         &self,
         flow_run_id: &str,
     ) -> Result<Vec<FinishedTaskRun>, StoreError> {
-        let (runs, names) = self.fold(flow_run_id)?;
+        let blobs = self.journal(flow_run_id)?;
+        let (runs, names) =
+            fold_blobs(blobs.iter().map(Vec::as_slice)).map_err(|d| self.damaged(d))?;
         Ok(runs
             .into_iter()
             .filter_map(|(run, r)| {

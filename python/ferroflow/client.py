@@ -1,0 +1,438 @@
+"""The client of the ferroflow server: the one Python way to talk to it.
+
+:class:`Client` finds the server at ``$FERROFLOW_API_URL`` (default
+``http://127.0.0.1:4200``) and speaks GraphQL over HTTP with the stdlib ``urllib``
+(on purpose: the CLI, ``flow.register`` and the agent need no HTTP dependency; the
+server's packages are only for the server). A refusal by the server raises
+:class:`~ferroflow.exceptions.ApiError` with its message; a server that cannot be
+reached raises :class:`~ferroflow.exceptions.ServerUnavailableError` naming the URL.
+
+:func:`flow_structure` and :func:`flow_storage` are what registering sends: the flow's
+shape (tasks, edges, parameters with types and defaults, schedule) and its source
+module's text, so an agent can rebuild the flow without the author's files.
+
+``import ferroflow`` does not import this module.
+
+Example:
+    >>> from ferroflow.client import Client
+    >>> client = Client("http://127.0.0.1:4200")
+    >>> client.create_project("etl")  # doctest: +SKIP
+    '5b0e...'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ferroflow.exceptions import (
+    ApiError,
+    FerroflowError,
+    RegistrationError,
+    ServerUnavailableError,
+)
+
+if TYPE_CHECKING:
+    from ferroflow.flow import Flow
+
+__all__ = ["DEFAULT_API_URL", "Client", "api_url", "flow_storage", "flow_structure"]
+
+#: Where the server is when ``FERROFLOW_API_URL`` is not set.
+DEFAULT_API_URL = "http://127.0.0.1:4200"
+
+
+def api_url() -> str:
+    """``$FERROFLOW_API_URL``, else :data:`DEFAULT_API_URL`."""
+    return os.environ.get("FERROFLOW_API_URL") or DEFAULT_API_URL
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return {"repr": repr(value)}
+    return value
+
+
+def _type_name(tp: Any) -> str | None:
+    if tp is None:
+        return None
+    name = getattr(tp, "__qualname__", None)
+    module = getattr(tp, "__module__", None)
+    if isinstance(name, str) and module == "builtins":
+        return name
+    if isinstance(name, str) and isinstance(module, str):
+        return f"{module}.{name}"
+    return repr(tp)
+
+
+def flow_structure(flow: Flow) -> dict[str, Any]:
+    """The flow's shape as JSON-ready data: ``tasks`` (id, name, slug, type,
+    max_retries), ``edges`` (upstream and downstream task ids, key, mapped, flattened),
+    ``parameters`` (name, type, required, default) and ``schedule`` (its repr, or None).
+
+    Raises:
+        RegistrationError: the flow does not build (a cycle, an unbound argument, ...).
+    """
+    from ferroflow.task import Parameter
+
+    try:
+        flow.validate()
+        compiled = flow._compile()
+    except FerroflowError as exc:
+        raise RegistrationError(f"flow {flow.name!r} does not build: {exc}") from exc
+    slugs = flow.slugs
+    tasks = [
+        {
+            "id": i,
+            "name": t.name,
+            "slug": slugs.get(t, t.name),
+            "type": f"{type(t).__module__}.{type(t).__qualname__}",
+            "max_retries": int(getattr(t, "max_retries", 0) or 0),
+        }
+        for i, t in enumerate(compiled.tasks)
+    ]
+    edges = [
+        {"upstream": u, "downstream": d, "key": k, "mapped": m, "flattened": f}
+        for u, d, k, m, f in compiled.edge_ids
+    ]
+    parameters = [
+        {
+            "name": p.name,
+            "type": _type_name(p.type),
+            "required": bool(p.required),
+            "default": None if p.required else _jsonable(p.default),
+        }
+        for p in compiled.tasks
+        if isinstance(p, Parameter)
+    ]
+    schedule = None if flow.schedule is None else {"repr": repr(flow.schedule)}
+    return {"tasks": tasks, "edges": edges, "parameters": parameters, "schedule": schedule}
+
+
+def _source_file(flow: Flow) -> Path | None:
+    """The file that defines the flow: the module of most of its tasks' functions, else
+    the main script."""
+    counts: dict[str, int] = {}
+    for t in flow.tasks:
+        fn = getattr(t, "run", None)
+        module = sys.modules.get(getattr(fn, "__module__", "") or "")
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str) and not file.startswith(str(Path(__file__).parent)):
+            counts[file] = counts.get(file, 0) + 1
+    if counts:
+        return Path(max(counts, key=lambda f: counts[f]))
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    return Path(main) if isinstance(main, str) else None
+
+
+def flow_storage(flow: Flow, source: str | Path | None = None) -> dict[str, Any]:
+    """What an agent needs to rebuild the flow: ``{"type": "source", "filename",
+    "source", "flow_name"}`` with the text of the file that defines it (``source``, or
+    found from its tasks' functions).
+
+    Raises:
+        RegistrationError: the file cannot be found or read.
+    """
+    path = Path(source) if source is not None else _source_file(flow)
+    if path is None:
+        raise RegistrationError(
+            f"cannot tell which file defines flow {flow.name!r}: register it with "
+            "'ferroflow register --project P path/to/flows.py'"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistrationError(
+            f"cannot read {path} to register flow {flow.name!r}: {exc}"
+        ) from exc
+    return {"type": "source", "filename": path.name, "source": text, "flow_name": flow.name}
+
+
+_FLOW_RUN_FIELDS = (
+    "id name flow_name flow_id state message version parameters labels started ended "
+    "scheduled_start_time created host pid resumed_from"
+)
+
+
+class Client:
+    """Talks to a ferroflow server over GraphQL.
+
+    Args:
+        url: the server [``$FERROFLOW_API_URL``, else ``http://127.0.0.1:4200``].
+        timeout: seconds to wait for an answer [30].
+
+    Example:
+        >>> Client("http://127.0.0.1:4200").url
+        'http://127.0.0.1:4200'
+    """
+
+    def __init__(self, url: str | None = None, timeout: float = 30.0) -> None:
+        self.url = (url or api_url()).rstrip("/")
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run one GraphQL operation; its ``data``.
+
+        Raises:
+            ApiError: the server answered with errors (the first one's message).
+            ServerUnavailableError: the server cannot be reached.
+        """
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/graphql",
+            data=body,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            method="POST",
+        )
+        key = os.environ.get("FERROFLOW_API_KEY")
+        if key:
+            request.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            if not raw:
+                raise ApiError(f"the server at {self.url} answered HTTP {exc.code}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ServerUnavailableError(
+                f"cannot reach the ferroflow server at {self.url} ({reason}): start it with "
+                "'ferroflow server start', or set FERROFLOW_API_URL / --api to its address"
+            ) from exc
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:
+            raise ApiError(f"the server at {self.url} did not answer JSON") from exc
+        errors = payload.get("errors") if isinstance(payload, dict) else None
+        if errors:
+            raise ApiError(str(errors[0].get("message", errors[0])), errors)
+        data = payload.get("data") if isinstance(payload, dict) else None
+        return data if isinstance(data, dict) else {}
+
+    # ------------------------------------------------------------------- projects
+
+    def create_project(self, name: str, description: str | None = None) -> str:
+        """Create a project; its id."""
+        data = self.graphql(
+            "mutation($i: CreateProjectInput!) { create_project(input: $i) { id } }",
+            {"i": {"name": name, "description": description}},
+        )
+        return str(data["create_project"]["id"])
+
+    def get_projects(self) -> list[dict[str, Any]]:
+        """Every project (id, name, description, created)."""
+        data = self.graphql("{ projects(limit: 1000) { id name description created } }")
+        return list(data["projects"])
+
+    def delete_project(self, name: str) -> None:
+        """Delete the project named ``name`` and its flows (their runs stay)."""
+        data = self.graphql("query($n: String) { project(name: $n) { id } }", {"n": name})
+        self.graphql(
+            "mutation($i: ProjectIdInput!) { delete_project(input: $i) { success } }",
+            {"i": {"project_id": data["project"]["id"]}},
+        )
+
+    # ---------------------------------------------------------------------- flows
+
+    def register(
+        self,
+        flow: Flow,
+        project_name: str,
+        labels: list[str] | None = None,
+        idempotency_key: str | None = None,
+        set_schedule_active: bool = True,
+        source: str | Path | None = None,
+    ) -> dict[str, Any]:
+        """Register ``flow`` in a project: ``{"id", "version", "created"}`` (``created``
+        False when the same structure and source were registered already).
+
+        Raises:
+            RegistrationError: the flow does not build, or its file cannot be read.
+            ApiError: e.g. no such project (the message says how to create it).
+        """
+        data = self.graphql(
+            "mutation($i: RegisterFlowInput!) { register_flow(input: $i) { id version created } }",
+            {
+                "i": {
+                    "project_name": project_name,
+                    "name": flow.name,
+                    "structure": flow_structure(flow),
+                    "storage": flow_storage(flow, source),
+                    "labels": list(labels or []),
+                    "idempotency_key": idempotency_key,
+                    "set_schedule_active": set_schedule_active,
+                }
+            },
+        )
+        return dict(data["register_flow"])
+
+    def get_flows(self, project: str | None = None) -> list[dict[str, Any]]:
+        """The newest version of every flow (of one project)."""
+        data = self.graphql(
+            "query($p: String) { flows(project: $p, limit: 1000) "
+            "{ id name version archived labels created project { name } } }",
+            {"p": project},
+        )
+        return list(data["flows"])
+
+    def set_schedule_active(self, flow_id: str, active: bool) -> None:
+        """Turn a flow's schedule on or off."""
+        name = "set_schedule_active" if active else "set_schedule_inactive"
+        self.graphql(
+            f"mutation($i: FlowIdInput!) {{ {name}(input: $i) {{ success }} }}",
+            {"i": {"flow_id": flow_id}},
+        )
+
+    # ------------------------------------------------------------------ flow runs
+
+    def create_flow_run(
+        self,
+        flow_id: str | None = None,
+        *,
+        flow_name: str | None = None,
+        project: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        run_name: str | None = None,
+        scheduled_start_time: float | None = None,
+        labels: list[str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Create a Scheduled run of a registered flow (by id, or by name in a project);
+        its id."""
+        data = self.graphql(
+            "mutation($i: CreateFlowRunInput!) { create_flow_run(input: $i) { id } }",
+            {
+                "i": {
+                    "flow_id": flow_id,
+                    "flow_name": flow_name,
+                    "project": project,
+                    "parameters": parameters,
+                    "run_name": run_name,
+                    "scheduled_start_time": scheduled_start_time,
+                    "labels": labels,
+                    "idempotency_key": idempotency_key,
+                }
+            },
+        )
+        return str(data["create_flow_run"]["id"])
+
+    def get_flow_run(self, flow_run_id: str) -> dict[str, Any]:
+        """One flow run (an id prefix is enough) with its task-run counts."""
+        data = self.graphql(
+            f"query($id: String!) {{ flow_run(id: $id) {{ {_FLOW_RUN_FIELDS} "
+            "task_run_counts { task task_name mapped_child state count } } }",
+            {"id": flow_run_id},
+        )
+        return dict(data["flow_run"])
+
+    def get_flow_runs(
+        self, limit: int = 20, states: list[str] | None = None, project: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest flow runs (optionally in some states, of one project)."""
+        data = self.graphql(
+            f"query($f: FlowRunFilter, $n: Int!) {{ flow_runs(filter: $f, limit: $n) "
+            f"{{ {_FLOW_RUN_FIELDS} }} }}",
+            {"f": {"states": states, "project": project}, "n": limit},
+        )
+        return list(data["flow_runs"])
+
+    def get_task_runs(
+        self, flow_run_id: str, limit: int = 100, offset: int = 0
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """A page of a flow run's task runs and how many it has."""
+        data = self.graphql(
+            "query($id: String!, $n: Int!, $o: Int!) { flow_run(id: $id) { "
+            "task_runs(limit: $n, offset: $o) { total items { id task task_name map_index "
+            "run_count state message started ended result_location } } } }",
+            {"id": flow_run_id, "n": limit, "o": offset},
+        )
+        page = data["flow_run"]["task_runs"]
+        return int(page["total"]), list(page["items"])
+
+    def set_flow_run_state(
+        self, flow_run_id: str, version: int, state: str, message: str | None = None
+    ) -> int:
+        """Set a flow run's state, naming the version it is expected to be at; the new
+        version. ApiError when the version is stale."""
+        data = self.graphql(
+            "mutation($i: SetFlowRunStatesInput!) { set_flow_run_states(input: $i) "
+            "{ states { id version } } }",
+            {
+                "i": {
+                    "states": [
+                        {
+                            "flow_run_id": flow_run_id,
+                            "version": version,
+                            "state": state,
+                            "message": message,
+                        }
+                    ]
+                }
+            },
+        )
+        return int(data["set_flow_run_states"]["states"][0]["version"])
+
+    def set_task_run_state(
+        self,
+        flow_run_id: str,
+        task_run_id: int,
+        version: int,
+        state: str,
+        message: str | None = None,
+    ) -> int:
+        """Set a task run's state, naming its expected version; the new version."""
+        data = self.graphql(
+            "mutation($i: SetTaskRunStatesInput!) { set_task_run_states(input: $i) "
+            "{ states { version } } }",
+            {
+                "i": {
+                    "states": [
+                        {
+                            "flow_run_id": flow_run_id,
+                            "task_run_id": task_run_id,
+                            "version": version,
+                            "state": state,
+                            "message": message,
+                        }
+                    ]
+                }
+            },
+        )
+        return int(data["set_task_run_states"]["states"][0]["version"])
+
+    def write_run_logs(self, logs: list[dict[str, Any]]) -> None:
+        """Add log lines ``{flow_run_id, message, task_run_id?, level?, timestamp?}``."""
+        self.graphql(
+            "mutation($i: WriteRunLogsInput!) { write_run_logs(input: $i) { success } }",
+            {"i": {"logs": logs}},
+        )
+
+    def get_logs(
+        self, flow_run_id: str, min_level: int = 0, limit: int = 1000, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        """A flow run's log lines, oldest first."""
+        data = self.graphql(
+            "query($id: String!, $l: Int!, $n: Int!, $o: Int!) { logs(flow_run_id: $id, "
+            "min_level: $l, limit: $n, offset: $o) { task_run_id level at message } }",
+            {"id": flow_run_id, "l": min_level, "n": limit, "o": offset},
+        )
+        return list(data["logs"])
+
+    def cancel_flow_run(self, flow_run_id: str) -> str:
+        """Cancel a flow run; its new state (``Cancelled``, or ``Cancelling`` while its
+        agent stops it)."""
+        data = self.graphql(
+            "mutation($i: FlowRunIdInput!) { cancel_flow_run(input: $i) { state } }",
+            {"i": {"flow_run_id": flow_run_id}},
+        )
+        return str(data["cancel_flow_run"]["state"])

@@ -1,0 +1,119 @@
+"""The ferroflow server: one process serving the GraphQL API over the run store.
+
+``ferroflow server start [--host 127.0.0.1] [--port 4200] [--database-url URL]`` runs
+:func:`serve`: Starlette on uvicorn, with
+
+- ``/graphql``: the API (:mod:`ferroflow.server.api`, strawberry);
+- ``/health``: ``{"status": "ok", "database": ..., "schema_version": ...}``;
+- ``/``: the UI mount point (a placeholder page listing runs for now).
+
+Layers, each importing only those below it:
+
+- :mod:`~ferroflow.server.app`: routes, limits, error shaping (no SQL);
+- :mod:`~ferroflow.server.api`: the GraphQL types and thin resolvers;
+- :mod:`~ferroflow.server.models`: the queries per table and their rules;
+- :mod:`~ferroflow.server.database`: the SQLite and PostgreSQL dialects and migrations.
+
+The store is the SQLite run store at ``$FERROFLOW_HOME`` by default (so every local
+``flow.run()`` shows up), or PostgreSQL with ``--database-url postgresql://...`` (or
+``FERROFLOW_DATABASE_URL``). The server binds loopback only: with no API tokens yet,
+binding another address is refused.
+
+This package needs the ``server`` extra (``pip install ferroflow[server]``);
+``import ferroflow`` does not import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from ferroflow.exceptions import PlatformError
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "check_host", "serve"]
+
+#: Where the server listens by default.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4200
+
+
+def check_host(host: str) -> None:
+    """Refuse an address that is not loopback (PlatformError): until the server has API
+    tokens, only this machine may talk to it."""
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise PlatformError(
+            f"refusing to serve on {host}: without API tokens the server accepts only this "
+            "machine; use --host 127.0.0.1 (the default)"
+        )
+
+
+def serve(
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    database_url: str | None = None,
+    *,
+    ready: Any = None,
+) -> None:
+    """Open the database and serve until SIGINT or SIGTERM (then stop cleanly: finish
+    the requests in flight, close the database).
+
+    Args:
+        host: a loopback address [127.0.0.1].
+        port: the port; 0 picks a free one.
+        database_url: ``postgresql://...`` or ``sqlite:///path``; None:
+            ``$FERROFLOW_DATABASE_URL``, else the run store at ``$FERROFLOW_HOME``.
+        ready: called with the URL once the server listens [print it on stdout].
+    """
+    import uvicorn
+
+    from ferroflow.server.app import create_app
+    from ferroflow.server.database import open_database
+
+    check_host(host)
+    db = open_database(database_url)
+
+    def announce(url: str) -> None:
+        print(f"ferroflow server at {url} (database: {db.url}); Ctrl-C to stop", flush=True)
+
+    on_ready = ready or announce
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown; a stop by
+            # signal is the normal way to end the server, so it exits 0 instead.
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals.clear()
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.should_exit:
+                return
+            bound = self.servers[0].sockets[0].getsockname() if self.servers else (host, port)
+            on_ready(f"http://{host}:{bound[1]}")
+
+    config = uvicorn.Config(
+        create_app(db),
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+    )
+    try:
+        _Server(config).run()
+    finally:
+        db.close()
+        sys.stdout.flush()

@@ -1,0 +1,896 @@
+"""The server's queries, one group per table, and the rules that go with them.
+
+Everything the API (and later the UI and the agent) reads or writes goes through these
+functions; no route writes SQL. Each takes the :class:`~ferroflow.server.database.Database`
+first and returns plain dicts (rows) or raises :class:`ApiError` with a message that
+says what was wrong and what to do.
+
+Task runs are not rows: the run store journals them (``journal`` table, compact blobs,
+see ``rust/core/src/store/journal.rs``). :func:`task_runs_page` and
+:func:`task_run_counts` fold a run's journal with the native store code, so a run with a
+million mapped children comes back as counts and a page of children. A task run's state
+*version* is the number of transitions recorded for it; :func:`set_task_run_states`
+appends one journal blob per change, after checking the version under the flow run's
+write lock.
+
+Flow runs carry a ``version`` that every state change through the API must name: the
+change is one conditional ``UPDATE ... WHERE version = ?``, so of two writers holding
+the same version exactly one wins, and the other gets "stale version".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from ferroflow.exceptions import ApiError
+from ferroflow.server.database import Database
+
+__all__ = [
+    "FINISHED_FLOW_STATES",
+    "MAX_PAGE",
+    "archive_flow",
+    "audit",
+    "cancel_flow_run",
+    "create_flow_run",
+    "create_project",
+    "delete_project",
+    "get_flow",
+    "get_flow_run",
+    "get_project",
+    "ingest",
+    "list_agents",
+    "list_flow_runs",
+    "list_flows",
+    "list_logs",
+    "list_projects",
+    "register_flow",
+    "set_flow_run_states",
+    "set_schedule_active",
+    "set_task_run_states",
+    "task_run",
+    "task_run_counts",
+    "task_runs_page",
+    "write_run_logs",
+]
+
+#: The most rows one page may hold.
+MAX_PAGE = 1000
+
+#: Flow-run states after which nothing more happens to the run.
+FINISHED_FLOW_STATES = frozenset(
+    {
+        "Success",
+        "Failed",
+        "TimedOut",
+        "TriggerFailed",
+        "Cancelled",
+        "Skipped",
+        "Interrupted",
+        "Cached",
+        "Looped",
+        "Mapped",
+    }
+)
+
+#: Flow-run states the API accepts in ``set_flow_run_states``.
+FLOW_RUN_STATES = frozenset({"Scheduled", "Pending", "Running", "Cancelling"}) | (
+    FINISHED_FLOW_STATES - {"Interrupted"}
+)
+
+_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _like_escape(text: str) -> str:
+    """``text`` for a ``LIKE ? ESCAPE '\\'`` pattern: its wildcards taken literally."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _page(limit: int, offset: int) -> tuple[int, int]:
+    if limit < 0 or limit > MAX_PAGE:
+        raise ApiError(f"limit must be between 0 and {MAX_PAGE}, got {limit}")
+    if offset < 0:
+        raise ApiError(f"offset must not be negative, got {offset}")
+    return limit, offset
+
+
+def _labels(labels: Sequence[str] | None) -> list[str]:
+    out = sorted({str(x) for x in labels or ()})
+    for label in out:
+        if not label or len(label) > 200:
+            raise ApiError(f"a label must be 1 to 200 characters, got {label!r}")
+    return out
+
+
+def _check_name(what: str, name: str) -> str:
+    name = name.strip() if isinstance(name, str) else ""
+    if not name or len(name) > 200:
+        raise ApiError(f"a {what} name must be 1 to 200 characters")
+    return name
+
+
+def audit(
+    db: Database, action: str, target: str | None, detail: dict[str, Any] | None = None
+) -> None:
+    """Write one line of the audit log (every mutation calls it in its transaction)."""
+    db.execute(
+        "INSERT INTO audit(at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+        (_now(), "anonymous", action, target, json.dumps(detail or {}, sort_keys=True)),
+    )
+
+
+# ---------------------------------------------------------------------------- projects
+
+
+def create_project(db: Database, name: str, description: str | None = None) -> dict[str, Any]:
+    """Create a project; ApiError if one with this name exists."""
+    name = _check_name("project", name)
+    with db.transaction():
+        if db.fetchone("SELECT id FROM projects WHERE name = ?", (name,)):
+            raise ApiError(f"a project named {name!r} already exists")
+        row: dict[str, Any] = {
+            "id": _new_id(),
+            "name": name,
+            "description": description,
+            "created": _now(),
+        }
+        db.execute(
+            "INSERT INTO projects(id, name, description, created) VALUES (?, ?, ?, ?)",
+            (row["id"], name, description, row["created"]),
+        )
+        audit(db, "create_project", row["id"], {"name": name})
+    return row
+
+
+def get_project(
+    db: Database, *, project_id: str | None = None, name: str | None = None
+) -> dict[str, Any]:
+    """One project by id or name; ApiError naming how to create it when unknown."""
+    if project_id is not None:
+        row = db.fetchone("SELECT * FROM projects WHERE id = ?", (project_id,))
+        if row is None:
+            raise ApiError(f"no project with id {project_id!r}")
+        return row
+    row = db.fetchone("SELECT * FROM projects WHERE name = ?", (name,))
+    if row is None:
+        raise ApiError(
+            f"no project named {name!r}: create it with 'ferroflow projects create {name}' "
+            "(or Client().create_project)"
+        )
+    return row
+
+
+def list_projects(db: Database, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    """Projects by name."""
+    limit, offset = _page(limit, offset)
+    return db.fetchall("SELECT * FROM projects ORDER BY name LIMIT ? OFFSET ?", (limit, offset))
+
+
+def delete_project(db: Database, project_id: str) -> None:
+    """Delete a project and its flows (every version); their runs stay."""
+    with db.transaction():
+        project = get_project(db, project_id=project_id)
+        groups = [
+            r["flow_group"]
+            for r in db.fetchall(
+                "SELECT DISTINCT flow_group FROM flows WHERE project_id = ?", (project_id,)
+            )
+        ]
+        for group in groups:
+            db.execute("DELETE FROM schedules WHERE flow_group = ?", (group,))
+        db.execute("DELETE FROM flows WHERE project_id = ?", (project_id,))
+        db.execute("DELETE FROM projects WHERE id = ?", (project_id,))
+        audit(db, "delete_project", project_id, {"name": project["name"]})
+
+
+# ------------------------------------------------------------------------------- flows
+
+
+def _flow_group(project_id: str, name: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ferroflow:{project_id}:{name}"))
+
+
+def structure_hash(structure: dict[str, Any], storage: dict[str, Any]) -> str:
+    """The digest that decides whether a registration is a new version: the flow's
+    structure and its stored source, as canonical JSON."""
+    text = json.dumps({"structure": structure, "storage": storage}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_STRUCTURE_KEYS = ("tasks", "edges", "parameters")
+
+
+def _check_structure(structure: Any, storage: Any) -> None:
+    if not isinstance(structure, dict) or any(
+        not isinstance(structure.get(k), list) for k in _STRUCTURE_KEYS
+    ):
+        raise ApiError(
+            "a flow's structure must be an object with lists 'tasks', 'edges' and "
+            "'parameters' (as ferroflow.client.flow_structure makes it)"
+        )
+    if not isinstance(storage, dict) or storage.get("type") not in ("source", "module"):
+        raise ApiError(
+            "a flow's storage must be an object with type 'source' (the module's text) "
+            "or 'module' (an importable module path)"
+        )
+    if storage["type"] == "source" and not isinstance(storage.get("source"), str):
+        raise ApiError("a flow's 'source' storage needs the module's text in 'source'")
+    if storage["type"] == "module" and not isinstance(storage.get("module"), str):
+        raise ApiError("a flow's 'module' storage needs the module path in 'module'")
+
+
+def register_flow(
+    db: Database,
+    *,
+    project_name: str,
+    name: str,
+    structure: dict[str, Any],
+    storage: dict[str, Any],
+    labels: Sequence[str] | None = None,
+    idempotency_key: str | None = None,
+    set_schedule_active: bool = True,
+) -> dict[str, Any]:
+    """Register a flow: the same structure and source as the newest version is that
+    version (nothing changes); otherwise a new version (newest + 1) and every older
+    version is archived (its runs stay). A registration with the idempotency key of an
+    existing version returns that version.
+
+    Returns:
+        the flow row plus ``created``: whether a new version was made.
+    """
+    name = _check_name("flow", name)
+    _check_structure(structure, storage)
+    labels_json = json.dumps(_labels(labels))
+    digest = structure_hash(structure, storage)
+    with db.transaction():
+        project = get_project(db, name=project_name)
+        group = _flow_group(project["id"], name)
+        if idempotency_key is not None:
+            same = db.fetchone(
+                "SELECT * FROM flows WHERE flow_group = ? AND idempotency_key = ?",
+                (group, idempotency_key),
+            )
+            if same is not None:
+                return {**same, "created": False}
+        newest = db.fetchone(
+            "SELECT * FROM flows WHERE flow_group = ? ORDER BY version DESC LIMIT 1", (group,)
+        )
+        if newest is not None and newest["structure_hash"] == digest and not newest["archived"]:
+            return {**newest, "created": False}
+        version = 1 if newest is None else int(newest["version"]) + 1
+        row = {
+            "id": _new_id(),
+            "flow_group": group,
+            "project_id": project["id"],
+            "name": name,
+            "version": version,
+            "structure_hash": digest,
+            "structure": json.dumps(structure, sort_keys=True),
+            "storage": json.dumps(storage, sort_keys=True),
+            "labels": labels_json,
+            "archived": 0,
+            "idempotency_key": idempotency_key,
+            "created": _now(),
+        }
+        db.execute("UPDATE flows SET archived = 1 WHERE flow_group = ?", (group,))
+        db.execute(
+            "INSERT INTO flows(id, flow_group, project_id, name, version, structure_hash, "
+            "structure, storage, labels, archived, idempotency_key, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            tuple(row.values()),
+        )
+        schedule = structure.get("schedule")
+        if schedule is not None:
+            db.execute(
+                "INSERT INTO schedules(flow_group, schedule, active, updated) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(flow_group) DO UPDATE SET "
+                "schedule = excluded.schedule, active = excluded.active, "
+                "updated = excluded.updated",
+                (group, json.dumps(schedule), int(set_schedule_active), _now()),
+            )
+        else:
+            db.execute("DELETE FROM schedules WHERE flow_group = ?", (group,))
+        audit(db, "register_flow", row["id"], {"name": name, "version": version})
+    return {**row, "created": True}
+
+
+def get_flow(db: Database, flow_id: str) -> dict[str, Any]:
+    """One flow version by id; ApiError when unknown."""
+    row = db.fetchone("SELECT * FROM flows WHERE id = ?", (flow_id,))
+    if row is None:
+        raise ApiError(f"no flow with id {flow_id!r} (see 'ferroflow flows ls')")
+    return row
+
+
+def list_flows(
+    db: Database,
+    *,
+    project: str | None = None,
+    name: str | None = None,
+    flow_group: str | None = None,
+    include_archived: bool = False,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Flow versions (the newest only unless ``include_archived``), by project, name and
+    version (newest first)."""
+    limit, offset = _page(limit, offset)
+    where: list[str] = ["1 = 1"]
+    args: list[Any] = []
+    if project is not None:
+        where.append("p.name = ?")
+        args.append(project)
+    if name is not None:
+        where.append("f.name = ?")
+        args.append(name)
+    if flow_group is not None:
+        where.append("f.flow_group = ?")
+        args.append(flow_group)
+    if not include_archived:
+        where.append("f.archived = 0")
+    return db.fetchall(
+        "SELECT f.*, p.name AS project_name FROM flows f JOIN projects p ON p.id = f.project_id "
+        f"WHERE {' AND '.join(where)} ORDER BY p.name, f.name, f.version DESC LIMIT ? OFFSET ?",
+        (*args, limit, offset),
+    )
+
+
+def archive_flow(db: Database, flow_id: str) -> None:
+    """Archive one flow version (no new runs; its runs stay)."""
+    with db.transaction():
+        get_flow(db, flow_id)
+        db.execute("UPDATE flows SET archived = 1 WHERE id = ?", (flow_id,))
+        audit(db, "archive_flow", flow_id)
+
+
+def set_schedule_active(db: Database, flow_id: str, active: bool) -> None:
+    """Turn the schedule of a flow (all its versions) on or off; ApiError when the flow
+    has no schedule."""
+    with db.transaction():
+        flow = get_flow(db, flow_id)
+        changed = db.execute(
+            "UPDATE schedules SET active = ?, updated = ? WHERE flow_group = ?",
+            (int(active), _now(), flow["flow_group"]),
+        )
+        if not changed:
+            raise ApiError(f"flow {flow['name']!r} has no schedule")
+        audit(db, "set_schedule_active" if active else "set_schedule_inactive", flow_id)
+
+
+def schedule_of(db: Database, flow_group: str) -> dict[str, Any] | None:
+    """The schedule row of a flow group, if it has one."""
+    return db.fetchone("SELECT * FROM schedules WHERE flow_group = ?", (flow_group,))
+
+
+# --------------------------------------------------------------------------- flow runs
+
+
+def _finite(value: float | None, what: str) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ApiError(f"{what} must be a finite number of seconds since the epoch")
+    return value
+
+
+def create_flow_run(
+    db: Database,
+    *,
+    flow_id: str | None = None,
+    flow_name: str | None = None,
+    project: str | None = None,
+    parameters: dict[str, Any] | None = None,
+    run_name: str | None = None,
+    scheduled_start_time: float | None = None,
+    labels: Sequence[str] | None = None,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """Create a ``Scheduled`` flow run of a registered flow (by id, or by name in a
+    project: its newest version), to start at ``scheduled_start_time`` [now]. Unknown
+    or required-but-missing parameters are refused. With an ``idempotency_key`` already
+    used for this flow, the existing run is returned.
+    """
+    if flow_id is not None:
+        flow = get_flow(db, flow_id)
+    else:
+        if flow_name is None or project is None:
+            raise ApiError("create_flow_run needs flow_id, or flow_name and project")
+        found = list_flows(db, project=project, name=flow_name, limit=1)
+        if not found:
+            get_project(db, name=project)
+            raise ApiError(
+                f"no flow named {flow_name!r} in project {project!r} (register it with "
+                f"'ferroflow register --project {project} FILE')"
+            )
+        flow = found[0]
+    if flow["archived"] and flow_id is not None:
+        raise ApiError(f"flow {flow['name']!r} version {flow['version']} is archived")
+    params = dict(parameters or {})
+    declared = {p["name"]: p for p in json.loads(flow["structure"]).get("parameters", [])}
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise ApiError(
+            f"flow {flow['name']!r} has no parameter {unknown[0]!r} (its parameters: "
+            f"{', '.join(sorted(declared)) or 'none'})"
+        )
+    missing = sorted(n for n, p in declared.items() if p.get("required") and n not in params)
+    if missing:
+        raise ApiError(f"flow {flow['name']!r} needs a value for parameter {missing[0]!r}")
+    start = _finite(scheduled_start_time, "scheduled_start_time")
+    now = _now()
+    row_labels = _labels([*json.loads(flow["labels"]), *(labels or ())])
+    with db.transaction():
+        if idempotency_key is not None:
+            same = db.fetchone(
+                "SELECT id FROM flow_runs WHERE flow_id = ? AND idempotency_key = ?",
+                (flow["id"], idempotency_key),
+            )
+            if same is not None:
+                return get_flow_run(db, same["id"])
+        run_id = _new_id()
+        db.execute(
+            "INSERT INTO flow_runs(id, flow_name, parameters, state, started, flow_id, "
+            "version, labels, name, scheduled_start, idempotency_key, created) "
+            "VALUES (?, ?, ?, 'Scheduled', ?, ?, 0, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                flow["name"],
+                json.dumps(params, sort_keys=True, default=repr),
+                start if start is not None else now,
+                flow["id"],
+                json.dumps(row_labels),
+                run_name,
+                start if start is not None else now,
+                idempotency_key,
+                now,
+            ),
+        )
+        audit(db, "create_flow_run", run_id, {"flow_id": flow["id"]})
+    return get_flow_run(db, run_id)
+
+
+_FLOW_RUN_COLS = (
+    "r.key, r.id, r.flow_name, r.parameters, r.state, r.message, r.started, r.ended, r.pid, "
+    "r.host, r.resumed_from, r.flow_id, r.version, r.labels, r.name, r.scheduled_start, "
+    "r.created, r.agent_id, r.heartbeat"
+)
+
+
+def get_flow_run(db: Database, flow_run_id: str) -> dict[str, Any]:
+    """One flow run by id or unique id prefix (at least 4 characters); ApiError when
+    unknown or ambiguous."""
+    row = db.fetchone(f"SELECT {_FLOW_RUN_COLS} FROM flow_runs r WHERE r.id = ?", (flow_run_id,))
+    if row is not None:
+        return row
+    if len(flow_run_id) >= 4:
+        rows = db.fetchall(
+            f"SELECT {_FLOW_RUN_COLS} FROM flow_runs r WHERE r.id LIKE ? ESCAPE '\\' "
+            "ORDER BY r.id LIMIT 2",
+            (_like_escape(flow_run_id) + "%",),
+        )
+        if len(rows) == 1:
+            return rows[0]
+        if len(rows) > 1:
+            raise ApiError(f"flow run id {flow_run_id!r} is ambiguous: give more characters")
+    raise ApiError(f"no flow run with id {flow_run_id!r}")
+
+
+_ORDERS = {
+    "STARTED_DESC": "r.started DESC, r.key DESC",
+    "STARTED_ASC": "r.started ASC, r.key ASC",
+    "CREATED_DESC": "r.key DESC",
+    "ENDED_DESC": "r.ended DESC, r.key DESC",
+}
+
+
+def list_flow_runs(
+    db: Database,
+    *,
+    states: Sequence[str] | None = None,
+    flow_id: str | None = None,
+    flow_name: str | None = None,
+    project: str | None = None,
+    labels: Sequence[str] | None = None,
+    started_after: float | None = None,
+    started_before: float | None = None,
+    order_by: str = "STARTED_DESC",
+    limit: int = 50,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Flow runs matching every filter given: state in ``states``, of one flow version
+    (``flow_id``) or flow name, of a project, carrying every label in ``labels``,
+    started in ``[started_after, started_before)``; ordered and paged."""
+    limit, offset = _page(limit, offset)
+    if order_by not in _ORDERS:
+        raise ApiError(f"unknown order {order_by!r}: one of {', '.join(_ORDERS)}")
+    where: list[str] = ["1 = 1"]
+    args: list[Any] = []
+    if states:
+        where.append(f"r.state IN ({', '.join('?' * len(states))})")
+        args.extend(states)
+    if flow_id is not None:
+        where.append("r.flow_id = ?")
+        args.append(flow_id)
+    if flow_name is not None:
+        where.append("r.flow_name = ?")
+        args.append(flow_name)
+    if project is not None:
+        where.append(
+            "r.flow_id IN (SELECT f.id FROM flows f JOIN projects p ON p.id = f.project_id "
+            "WHERE p.name = ?)"
+        )
+        args.append(project)
+    for label in labels or ():
+        # labels is a sorted JSON array of strings: match the quoted element.
+        where.append("r.labels LIKE ? ESCAPE '\\'")
+        args.append("%" + _like_escape(json.dumps(str(label))) + "%")
+    if started_after is not None:
+        where.append("r.started >= ?")
+        args.append(_finite(started_after, "started_after"))
+    if started_before is not None:
+        where.append("r.started < ?")
+        args.append(_finite(started_before, "started_before"))
+    rows = db.fetchall(
+        f"SELECT {_FLOW_RUN_COLS} FROM flow_runs r WHERE {' AND '.join(where)} "
+        f"ORDER BY {_ORDERS[order_by]} LIMIT ? OFFSET ?",
+        (*args, limit, offset),
+    )
+    if labels:
+        wanted = set(labels)
+        rows = [r for r in rows if wanted <= set(json.loads(r["labels"] or "[]"))]
+    return rows
+
+
+def set_flow_run_states(db: Database, changes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Apply state changes ``{flow_run_id, version, state, message}`` in one
+    transaction: each names the version it expects, and a stale one refuses the whole
+    batch (ApiError), so two writers cannot both win. Returns ``{id, version, state}``
+    per change, with the new version."""
+    out = []
+    with db.transaction():
+        for change in changes:
+            state = change["state"]
+            if state not in FLOW_RUN_STATES:
+                raise ApiError(
+                    f"unknown flow-run state {state!r}: one of {', '.join(sorted(FLOW_RUN_STATES))}"
+                )
+            run = get_flow_run(db, change["flow_run_id"])
+            now = _now()
+            finished = state in FINISHED_FLOW_STATES
+            changed = db.execute(
+                "UPDATE flow_runs SET state = ?, message = ?, version = version + 1, "
+                "started = CASE WHEN ? = 1 AND state IN ('Scheduled', 'Pending') THEN ? "
+                "ELSE started END, ended = ? WHERE key = ? AND version = ?",
+                (
+                    state,
+                    change.get("message"),
+                    int(state == "Running"),
+                    now,
+                    now if finished else None,
+                    run["key"],
+                    int(change["version"]),
+                ),
+            )
+            if not changed:
+                raise ApiError(
+                    f"stale version for flow run {run['id']}: expected {change['version']}, "
+                    f"it is at version {run['version']} ({run['state']}); read it again"
+                )
+            audit(db, "set_flow_run_state", run["id"], {"state": state})
+            out.append({"id": run["id"], "version": int(change["version"]) + 1, "state": state})
+    return out
+
+
+def cancel_flow_run(db: Database, flow_run_id: str) -> dict[str, Any]:
+    """Cancel a flow run: one that has not started becomes ``Cancelled`` now, a running
+    one ``Cancelling`` (its agent stops it). ApiError when it already finished."""
+    with db.transaction():
+        run = get_flow_run(db, flow_run_id)
+        if run["state"] in FINISHED_FLOW_STATES:
+            raise ApiError(f"flow run {run['id']} already finished ({run['state']})")
+        state = "Cancelled" if run["state"] in ("Scheduled", "Pending") else "Cancelling"
+        done = set_flow_run_states(
+            db,
+            [
+                {
+                    "flow_run_id": run["id"],
+                    "version": run["version"],
+                    "state": state,
+                    "message": "cancelled through the API",
+                }
+            ],
+        )
+        audit(db, "cancel_flow_run", run["id"])
+    return done[0]
+
+
+# --------------------------------------------------------------------------- task runs
+
+
+#: How many flow runs' folded journals a database keeps in memory.
+FOLD_CACHE_SIZE = 8
+
+
+def _journal(db: Database, key: int, after: int = 0) -> list[tuple[int, bytes]]:
+    return [
+        (int(r["seq"]), bytes(r["data"]))
+        for r in db.fetchall(
+            "SELECT seq, data FROM journal WHERE flow_run = ? AND seq > ? ORDER BY seq",
+            (key, after),
+        )
+    ]
+
+
+def _fold(db: Database, key: int) -> Any:
+    """The folded journal of flow run ``key``, brought up to date: each blob is folded
+    once and the fold kept (for the :data:`FOLD_CACHE_SIZE` most recent runs), so
+    reading the counts of a run with a million children again costs a walk over its
+    table, not a decode of its journal."""
+    from ferroflow import _native
+
+    with db.transaction():  # the lock, and one consistent read of the new blobs
+        cache = db.folds
+        seq, fold = cache.pop(key, (0, None))
+        if fold is None:
+            fold = _native.JournalFold()
+        new = _journal(db, key, seq)
+        if new:
+            fold.apply([data for _, data in new])
+            seq = new[-1][0]
+        cache[key] = (seq, fold)
+        while len(cache) > FOLD_CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+    return fold
+
+
+def task_run_counts(db: Database, flow_run_key: int) -> list[dict[str, Any]]:
+    """Counts of a flow run's task runs by task, own run or mapped child, and state."""
+    return [
+        {"task": t, "task_name": n, "mapped_child": c, "state": s, "count": k}
+        for t, n, c, s, k in _fold(db, flow_run_key).counts()
+    ]
+
+
+def task_runs_page(
+    db: Database,
+    flow_run_key: int,
+    *,
+    task: int | None = None,
+    children: bool | None = None,
+    states: Sequence[str] | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[int, list[dict[str, Any]]]:
+    """A page of a flow run's task runs in run-id order (optionally of one task, only
+    mapped children or only tasks' own runs, only some states) and how many match."""
+    limit, offset = _page(limit, offset)
+    try:
+        total, rows = _fold(db, flow_run_key).page(
+            task=task, children=children, states=list(states or []), offset=offset, limit=limit
+        )
+    except ValueError as exc:
+        raise ApiError(str(exc)) from exc
+    return total, rows
+
+
+def task_run(db: Database, flow_run_id: str, run: int) -> dict[str, Any]:
+    """One task run with its transitions and state ``version``; ApiError when unknown."""
+    from ferroflow import _native
+
+    flow_run = get_flow_run(db, flow_run_id)
+    row = _fold(db, flow_run["key"]).get(run) if 0 <= run < 1 << 32 else None
+    if row is None:
+        raise ApiError(f"flow run {flow_run['id']} has no task run {run}")
+    blobs = [data for _, data in _journal(db, flow_run["key"])]
+    transitions = _native.journal_transitions(blobs, run)
+    return {
+        **row,
+        "flow_run_id": flow_run["id"],
+        "version": len(transitions),
+        "transitions": transitions,
+    }
+
+
+def set_task_run_states(db: Database, changes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Apply task-run state changes ``{flow_run_id, task_run_id, version, state,
+    message}`` in one transaction; a stale version refuses the batch (ApiError).
+    Returns ``{flow_run_id, task_run_id, version, state}`` per change."""
+    from ferroflow import _native
+    from ferroflow.store import FINISHED_STATES
+
+    out = []
+    with db.transaction():
+        for change in changes:
+            flow_run = get_flow_run(db, change["flow_run_id"])
+            # Take the flow run's row lock first (PostgreSQL) / the write lock (SQLite),
+            # so the version read below cannot change before the blob is appended.
+            db.execute("UPDATE flow_runs SET version = version WHERE key = ?", (flow_run["key"],))
+            current = task_run(db, flow_run["id"], int(change["task_run_id"]))
+            if current["version"] != int(change["version"]):
+                raise ApiError(
+                    f"stale version for task run {change['task_run_id']} of flow run "
+                    f"{flow_run['id']}: expected {change['version']}, it is at version "
+                    f"{current['version']} ({current['state']}); read it again"
+                )
+            state = change["state"]
+            run_count = int(current["run_count"]) + (state == "Running")
+            try:
+                blob = _native.journal_encode_transitions(
+                    [(current["run"], state, change.get("message"), run_count, _now())]
+                )
+            except ValueError as exc:
+                raise ApiError(str(exc)) from exc
+            db.execute("INSERT INTO journal(flow_run, data) VALUES (?, ?)", (flow_run["key"], blob))
+            audit(db, "set_task_run_state", flow_run["id"], {"run": current["run"], "state": state})
+            out.append(
+                {
+                    "flow_run_id": flow_run["id"],
+                    "task_run_id": current["run"],
+                    "version": current["version"] + 1,
+                    "state": state,
+                    "finished": state in FINISHED_STATES,
+                }
+            )
+    return out
+
+
+# -------------------------------------------------------------------------------- logs
+
+
+def _level(level: int | str) -> int:
+    if isinstance(level, int):
+        return level
+    try:
+        return _LEVELS[str(level).upper()]
+    except KeyError:
+        raise ApiError(f"unknown log level {level!r}: one of {', '.join(_LEVELS)}") from None
+
+
+def write_run_logs(db: Database, logs: Sequence[dict[str, Any]]) -> int:
+    """Add log lines ``{flow_run_id, task_run_id, level, message, timestamp}`` to the
+    run store's ``logs`` table (the one the engine writes), in one transaction."""
+    known: dict[str, str] = {}
+    with db.transaction():
+        for line in logs:
+            given = line["flow_run_id"]
+            if given not in known:
+                known[given] = get_flow_run(db, given)["id"]
+            at = _finite(line.get("timestamp"), "timestamp")
+            db.execute(
+                "INSERT INTO logs(flow_run_id, task_run_id, level, time, message) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    known[given],
+                    line.get("task_run_id"),
+                    _level(line.get("level", 20)),
+                    at if at is not None else _now(),
+                    str(line["message"]),
+                ),
+            )
+    return len(logs)
+
+
+def list_logs(
+    db: Database,
+    flow_run_id: str,
+    *,
+    task_run_id: int | None = None,
+    min_level: int = 0,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """The log lines of a flow run (or one of its task runs), oldest first."""
+    limit, offset = _page(limit, offset)
+    run = get_flow_run(db, flow_run_id)
+    where, args = ["flow_run_id = ?", "level >= ?"], [run["id"], min_level]
+    if task_run_id is not None:
+        where.append("task_run_id = ?")
+        args.append(task_run_id)
+    # SQLite keeps the order written in rowid; PostgreSQL rows have no such order, so
+    # lines of one instant come back in storage order there.
+    tie = "rowid" if db.dialect == "sqlite" else "ctid"
+    return db.fetchall(
+        "SELECT flow_run_id, task_run_id, level, time AS at, message FROM logs "
+        f"WHERE {' AND '.join(where)} ORDER BY time, {tie} LIMIT ? OFFSET ?",
+        (*args, limit, offset),
+    )
+
+
+# ------------------------------------------------------------------------------ agents
+
+
+def list_agents(db: Database, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    """Agents, most recently seen first."""
+    limit, offset = _page(limit, offset)
+    return db.fetchall(
+        "SELECT * FROM agents ORDER BY last_heartbeat DESC, created DESC LIMIT ? OFFSET ?",
+        (limit, offset),
+    )
+
+
+# ------------------------------------------------------------------------------ ingest
+
+_INGEST_RUN_FIELDS = (
+    "flow_name",
+    "parameters",
+    "state",
+    "message",
+    "started",
+    "ended",
+    "pid",
+    "host",
+    "resumed_from",
+)
+
+
+def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
+    """Apply one batch streamed by a local run (see :mod:`ferroflow.reporting`): its
+    flow-run row, and the journal blobs and log lines of its local store numbered by
+    their local ``seq`` / ``rowid``. Entries at or below what the server already
+    stored for the run are skipped, so a resent batch (after a lost answer or a server
+    restart) is applied once. Returns the acknowledged ``journal_seq`` and ``log_seq``.
+    """
+    run = batch.get("flow_run")
+    if not isinstance(run, dict) or not isinstance(run.get("id"), str):
+        raise ApiError("an ingest batch needs 'flow_run' with an 'id'")
+    values = [run.get(k) for k in _INGEST_RUN_FIELDS]
+    if not isinstance(values[0], str) or not isinstance(values[2], str):
+        raise ApiError("an ingest batch's flow run needs 'flow_name' and 'state'")
+    with db.transaction():
+        row = db.fetchone(
+            "SELECT key, ingest_journal_seq, ingest_log_seq FROM flow_runs WHERE id = ?",
+            (run["id"],),
+        )
+        if row is None:
+            db.execute(
+                "INSERT INTO flow_runs(id, flow_name, parameters, state, message, started, "
+                "ended, pid, host, resumed_from, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run["id"], *values, _now()),
+            )
+            row = db.fetchone(
+                "SELECT key, ingest_journal_seq, ingest_log_seq FROM flow_runs WHERE id = ?",
+                (run["id"],),
+            )
+            assert row is not None
+        else:
+            db.execute(
+                "UPDATE flow_runs SET state = ?, message = ?, ended = ?, heartbeat = ? "
+                "WHERE key = ?",
+                (run["state"], run.get("message"), run.get("ended"), _now(), row["key"]),
+            )
+        key, journal_seq, log_seq = (
+            row["key"],
+            int(row["ingest_journal_seq"]),
+            int(row["ingest_log_seq"]),
+        )
+        for seq, data in batch.get("journal", ()):
+            if int(seq) > journal_seq:
+                db.execute(
+                    "INSERT INTO journal(flow_run, data) VALUES (?, ?)",
+                    (key, bytes(data)),
+                )
+                journal_seq = int(seq)
+        for seq, task_run, level, at, message in batch.get("logs", ()):
+            if int(seq) > log_seq:
+                db.execute(
+                    "INSERT INTO logs(flow_run_id, task_run_id, level, time, message) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (run["id"], task_run, int(level), float(at), str(message)),
+                )
+                log_seq = int(seq)
+        db.execute(
+            "UPDATE flow_runs SET ingest_journal_seq = ?, ingest_log_seq = ? WHERE key = ?",
+            (journal_seq, log_seq, key),
+        )
+    return {"journal_seq": journal_seq, "log_seq": log_seq}
