@@ -226,6 +226,8 @@ from ferroflow.executors import LocalExecutor, ProcessExecutor, ThreadExecutor
 @task
 def slow(x):
     time.sleep(0.05)
+    with open(sys.argv[2], "a") as f:  # the test interrupts once work has finished
+        f.write(f"{x},")
     return x
 
 with Flow("interrupt-me") as flow:
@@ -249,15 +251,21 @@ def test_ctrl_c_cancels_on_every_executor(kind: str, tmp_path: Any) -> None:
 
     script = tmp_path / "interrupt.py"
     script.write_text(CTRL_C)
+    done_file = tmp_path / "done.txt"
     proc = subprocess.Popen(
-        [sys.executable, str(script), kind],
+        [sys.executable, str(script), kind, str(done_file)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "READY"
-    time.sleep(1.0)
+    # Interrupt once some children have finished (workers may take a while to start
+    # on a loaded machine), well before all 2,000 can have.
+    for _ in range(1200):
+        if done_file.exists() and done_file.read_text().count(",") >= 4:
+            break
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)  # a hang guard, not a speed check
     line = next(x for x in out.splitlines() if x.startswith("STATE"))
