@@ -8,11 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from _dask import local_cluster
 from ferroflow.executors import LocalExecutor, ProcessExecutor, ThreadExecutor
-
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-#: Worker processes (process pool, Dask) import test modules from here.
-WORKER_ENV = {"PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
 
 EXECUTORS = ["dask", "local", "processes", "threads"]
 
@@ -20,17 +17,7 @@ EXECUTORS = ["dask", "local", "processes", "threads"]
 @pytest.fixture(scope="session")
 def dask_cluster() -> Iterator[object]:
     """One real Dask LocalCluster (two worker processes, loopback) for the session."""
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        scheduler_kwargs={"dashboard": False},
-        env=WORKER_ENV,
-    ) as cluster:
+    with local_cluster() as cluster:
         yield cluster
 
 

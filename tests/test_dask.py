@@ -20,6 +20,7 @@ pytest.importorskip("distributed")
 import psutil
 from distributed import Client, LocalCluster
 
+from _dask import WORKER_ENV, local_cluster
 from _tasks import add, inc, total
 from ferroflow import (
     Flow,
@@ -47,25 +48,12 @@ from ferroflow.states import (
     TimedOut,
 )
 
-TESTS = str(Path(__file__).resolve().parent)
-# Spawned worker processes can import this module, should anything of it travel by reference.
-WORKER_ENV = {"PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
-
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    """One real two-worker cluster (processes, loopback) for the whole module."""
-    # The scheduler's HTTP server (no dashboard) on a free loopback port: Dask warns
-    # when its default port 8787 is taken, e.g. by another cluster on this machine.
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        scheduler_kwargs={"dashboard": False},
-        env=WORKER_ENV,
-    ) as c:
+    """One real two-worker cluster (processes, loopback) for this module: its tests
+    kill workers, so it is not the session's shared cluster."""
+    with local_cluster() as c:
         yield c
 
 
