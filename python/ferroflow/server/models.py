@@ -460,40 +460,66 @@ def auto_run_keys(db: Database, after: float) -> dict[str, list[str]]:
     return out
 
 
-#: Rows per INSERT of :func:`insert_auto_runs` (12 values each: below every SQLite's
-#: limit of bound variables).
-_INSERT_CHUNK = 80
+#: Rows per INSERT of :func:`insert_auto_runs` on SQLite (9 bound values each: far below
+#: its limit of 32,766).
+_INSERT_CHUNK = 400
+
+_AUTO_RUN_COLUMNS = (
+    "id, flow_name, parameters, state, started, flow_id, version, labels, scheduled_start, "
+    "idempotency_key, created"
+)
 
 
-def insert_auto_runs(db: Database, runs: Sequence[dict[str, Any]]) -> int:
+def insert_auto_runs(db: Database, runs: Sequence[dict[str, Any]]) -> dict[str, int]:
     """Insert ``Scheduled`` runs ``{flow_id, flow_name, parameters, labels,
     scheduled_start, idempotency_key}``; a run whose ``(flow_id, idempotency_key)``
     exists already is skipped by the UNIQUE index (``ON CONFLICT DO NOTHING``), so
-    two passes, two servers or a restart never make it twice. How many were made."""
+    two passes, two servers or a restart never make it twice. How many were made, by
+    flow version id.
+
+    SQLite takes multi-row ``VALUES``; PostgreSQL takes one array per column
+    (``unnest``): psycopg parses a statement with more than 50 parameters again each
+    time, which made a first pass over 1,000 flows 3x slower."""
     now = _now()
-    made = 0
-    for i in range(0, len(runs), _INSERT_CHUNK):
-        chunk = runs[i : i + _INSERT_CHUNK]
-        values: list[Any] = []
-        for r in chunk:
-            values += [
-                _new_id(),
-                r["flow_name"],
-                json.dumps(r["parameters"], sort_keys=True, default=repr),
-                r["scheduled_start"],
-                r["flow_id"],
-                json.dumps(_labels(r["labels"])),
-                r["scheduled_start"],
-                r["idempotency_key"],
-                now,
-            ]
-        made += db.execute(
-            "INSERT INTO flow_runs(id, flow_name, parameters, state, started, flow_id, "
-            "version, labels, scheduled_start, idempotency_key, created) VALUES "
-            + ", ".join(["(?, ?, ?, 'Scheduled', ?, ?, 0, ?, ?, ?, ?)"] * len(chunk))
-            + " ON CONFLICT(flow_id, idempotency_key) DO NOTHING",
-            values,
+    rows = [
+        (
+            _new_id(),
+            r["flow_name"],
+            json.dumps(r["parameters"], sort_keys=True, default=repr),
+            float(r["scheduled_start"]),
+            r["flow_id"],
+            json.dumps(_labels(r["labels"])),
+            r["idempotency_key"],
         )
+        for r in runs
+    ]
+    made: dict[str, int] = {}
+    if db.dialect == "postgresql":
+        chunk_size = 10_000
+        statement = (
+            f"INSERT INTO flow_runs({_AUTO_RUN_COLUMNS}) "
+            "SELECT t.id, t.flow_name, t.parameters, 'Scheduled', t.s, t.flow_id, 0, t.labels, "
+            "t.s, t.k, ? FROM unnest(?::text[], ?::text[], ?::text[], ?::float8[], ?::text[], "
+            "?::text[], ?::text[]) AS t(id, flow_name, parameters, s, flow_id, labels, k) "
+            "ON CONFLICT(flow_id, idempotency_key) DO NOTHING RETURNING flow_id"
+        )
+    else:
+        chunk_size = _INSERT_CHUNK
+    for i in range(0, len(rows), chunk_size):
+        chunk = rows[i : i + chunk_size]
+        if db.dialect == "postgresql":
+            sql, values = statement, [now, *(list(col) for col in zip(*chunk, strict=True))]
+        else:
+            sql = (
+                f"INSERT INTO flow_runs({_AUTO_RUN_COLUMNS}) VALUES "
+                + ", ".join(["(?, ?, ?, 'Scheduled', ?, ?, 0, ?, ?, ?, ?)"] * len(chunk))
+                + " ON CONFLICT(flow_id, idempotency_key) DO NOTHING RETURNING flow_id"
+            )
+            values = []
+            for rid, name, params, start, flow_id, labels, key in chunk:
+                values += [rid, name, params, start, flow_id, labels, start, key, now]
+        for row in db.fetchall(sql, values):
+            made[row["flow_id"]] = made.get(row["flow_id"], 0) + 1
     return made
 
 

@@ -195,12 +195,13 @@ class Scheduler:
         now_u = datetime.now(UTC) if now is None else to_utc(require_aware(now, "now"))
         now_ts = now_u.timestamp()
         prefix_len = len(models.AUTO_KEY_PREFIX)
-        created = 0
         with self.db.transaction():
             flows = models.active_scheduled_flows(self.db)
             if not flows:
                 return 0
+            created = 0
             existing = models.auto_run_keys(self.db, now_ts)
+            wanted: list[dict[str, Any]] = []
             for row in flows:
                 planned = self._planned(row)
                 if planned.schedule is None:
@@ -249,10 +250,11 @@ class Scheduler:
                             "idempotency_key": models.auto_run_key(flow_id, event.key),
                         }
                     )
-                made = models.insert_auto_runs(self.db, runs)
-                if made:
-                    models.audit(self.db, "schedule_flow_runs", flow_id, {"runs": made})
-                created += made
+                wanted.extend(runs)
+            made = models.insert_auto_runs(self.db, wanted) if wanted else {}
+            created = sum(made.values())
+            if created:
+                models.audit(self.db, "schedule_flow_runs", None, {"runs": made})
         return created
 
 
