@@ -224,6 +224,19 @@ def test_off_removes_future_auto_runs_and_a_new_version_replaces_them(db: Databa
     assert scheduler.run_once() == 0
 
 
+def test_deleting_the_project_removes_its_future_auto_runs(db: Database) -> None:
+    register(db, make_flow("f", IntervalSchedule(interval=timedelta(hours=1))))
+    assert Scheduler(db).run_once() == 10
+    project = gql(db, "{ projects { id } }")["projects"][0]["id"]
+    gql(
+        db,
+        "mutation($p: String!) { delete_project(input: {project_id: $p}) { success } }",
+        p=project,
+    )
+    assert auto_runs(db) == []
+    assert Scheduler(db).run_once() == 0
+
+
 def test_the_api_shows_the_schedule_without_its_pickle(db: Database) -> None:
     flow_id = register(db, make_flow("f", IntervalSchedule(interval=timedelta(hours=1))))
     got = gql(

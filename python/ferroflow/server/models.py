@@ -187,7 +187,8 @@ def list_projects(db: Database, limit: int = 100, offset: int = 0) -> list[dict[
 
 
 def delete_project(db: Database, project_id: str) -> None:
-    """Delete a project and its flows (every version); their runs stay."""
+    """Delete a project and its flows (every version); their runs stay, but for the
+    future automatic runs that have not started."""
     with db.transaction():
         project = get_project(db, project_id=project_id)
         groups = [
@@ -197,6 +198,7 @@ def delete_project(db: Database, project_id: str) -> None:
             )
         ]
         for group in groups:
+            remove_auto_scheduled_runs(db, group)
             db.execute("DELETE FROM schedules WHERE flow_group = ?", (group,))
         db.execute("DELETE FROM flows WHERE project_id = ?", (project_id,))
         db.execute("DELETE FROM projects WHERE id = ?", (project_id,))
