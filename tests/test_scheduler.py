@@ -21,9 +21,10 @@ import pytest
 
 from ferroflow import Flow, Parameter, task
 from ferroflow.client import Client, flow_structure
+from ferroflow.exceptions import FerroflowError, PlatformError
 from ferroflow.schedules import CronSchedule, IntervalSchedule, Schedule
 from ferroflow.schedules.clocks import CronClock, IntervalClock
-from ferroflow.server import models
+from ferroflow.server import models, serve
 from ferroflow.server.app import execute
 from ferroflow.server.database import Database, open_database
 from ferroflow.server.services import Scheduler, ServiceLoop
@@ -267,7 +268,7 @@ def test_a_schedule_the_server_cannot_rebuild_is_skipped_not_fatal(db: Database)
     assert {r["flow_id"] for r in auto_runs(db)} == {ok}
 
 
-def test_a_service_loop_logs_errors_and_goes_on() -> None:
+def test_a_service_loop_logs_errors_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     class Flaky:
         calls = 0
 
@@ -280,10 +281,23 @@ def test_a_service_loop_logs_errors_and_goes_on() -> None:
     flaky = Flaky()
     loop = ServiceLoop(flaky, interval=0.01)
     loop.start()
-    while flaky.calls < 3:
-        time.sleep(0.01)
+    wait_for(lambda: flaky.calls >= 3, "three passes of the loop")
     loop.stop()
     assert not loop._thread.is_alive()
+    failed = [r for r in caplog.records if r.name == "ferroflow.server.scheduler"]
+    assert len(failed) == 1 and failed[0].exc_info is not None
+    assert "boom" in str(failed[0].exc_info[1])
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_a_bad_scheduler_interval_is_refused_before_serving(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FERROFLOW_SCHEDULER_INTERVAL", value)
+    with pytest.raises(PlatformError, match="scheduler interval must be a number of seconds"):
+        serve(port=0)
+    with pytest.raises(FerroflowError, match="interval must be > 0"):
+        ServiceLoop(Scheduler(open_database()), interval=0)
 
 
 # ----------------------------------------------------------------- a real server
