@@ -128,18 +128,18 @@ class Scheduler:
         self.min_runs = min_runs
         self.horizon = horizon
         self.max_runs = max_runs
-        # (flow id, digest of its schedule and structure) -> the rebuilt schedule.
-        self._cache: dict[tuple[str, str], _Planned] = {}
+        # flow id -> (digest of its schedule and structure, the rebuilt schedule); only
+        # the flow versions of the last pass are kept.
+        self._cache: dict[str, tuple[str, _Planned]] = {}
         self._reported: set[tuple[str, str]] = set()
 
     def _planned(self, row: dict[str, Any]) -> _Planned:
         digest = hashlib.sha256(
             (row["schedule"] + "\0" + row["structure"]).encode("utf-8")
         ).hexdigest()
-        key = (row["id"], digest)
-        found = self._cache.get(key)
-        if found is not None:
-            return found
+        found = self._cache.get(row["id"])
+        if found is not None and found[0] == digest:
+            return found[1]
         schedule: Schedule | None = None
         error: str | None = None
         declared: frozenset[str] = frozenset()
@@ -165,10 +165,7 @@ class Scheduler:
         except Exception as exc:  # a pickle can raise anything while it rebuilds
             error = f"its schedule cannot be rebuilt on the server: {type(exc).__name__}: {exc}"
         planned = _Planned(schedule, declared, required, error)
-        # One entry per flow version: a changed schedule replaces the old entry.
-        for stale in [k for k in self._cache if k[0] == row["id"]]:
-            del self._cache[stale]
-        self._cache[key] = planned
+        self._cache[row["id"]] = (digest, planned)
         return planned
 
     def _skip(self, row: dict[str, Any], why: str) -> None:
@@ -197,6 +194,9 @@ class Scheduler:
         prefix_len = len(models.AUTO_KEY_PREFIX)
         with self.db.transaction():
             flows = models.active_scheduled_flows(self.db)
+            if len(self._cache) > len(flows):  # versions archived or turned off since
+                current = {row["id"] for row in flows}
+                self._cache = {k: v for k, v in self._cache.items() if k in current}
             if not flows:
                 return 0
             created = 0
