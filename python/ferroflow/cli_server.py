@@ -2,7 +2,7 @@
 
 - ``ferroflow server start [--host 127.0.0.1] [--port 4200] [--database-url URL]``;
 - ``ferroflow projects create NAME | ls | rm NAME``;
-- ``ferroflow flows ls [--project P]``;
+- ``ferroflow flows ls [--project P]``, ``ferroflow flows schedule FLOW --on|--off``;
 - ``ferroflow register --project P path/to/flows.py[:flow] [--label L]...``;
 - ``ferroflow run --project P --name FLOW [--param k=v] [--watch]``: create a flow run
   on the server; ``--watch`` follows its states and logs until it ends, with the exit
@@ -80,8 +80,19 @@ def server_group() -> None:
     help="postgresql://... or sqlite:///path [$FERROFLOW_DATABASE_URL, else the run store "
     "at $FERROFLOW_HOME].",
 )
-def server_start_cmd(host: str, port: int, database_url: str | None) -> int:
-    """Serve the API at /graphql (and /health, /) until Ctrl-C or SIGTERM."""
+@click.option(
+    "--scheduler-interval",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Seconds between two passes of the scheduler, 0: none "
+    "[$FERROFLOW_SCHEDULER_INTERVAL, else 5].",
+)
+def server_start_cmd(
+    host: str, port: int, database_url: str | None, scheduler_interval: float | None
+) -> int:
+    """Serve the API at /graphql (and /health, /) and schedule the runs of active
+    schedules, until Ctrl-C or SIGTERM."""
     try:
         from ferroflow.server import serve
     except ImportError as exc:
@@ -89,7 +100,7 @@ def server_start_cmd(host: str, port: int, database_url: str | None) -> int:
             f"the server needs its extra packages ({exc.name} is missing): "
             "pip install 'ferroflow[server]'"
         ) from exc
-    serve(host, port, database_url)
+    serve(host, port, database_url, scheduler_interval=scheduler_interval)
     return EXIT_OK
 
 
@@ -165,6 +176,27 @@ def flows_ls_cmd(project: str | None, as_json: bool, api: str | None) -> int:
     for f in flows:
         table.add_row(Text(f["project"]["name"]), Text(f["name"]), str(f["version"]), f["id"])
     base._out().print(table)
+    return EXIT_OK
+
+
+@flows_group.command("schedule")
+@click.argument("flow")
+@click.option("--on/--off", "on", required=True, help="Turn the flow's schedule on or off.")
+@click.option("--project", "-p", default=None, help="The flow's project (when names clash).")
+@_api_option
+def flows_schedule_cmd(flow: str, on: bool, project: str | None, api: str | None) -> int:
+    """Turn the schedule of FLOW (a name or a flow id) on or off; off removes its
+    future automatic runs that have not started."""
+    client = _client(api)
+    found = [f for f in client.get_flows(project) if flow in (f["name"], f["id"])]
+    if not found:
+        where = f" in project {project!r}" if project else ""
+        raise CliError(f"no flow {flow!r}{where} (see 'ferroflow flows ls')")
+    if len(found) > 1:
+        projects = ", ".join(sorted(f["project"]["name"] for f in found))
+        raise CliError(f"flow {flow!r} is in several projects ({projects}): give --project")
+    client.set_schedule_active(found[0]["id"], on)
+    click.echo(f"Schedule of flow {found[0]['name']!r} is {'on' if on else 'off'}")
     return EXIT_OK
 
 

@@ -40,7 +40,14 @@ from ferroflow.exceptions import (
 if TYPE_CHECKING:
     from ferroflow.flow import Flow
 
-__all__ = ["DEFAULT_API_URL", "Client", "api_url", "flow_storage", "flow_structure"]
+__all__ = [
+    "DEFAULT_API_URL",
+    "Client",
+    "api_url",
+    "flow_storage",
+    "flow_structure",
+    "schedule_blob",
+]
 
 #: Where the server is when ``FERROFLOW_API_URL`` is not set.
 DEFAULT_API_URL = "http://127.0.0.1:4200"
@@ -74,7 +81,8 @@ def _type_name(tp: Any) -> str | None:
 def flow_structure(flow: Flow) -> dict[str, Any]:
     """The flow's shape as JSON-ready data: ``tasks`` (id, name, slug, type,
     max_retries), ``edges`` (upstream and downstream task ids, key, mapped, flattened),
-    ``parameters`` (name, type, required, default) and ``schedule`` (its repr, or None).
+    ``parameters`` (name, type, required, default) and ``schedule`` (None, or its repr and
+    :func:`schedule_blob`).
 
     Raises:
         RegistrationError: the flow does not build (a cycle, an unbound argument, ...).
@@ -111,8 +119,63 @@ def flow_structure(flow: Flow) -> dict[str, Any]:
         for p in compiled.tasks
         if isinstance(p, Parameter)
     ]
-    schedule = None if flow.schedule is None else {"repr": repr(flow.schedule)}
+    schedule = None
+    if flow.schedule is not None:
+        schedule = {"repr": repr(flow.schedule), "cloudpickle": schedule_blob(flow.schedule)}
     return {"tasks": tasks, "edges": edges, "parameters": parameters, "schedule": schedule}
+
+
+def schedule_blob(schedule: Any) -> str:
+    """The schedule as base64 text of its cloudpickle: what the server's scheduler
+    rebuilds it from (its clocks, filters and adjustments, user-defined ones included).
+    Functions of modules that are not installed packages (a flow file loaded by
+    ``ferroflow register``) travel by value.
+
+    Raises:
+        RegistrationError: the schedule cannot be pickled.
+
+    Example:
+        >>> from datetime import timedelta
+        >>> from ferroflow.schedules import IntervalSchedule
+        >>> isinstance(schedule_blob(IntervalSchedule(interval=timedelta(hours=1))), str)
+        True
+    """
+    import base64
+
+    import cloudpickle
+
+    by_value = []
+    for fn in [
+        *getattr(schedule, "filters", ()),
+        *getattr(schedule, "or_filters", ()),
+        *getattr(schedule, "not_filters", ()),
+        *getattr(schedule, "adjustments", ()),
+    ]:
+        module = sys.modules.get(getattr(fn, "__module__", "") or "")
+        file = getattr(module, "__file__", None)
+        if (
+            module is not None
+            and module.__name__.split(".")[0] != "ferroflow"
+            and isinstance(file, str)
+            and "site-packages" not in file
+            and module.__name__ not in sys.stdlib_module_names
+            and module.__name__ not in by_value
+        ):
+            by_value.append(module.__name__)
+    registered = []
+    try:
+        already = cloudpickle.list_registry_pickle_by_value()
+        for name in by_value:
+            if name not in already:  # e.g. registered by load_module
+                cloudpickle.register_pickle_by_value(sys.modules[name])
+                registered.append(name)
+        blob = cloudpickle.dumps(schedule)
+    except Exception as exc:
+        raise RegistrationError(f"cannot send the schedule {schedule!r}: {exc}") from exc
+    finally:
+        for name in registered:
+            cloudpickle.unregister_pickle_by_value(sys.modules[name])
+    return base64.b64encode(blob).decode("ascii")
 
 
 def _source_file(flow: Flow) -> Path | None:

@@ -1200,7 +1200,9 @@ class Flow:
         set_schedule_active: bool = True,
     ) -> str:
         """Register the flow with the server (``$FERROFLOW_API_URL``) in a project; the
-        id of its version (the same structure again: the same version). See
+        id of its version (the same structure again: the same version). A flow with a
+        ``schedule`` sends it along, and the server's scheduler creates its runs ahead of
+        time (``set_schedule_active=False`` registers it off). See
         :meth:`ferroflow.client.Client.register`."""
         from ferroflow.client import Client
 

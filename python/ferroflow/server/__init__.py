@@ -5,7 +5,9 @@
 
 - ``/graphql``: the API (:mod:`ferroflow.server.api`, strawberry);
 - ``/health``: ``{"status": "ok", "database": ..., "schema_version": ...}``;
-- ``/``: the UI mount point (a placeholder page listing runs for now).
+- ``/``: the UI mount point (a placeholder page listing runs for now);
+- the scheduler service in a background thread (:mod:`~ferroflow.server.services`):
+  every few seconds it creates the coming runs of every active schedule.
 
 Layers, each importing only those below it:
 
@@ -56,12 +58,35 @@ def check_host(host: str) -> None:
         )
 
 
+def _scheduler_interval(given: float | None) -> float:
+    import math
+    import os
+
+    from ferroflow.server.services import DEFAULT_SCHEDULER_INTERVAL
+
+    if given is None:
+        text = os.environ.get("FERROFLOW_SCHEDULER_INTERVAL")
+        if not text:
+            return DEFAULT_SCHEDULER_INTERVAL
+        try:
+            given = float(text)
+        except ValueError:
+            given = math.nan
+    if not math.isfinite(given) or given < 0:
+        raise PlatformError(
+            f"the scheduler interval must be a number of seconds >= 0 (0: no scheduler), "
+            f"got {given!r}"
+        )
+    return float(given)
+
+
 def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     database_url: str | None = None,
     *,
     ready: Any = None,
+    scheduler_interval: float | None = None,
 ) -> None:
     """Open the database and serve until SIGINT or SIGTERM (then stop cleanly: finish
     the requests in flight, close the database).
@@ -72,6 +97,12 @@ def serve(
         database_url: ``postgresql://...`` or ``sqlite:///path``; None:
             ``$FERROFLOW_DATABASE_URL``, else the run store at ``$FERROFLOW_HOME``.
         ready: called with the URL once the server listens [print it on stdout].
+        scheduler_interval: seconds between two passes of the scheduler service
+            (:class:`~ferroflow.server.services.Scheduler`), 0 to not run it
+            [``$FERROFLOW_SCHEDULER_INTERVAL``, else 5].
+
+    Raises:
+        PlatformError: a host that is not loopback, or a bad scheduler interval.
     """
     import uvicorn
 
@@ -79,6 +110,7 @@ def serve(
     from ferroflow.server.database import open_database
 
     check_host(host)
+    interval = _scheduler_interval(scheduler_interval)
     db = open_database(database_url)
 
     def announce(url: str) -> None:
@@ -112,8 +144,16 @@ def serve(
         lifespan="off",
         access_log=False,
     )
+    loop = None
+    if interval:
+        from ferroflow.server.services import Scheduler, ServiceLoop
+
+        loop = ServiceLoop(Scheduler(db), interval, name="ferroflow-scheduler")
+        loop.start()
     try:
         _Server(config).run()
     finally:
+        if loop is not None:
+            loop.stop()
         db.close()
         sys.stdout.flush()

@@ -132,7 +132,10 @@ class Flow:
         row = models.schedule_of(_db(info), self.flow_group)
         if row is None:
             return None
-        return Schedule(schedule=_json(row["schedule"], None), active=bool(row["active"]))
+        shown = _json(row["schedule"], None)
+        if isinstance(shown, dict):
+            shown.pop("cloudpickle", None)  # what the scheduler reads, not for people
+        return Schedule(schedule=shown, active=bool(row["active"]))
 
     @strawberry.field(description="Its flow runs, newest first.")
     def flow_runs(self, info: Info, limit: int = 50, offset: int = 0) -> list[FlowRun]:

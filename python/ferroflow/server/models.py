@@ -32,10 +32,14 @@ from ferroflow.exceptions import ApiError
 from ferroflow.server.database import Database
 
 __all__ = [
+    "AUTO_KEY_PREFIX",
     "FINISHED_FLOW_STATES",
     "MAX_PAGE",
+    "active_scheduled_flows",
     "archive_flow",
     "audit",
+    "auto_run_key",
+    "auto_run_keys",
     "cancel_flow_run",
     "create_flow_run",
     "create_project",
@@ -44,12 +48,15 @@ __all__ = [
     "get_flow_run",
     "get_project",
     "ingest",
+    "insert_auto_runs",
     "list_agents",
     "list_flow_runs",
     "list_flows",
     "list_logs",
     "list_projects",
     "register_flow",
+    "remove_auto_scheduled_runs",
+    "schedule_of",
     "set_flow_run_states",
     "set_schedule_active",
     "set_task_run_states",
@@ -180,7 +187,8 @@ def list_projects(db: Database, limit: int = 100, offset: int = 0) -> list[dict[
 
 
 def delete_project(db: Database, project_id: str) -> None:
-    """Delete a project and its flows (every version); their runs stay."""
+    """Delete a project and its flows (every version); their runs stay, but for the
+    future automatic runs that have not started."""
     with db.transaction():
         project = get_project(db, project_id=project_id)
         groups = [
@@ -190,6 +198,7 @@ def delete_project(db: Database, project_id: str) -> None:
             )
         ]
         for group in groups:
+            remove_auto_scheduled_runs(db, group)
             db.execute("DELETE FROM schedules WHERE flow_group = ?", (group,))
         db.execute("DELETE FROM flows WHERE project_id = ?", (project_id,))
         db.execute("DELETE FROM projects WHERE id = ?", (project_id,))
@@ -253,6 +262,15 @@ def register_flow(
     """
     name = _check_name("flow", name)
     _check_structure(structure, storage)
+    # The schedule's pickle (ferroflow.client.schedule_blob) goes to the schedules row,
+    # where the scheduler reads it; the structure keeps its repr (for the version digest
+    # and the UI), so a pickle that differs by a byte is not a new version.
+    schedule = structure.get("schedule")
+    if isinstance(schedule, dict) and "cloudpickle" in schedule:
+        structure = {
+            **structure,
+            "schedule": {k: v for k, v in schedule.items() if k != "cloudpickle"},
+        }
     labels_json = json.dumps(_labels(labels))
     digest = structure_hash(structure, storage)
     with db.transaction():
@@ -286,13 +304,14 @@ def register_flow(
             "created": _now(),
         }
         db.execute("UPDATE flows SET archived = 1 WHERE flow_group = ?", (group,))
+        # The new version replaces the old ones' future automatic runs.
+        remove_auto_scheduled_runs(db, group)
         db.execute(
             "INSERT INTO flows(id, flow_group, project_id, name, version, structure_hash, "
             "structure, storage, labels, archived, idempotency_key, created) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             tuple(row.values()),
         )
-        schedule = structure.get("schedule")
         if schedule is not None:
             db.execute(
                 "INSERT INTO schedules(flow_group, schedule, active, updated) "
@@ -351,14 +370,17 @@ def list_flows(
 def archive_flow(db: Database, flow_id: str) -> None:
     """Archive one flow version (no new runs; its runs stay)."""
     with db.transaction():
-        get_flow(db, flow_id)
+        flow = get_flow(db, flow_id)
         db.execute("UPDATE flows SET archived = 1 WHERE id = ?", (flow_id,))
+        remove_auto_scheduled_runs(db, flow["flow_group"])
         audit(db, "archive_flow", flow_id)
 
 
 def set_schedule_active(db: Database, flow_id: str, active: bool) -> None:
     """Turn the schedule of a flow (all its versions) on or off; ApiError when the flow
-    has no schedule."""
+    has no schedule. Turning it off removes its future automatic runs that have not
+    started (:func:`remove_auto_scheduled_runs`); the scheduler service creates them
+    again once it is on."""
     with db.transaction():
         flow = get_flow(db, flow_id)
         changed = db.execute(
@@ -367,12 +389,140 @@ def set_schedule_active(db: Database, flow_id: str, active: bool) -> None:
         )
         if not changed:
             raise ApiError(f"flow {flow['name']!r} has no schedule")
-        audit(db, "set_schedule_active" if active else "set_schedule_inactive", flow_id)
+        removed = 0 if active else remove_auto_scheduled_runs(db, flow["flow_group"])
+        audit(
+            db,
+            "set_schedule_active" if active else "set_schedule_inactive",
+            flow_id,
+            {"removed_runs": removed} if removed else None,
+        )
 
 
 def schedule_of(db: Database, flow_group: str) -> dict[str, Any] | None:
     """The schedule row of a flow group, if it has one."""
     return db.fetchone("SELECT * FROM schedules WHERE flow_group = ?", (flow_group,))
+
+
+#: The idempotency keys of the runs the scheduler service creates start with this.
+AUTO_KEY_PREFIX = "ferroflow-schedule:"
+
+
+def auto_run_key(flow_id: str, instant: str) -> str:
+    """The idempotency key of the automatic run of flow version ``flow_id`` at the UTC
+    instant ``instant`` (:attr:`ferroflow.schedules.ClockEvent.key`). With the UNIQUE
+    index on ``flow_runs(flow_id, idempotency_key)`` it makes one run per version and
+    instant, whatever the restarts.
+
+    Example:
+        >>> auto_run_key("f1", "2026-01-01T06:00:00.000000Z")
+        'ferroflow-schedule:f1:2026-01-01T06:00:00.000000Z'
+    """
+    return f"{AUTO_KEY_PREFIX}{flow_id}:{instant}"
+
+
+def remove_auto_scheduled_runs(db: Database, flow_group: str) -> int:
+    """Delete the automatic runs of a flow group's versions that are still ``Scheduled``
+    to start in the future (other runs and runs created by hand stay); how many."""
+    like = _like_escape(AUTO_KEY_PREFIX) + "%"
+    return db.execute(
+        "DELETE FROM flow_runs WHERE state = 'Scheduled' AND scheduled_start > ? "
+        "AND idempotency_key LIKE ? ESCAPE '\\' AND flow_id IN "
+        "(SELECT id FROM flows WHERE flow_group = ?)",
+        (_now(), like, flow_group),
+    )
+
+
+# ------------------------------------------------------------------ the scheduler's
+
+
+def active_scheduled_flows(db: Database) -> list[dict[str, Any]]:
+    """Every flow version that is not archived and whose schedule is on: ``id, name,
+    flow_group, labels, structure, schedule`` (the schedules row's JSON), by id. Call it
+    in the transaction that creates the runs: on PostgreSQL it holds the schedule rows
+    (``FOR SHARE``), so turning a schedule off or registering a new version waits for
+    the runs to be created, then removes them."""
+    lock = " FOR SHARE" if db.dialect == "postgresql" else ""
+    return db.fetchall(
+        "SELECT f.id, f.name, f.flow_group, f.labels, f.structure, s.schedule "
+        "FROM flows f JOIN schedules s ON s.flow_group = f.flow_group "
+        f"WHERE f.archived = 0 AND s.active = 1 ORDER BY f.id{lock}"
+    )
+
+
+def auto_run_keys(db: Database, after: float) -> dict[str, list[str]]:
+    """The idempotency keys of the automatic runs that start (or started) after
+    ``after``, by flow version id."""
+    out: dict[str, list[str]] = {}
+    for row in db.fetchall(
+        "SELECT flow_id, idempotency_key FROM flow_runs WHERE started > ? "
+        "AND idempotency_key LIKE ? ESCAPE '\\'",
+        (after, _like_escape(AUTO_KEY_PREFIX) + "%"),
+    ):
+        out.setdefault(row["flow_id"], []).append(row["idempotency_key"])
+    return out
+
+
+#: Rows per INSERT of :func:`insert_auto_runs` on SQLite (9 bound values each: far below
+#: its limit of 32,766).
+_INSERT_CHUNK = 400
+
+_AUTO_RUN_COLUMNS = (
+    "id, flow_name, parameters, state, started, flow_id, version, labels, scheduled_start, "
+    "idempotency_key, created"
+)
+
+
+def insert_auto_runs(db: Database, runs: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Insert ``Scheduled`` runs ``{flow_id, flow_name, parameters, labels,
+    scheduled_start, idempotency_key}``; a run whose ``(flow_id, idempotency_key)``
+    exists already is skipped by the UNIQUE index (``ON CONFLICT DO NOTHING``), so
+    two passes, two servers or a restart never make it twice. How many were made, by
+    flow version id.
+
+    SQLite takes multi-row ``VALUES``; PostgreSQL takes one array per column
+    (``unnest``): psycopg parses a statement with more than 50 parameters again each
+    time, which made a first pass over 1,000 flows 3x slower."""
+    now = _now()
+    rows = [
+        (
+            _new_id(),
+            r["flow_name"],
+            json.dumps(r["parameters"], sort_keys=True, default=repr),
+            float(r["scheduled_start"]),
+            r["flow_id"],
+            json.dumps(_labels(r["labels"])),
+            r["idempotency_key"],
+        )
+        for r in runs
+    ]
+    made: dict[str, int] = {}
+    if db.dialect == "postgresql":
+        chunk_size = 10_000
+        statement = (
+            f"INSERT INTO flow_runs({_AUTO_RUN_COLUMNS}) "
+            "SELECT t.id, t.flow_name, t.parameters, 'Scheduled', t.s, t.flow_id, 0, t.labels, "
+            "t.s, t.k, ? FROM unnest(?::text[], ?::text[], ?::text[], ?::float8[], ?::text[], "
+            "?::text[], ?::text[]) AS t(id, flow_name, parameters, s, flow_id, labels, k) "
+            "ON CONFLICT(flow_id, idempotency_key) DO NOTHING RETURNING flow_id"
+        )
+    else:
+        chunk_size = _INSERT_CHUNK
+    for i in range(0, len(rows), chunk_size):
+        chunk = rows[i : i + chunk_size]
+        if db.dialect == "postgresql":
+            sql, values = statement, [now, *(list(col) for col in zip(*chunk, strict=True))]
+        else:
+            sql = (
+                f"INSERT INTO flow_runs({_AUTO_RUN_COLUMNS}) VALUES "
+                + ", ".join(["(?, ?, ?, 'Scheduled', ?, ?, 0, ?, ?, ?, ?)"] * len(chunk))
+                + " ON CONFLICT(flow_id, idempotency_key) DO NOTHING RETURNING flow_id"
+            )
+            values = []
+            for rid, name, params, start, flow_id, labels, key in chunk:
+                values += [rid, name, params, start, flow_id, labels, start, key, now]
+        for row in db.fetchall(sql, values):
+            made[row["flow_id"]] = made.get(row["flow_id"], 0) + 1
+    return made
 
 
 # --------------------------------------------------------------------------- flow runs
