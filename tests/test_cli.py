@@ -499,3 +499,18 @@ def test_visualize_writes_dot_and_colours_a_recorded_run(tmp_path: Path) -> None
     text = coloured.read_text()
     assert 'tooltip="Failed"' in text and 'tooltip="Success"' in text
     assert_one_line_error(ff("visualize", str(tmp_path / "missing.py")), "missing.py")
+
+
+def test_platform_commands_whichever_module_is_imported_first() -> None:
+    # ferroflow.cli and ferroflow.cli_server import each other: either order works
+    # and the platform's commands are registered once.
+    code = (
+        "import ferroflow.cli_server\n"
+        "from ferroflow.cli import cli\n"
+        "print(sorted(cli.commands))\n"
+        "print(sum(1 for p in cli.commands['run'].params if p.name == 'project'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    names, count = proc.stdout.splitlines()
+    assert "server" in names and "register" in names and "runs" in names
+    assert count == "1"

@@ -1205,7 +1205,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     sys.exit(run_cli(argv))
 
 
-# The platform's commands (server, projects, flows, register, runs on a server).
-from ferroflow import cli_server as _cli_server  # noqa: E402
-
-_cli_server.install(cli)
+# The platform's commands (server, projects, flows, register, runs on a server):
+# cli_server adds them to `cli` when it is imported, whichever module comes first.
+from ferroflow import cli_server as _cli_server  # noqa: E402, F401

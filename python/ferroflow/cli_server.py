@@ -451,3 +451,8 @@ def install(cli: click.Group) -> None:
         )
         _wrap(command, wrapper)
     runs.add_command(runs_cancel_cmd)
+
+
+# Registered on import (ferroflow.cli imports this module at its end, after `cli` is
+# defined; importing this module first imports ferroflow.cli, which then finds it).
+install(base.cli)
