@@ -34,13 +34,12 @@ are built lazily from the runner: nothing is allocated per task until
 from __future__ import annotations
 
 import itertools
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from ferroflow import _checkpoint, _native
+from ferroflow import _checkpoint, _native, _timeouts
 from ferroflow import runtime as _context
 from ferroflow.exceptions import FerroflowError, ParameterError
 from ferroflow.signals import FAIL, FerroflowSignal
@@ -76,8 +75,8 @@ _TOKENS = itertools.count(1)
 _checkpoint_missing = object()
 
 
-class _Timeout(Exception):
-    pass
+# Raised by ``_call_with_timeout`` when a call runs past its timeout.
+_Timeout = _timeouts.TimedOut
 
 
 def _retry_delay(task: Task) -> float:
@@ -661,33 +660,11 @@ def _call_with_timeout(
     timeout: float,
     log_stdout: bool = False,
 ) -> Any:
-    """Run ``func`` in a helper thread; abandon it when ``timeout`` seconds pass. The
-    helper thread sees the calling task run's ``ferroflow.context`` (and, with
-    ``log_stdout``, its prints go to the task's run logger)."""
-    box: dict[str, Any] = {}
-    run, cur = _context._current()
-
-    def target() -> None:
-        _context._enter_remote(run, cur)
-        try:
-            if log_stdout:
-                with _context.capture_stdout():
-                    box["value"] = func(*args, **kwargs)
-            else:
-                box["value"] = func(*args, **kwargs)
-        except BaseException as exc:
-            box["error"] = exc
-        finally:
-            _context._enter_remote(None, None)
-
-    worker = threading.Thread(target=target, name="ferroflow-timeout", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise _Timeout
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+    """Run ``func`` on a pooled helper thread; abandon it when ``timeout`` seconds pass
+    (raising ``_Timeout``). The helper thread sees the calling task run's
+    ``ferroflow.context`` (and, with ``log_stdout``, its prints go to the task's run
+    logger); see ``ferroflow._timeouts``."""
+    return _timeouts.call_with_timeout(func, args, kwargs, timeout, log_stdout)
 
 
 def _flow_state(run: FlowRun) -> State:
