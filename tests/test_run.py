@@ -519,6 +519,29 @@ def test_a_timed_out_attempt_is_retried(make: Any) -> None:
     assert len(attempts) == 2
 
 
+@pytest.mark.parametrize("make", [LocalExecutor, lambda: ThreadExecutor(max_workers=4)])
+def test_timed_children_that_raise_fail_alone(make: Any) -> None:
+    import traceback
+
+    @task(timeout=10)
+    def odd_fails(x: int) -> int:
+        if x % 2:
+            raise ValueError(f"odd {x}")
+        return x
+
+    with Flow("timed-raise") as flow:
+        out = odd_fails.map(list(range(200)))
+    state = flow.run(executor=make())
+    children = state.result[out].map_states
+    assert [c.result for c in children[0::2]] == list(range(0, 200, 2))
+    failed = children[1::2]
+    assert all(isinstance(c, Failed) for c in failed)
+    assert [str(c.result) for c in failed] == [f"odd {x}" for x in range(1, 200, 2)]
+    # The task's own frames, not the helper's.
+    frames = traceback.extract_tb(failed[0].result.__traceback__)
+    assert frames[0].name == "odd_fails"
+
+
 def test_manual_only_pauses_and_flow_is_not_finished() -> None:
     @task(trigger=triggers.manual_only)
     def approve() -> int:

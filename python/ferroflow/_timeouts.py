@@ -30,7 +30,7 @@ from typing import Any
 
 from ferroflow import runtime as _context
 
-__all__ = ["TimedOut", "call_with_timeout"]
+__all__ = ["TimedOut", "call_native", "call_with_timeout", "submit"]
 
 
 class TimedOut(Exception):
@@ -81,12 +81,13 @@ class _Pool:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        # Jobs, and lanes of the native runner (``_native.TimedLane``).
+        self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Helpers waiting for a job (or about to), not yet promised to one.
         self.idle = 0
         self.names = itertools.count(1)
 
-    def submit(self, job: _Job) -> None:
+    def submit(self, job: Any) -> None:
         with self.lock:
             start = self.idle == 0
             if not start:
@@ -100,7 +101,10 @@ class _Pool:
         jobs = self.jobs
         while True:
             job = jobs.get()
-            job.execute()
+            if type(job) is _Job:
+                job.execute()
+            else:
+                _run_lane(job)
             del job
             with self.lock:
                 self.idle += 1
@@ -137,3 +141,43 @@ def call_with_timeout(
         error, job.error = job.error, None
         raise error
     return job.value
+
+
+def call_native(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None,
+    timeout: float,
+) -> Any:
+    """:func:`call_with_timeout` for the native runner's worker threads (a plain task
+    with a timeout on ``ThreadExecutor``): an error keeps only the task's frames."""
+    try:
+        return call_with_timeout(func, args, kwargs or {}, timeout)
+    except TimedOut:
+        raise
+    except BaseException as exc:
+        _context._user_traceback(exc)
+        raise
+
+
+def submit(lane: Any) -> None:
+    """Hand a batch of timed calls of a local run (a ``_native.TimedLane``) to a
+    helper thread; the run loop waits on it and watches the deadline of each call."""
+    _POOL.submit(lane)
+
+
+def _run_lane(lane: Any) -> None:
+    """Make the calls of a lane one after the other. The calls are made here, in
+    Python, so a helper abandoned inside a task has no native frame on its stack."""
+    call = lane.start()
+    while call is not None:
+        func, args, kwargs = call
+        call = None
+        try:
+            value = func(*args) if kwargs is None else func(*args, **kwargs)
+        except BaseException as exc:
+            call = lane.raised(_context._user_traceback(exc))
+        else:
+            call = lane.returned(value)
+            del value
+        del func, args, kwargs

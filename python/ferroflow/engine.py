@@ -10,8 +10,11 @@ owns the run: it decides what is ready, evaluates the built-in triggers and skip
 propagation, expands maps, keeps retry timers, records the run in the run store and calls
 each task's function directly. Python is called back only where a feature needs it:
 
-- the *run hook* (:func:`run_task`) for tasks with state handlers, ``on_failure``, a
-  timeout, a checkpoint, a target or a cache;
+- the *run hook* (:func:`run_task`) for tasks with state handlers, ``on_failure``,
+  ``log_stdout``, a checkpoint, a target or a cache (and their timeout, if any);
+- the *timed-call pool* (``ferroflow._timeouts``) for a task whose only feature is a
+  timeout: the runner hands batches of its calls to a pooled helper thread and
+  watches each call's deadline itself, settling a call past it ``TimedOut``;
 - the *trigger hook* for custom (Python) triggers;
 - the *observe hook* for state changes the core decides (skips, trigger failures,
   pauses) of tasks with handlers: the core hands such a run out "decided", the
@@ -176,11 +179,17 @@ class _Plan:
                 kw_slots = []
             observed = bool(t.state_handlers) or t.on_failure is not None
             observed_any |= observed
-            hooked = observed or t.timeout is not None or checkpoints(t) or t.log_stdout
-            kind = _CALL
-            if hooked:
-                kind = _PACK if native_pack(t) else _HOOK
-            calls.append((kind, t.run, pos_slots, kw_slots, t.retry_on, observed))
+            hooked = observed or checkpoints(t) or t.log_stdout
+            if hooked or t.timeout is None:
+                kind = _CALL
+                if hooked:
+                    kind = _PACK if native_pack(t) else _HOOK
+                calls.append((kind, t.run, pos_slots, kw_slots, t.retry_on, observed))
+            else:
+                # A timeout alone: the runner calls the task on a pooled helper thread
+                # and watches its deadline itself (see ``ferroflow._timeouts``).
+                limit = (float(t.timeout), f"Task timed out after {t.timeout:g} s.")
+                calls.append((_CALL, t.run, pos_slots, kw_slots, t.retry_on, False, limit))
         self.task_opts = task_opts
         self.calls = calls
         self.observed = observed_any

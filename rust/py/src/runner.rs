@@ -18,10 +18,23 @@
 //! a failure is retried. The binding reads the real clock around each call and
 //! converts values and errors: an exception becomes an [`Outcome`] with its
 //! [`Cause`] (its kind, and whether it matched `retry_on`).
+//!
+//! A plain task with a timeout (nothing else needing Python around the call)
+//! keeps the plain path, but its calls cannot be made by the thread that must
+//! give up on them: `run_local` hands consecutive timed runs in batches (sized
+//! to about 2 ms of calls) to a pooled Python helper thread through a
+//! [`PyLane`] and waits on it, watching the deadline of the call in progress; a
+//! call past it is settled `TimedOut` and its helper abandoned (it returns to
+//! the pool when the call returns), and the rest of the batch goes to another
+//! helper. A worker thread of `run_threads` makes a timed call through the same
+//! pool, one at a time. The helpers make the calls from Python code, so an
+//! abandoned one has no Rust frame on its stack (a thread that re-enters the
+//! interpreter during shutdown is ended with a forced unwind, which Rust frames
+//! must not see).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use ferroflow_core::driver::INTERRUPTED;
@@ -33,6 +46,7 @@ use ferroflow_core::{
 };
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PySequence, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -154,6 +168,9 @@ struct Call {
     retry_on: Option<Py<PyAny>>,
     /// The task has state handlers: report core-decided transitions to Python.
     observed: bool,
+    /// A plain task with a timeout: how long a call may take, and the message of
+    /// a run that took longer (see [`PyLane`]).
+    timeout: Option<(Duration, String)>,
 }
 
 struct Inner {
@@ -195,6 +212,8 @@ struct Inner {
     journal_buf: Vec<Transition>,
     recording: Option<Recording>,
     finished: bool,
+    /// How long a call of a plain timed task takes, on average (see `run_timed`).
+    timed_avg: Option<Duration>,
 }
 
 /// The value in the result slab for `run`, or None when there is none (not run
@@ -325,6 +344,16 @@ fn parse_call(py: Python<'_>, n_edges: usize, t: &Bound<'_, PyTuple>) -> PyResul
     }
     let retry_on: Option<Py<PyAny>> = t.get_item(4)?.extract()?;
     let observed: bool = t.get_item(5)?.extract()?;
+    let timeout = match t.get_item(6) {
+        Ok(v) if !v.is_none() => {
+            let (secs, message): (f64, String) = v.extract()?;
+            let Ok(d) = Duration::try_from_secs_f64(secs) else {
+                return Err(PyValueError::new_err(format!("bad timeout {secs}")));
+            };
+            Some((d, message))
+        }
+        _ => None,
+    };
     let const_args = if kw.is_empty() && pos.iter().all(|s| matches!(s, Slot::Const(_))) {
         let vals = pos.iter().map(|s| match s {
             Slot::Const(v) => v.clone_ref(py),
@@ -342,6 +371,7 @@ fn parse_call(py: Python<'_>, n_edges: usize, t: &Bound<'_, PyTuple>) -> PyResul
         const_args,
         retry_on,
         observed,
+        timeout,
     })
 }
 
@@ -548,6 +578,7 @@ impl Inner {
         } else {
             None
         };
+        let timeout = call.timeout.as_ref().map(|(d, _)| *d);
         let (func, args, kwargs) = (
             call.func.clone_ref(py),
             args.unbind(),
@@ -569,6 +600,7 @@ impl Inner {
             func,
             args,
             kwargs,
+            timeout,
         })
     }
 
@@ -1039,8 +1071,25 @@ impl Inner {
     /// Run to the end, calling each task in this thread.
     fn run_local(&mut self, py: Python<'_>) -> PyResult<()> {
         let mut now = Instant::now();
+        // A run handed out while a batch of timed calls was being gathered.
+        let mut pending: Option<Next> = None;
         loop {
-            match self.next_work(py, now)? {
+            let next = match pending.take() {
+                Some(n) => n,
+                None => self.next_work(py, now)?,
+            };
+            match next {
+                Next::Call(work, flush) if work.timeout.is_some() => {
+                    if flush {
+                        self.send_records(py);
+                    }
+                    let (stop, next) = self.run_timed(py, work)?;
+                    if stop {
+                        break;
+                    }
+                    now = Instant::now();
+                    pending = next;
+                }
                 Next::Call(work, flush) => {
                     if flush {
                         // A call not known to be quick, or a tick since the
@@ -1070,6 +1119,100 @@ impl Inner {
             }
         }
         self.end(py)
+    }
+
+    /// Settle a call a worker thread reports.
+    fn settle_done(&mut self, py: Python<'_>, d: Done) -> PyResult<bool> {
+        let settled = if d.timed_out {
+            (self.timed_out(d.run), None)
+        } else {
+            self.interpret(py, d.run, d.hooked, d.result)
+        };
+        self.settle(py, d.run, settled, Some((d.started, d.ended)))
+    }
+
+    /// The outcome of a run of a plain timed task that ran past its timeout.
+    fn timed_out(&self, run: RunId) -> Outcome {
+        let message = self
+            .run()
+            .task_of(run)
+            .ok()
+            .and_then(|t| self.calls[t.idx()].timeout.as_ref())
+            .map(|(_, m)| m.clone());
+        Outcome::TimedOut { message }
+    }
+
+    /// Call `first`, a run of a plain timed task, and the timed runs the driver
+    /// hands out right after it (as many as take about [`TIMED_BATCH_TIME`]), on a
+    /// pooled helper thread, waiting for them here: this thread is their
+    /// watchdog. A run past its timeout is settled `TimedOut` and abandoned, and
+    /// the batch goes on on another helper. Returns whether the flow run stops,
+    /// and a run handed out meanwhile that is not timed (called next, here).
+    fn run_timed(&mut self, py: Python<'_>, first: Work) -> PyResult<(bool, Option<Next>)> {
+        let cap = match self.timed_avg {
+            Some(avg) if !avg.is_zero() => (TIMED_BATCH_TIME.as_nanos() / avg.as_nanos())
+                .clamp(1, TIMED_BATCH_MAX as u128)
+                as usize,
+            _ => 1,
+        };
+        let mut works = VecDeque::from([first]);
+        let mut other = None;
+        while works.len() < cap {
+            match self.next_work(py, Instant::now())? {
+                Next::Call(w, _) if w.timeout.is_some() => works.push_back(w),
+                n @ Next::Call(..) => {
+                    other = Some(n);
+                    break;
+                }
+                // The driver is asked again once the batch is over.
+                Next::Wait(_) | Next::Done => break,
+            }
+        }
+        let mut lane = PyLane::submit(py, works)?;
+        loop {
+            let tick = Instant::now() + self.driver.policy().max_wait;
+            let waited = lane.get().wait(py, tick);
+            for d in lane.get().take_done() {
+                self.learn_timed(&d);
+                if self.settle_done(py, d)? {
+                    lane.get().abandon();
+                    return Ok((true, None));
+                }
+            }
+            match waited {
+                Waited::Drained => break,
+                Waited::Expired(run, started, rest) => {
+                    let settled = (self.timed_out(run), None);
+                    if self.settle(py, run, settled, Some((started, Instant::now())))? {
+                        return Ok((true, None));
+                    }
+                    if rest.is_empty() {
+                        break;
+                    }
+                    lane = PyLane::submit(py, rest)?;
+                }
+                Waited::Tick => {}
+            }
+            if interrupted(py)? {
+                lane.get().abandon();
+                self.interrupt(py, INTERRUPTED)?;
+                return Ok((true, None));
+            }
+            if self.driver.flush_due_now(Instant::now()) {
+                self.send_records(py);
+            }
+            self.maybe_progress(py, false);
+        }
+        Ok((false, other))
+    }
+
+    /// Keep a running average of how long timed calls take (it sizes batches).
+    fn learn_timed(&mut self, d: &Done) {
+        let took = d.ended.saturating_duration_since(d.started);
+        self.timed_avg = Some(match self.timed_avg {
+            Some(avg) => (avg * 7 + took) / 8,
+            None => took,
+        });
     }
 
     /// Run with `n` native worker threads that attach to the interpreter to call
@@ -1163,8 +1306,7 @@ impl Inner {
             }
             for d in batch {
                 in_flight -= 1;
-                let settled = self.interpret(py, d.run, d.hooked, d.result);
-                if self.settle(py, d.run, settled, Some((d.started, d.ended)))? {
+                if self.settle_done(py, d)? {
                     break 'outer;
                 }
             }
@@ -1256,12 +1398,16 @@ struct Work {
     func: Py<PyAny>,
     args: Py<PyTuple>,
     kwargs: Option<Py<PyDict>>,
+    /// A plain task with a timeout: it is called on a helper thread (see [`PyLane`]).
+    timeout: Option<Duration>,
 }
 
 /// A finished call, sent back by a worker thread.
 struct Done {
     run: RunId,
     hooked: bool,
+    /// The call ran past its timeout and was abandoned (`result` is then unused).
+    timed_out: bool,
     result: PyResult<Py<PyAny>>,
     /// When the worker started and ended the call.
     started: Instant,
@@ -1316,6 +1462,252 @@ impl Work {
     }
 }
 
+impl Work {
+    /// Call a plain timed task from a worker thread of `run_threads`: on a pooled
+    /// helper thread, waiting at most `limit` (`ferroflow._timeouts`). Returns the
+    /// result and whether the call ran past its timeout (and was abandoned).
+    fn call_timed(self, py: Python<'_>, limit: Duration) -> (PyResult<Py<PyAny>>, bool) {
+        static CALL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        static TIMED_OUT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let Work {
+            current,
+            func,
+            args,
+            kwargs,
+            ..
+        } = self;
+        set_current(Some(current));
+        let call = match CALL.import(py, "ferroflow._timeouts", "call_native") {
+            Ok(c) => c,
+            Err(e) => return (Err(e), false),
+        };
+        match call.call1((func, args, kwargs, limit.as_secs_f64())) {
+            Ok(v) => (Ok(v.unbind()), false),
+            Err(e) => {
+                let timed_out = TIMED_OUT
+                    .import(py, "ferroflow._timeouts", "TimedOut")
+                    .is_ok_and(|t| e.is_instance(py, t));
+                (Err(e), timed_out)
+            }
+        }
+    }
+}
+
+/// How much work a batch of timed calls of a local run holds, by the average
+/// call: the run loop hands them to a helper thread at once, and learns how they
+/// ended when the batch is over (or at a tick).
+const TIMED_BATCH_TIME: Duration = Duration::from_millis(2);
+/// The most calls in one batch.
+const TIMED_BATCH_MAX: usize = 1024;
+
+/// What [`PyLane::wait`] saw.
+enum Waited {
+    /// Every call of the lane has ended.
+    Drained,
+    /// A tick passed (completions may be waiting).
+    Tick,
+    /// This run, started at that instant, ran past its timeout: the lane is
+    /// abandoned and the calls it had not started are handed back.
+    Expired(RunId, Instant, VecDeque<Work>),
+}
+
+struct LaneState {
+    queue: VecDeque<Work>,
+    /// The run the helper is calling: the run, when it started, its deadline.
+    current: Option<(RunId, Instant, Instant)>,
+    done: Vec<Done>,
+    abandoned: bool,
+    /// The run loop sleeps on the condvar: wake it when the lane is drained.
+    waiting: bool,
+}
+
+/// A batch of timed calls of a local run, made by a pooled Python helper thread
+/// (`ferroflow._timeouts`, which calls `start`, then `returned` or `raised`
+/// after each call, until they say there is nothing more). The calls are made
+/// from Python code, so an abandoned helper has no Rust frame on its stack
+/// while it runs a task past its timeout. The run loop waits on the lane,
+/// watching the deadline of the call in progress.
+#[pyclass(frozen, module = "ferroflow._native", name = "TimedLane")]
+pub struct PyLane {
+    state: Mutex<LaneState>,
+    cv: Condvar,
+}
+
+impl PyLane {
+    /// A lane with these calls, handed to a helper thread.
+    fn submit(py: Python<'_>, works: VecDeque<Work>) -> PyResult<Py<PyLane>> {
+        static SUBMIT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let lane = Py::new(
+            py,
+            PyLane {
+                state: Mutex::new(LaneState {
+                    queue: works,
+                    current: None,
+                    done: Vec::new(),
+                    abandoned: false,
+                    waiting: false,
+                }),
+                cv: Condvar::new(),
+            },
+        )?;
+        SUBMIT
+            .import(py, "ferroflow._timeouts", "submit")?
+            .call1((lane.clone_ref(py),))?;
+        Ok(lane)
+    }
+
+    fn state(&self) -> MutexGuard<'_, LaneState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait, without holding the interpreter, until every call has ended, the
+    /// call in progress is past its deadline, or `tick`.
+    fn wait(&self, py: Python<'_>, tick: Instant) -> Waited {
+        py.detach(|| {
+            let mut st = self.state();
+            loop {
+                let Some((run, started, deadline)) = st.current else {
+                    if st.queue.is_empty() {
+                        return Waited::Drained;
+                    }
+                    // The helper has not started yet.
+                    let now = Instant::now();
+                    if now >= tick {
+                        return Waited::Tick;
+                    }
+                    st.waiting = true;
+                    st = self
+                        .cv
+                        .wait_timeout(st, tick - now)
+                        .map_or_else(|p| p.into_inner().0, |r| r.0);
+                    st.waiting = false;
+                    continue;
+                };
+                let now = Instant::now();
+                if now >= deadline {
+                    st.abandoned = true;
+                    st.current = None;
+                    let rest = std::mem::take(&mut st.queue);
+                    return Waited::Expired(run, started, rest);
+                }
+                if now >= tick {
+                    return Waited::Tick;
+                }
+                st.waiting = true;
+                let wait = deadline.min(tick) - now;
+                st = self
+                    .cv
+                    .wait_timeout(st, wait)
+                    .map_or_else(|p| p.into_inner().0, |r| r.0);
+                st.waiting = false;
+            }
+        })
+    }
+
+    fn take_done(&self) -> Vec<Done> {
+        std::mem::take(&mut self.state().done)
+    }
+
+    /// Give up on the lane (the run stops): calls not started are dropped.
+    fn abandon(&self) {
+        let rest = {
+            let mut st = self.state();
+            st.abandoned = true;
+            std::mem::take(&mut st.queue)
+        };
+        drop(rest);
+    }
+
+    /// The next call for the helper, as `(func, args, kwargs)`, or None.
+    fn next_call<'py>(
+        &self,
+        py: Python<'py>,
+        mut st: MutexGuard<'_, LaneState>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let Some(work) = (if st.abandoned {
+            None
+        } else {
+            st.queue.pop_front()
+        }) else {
+            st.current = None;
+            if st.waiting {
+                self.cv.notify_one();
+            }
+            drop(st);
+            set_current(None);
+            return Ok(None);
+        };
+        let Work {
+            current,
+            run,
+            func,
+            args,
+            kwargs,
+            timeout,
+            ..
+        } = work;
+        let started = Instant::now();
+        let deadline = started + timeout.unwrap_or(Duration::MAX / 4);
+        st.current = Some((run, started, deadline));
+        drop(st);
+        set_current(Some(current));
+        let kwargs = kwargs.map_or_else(|| py.None(), Py::into_any);
+        Ok(Some((func, args, kwargs).into_pyobject(py)?))
+    }
+
+    fn finish<'py>(
+        &self,
+        py: Python<'py>,
+        result: PyResult<Py<PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let ended = Instant::now();
+        let mut st = self.state();
+        if st.abandoned {
+            drop(st);
+            drop(result);
+            set_current(None);
+            return Ok(None);
+        }
+        if let Some((run, started, _)) = st.current.take() {
+            st.done.push(Done {
+                run,
+                hooked: false,
+                timed_out: false,
+                result,
+                started,
+                ended,
+            });
+        }
+        self.next_call(py, st)
+    }
+}
+
+#[pymethods]
+impl PyLane {
+    /// The first call, `(func, args, kwargs)` (kwargs may be None), or None.
+    fn start<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.next_call(py, self.state())
+    }
+
+    /// The call returned `value`; the next call, or None.
+    fn returned<'py>(
+        &self,
+        py: Python<'py>,
+        value: Py<PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.finish(py, Ok(value))
+    }
+
+    /// The call raised `error`; the next call, or None.
+    fn raised<'py>(
+        &self,
+        py: Python<'py>,
+        error: Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.finish(py, Err(PyErr::from_value(error)))
+    }
+}
+
 /// A worker thread of `run_threads`: call work items until the channel closes.
 fn worker_loop(rx: &Mutex<mpsc::Receiver<Work>>, tx: &mpsc::Sender<Done>) {
     loop {
@@ -1325,17 +1717,21 @@ fn worker_loop(rx: &Mutex<mpsc::Receiver<Work>>, tx: &mpsc::Sender<Done>) {
         };
         let Ok(work) = next else { return };
         let (run, hooked) = (work.run, work.hooked());
-        let (result, started, ended) = Python::attach(|py| {
+        let (result, timed_out, started, ended) = Python::attach(|py| {
             let started = Instant::now();
-            let r = work.call(py);
+            let (r, timed_out) = match work.timeout {
+                Some(limit) => work.call_timed(py, limit),
+                None => (work.call(py), false),
+            };
             let ended = Instant::now();
             set_current(None);
-            (r, started, ended)
+            (r, timed_out, started, ended)
         });
         if tx
             .send(Done {
                 run,
                 hooked,
+                timed_out,
                 result,
                 started,
                 ended,
@@ -1548,6 +1944,7 @@ impl PyRunner {
                 journal_buf: Vec::new(),
                 recording,
                 finished: false,
+                timed_avg: None,
             }),
         })
     }
@@ -1595,7 +1992,8 @@ impl PyRunner {
                 c.loop_count,
                 // A `Kind::Pack` task is checkpointed here after a local call;
                 // an external executor runs it through the run hook instead.
-                w.hooked() || inner.is_pack(TaskId(c.task)),
+                // A timed task too: the executor enforces the timeout.
+                w.hooked() || inner.is_pack(TaskId(c.task)) || w.timeout.is_some(),
                 w.func.clone_ref(py),
                 w.args.clone_ref(py),
                 kwargs,
