@@ -30,7 +30,7 @@ from typing import Any
 
 from ferroflow import runtime as _context
 
-__all__ = ["TimedOut", "call_native", "call_with_timeout", "submit"]
+__all__ = ["TimedOut", "call_with_timeout", "submit"]
 
 
 class TimedOut(Exception):
@@ -141,23 +141,6 @@ def call_with_timeout(
         error, job.error = job.error, None
         raise error
     return job.value
-
-
-def call_native(
-    func: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any] | None,
-    timeout: float,
-) -> Any:
-    """:func:`call_with_timeout` for the native runner's worker threads (a plain task
-    with a timeout on ``ThreadExecutor``): an error keeps only the task's frames."""
-    try:
-        return call_with_timeout(func, args, kwargs or {}, timeout)
-    except TimedOut:
-        raise
-    except BaseException as exc:
-        _context._user_traceback(exc)
-        raise
 
 
 def submit(lane: Any) -> None:

@@ -26,15 +26,15 @@
 //! [`PyLane`] and waits on it, watching the deadline of the call in progress; a
 //! call past it is settled `TimedOut` and its helper abandoned (it returns to
 //! the pool when the call returns), and the rest of the batch goes to another
-//! helper. A worker thread of `run_threads` makes a timed call through the same
-//! pool, one at a time. The helpers make the calls from Python code, so an
+//! helper. A worker thread of `run_threads` does the same with the timed runs
+//! at the head of its queue. The helpers make the calls from Python code, so an
 //! abandoned one has no Rust frame on its stack (a thread that re-enters the
 //! interpreter during shutdown is ended with a forced unwind, which Rust frames
 //! must not see).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ferroflow_core::driver::INTERRUPTED;
@@ -1149,12 +1149,7 @@ impl Inner {
     /// the batch goes on on another helper. Returns whether the flow run stops,
     /// and a run handed out meanwhile that is not timed (called next, here).
     fn run_timed(&mut self, py: Python<'_>, first: Work) -> PyResult<(bool, Option<Next>)> {
-        let cap = match self.timed_avg {
-            Some(avg) if !avg.is_zero() => (TIMED_BATCH_TIME.as_nanos() / avg.as_nanos())
-                .clamp(1, TIMED_BATCH_MAX as u128)
-                as usize,
-            _ => 1,
-        };
+        let cap = timed_batch(self.timed_avg);
         let mut works = VecDeque::from([first]);
         let mut other = None;
         while works.len() < cap {
@@ -1217,20 +1212,38 @@ impl Inner {
 
     /// Run with `n` native worker threads that attach to the interpreter to call
     /// tasks; this thread keeps the core and settles completions.
+    ///
+    /// Work goes out in batches through one shared queue, and completions come
+    /// back in batches: a worker stays attached while the queue has work, so a
+    /// run of quick calls costs one interpreter hand-off per batch, not per
+    /// call. How far ahead the queue is filled follows the average call: about
+    /// [`THREADS_AHEAD_TIME`] of work per worker (at least one call each, so a
+    /// worker that finishes a slow call starts the next without waiting for
+    /// this thread). Workers wake this thread when the queue runs short, or
+    /// after a slow call (its run's records and what it unblocks are due).
     fn run_threads(&mut self, py: Python<'_>, n: usize) -> PyResult<()> {
-        let (work_tx, work_rx) = mpsc::channel::<Work>();
-        let (done_tx, mut done_rx) = mpsc::channel::<Done>();
-        let work_rx = Arc::new(Mutex::new(work_rx));
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(Queues {
+                work: VecDeque::new(),
+                done: Vec::new(),
+                closed: false,
+                waiting: false,
+                wake: false,
+                low: n,
+            }),
+            work_cv: Condvar::new(),
+            done_cv: Condvar::new(),
+        });
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
-            let rx = Arc::clone(&work_rx);
-            let tx = done_tx.clone();
+            let sh = Arc::clone(&shared);
             let spawned = std::thread::Builder::new()
                 .name(format!("ferroflow-worker-{i}"))
-                .spawn(move || worker_loop(&rx, &tx));
+                .spawn(move || worker_loop(&sh));
             match spawned {
                 Ok(h) => workers.push(h),
                 Err(e) => {
+                    shared.close();
                     return Err(ff_error(
                         py,
                         PyErrKind::Executor,
@@ -1239,28 +1252,28 @@ impl Inner {
                 }
             }
         }
-        drop(done_tx);
-        let stopped = || {
-            ff_error(
-                py,
-                PyErrKind::Executor,
-                "worker threads stopped unexpectedly".into(),
-            )
-        };
         let mut in_flight = 0usize;
         let mut now = Instant::now();
         let mut cancel = false;
+        let mut avg: Option<Duration> = None;
         'outer: loop {
-            // Hand out work while workers are free; the driver says when to wait.
+            // Hand out work while the queue is short; the driver says when to wait.
+            let ahead = match avg {
+                Some(a) if !a.is_zero() => (THREADS_AHEAD_TIME.as_nanos() / a.as_nanos())
+                    .clamp(1, THREADS_AHEAD_MAX)
+                    as usize,
+                _ => 1,
+            };
+            let cap = n + n * ahead;
             let mut until = None;
-            while in_flight < n {
+            let mut batch = Vec::new();
+            while in_flight + batch.len() < cap {
                 match self.next_work(py, now)? {
                     Next::Call(w, flush) => {
                         if flush {
                             self.send_records(py);
                         }
-                        work_tx.send(w).map_err(|_| stopped())?;
-                        in_flight += 1;
+                        batch.push(w);
                     }
                     Next::Wait(u) => {
                         until = Some(u);
@@ -1269,6 +1282,10 @@ impl Inner {
                     Next::Done if in_flight == 0 && self.approvals_at_end(py)? => {}
                     Next::Done => break 'outer,
                 }
+            }
+            if !batch.is_empty() {
+                in_flight += batch.len();
+                shared.push(batch);
             }
             let until = match until {
                 Some(u) => u,
@@ -1289,23 +1306,11 @@ impl Inner {
                 self.send_records(py);
             }
             let wait = until.saturating_duration_since(now);
-            // The receiver is moved into the detached closure and back (it is Send, not Sync).
-            let (rx, first) = py.detach(move || {
-                let r = done_rx.recv_timeout(wait);
-                (done_rx, r)
-            });
-            done_rx = rx;
-            let mut batch: Vec<Done> = Vec::new();
-            match first {
-                Ok(d) => batch.push(d),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(stopped()),
-            }
-            while let Ok(d) = done_rx.try_recv() {
-                batch.push(d);
-            }
-            for d in batch {
+            let done = py.detach(|| shared.wait_done(wait));
+            for d in done {
                 in_flight -= 1;
+                let took = d.ended.saturating_duration_since(d.started);
+                avg = Some(avg.map_or(took, |a| (a * 7 + took) / 8));
                 if self.settle_done(py, d)? {
                     break 'outer;
                 }
@@ -1317,13 +1322,15 @@ impl Inner {
                 break;
             }
         }
-        drop(work_tx);
+        // Calls not started are dropped (their runs are cancelled, or the run is over).
+        let dropped = shared.close();
+        drop(dropped);
         if cancel {
             // Workers still inside a task are abandoned: they exit when their
-            // call returns and they find the channel closed.
+            // call returns and they find the queue closed.
             self.interrupt(py, INTERRUPTED)?;
         } else if self.driver.stopped().is_none() {
-            // Every worker is idle; let them see the closed channel and exit.
+            // Every worker is idle; let them see the closed queue and exit.
             py.detach(|| {
                 for w in workers {
                     let _ = w.join();
@@ -1462,43 +1469,21 @@ impl Work {
     }
 }
 
-impl Work {
-    /// Call a plain timed task from a worker thread of `run_threads`: on a pooled
-    /// helper thread, waiting at most `limit` (`ferroflow._timeouts`). Returns the
-    /// result and whether the call ran past its timeout (and was abandoned).
-    fn call_timed(self, py: Python<'_>, limit: Duration) -> (PyResult<Py<PyAny>>, bool) {
-        static CALL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        static TIMED_OUT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        let Work {
-            current,
-            func,
-            args,
-            kwargs,
-            ..
-        } = self;
-        set_current(Some(current));
-        let call = match CALL.import(py, "ferroflow._timeouts", "call_native") {
-            Ok(c) => c,
-            Err(e) => return (Err(e), false),
-        };
-        match call.call1((func, args, kwargs, limit.as_secs_f64())) {
-            Ok(v) => (Ok(v.unbind()), false),
-            Err(e) => {
-                let timed_out = TIMED_OUT
-                    .import(py, "ferroflow._timeouts", "TimedOut")
-                    .is_ok_and(|t| e.is_instance(py, t));
-                (Err(e), timed_out)
-            }
-        }
-    }
-}
-
 /// How much work a batch of timed calls of a local run holds, by the average
 /// call: the run loop hands them to a helper thread at once, and learns how they
 /// ended when the batch is over (or at a tick).
 const TIMED_BATCH_TIME: Duration = Duration::from_millis(2);
 /// The most calls in one batch.
 const TIMED_BATCH_MAX: usize = 1024;
+
+/// How many timed calls go in one batch, by their average duration.
+fn timed_batch(avg: Option<Duration>) -> usize {
+    match avg {
+        Some(avg) if !avg.is_zero() => (TIMED_BATCH_TIME.as_nanos() / avg.as_nanos())
+            .clamp(1, TIMED_BATCH_MAX as u128) as usize,
+        _ => 1,
+    }
+}
 
 /// What [`PyLane::wait`] saw.
 enum Waited {
@@ -1708,36 +1693,232 @@ impl PyLane {
     }
 }
 
-/// A worker thread of `run_threads`: call work items until the channel closes.
-fn worker_loop(rx: &Mutex<mpsc::Receiver<Work>>, tx: &mpsc::Sender<Done>) {
-    loop {
-        let next = match rx.lock() {
-            Ok(guard) => guard.recv(),
-            Err(_) => return,
+/// How much work per worker `run_threads` keeps queued, by the average call.
+const THREADS_AHEAD_TIME: Duration = Duration::from_millis(1);
+/// The most calls queued per worker.
+const THREADS_AHEAD_MAX: u128 = 256;
+/// A call at least this long wakes the run loop when it ends.
+const THREADS_SLOW_CALL: Duration = Duration::from_millis(1);
+
+/// The queues between `run_threads` and its workers.
+struct Queues {
+    work: VecDeque<Work>,
+    done: Vec<Done>,
+    closed: bool,
+    /// The run loop sleeps on `done_cv`.
+    waiting: bool,
+    /// Completions are due for the run loop (a slow call ended, or the work
+    /// queue ran short).
+    wake: bool,
+    /// Wake the run loop when the work queue is down to this many calls.
+    low: usize,
+}
+
+struct Shared {
+    queues: Mutex<Queues>,
+    work_cv: Condvar,
+    done_cv: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue calls for the workers.
+    fn push(&self, batch: Vec<Work>) {
+        let k = batch.len();
+        self.lock().work.extend(batch);
+        if k == 1 {
+            self.work_cv.notify_one();
+        } else {
+            self.work_cv.notify_all();
+        }
+    }
+
+    /// Wait (detached) up to `wait` for completions; take them.
+    fn wait_done(&self, wait: Duration) -> Vec<Done> {
+        let mut q = self.lock();
+        let due = |q: &Queues| q.wake || (!q.done.is_empty() && q.work.len() <= q.low);
+        if !due(&q) && !wait.is_zero() {
+            q.waiting = true;
+            q = self
+                .done_cv
+                .wait_timeout_while(q, wait, |q| !due(q))
+                .map_or_else(|p| p.into_inner().0, |r| r.0);
+            q.waiting = false;
+        }
+        q.wake = false;
+        std::mem::take(&mut q.done)
+    }
+
+    /// Close the queue: workers exit once idle. Returns the calls not started.
+    fn close(&self) -> VecDeque<Work> {
+        let rest = {
+            let mut q = self.lock();
+            q.closed = true;
+            std::mem::take(&mut q.work)
         };
-        let Ok(work) = next else { return };
-        let (run, hooked) = (work.run, work.hooked());
-        let (result, timed_out, started, ended) = Python::attach(|py| {
-            let started = Instant::now();
-            let (r, timed_out) = match work.timeout {
-                Some(limit) => work.call_timed(py, limit),
-                None => (work.call(py), false),
-            };
-            let ended = Instant::now();
-            set_current(None);
-            (r, timed_out, started, ended)
+        self.work_cv.notify_all();
+        rest
+    }
+}
+
+/// Make `first`, a timed call, and the timed calls right behind it in the queue
+/// (about [`TIMED_BATCH_TIME`] of them), on a pooled helper through a
+/// [`PyLane`], this worker being their watchdog; completions go to the run
+/// loop. Returns true when the queue was closed meanwhile (the worker exits).
+fn lane_from_worker(
+    py: Python<'_>,
+    sh: &Shared,
+    first: Work,
+    timed_avg: &mut Option<Duration>,
+) -> bool {
+    let cap = timed_batch(*timed_avg);
+    let mut works = VecDeque::from([first]);
+    {
+        let mut q = sh.lock();
+        while works.len() < cap && q.work.front().is_some_and(|w| w.timeout.is_some()) {
+            works.extend(q.work.pop_front());
+        }
+    }
+    let mut pending = Some(works);
+    let mut lane: Option<Py<PyLane>> = None;
+    loop {
+        if let Some(works) = pending.take() {
+            let runs: Vec<RunId> = works.iter().map(|w| w.run).collect();
+            match PyLane::submit(py, works) {
+                Ok(l) => lane = Some(l),
+                Err(e) => {
+                    // No helper could take them: each call fails with that error.
+                    let now = Instant::now();
+                    let mut q = sh.lock();
+                    for run in runs {
+                        q.done.push(Done {
+                            run,
+                            hooked: false,
+                            timed_out: false,
+                            result: Err(e.clone_ref(py)),
+                            started: now,
+                            ended: now,
+                        });
+                    }
+                    q.wake = true;
+                    sh.done_cv.notify_one();
+                    return q.closed;
+                }
+            }
+        }
+        let Some(l) = lane.as_ref() else {
+            return false;
+        };
+        let tick = Instant::now() + Policy::default().max_wait;
+        let waited = l.get().wait(py, tick);
+        let mut done = l.get().take_done();
+        for d in &done {
+            let took = d.ended.saturating_duration_since(d.started);
+            *timed_avg = Some(timed_avg.map_or(took, |a| (a * 7 + took) / 8));
+        }
+        let mut over = false;
+        match waited {
+            Waited::Expired(run, started, rest) => {
+                done.push(Done {
+                    run,
+                    hooked: false,
+                    timed_out: true,
+                    result: Ok(py.None()),
+                    started,
+                    ended: Instant::now(),
+                });
+                if rest.is_empty() {
+                    over = true;
+                } else {
+                    pending = Some(rest);
+                }
+            }
+            Waited::Drained => over = true,
+            Waited::Tick => {}
+        }
+        let mut q = sh.lock();
+        if q.closed {
+            drop(q);
+            l.get().abandon();
+            return true;
+        }
+        if !done.is_empty() {
+            q.done.append(&mut done);
+            q.wake = true;
+            if q.waiting {
+                sh.done_cv.notify_one();
+            }
+        }
+        drop(q);
+        if over {
+            return false;
+        }
+    }
+}
+
+/// A worker thread of `run_threads`: wait (detached) for work, then call work
+/// items while the queue has some, staying attached; exit when it is closed.
+fn worker_loop(sh: &Shared) {
+    // How long this worker's timed calls take, on average (sizes their batches).
+    let mut timed_avg: Option<Duration> = None;
+    loop {
+        let first = {
+            let mut q = sh.lock();
+            loop {
+                if q.closed {
+                    return;
+                }
+                if let Some(w) = q.work.pop_front() {
+                    break w;
+                }
+                q = sh.work_cv.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let stop = Python::attach(|py| {
+            let mut next = Some(first);
+            while let Some(work) = next.take() {
+                if work.timeout.is_some() {
+                    if lane_from_worker(py, sh, work, &mut timed_avg) {
+                        return true;
+                    }
+                    next = sh.lock().work.pop_front();
+                    continue;
+                }
+                let (run, hooked) = (work.run, work.hooked());
+                let started = Instant::now();
+                let result = work.call(py);
+                let ended = Instant::now();
+                set_current(None);
+                let slow = ended.saturating_duration_since(started) >= THREADS_SLOW_CALL;
+                let mut q = sh.lock();
+                if q.closed {
+                    // The run is over (or cancelled): nobody settles this call.
+                    drop(q);
+                    drop(result);
+                    return true;
+                }
+                q.done.push(Done {
+                    run,
+                    hooked,
+                    timed_out: false,
+                    result,
+                    started,
+                    ended,
+                });
+                if slow || q.work.len() <= q.low {
+                    q.wake = true;
+                    if q.waiting {
+                        sh.done_cv.notify_one();
+                    }
+                }
+                next = q.work.pop_front();
+            }
+            false
         });
-        if tx
-            .send(Done {
-                run,
-                hooked,
-                timed_out,
-                result,
-                started,
-                ended,
-            })
-            .is_err()
-        {
+        if stop {
             return;
         }
     }
