@@ -37,7 +37,7 @@ are built lazily from the runner: nothing is allocated per task until
 from __future__ import annotations
 
 import itertools
-import uuid
+import os
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -80,6 +80,17 @@ _checkpoint_missing = object()
 
 # Raised by ``_call_with_timeout`` when a call runs past its timeout.
 _Timeout = _timeouts.TimedOut
+
+
+def _uuid4() -> str:
+    """A random UUID (version 4) as text, like ``str(uuid.uuid4())``: ``uuid`` is not
+    imported for it, since importing it (and ``platform``, which it imports) is a good
+    part of the first run's cost in a fresh process."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _retry_delay(task: Task) -> float:
@@ -251,7 +262,7 @@ class FlowRun:
         self.flow = flow
         self.plan = plan
         self.parameters = parameters
-        self.flow_run_id = str(uuid.uuid4())
+        self.flow_run_id = _uuid4()
         self.token = next(_TOKENS)
         self.started = datetime.now(timezone.utc)
         self._full_names: dict[tuple[int, int], str] = {}
