@@ -124,6 +124,7 @@ def make_src(n: int) -> Callable[[], list[int]]:
 inc_task = task(inc)
 total_task = task(total)
 nap_task = task(nap)
+timed_inc_task = task(inc, name="timed_inc", timeout=10)
 burn_task = task(burn)
 load_task = task(load)
 measure_task = task(measure)
@@ -220,6 +221,14 @@ def build_map(n: int, stages: int = 1) -> tuple[Flow, Task]:
         for _ in range(stages):
             x = inc_task.map(x)
         out = total_task(x)
+    return flow, out
+
+
+def build_timed_map(n: int) -> tuple[Flow, Task]:
+    """``total(timed_inc.map(src()))``: ``build_map`` with ``timeout=10`` on the mapped task."""
+    src_task = task(make_src(n), name="src")
+    with Flow(f"timed-map-{n}") as flow:
+        out = total_task(timed_inc_task.map(src_task()))
     return flow, out
 
 

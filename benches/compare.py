@@ -82,6 +82,8 @@ FULL = {
     "record_map": 1_000_000,
     "log_map": 100_000,
     "ckpt_map": 100_000,
+    "timed_map": 2_000,
+    "threads_map": 20_000,
 }
 QUICK = {
     "independent": 1_000,
@@ -102,6 +104,8 @@ QUICK = {
     "record_map": 100_000,
     "log_map": 10_000,
     "ckpt_map": 5_000,
+    "timed_map": 2_000,
+    "threads_map": 5_000,
 }
 BURN_SECONDS = {"full": w.BURN_S, "quick": 0.1}  # CPU per child of the CPU-bound map
 
@@ -484,6 +488,141 @@ def _progress(msg: str) -> None:
     print(f"  ... {msg}", file=sys.stderr, flush=True)
 
 
+def part_timeouts(sizes: dict[str, int], quick: bool, notes: list[str]) -> list[Figure]:
+    """Timeouts: a map whose mapped task has ``timeout=10`` vs the same map without,
+    on LocalExecutor and ThreadExecutor(8), interleaved, best of 5."""
+    n = sizes["timed_map"]
+    _progress(f"timeouts: map {n}, timeout=10 vs none, local and threads")
+    plain, plain_out = w.build_map(n)
+    timed, timed_out = w.build_timed_map(n)
+    expected = w.expected_map(n)
+    figures = []
+    executors: list[tuple[str, Any]] = [
+        ("LocalExecutor", LocalExecutor()),
+        (f"ThreadExecutor({THREAD_WORKERS})", ThreadExecutor(max_workers=THREAD_WORKERS)),
+    ]
+    for label, ex in executors:
+
+        def run_timed(ex: Any = ex) -> Any:
+            return w.result_of(timed, timed_out, executor=ex)
+
+        def run_plain(ex: Any = ex) -> Any:
+            return w.result_of(plain, plain_out, executor=ex)
+
+        best = interleaved(
+            {"timed": run_timed, "plain": run_plain},
+            5,
+            {"timed": expected, "plain": expected},
+        )
+        ratio = best["timed"] / best["plain"]
+        figures.append(
+            Figure(
+                f"timeouts: {fmt_n(n)}-child map, timeout=10, {label}",
+                fmt_s(best["timed"]),
+                f"{fmt_s(best['plain'])} (same map, no timeout)",
+                f"{ratio:.2f}x",
+                "≤ 2x",
+                _met(ratio <= 2, quick),
+            )
+        )
+    return figures
+
+
+def part_threads(sizes: dict[str, int], quick: bool, notes: list[str]) -> Figure:
+    """Thread overhead: a trivial map on ThreadExecutor(8) vs LocalExecutor, best of 5."""
+    n = sizes["threads_map"]
+    _progress(f"threads: map {n}, ThreadExecutor({THREAD_WORKERS}) vs local")
+    flow, out = w.build_map(n)
+    expected = w.expected_map(n)
+    local, threads = LocalExecutor(), ThreadExecutor(max_workers=THREAD_WORKERS)
+    w.result_of(flow, out, executor=local)  # compile the flow once
+    best = interleaved(
+        {
+            "threads": lambda: w.result_of(flow, out, executor=threads),
+            "local": lambda: w.result_of(flow, out, executor=local),
+        },
+        5,
+        {"threads": expected, "local": expected},
+    )
+    ratio = best["threads"] / best["local"]
+    return Figure(
+        f"{fmt_n(n)} trivial map + reduce, ThreadExecutor({THREAD_WORKERS})",
+        fmt_s(best["threads"]),
+        f"{fmt_s(best['local'])} (LocalExecutor)",
+        f"{ratio:.2f}x",
+        "≤ 3x",
+        _met(ratio <= 3, quick),
+    )
+
+
+_FIRST_RUN = """
+import time
+t0 = time.perf_counter()
+import ferroflow
+from ferroflow import Flow, task
+t1 = time.perf_counter()
+
+@task
+def inc(x):
+    return x + 1
+
+with Flow("first") as flow:
+    inc(inc(1))
+t2 = time.perf_counter()
+state = flow.run(record={record})
+assert state.is_successful()
+t3 = time.perf_counter()
+print(t1 - t0, t3 - t2)
+"""
+
+
+def part_first_run(sizes: dict[str, int], quick: bool, notes: list[str]) -> list[Figure]:
+    """The first ``flow.run()`` of a 2-task flow in a fresh process (recorded into an
+    existing store, and unrecorded), beside ``import ferroflow`` in the same processes;
+    best of 5 processes each, alternating."""
+    _progress("first run in a fresh process (subprocesses)")
+    # With .pyc files (in a throw-away PYTHONPYCACHEPREFIX), as an installed package has.
+    env = os.environ.copy()
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    cache_dir = tempfile.mkdtemp(prefix="ferroflow-pycache-")
+    env["PYTHONPYCACHEPREFIX"] = cache_dir
+    best: dict[str, list[float]] = {"on": [1e9, 1e9], "off": [1e9, 1e9]}
+    code = {k: _FIRST_RUN.format(record=k == "on") for k in best}
+    try:
+        # A first run of each writes the .pyc files, and the store (its creation is
+        # not the figure).
+        for k in best:
+            cmd = [sys.executable, "-c", code[k]]
+            subprocess.run(cmd, env=env, check=True, capture_output=True)
+        for _ in range(5):
+            for k in best:
+                out = subprocess.run(
+                    [sys.executable, "-c", code[k]],
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                imp, run = (float(x) for x in out.stdout.split())
+                best[k] = [min(best[k][0], imp), min(best[k][1], run)]
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    figures = []
+    for k, label, target in (("off", "record=False", 0.010), ("on", "recorded", 0.020)):
+        imp, run = best[k]
+        figures.append(
+            Figure(
+                f"first flow.run() of 2 tasks in a fresh process, {label}",
+                fmt_s(run),
+                f"{fmt_s(imp)} (import ferroflow, same process)",
+                fmt_s(run),
+                f"≤ {target * 1e3:.0f} ms",
+                _met(run <= target, quick),
+            )
+        )
+    return figures
+
+
 def part_memory(sizes: dict[str, int], quick: bool, notes: list[str]) -> Figure:
     """Core memory per mapped child: fresh subprocesses, median of 3 each."""
     n = sizes["mem_map"]
@@ -772,6 +911,9 @@ def part_resume(sizes: dict[str, int], quick: bool, notes: list[str]) -> Figure:
 
 
 PARTS = (
+    "timeouts",
+    "threads",
+    "first-run",
     "memory",
     "depth",
     "io",
@@ -800,6 +942,9 @@ def run_executors_durability(
             figures.append(part_io(sleep_row, quick, from_first_table))
             continue
         measure = {
+            "timeouts": part_timeouts,
+            "threads": part_threads,
+            "first-run": part_first_run,
             "memory": part_memory,
             "depth": part_depth,
             "cpu": part_cpu,
@@ -809,7 +954,8 @@ def run_executors_durability(
             "checkpoint": part_checkpoint,
             "resume": part_resume,
         }[part]
-        figures.append(measure(sizes, quick, notes))
+        got: Figure | list[Figure] = measure(sizes, quick, notes)  # type: ignore[assignment]
+        figures.extend(got if isinstance(got, list) else [got])
     return figures, notes
 
 

@@ -480,6 +480,68 @@ def test_timeout_local_and_threads(executor: Any) -> None:
     assert state.result[f].result == "fast"
 
 
+@pytest.mark.parametrize("make", [LocalExecutor, lambda: ThreadExecutor(max_workers=4)])
+def test_timed_calls_reuse_their_helper_threads(make: Any) -> None:
+    import threading
+
+    seen: list[threading.Thread] = []  # kept alive: distinct objects are distinct threads
+
+    @task(timeout=10)
+    def where(x: int) -> int:
+        seen.append(threading.current_thread())
+        return x + 1
+
+    with Flow("timed-map") as flow:
+        out = total(where.map(list(range(2000))))
+    state = flow.run(executor=make())
+    assert state.result[out].result == sum(range(1, 2001))
+    # Not a thread per call: a few helpers (one per timed call in flight), reused.
+    assert len({id(t) for t in seen}) <= 8
+    assert threading.current_thread() not in seen
+
+
+@pytest.mark.parametrize("make", [LocalExecutor, lambda: ThreadExecutor(max_workers=4)])
+def test_a_timed_out_attempt_is_retried(make: Any) -> None:
+    attempts: list[int] = []
+
+    @task(timeout=0.2, max_retries=1, retry_delay=timedelta(0))
+    def slow_then_fast() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            time.sleep(2)  # abandoned: its helper comes back to the pool when it returns
+            return "late"
+        return "second"
+
+    with Flow("timed-retry") as flow:
+        r = slow_then_fast()
+    state = flow.run(executor=make())
+    assert state.result[r].result == "second"
+    assert len(attempts) == 2
+
+
+@pytest.mark.parametrize("make", [LocalExecutor, lambda: ThreadExecutor(max_workers=4)])
+def test_timed_children_that_raise_fail_alone(make: Any) -> None:
+    import traceback
+
+    @task(timeout=10)
+    def odd_fails(x: int) -> int:
+        if x % 2:
+            raise ValueError(f"odd {x}")
+        return x
+
+    with Flow("timed-raise") as flow:
+        out = odd_fails.map(list(range(200)))
+    state = flow.run(executor=make())
+    children = state.result[out].map_states
+    assert [c.result for c in children[0::2]] == list(range(0, 200, 2))
+    failed = children[1::2]
+    assert all(isinstance(c, Failed) for c in failed)
+    assert [str(c.result) for c in failed] == [f"odd {x}" for x in range(1, 200, 2)]
+    # The task's own frames, not the helper's.
+    frames = traceback.extract_tb(failed[0].result.__traceback__)
+    assert frames[0].name == "odd_fails"
+
+
 def test_manual_only_pauses_and_flow_is_not_finished() -> None:
     @task(trigger=triggers.manual_only)
     def approve() -> int:

@@ -17,6 +17,7 @@ __all__ = [
     "Recorder",
     "Runner",
     "Store",
+    "TimedLane",
     "current",
     "default_store_path",
     "error_classes",
@@ -50,6 +51,20 @@ def will_retry(code: int, cause: int, retries_left: bool) -> bool:
 
 def error_classes() -> list[str]:
     """Names of the ``ferroflow.exceptions`` classes the binding raises."""
+
+@final
+class TimedLane:
+    """A batch of timed calls of a local run, made by a ``ferroflow._timeouts`` helper:
+    ``start()``, then ``returned(value)`` or ``raised(error)`` after each call, give the
+    next ``(func, args, kwargs)`` (``kwargs`` may be None), or None when it is over."""
+
+    def start(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any] | None] | None: ...
+    def returned(
+        self, value: Any
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any] | None] | None: ...
+    def raised(
+        self, error: BaseException
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any] | None] | None: ...
 
 @final
 class Runner:

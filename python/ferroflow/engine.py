@@ -10,8 +10,11 @@ owns the run: it decides what is ready, evaluates the built-in triggers and skip
 propagation, expands maps, keeps retry timers, records the run in the run store and calls
 each task's function directly. Python is called back only where a feature needs it:
 
-- the *run hook* (:func:`run_task`) for tasks with state handlers, ``on_failure``, a
-  timeout, a checkpoint, a target or a cache;
+- the *run hook* (:func:`run_task`) for tasks with state handlers, ``on_failure``,
+  ``log_stdout``, a checkpoint, a target or a cache (and their timeout, if any);
+- the *timed-call pool* (``ferroflow._timeouts``) for a task whose only feature is a
+  timeout: the runner hands batches of its calls to a pooled helper thread and
+  watches each call's deadline itself, settling a call past it ``TimedOut``;
 - the *trigger hook* for custom (Python) triggers;
 - the *observe hook* for state changes the core decides (skips, trigger failures,
   pauses) of tasks with handlers: the core hands such a run out "decided", the
@@ -34,13 +37,12 @@ are built lazily from the runner: nothing is allocated per task until
 from __future__ import annotations
 
 import itertools
-import threading
-import uuid
+import os
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from ferroflow import _checkpoint, _native
+from ferroflow import _checkpoint, _native, _timeouts
 from ferroflow import runtime as _context
 from ferroflow.exceptions import FerroflowError, ParameterError
 from ferroflow.signals import FAIL, FerroflowSignal
@@ -76,8 +78,19 @@ _TOKENS = itertools.count(1)
 _checkpoint_missing = object()
 
 
-class _Timeout(Exception):
-    pass
+# Raised by ``_call_with_timeout`` when a call runs past its timeout.
+_Timeout = _timeouts.TimedOut
+
+
+def _uuid4() -> str:
+    """A random UUID (version 4) as text, like ``str(uuid.uuid4())``: ``uuid`` is not
+    imported for it, since importing it (and ``platform``, which it imports) is a good
+    part of the first run's cost in a fresh process."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _retry_delay(task: Task) -> float:
@@ -177,11 +190,17 @@ class _Plan:
                 kw_slots = []
             observed = bool(t.state_handlers) or t.on_failure is not None
             observed_any |= observed
-            hooked = observed or t.timeout is not None or checkpoints(t) or t.log_stdout
-            kind = _CALL
-            if hooked:
-                kind = _PACK if native_pack(t) else _HOOK
-            calls.append((kind, t.run, pos_slots, kw_slots, t.retry_on, observed))
+            hooked = observed or checkpoints(t) or t.log_stdout
+            if hooked or t.timeout is None:
+                kind = _CALL
+                if hooked:
+                    kind = _PACK if native_pack(t) else _HOOK
+                calls.append((kind, t.run, pos_slots, kw_slots, t.retry_on, observed))
+            else:
+                # A timeout alone: the runner calls the task on a pooled helper thread
+                # and watches its deadline itself (see ``ferroflow._timeouts``).
+                limit = (float(t.timeout), f"Task timed out after {t.timeout:g} s.")
+                calls.append((_CALL, t.run, pos_slots, kw_slots, t.retry_on, False, limit))
         self.task_opts = task_opts
         self.calls = calls
         self.observed = observed_any
@@ -243,7 +262,7 @@ class FlowRun:
         self.flow = flow
         self.plan = plan
         self.parameters = parameters
-        self.flow_run_id = str(uuid.uuid4())
+        self.flow_run_id = _uuid4()
         self.token = next(_TOKENS)
         self.started = datetime.now(timezone.utc)
         self._full_names: dict[tuple[int, int], str] = {}
@@ -661,33 +680,11 @@ def _call_with_timeout(
     timeout: float,
     log_stdout: bool = False,
 ) -> Any:
-    """Run ``func`` in a helper thread; abandon it when ``timeout`` seconds pass. The
-    helper thread sees the calling task run's ``ferroflow.context`` (and, with
-    ``log_stdout``, its prints go to the task's run logger)."""
-    box: dict[str, Any] = {}
-    run, cur = _context._current()
-
-    def target() -> None:
-        _context._enter_remote(run, cur)
-        try:
-            if log_stdout:
-                with _context.capture_stdout():
-                    box["value"] = func(*args, **kwargs)
-            else:
-                box["value"] = func(*args, **kwargs)
-        except BaseException as exc:
-            box["error"] = exc
-        finally:
-            _context._enter_remote(None, None)
-
-    worker = threading.Thread(target=target, name="ferroflow-timeout", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise _Timeout
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+    """Run ``func`` on a pooled helper thread; abandon it when ``timeout`` seconds pass
+    (raising ``_Timeout``). The helper thread sees the calling task run's
+    ``ferroflow.context`` (and, with ``log_stdout``, its prints go to the task's run
+    logger); see ``ferroflow._timeouts``."""
+    return _timeouts.call_with_timeout(func, args, kwargs, timeout, log_stdout)
 
 
 def _flow_state(run: FlowRun) -> State:

@@ -46,6 +46,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(errors::error_classes, m)?)?;
     m.add_function(wrap_pyfunction!(will_retry, m)?)?;
     m.add_class::<runner::PyRunner>()?;
+    m.add_class::<runner::PyLane>()?;
     // State codes, by name, as the core defines them: Python's state classes
     // and the executors take their codes from here.
     let codes = pyo3::types::PyDict::new(m.py());

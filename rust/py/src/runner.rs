@@ -18,10 +18,23 @@
 //! a failure is retried. The binding reads the real clock around each call and
 //! converts values and errors: an exception becomes an [`Outcome`] with its
 //! [`Cause`] (its kind, and whether it matched `retry_on`).
+//!
+//! A plain task with a timeout (nothing else needing Python around the call)
+//! keeps the plain path, but its calls cannot be made by the thread that must
+//! give up on them: `run_local` hands consecutive timed runs in batches (sized
+//! to about 2 ms of calls) to a pooled Python helper thread through a
+//! [`PyLane`] and waits on it, watching the deadline of the call in progress; a
+//! call past it is settled `TimedOut` and its helper abandoned (it returns to
+//! the pool when the call returns), and the rest of the batch goes to another
+//! helper. A worker thread of `run_threads` does the same with the timed runs
+//! at the head of its queue. The helpers make the calls from Python code, so an
+//! abandoned one has no Rust frame on its stack (a thread that re-enters the
+//! interpreter during shutdown is ended with a forced unwind, which Rust frames
+//! must not see).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ferroflow_core::driver::INTERRUPTED;
@@ -33,6 +46,7 @@ use ferroflow_core::{
 };
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PySequence, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -154,6 +168,9 @@ struct Call {
     retry_on: Option<Py<PyAny>>,
     /// The task has state handlers: report core-decided transitions to Python.
     observed: bool,
+    /// A plain task with a timeout: how long a call may take, and the message of
+    /// a run that took longer (see [`PyLane`]).
+    timeout: Option<(Duration, String)>,
 }
 
 struct Inner {
@@ -195,6 +212,8 @@ struct Inner {
     journal_buf: Vec<Transition>,
     recording: Option<Recording>,
     finished: bool,
+    /// How long a call of a plain timed task takes, on average (see `run_timed`).
+    timed_avg: Option<Duration>,
 }
 
 /// The value in the result slab for `run`, or None when there is none (not run
@@ -325,6 +344,16 @@ fn parse_call(py: Python<'_>, n_edges: usize, t: &Bound<'_, PyTuple>) -> PyResul
     }
     let retry_on: Option<Py<PyAny>> = t.get_item(4)?.extract()?;
     let observed: bool = t.get_item(5)?.extract()?;
+    let timeout = match t.get_item(6) {
+        Ok(v) if !v.is_none() => {
+            let (secs, message): (f64, String) = v.extract()?;
+            let Ok(d) = Duration::try_from_secs_f64(secs) else {
+                return Err(PyValueError::new_err(format!("bad timeout {secs}")));
+            };
+            Some((d, message))
+        }
+        _ => None,
+    };
     let const_args = if kw.is_empty() && pos.iter().all(|s| matches!(s, Slot::Const(_))) {
         let vals = pos.iter().map(|s| match s {
             Slot::Const(v) => v.clone_ref(py),
@@ -342,6 +371,7 @@ fn parse_call(py: Python<'_>, n_edges: usize, t: &Bound<'_, PyTuple>) -> PyResul
         const_args,
         retry_on,
         observed,
+        timeout,
     })
 }
 
@@ -548,6 +578,7 @@ impl Inner {
         } else {
             None
         };
+        let timeout = call.timeout.as_ref().map(|(d, _)| *d);
         let (func, args, kwargs) = (
             call.func.clone_ref(py),
             args.unbind(),
@@ -569,6 +600,7 @@ impl Inner {
             func,
             args,
             kwargs,
+            timeout,
         })
     }
 
@@ -1039,8 +1071,25 @@ impl Inner {
     /// Run to the end, calling each task in this thread.
     fn run_local(&mut self, py: Python<'_>) -> PyResult<()> {
         let mut now = Instant::now();
+        // A run handed out while a batch of timed calls was being gathered.
+        let mut pending: Option<Next> = None;
         loop {
-            match self.next_work(py, now)? {
+            let next = match pending.take() {
+                Some(n) => n,
+                None => self.next_work(py, now)?,
+            };
+            match next {
+                Next::Call(work, flush) if work.timeout.is_some() => {
+                    if flush {
+                        self.send_records(py);
+                    }
+                    let (stop, next) = self.run_timed(py, work)?;
+                    if stop {
+                        break;
+                    }
+                    now = Instant::now();
+                    pending = next;
+                }
                 Next::Call(work, flush) => {
                     if flush {
                         // A call not known to be quick, or a tick since the
@@ -1072,22 +1121,129 @@ impl Inner {
         self.end(py)
     }
 
+    /// Settle a call a worker thread reports.
+    fn settle_done(&mut self, py: Python<'_>, d: Done) -> PyResult<bool> {
+        let settled = if d.timed_out {
+            (self.timed_out(d.run), None)
+        } else {
+            self.interpret(py, d.run, d.hooked, d.result)
+        };
+        self.settle(py, d.run, settled, Some((d.started, d.ended)))
+    }
+
+    /// The outcome of a run of a plain timed task that ran past its timeout.
+    fn timed_out(&self, run: RunId) -> Outcome {
+        let message = self
+            .run()
+            .task_of(run)
+            .ok()
+            .and_then(|t| self.calls[t.idx()].timeout.as_ref())
+            .map(|(_, m)| m.clone());
+        Outcome::TimedOut { message }
+    }
+
+    /// Call `first`, a run of a plain timed task, and the timed runs the driver
+    /// hands out right after it (as many as take about [`TIMED_BATCH_TIME`]), on a
+    /// pooled helper thread, waiting for them here: this thread is their
+    /// watchdog. A run past its timeout is settled `TimedOut` and abandoned, and
+    /// the batch goes on on another helper. Returns whether the flow run stops,
+    /// and a run handed out meanwhile that is not timed (called next, here).
+    fn run_timed(&mut self, py: Python<'_>, first: Work) -> PyResult<(bool, Option<Next>)> {
+        let cap = timed_batch(self.timed_avg);
+        let mut works = VecDeque::from([first]);
+        let mut other = None;
+        while works.len() < cap {
+            match self.next_work(py, Instant::now())? {
+                Next::Call(w, _) if w.timeout.is_some() => works.push_back(w),
+                n @ Next::Call(..) => {
+                    other = Some(n);
+                    break;
+                }
+                // The driver is asked again once the batch is over.
+                Next::Wait(_) | Next::Done => break,
+            }
+        }
+        let mut lane = PyLane::submit(py, works)?;
+        loop {
+            let tick = Instant::now() + self.driver.policy().max_wait;
+            let waited = lane.get().wait(py, tick);
+            for d in lane.get().take_done() {
+                self.learn_timed(&d);
+                if self.settle_done(py, d)? {
+                    lane.get().abandon();
+                    return Ok((true, None));
+                }
+            }
+            match waited {
+                Waited::Drained => break,
+                Waited::Expired(run, started, rest) => {
+                    let settled = (self.timed_out(run), None);
+                    if self.settle(py, run, settled, Some((started, Instant::now())))? {
+                        return Ok((true, None));
+                    }
+                    if rest.is_empty() {
+                        break;
+                    }
+                    lane = PyLane::submit(py, rest)?;
+                }
+                Waited::Tick => {}
+            }
+            if interrupted(py)? {
+                lane.get().abandon();
+                self.interrupt(py, INTERRUPTED)?;
+                return Ok((true, None));
+            }
+            if self.driver.flush_due_now(Instant::now()) {
+                self.send_records(py);
+            }
+            self.maybe_progress(py, false);
+        }
+        Ok((false, other))
+    }
+
+    /// Keep a running average of how long timed calls take (it sizes batches).
+    fn learn_timed(&mut self, d: &Done) {
+        let took = d.ended.saturating_duration_since(d.started);
+        self.timed_avg = Some(match self.timed_avg {
+            Some(avg) => (avg * 7 + took) / 8,
+            None => took,
+        });
+    }
+
     /// Run with `n` native worker threads that attach to the interpreter to call
     /// tasks; this thread keeps the core and settles completions.
+    ///
+    /// Work goes out in batches through one shared queue, and completions come
+    /// back in batches: a worker stays attached while the queue has work, so a
+    /// run of quick calls costs one interpreter hand-off per batch, not per
+    /// call. How far ahead the queue is filled follows the average call: about
+    /// [`THREADS_AHEAD_TIME`] of work per worker (at least one call each, so a
+    /// worker that finishes a slow call starts the next without waiting for
+    /// this thread). Workers wake this thread when the queue runs short, or
+    /// after a slow call (its run's records and what it unblocks are due).
     fn run_threads(&mut self, py: Python<'_>, n: usize) -> PyResult<()> {
-        let (work_tx, work_rx) = mpsc::channel::<Work>();
-        let (done_tx, mut done_rx) = mpsc::channel::<Done>();
-        let work_rx = Arc::new(Mutex::new(work_rx));
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(Queues {
+                work: VecDeque::new(),
+                done: Vec::new(),
+                closed: false,
+                waiting: false,
+                wake: false,
+                low: n,
+            }),
+            work_cv: Condvar::new(),
+            done_cv: Condvar::new(),
+        });
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
-            let rx = Arc::clone(&work_rx);
-            let tx = done_tx.clone();
+            let sh = Arc::clone(&shared);
             let spawned = std::thread::Builder::new()
                 .name(format!("ferroflow-worker-{i}"))
-                .spawn(move || worker_loop(&rx, &tx));
+                .spawn(move || worker_loop(&sh));
             match spawned {
                 Ok(h) => workers.push(h),
                 Err(e) => {
+                    shared.close();
                     return Err(ff_error(
                         py,
                         PyErrKind::Executor,
@@ -1096,28 +1252,28 @@ impl Inner {
                 }
             }
         }
-        drop(done_tx);
-        let stopped = || {
-            ff_error(
-                py,
-                PyErrKind::Executor,
-                "worker threads stopped unexpectedly".into(),
-            )
-        };
         let mut in_flight = 0usize;
         let mut now = Instant::now();
         let mut cancel = false;
+        let mut avg: Option<Duration> = None;
         'outer: loop {
-            // Hand out work while workers are free; the driver says when to wait.
+            // Hand out work while the queue is short; the driver says when to wait.
+            let ahead = match avg {
+                Some(a) if !a.is_zero() => (THREADS_AHEAD_TIME.as_nanos() / a.as_nanos())
+                    .clamp(1, THREADS_AHEAD_MAX)
+                    as usize,
+                _ => 1,
+            };
+            let cap = n + n * ahead;
             let mut until = None;
-            while in_flight < n {
+            let mut batch = Vec::new();
+            while in_flight + batch.len() < cap {
                 match self.next_work(py, now)? {
                     Next::Call(w, flush) => {
                         if flush {
                             self.send_records(py);
                         }
-                        work_tx.send(w).map_err(|_| stopped())?;
-                        in_flight += 1;
+                        batch.push(w);
                     }
                     Next::Wait(u) => {
                         until = Some(u);
@@ -1126,6 +1282,10 @@ impl Inner {
                     Next::Done if in_flight == 0 && self.approvals_at_end(py)? => {}
                     Next::Done => break 'outer,
                 }
+            }
+            if !batch.is_empty() {
+                in_flight += batch.len();
+                shared.push(batch);
             }
             let until = match until {
                 Some(u) => u,
@@ -1146,25 +1306,12 @@ impl Inner {
                 self.send_records(py);
             }
             let wait = until.saturating_duration_since(now);
-            // The receiver is moved into the detached closure and back (it is Send, not Sync).
-            let (rx, first) = py.detach(move || {
-                let r = done_rx.recv_timeout(wait);
-                (done_rx, r)
-            });
-            done_rx = rx;
-            let mut batch: Vec<Done> = Vec::new();
-            match first {
-                Ok(d) => batch.push(d),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(stopped()),
-            }
-            while let Ok(d) = done_rx.try_recv() {
-                batch.push(d);
-            }
-            for d in batch {
+            let done = py.detach(|| shared.wait_done(wait));
+            for d in done {
                 in_flight -= 1;
-                let settled = self.interpret(py, d.run, d.hooked, d.result);
-                if self.settle(py, d.run, settled, Some((d.started, d.ended)))? {
+                let took = d.ended.saturating_duration_since(d.started);
+                avg = Some(avg.map_or(took, |a| (a * 7 + took) / 8));
+                if self.settle_done(py, d)? {
                     break 'outer;
                 }
             }
@@ -1175,13 +1322,15 @@ impl Inner {
                 break;
             }
         }
-        drop(work_tx);
+        // Calls not started are dropped (their runs are cancelled, or the run is over).
+        let dropped = shared.close();
+        drop(dropped);
         if cancel {
             // Workers still inside a task are abandoned: they exit when their
-            // call returns and they find the channel closed.
+            // call returns and they find the queue closed.
             self.interrupt(py, INTERRUPTED)?;
         } else if self.driver.stopped().is_none() {
-            // Every worker is idle; let them see the closed channel and exit.
+            // Every worker is idle; let them see the closed queue and exit.
             py.detach(|| {
                 for w in workers {
                     let _ = w.join();
@@ -1256,12 +1405,16 @@ struct Work {
     func: Py<PyAny>,
     args: Py<PyTuple>,
     kwargs: Option<Py<PyDict>>,
+    /// A plain task with a timeout: it is called on a helper thread (see [`PyLane`]).
+    timeout: Option<Duration>,
 }
 
 /// A finished call, sent back by a worker thread.
 struct Done {
     run: RunId,
     hooked: bool,
+    /// The call ran past its timeout and was abandoned (`result` is then unused).
+    timed_out: bool,
     result: PyResult<Py<PyAny>>,
     /// When the worker started and ended the call.
     started: Instant,
@@ -1316,32 +1469,456 @@ impl Work {
     }
 }
 
-/// A worker thread of `run_threads`: call work items until the channel closes.
-fn worker_loop(rx: &Mutex<mpsc::Receiver<Work>>, tx: &mpsc::Sender<Done>) {
-    loop {
-        let next = match rx.lock() {
-            Ok(guard) => guard.recv(),
-            Err(_) => return,
+/// How much work a batch of timed calls of a local run holds, by the average
+/// call: the run loop hands them to a helper thread at once, and learns how they
+/// ended when the batch is over (or at a tick).
+const TIMED_BATCH_TIME: Duration = Duration::from_millis(2);
+/// The most calls in one batch.
+const TIMED_BATCH_MAX: usize = 1024;
+
+/// How many timed calls go in one batch, by their average duration.
+fn timed_batch(avg: Option<Duration>) -> usize {
+    match avg {
+        Some(avg) if !avg.is_zero() => (TIMED_BATCH_TIME.as_nanos() / avg.as_nanos())
+            .clamp(1, TIMED_BATCH_MAX as u128) as usize,
+        _ => 1,
+    }
+}
+
+/// What [`PyLane::wait`] saw.
+enum Waited {
+    /// Every call of the lane has ended.
+    Drained,
+    /// A tick passed (completions may be waiting).
+    Tick,
+    /// This run, started at that instant, ran past its timeout: the lane is
+    /// abandoned and the calls it had not started are handed back.
+    Expired(RunId, Instant, VecDeque<Work>),
+}
+
+struct LaneState {
+    queue: VecDeque<Work>,
+    /// The run the helper is calling: the run, when it started, its deadline.
+    current: Option<(RunId, Instant, Instant)>,
+    done: Vec<Done>,
+    abandoned: bool,
+    /// The run loop sleeps on the condvar: wake it when the lane is drained.
+    waiting: bool,
+}
+
+/// A batch of timed calls of a local run, made by a pooled Python helper thread
+/// (`ferroflow._timeouts`, which calls `start`, then `returned` or `raised`
+/// after each call, until they say there is nothing more). The calls are made
+/// from Python code, so an abandoned helper has no Rust frame on its stack
+/// while it runs a task past its timeout. The run loop waits on the lane,
+/// watching the deadline of the call in progress.
+#[pyclass(frozen, module = "ferroflow._native", name = "TimedLane")]
+pub struct PyLane {
+    state: Mutex<LaneState>,
+    cv: Condvar,
+}
+
+impl PyLane {
+    /// A lane with these calls, handed to a helper thread.
+    fn submit(py: Python<'_>, works: VecDeque<Work>) -> PyResult<Py<PyLane>> {
+        static SUBMIT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let lane = Py::new(
+            py,
+            PyLane {
+                state: Mutex::new(LaneState {
+                    queue: works,
+                    current: None,
+                    done: Vec::new(),
+                    abandoned: false,
+                    waiting: false,
+                }),
+                cv: Condvar::new(),
+            },
+        )?;
+        SUBMIT
+            .import(py, "ferroflow._timeouts", "submit")?
+            .call1((lane.clone_ref(py),))?;
+        Ok(lane)
+    }
+
+    fn state(&self) -> MutexGuard<'_, LaneState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait, without holding the interpreter, until every call has ended, the
+    /// call in progress is past its deadline, or `tick`.
+    fn wait(&self, py: Python<'_>, tick: Instant) -> Waited {
+        py.detach(|| {
+            let mut st = self.state();
+            loop {
+                let Some((run, started, deadline)) = st.current else {
+                    if st.queue.is_empty() {
+                        return Waited::Drained;
+                    }
+                    // The helper has not started yet.
+                    let now = Instant::now();
+                    if now >= tick {
+                        return Waited::Tick;
+                    }
+                    st.waiting = true;
+                    st = self
+                        .cv
+                        .wait_timeout(st, tick - now)
+                        .map_or_else(|p| p.into_inner().0, |r| r.0);
+                    st.waiting = false;
+                    continue;
+                };
+                let now = Instant::now();
+                if now >= deadline {
+                    st.abandoned = true;
+                    st.current = None;
+                    let rest = std::mem::take(&mut st.queue);
+                    return Waited::Expired(run, started, rest);
+                }
+                if now >= tick {
+                    return Waited::Tick;
+                }
+                st.waiting = true;
+                let wait = deadline.min(tick) - now;
+                st = self
+                    .cv
+                    .wait_timeout(st, wait)
+                    .map_or_else(|p| p.into_inner().0, |r| r.0);
+                st.waiting = false;
+            }
+        })
+    }
+
+    fn take_done(&self) -> Vec<Done> {
+        std::mem::take(&mut self.state().done)
+    }
+
+    /// Give up on the lane (the run stops): calls not started are dropped.
+    fn abandon(&self) {
+        let rest = {
+            let mut st = self.state();
+            st.abandoned = true;
+            std::mem::take(&mut st.queue)
         };
-        let Ok(work) = next else { return };
-        let (run, hooked) = (work.run, work.hooked());
-        let (result, started, ended) = Python::attach(|py| {
-            let started = Instant::now();
-            let r = work.call(py);
-            let ended = Instant::now();
+        drop(rest);
+    }
+
+    /// The next call for the helper, as `(func, args, kwargs)`, or None.
+    fn next_call<'py>(
+        &self,
+        py: Python<'py>,
+        mut st: MutexGuard<'_, LaneState>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let Some(work) = (if st.abandoned {
+            None
+        } else {
+            st.queue.pop_front()
+        }) else {
+            st.current = None;
+            if st.waiting {
+                self.cv.notify_one();
+            }
+            drop(st);
             set_current(None);
-            (r, started, ended)
-        });
-        if tx
-            .send(Done {
+            return Ok(None);
+        };
+        let Work {
+            current,
+            run,
+            func,
+            args,
+            kwargs,
+            timeout,
+            ..
+        } = work;
+        let started = Instant::now();
+        let deadline = started + timeout.unwrap_or(Duration::MAX / 4);
+        st.current = Some((run, started, deadline));
+        drop(st);
+        set_current(Some(current));
+        let kwargs = kwargs.map_or_else(|| py.None(), Py::into_any);
+        Ok(Some((func, args, kwargs).into_pyobject(py)?))
+    }
+
+    fn finish<'py>(
+        &self,
+        py: Python<'py>,
+        result: PyResult<Py<PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let ended = Instant::now();
+        let mut st = self.state();
+        if st.abandoned {
+            drop(st);
+            drop(result);
+            set_current(None);
+            return Ok(None);
+        }
+        if let Some((run, started, _)) = st.current.take() {
+            st.done.push(Done {
                 run,
-                hooked,
+                hooked: false,
+                timed_out: false,
                 result,
                 started,
                 ended,
-            })
-            .is_err()
-        {
+            });
+        }
+        self.next_call(py, st)
+    }
+}
+
+#[pymethods]
+impl PyLane {
+    /// The first call, `(func, args, kwargs)` (kwargs may be None), or None.
+    fn start<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.next_call(py, self.state())
+    }
+
+    /// The call returned `value`; the next call, or None.
+    fn returned<'py>(
+        &self,
+        py: Python<'py>,
+        value: Py<PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.finish(py, Ok(value))
+    }
+
+    /// The call raised `error`; the next call, or None.
+    fn raised<'py>(
+        &self,
+        py: Python<'py>,
+        error: Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.finish(py, Err(PyErr::from_value(error)))
+    }
+}
+
+/// How much work per worker `run_threads` keeps queued, by the average call.
+const THREADS_AHEAD_TIME: Duration = Duration::from_millis(1);
+/// The most calls queued per worker.
+const THREADS_AHEAD_MAX: u128 = 256;
+/// A call at least this long wakes the run loop when it ends.
+const THREADS_SLOW_CALL: Duration = Duration::from_millis(1);
+
+/// The queues between `run_threads` and its workers.
+struct Queues {
+    work: VecDeque<Work>,
+    done: Vec<Done>,
+    closed: bool,
+    /// The run loop sleeps on `done_cv`.
+    waiting: bool,
+    /// Completions are due for the run loop (a slow call ended, or the work
+    /// queue ran short).
+    wake: bool,
+    /// Wake the run loop when the work queue is down to this many calls.
+    low: usize,
+}
+
+struct Shared {
+    queues: Mutex<Queues>,
+    work_cv: Condvar,
+    done_cv: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue calls for the workers.
+    fn push(&self, batch: Vec<Work>) {
+        let k = batch.len();
+        self.lock().work.extend(batch);
+        if k == 1 {
+            self.work_cv.notify_one();
+        } else {
+            self.work_cv.notify_all();
+        }
+    }
+
+    /// Wait (detached) up to `wait` for completions; take them.
+    fn wait_done(&self, wait: Duration) -> Vec<Done> {
+        let mut q = self.lock();
+        let due = |q: &Queues| q.wake || (!q.done.is_empty() && q.work.len() <= q.low);
+        if !due(&q) && !wait.is_zero() {
+            q.waiting = true;
+            q = self
+                .done_cv
+                .wait_timeout_while(q, wait, |q| !due(q))
+                .map_or_else(|p| p.into_inner().0, |r| r.0);
+            q.waiting = false;
+        }
+        q.wake = false;
+        std::mem::take(&mut q.done)
+    }
+
+    /// Close the queue: workers exit once idle. Returns the calls not started.
+    fn close(&self) -> VecDeque<Work> {
+        let rest = {
+            let mut q = self.lock();
+            q.closed = true;
+            std::mem::take(&mut q.work)
+        };
+        self.work_cv.notify_all();
+        rest
+    }
+}
+
+/// Make `first`, a timed call, and the timed calls right behind it in the queue
+/// (about [`TIMED_BATCH_TIME`] of them), on a pooled helper through a
+/// [`PyLane`], this worker being their watchdog; completions go to the run
+/// loop. Returns true when the queue was closed meanwhile (the worker exits).
+fn lane_from_worker(
+    py: Python<'_>,
+    sh: &Shared,
+    first: Work,
+    timed_avg: &mut Option<Duration>,
+) -> bool {
+    let cap = timed_batch(*timed_avg);
+    let mut works = VecDeque::from([first]);
+    {
+        let mut q = sh.lock();
+        while works.len() < cap && q.work.front().is_some_and(|w| w.timeout.is_some()) {
+            works.extend(q.work.pop_front());
+        }
+    }
+    let mut pending = Some(works);
+    let mut lane: Option<Py<PyLane>> = None;
+    loop {
+        if let Some(works) = pending.take() {
+            let runs: Vec<RunId> = works.iter().map(|w| w.run).collect();
+            match PyLane::submit(py, works) {
+                Ok(l) => lane = Some(l),
+                Err(e) => {
+                    // No helper could take them: each call fails with that error.
+                    let now = Instant::now();
+                    let mut q = sh.lock();
+                    for run in runs {
+                        q.done.push(Done {
+                            run,
+                            hooked: false,
+                            timed_out: false,
+                            result: Err(e.clone_ref(py)),
+                            started: now,
+                            ended: now,
+                        });
+                    }
+                    q.wake = true;
+                    sh.done_cv.notify_one();
+                    return q.closed;
+                }
+            }
+        }
+        let Some(l) = lane.as_ref() else {
+            return false;
+        };
+        let tick = Instant::now() + Policy::default().max_wait;
+        let waited = l.get().wait(py, tick);
+        let mut done = l.get().take_done();
+        for d in &done {
+            let took = d.ended.saturating_duration_since(d.started);
+            *timed_avg = Some(timed_avg.map_or(took, |a| (a * 7 + took) / 8));
+        }
+        let mut over = false;
+        match waited {
+            Waited::Expired(run, started, rest) => {
+                done.push(Done {
+                    run,
+                    hooked: false,
+                    timed_out: true,
+                    result: Ok(py.None()),
+                    started,
+                    ended: Instant::now(),
+                });
+                if rest.is_empty() {
+                    over = true;
+                } else {
+                    pending = Some(rest);
+                }
+            }
+            Waited::Drained => over = true,
+            Waited::Tick => {}
+        }
+        let mut q = sh.lock();
+        if q.closed {
+            drop(q);
+            l.get().abandon();
+            return true;
+        }
+        if !done.is_empty() {
+            q.done.append(&mut done);
+            q.wake = true;
+            if q.waiting {
+                sh.done_cv.notify_one();
+            }
+        }
+        drop(q);
+        if over {
+            return false;
+        }
+    }
+}
+
+/// A worker thread of `run_threads`: wait (detached) for work, then call work
+/// items while the queue has some, staying attached; exit when it is closed.
+fn worker_loop(sh: &Shared) {
+    // How long this worker's timed calls take, on average (sizes their batches).
+    let mut timed_avg: Option<Duration> = None;
+    loop {
+        let first = {
+            let mut q = sh.lock();
+            loop {
+                if q.closed {
+                    return;
+                }
+                if let Some(w) = q.work.pop_front() {
+                    break w;
+                }
+                q = sh.work_cv.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let stop = Python::attach(|py| {
+            let mut next = Some(first);
+            while let Some(work) = next.take() {
+                if work.timeout.is_some() {
+                    if lane_from_worker(py, sh, work, &mut timed_avg) {
+                        return true;
+                    }
+                    next = sh.lock().work.pop_front();
+                    continue;
+                }
+                let (run, hooked) = (work.run, work.hooked());
+                let started = Instant::now();
+                let result = work.call(py);
+                let ended = Instant::now();
+                set_current(None);
+                let slow = ended.saturating_duration_since(started) >= THREADS_SLOW_CALL;
+                let mut q = sh.lock();
+                if q.closed {
+                    // The run is over (or cancelled): nobody settles this call.
+                    drop(q);
+                    drop(result);
+                    return true;
+                }
+                q.done.push(Done {
+                    run,
+                    hooked,
+                    timed_out: false,
+                    result,
+                    started,
+                    ended,
+                });
+                if slow || q.work.len() <= q.low {
+                    q.wake = true;
+                    if q.waiting {
+                        sh.done_cv.notify_one();
+                    }
+                }
+                next = q.work.pop_front();
+            }
+            false
+        });
+        if stop {
             return;
         }
     }
@@ -1548,6 +2125,7 @@ impl PyRunner {
                 journal_buf: Vec::new(),
                 recording,
                 finished: false,
+                timed_avg: None,
             }),
         })
     }
@@ -1595,7 +2173,8 @@ impl PyRunner {
                 c.loop_count,
                 // A `Kind::Pack` task is checkpointed here after a local call;
                 // an external executor runs it through the run hook instead.
-                w.hooked() || inner.is_pack(TaskId(c.task)),
+                // A timed task too: the executor enforces the timeout.
+                w.hooked() || inner.is_pack(TaskId(c.task)) || w.timeout.is_some(),
                 w.func.clone_ref(py),
                 w.args.clone_ref(py),
                 kwargs,
