@@ -18,10 +18,12 @@
 //!
 //! `PROPTEST_CASES` sets the number of cases (`make proptest` runs 100,000).
 #![allow(clippy::unwrap_used)]
+mod common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::task_spec;
 use ferroflow_core::{
     Cause, Driver, EdgeSpec, Graph, Host, Outcome, Policy, Ready, Run, RunId, StateKind, Step,
     TaskId, TaskSpec, Trigger,
@@ -423,11 +425,7 @@ fn build(case: &Case) -> Run {
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let mut s = TaskSpec::new(format!("t{i}"));
-            s.trigger = c.trigger.to_core();
-            s.skip_on_upstream_skip = c.skip;
-            s.max_retries = c.max_retries;
-            s.retry_delay = Duration::from_millis(c.delay_ms);
+            let mut s = task_spec(i, c.trigger.to_core(), c.skip, c.max_retries, c.delay_ms);
             s.observed = c.observed;
             s
         })

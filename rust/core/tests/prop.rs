@@ -15,7 +15,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Lens, drive};
+use common::{Lens, drive, task_spec};
 use ferroflow_core::{
     Cause, EdgeSpec, FlowOutcome, Graph, Outcome, Run, RunId, StateKind, TaskId, TaskSpec,
     Transition, Trigger,
@@ -397,12 +397,13 @@ fn check_dag(case: &DagCase) -> Result<(), TestCaseError> {
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let mut s = TaskSpec::new(format!("t{i}"));
-            s.trigger = c.trigger.to_core();
-            s.skip_on_upstream_skip = c.skip_on_upstream_skip;
-            s.max_retries = c.max_retries;
-            s.retry_delay = Duration::from_millis(c.retry_delay_ms);
-            s
+            task_spec(
+                i,
+                c.trigger.to_core(),
+                c.skip_on_upstream_skip,
+                c.max_retries,
+                c.retry_delay_ms,
+            )
         })
         .collect();
     let edges: Vec<EdgeSpec> = case

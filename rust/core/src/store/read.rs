@@ -158,18 +158,7 @@ where
     let (runs, names) = fold_blobs(blobs)?;
     Ok(runs
         .into_iter()
-        .map(|(run, r)| TaskRunRow {
-            run: RunId(run),
-            task: TaskId(r.task),
-            task_name: names.name(r.task),
-            map_index: r.map_index,
-            run_count: r.run_count,
-            state: r.state.unwrap_or(StateKind::Pending),
-            message: r.message,
-            started: r.started,
-            ended: r.ended,
-            result_location: r.result_location,
-        })
+        .map(|(run, r)| task_run_row(run, r, &names))
         .collect())
 }
 
@@ -323,6 +312,22 @@ impl JournalFold {
             total += 1;
         }
         (total, out)
+    }
+}
+
+/// The row of task run `run` as its journal folds to.
+fn task_run_row(run: u32, r: RunFold, names: &Names) -> TaskRunRow {
+    TaskRunRow {
+        run: RunId(run),
+        task: TaskId(r.task),
+        task_name: names.name(r.task),
+        map_index: r.map_index,
+        run_count: r.run_count,
+        state: r.state.unwrap_or(StateKind::Pending),
+        message: r.message,
+        started: r.started,
+        ended: r.ended,
+        result_location: r.result_location,
     }
 }
 
@@ -495,18 +500,7 @@ impl Store {
         Ok(runs
             .into_iter()
             .map(|(run, r)| {
-                let mut row = TaskRunRow {
-                    run: RunId(run),
-                    task: TaskId(r.task),
-                    task_name: names.name(r.task),
-                    map_index: r.map_index,
-                    run_count: r.run_count,
-                    state: r.state.unwrap_or(StateKind::Pending),
-                    message: r.message,
-                    started: r.started,
-                    ended: r.ended,
-                    result_location: r.result_location,
-                };
+                let mut row = task_run_row(run, r, &names);
                 if let Some(ended) = interrupted
                     && row.state == StateKind::Running
                 {

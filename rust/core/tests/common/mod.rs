@@ -72,3 +72,19 @@ pub fn drive(
 pub fn state(run: &Run, r: u32) -> StateKind {
     run.state(RunId(r)).expect("state")
 }
+
+/// Task `t{i}` with these options (the property tests' generated tasks).
+pub fn task_spec(
+    i: usize,
+    trigger: ferroflow_core::Trigger,
+    skip_on_upstream_skip: bool,
+    max_retries: u32,
+    retry_delay_ms: u64,
+) -> ferroflow_core::TaskSpec {
+    let mut s = ferroflow_core::TaskSpec::new(format!("t{i}"));
+    s.trigger = trigger;
+    s.skip_on_upstream_skip = skip_on_upstream_skip;
+    s.max_retries = max_retries;
+    s.retry_delay = Duration::from_millis(retry_delay_ms);
+    s
+}
