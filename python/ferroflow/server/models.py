@@ -36,17 +36,20 @@ __all__ = [
     "FINISHED_FLOW_STATES",
     "MAX_PAGE",
     "active_scheduled_flows",
+    "agent_heartbeat",
     "archive_flow",
     "audit",
     "auto_run_key",
     "auto_run_keys",
     "cancel_flow_run",
+    "claim_flow_run",
     "create_flow_run",
     "create_project",
     "delete_project",
     "get_flow",
     "get_flow_run",
     "get_project",
+    "get_runs_in_queue",
     "ingest",
     "insert_auto_runs",
     "list_agents",
@@ -54,6 +57,7 @@ __all__ = [
     "list_flows",
     "list_logs",
     "list_projects",
+    "register_agent",
     "register_flow",
     "remove_auto_scheduled_runs",
     "schedule_of",
@@ -1014,10 +1018,21 @@ def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
             )
             assert row is not None
         else:
+            # A run being cancelled stays Cancelling until it ends (its agent reads that).
+            ended = int(run["state"] in FINISHED_FLOW_STATES)
             db.execute(
-                "UPDATE flow_runs SET state = ?, message = ?, ended = ?, heartbeat = ? "
-                "WHERE key = ?",
-                (run["state"], run.get("message"), run.get("ended"), _now(), row["key"]),
+                "UPDATE flow_runs SET state = CASE WHEN state = 'Cancelling' AND ? = 0 "
+                "THEN state ELSE ? END, message = CASE WHEN state = 'Cancelling' AND ? = 0 "
+                "THEN message ELSE ? END, ended = ?, heartbeat = ? WHERE key = ?",
+                (
+                    ended,
+                    run["state"],
+                    ended,
+                    run.get("message"),
+                    run.get("ended"),
+                    _now(),
+                    row["key"],
+                ),
             )
         key, journal_seq, log_seq = (
             row["key"],
@@ -1044,3 +1059,120 @@ def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
             (journal_seq, log_seq, key),
         )
     return {"journal_seq": journal_seq, "log_seq": log_seq}
+
+
+# ------------------------------------------------------------------ agents: claims
+# What ferroflow.agent needs: an agent registers (an ``agents`` row), asks for the due
+# Scheduled runs its labels cover, and claims one with a single conditional UPDATE on
+# the run's state and version, so of many agents racing (or one retrying a request whose
+# answer was lost) exactly one holds the run. The claim is a lease: the run's
+# ``heartbeat`` is the last renewal, and the agent renews it with :func:`agent_heartbeat`.
+
+
+def register_agent(
+    db: Database, name: str, labels: Sequence[str] | None = None, agent_id: str | None = None
+) -> dict[str, Any]:
+    """Add (or, with the ``agent_id`` of an earlier registration, refresh) an agent; its
+    row."""
+    clean = _labels(labels)
+    if not name or len(name) > 200:
+        raise ApiError("an agent's name must be 1 to 200 characters")
+    now = _now()
+    with db.transaction():
+        if agent_id is not None and db.execute(
+            "UPDATE agents SET name = ?, labels = ?, last_heartbeat = ? WHERE id = ?",
+            (name, json.dumps(clean), now, agent_id),
+        ):
+            pass
+        else:
+            agent_id = agent_id or _new_id()
+            db.execute(
+                "INSERT INTO agents(id, name, labels, created, last_heartbeat) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (agent_id, name, json.dumps(clean), now, now),
+            )
+        audit(db, "register_agent", agent_id, {"labels": clean})
+    row = db.fetchone("SELECT * FROM agents WHERE id = ?", (agent_id,))
+    assert row is not None
+    return row
+
+
+def _agent(db: Database, agent_id: str) -> dict[str, Any]:
+    row = db.fetchone("SELECT * FROM agents WHERE id = ?", (agent_id,))
+    if row is None:
+        raise ApiError(f"no agent with id {agent_id!r}: register it first (register_agent)")
+    return row
+
+
+def get_runs_in_queue(
+    db: Database, agent_id: str, before: float | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The Scheduled runs due by ``before`` (now) whose labels the agent's labels cover,
+    soonest first."""
+    limit, _ = _page(limit, 0)
+    agent = _agent(db, agent_id)
+    have = set(json.loads(agent["labels"] or "[]"))
+    due = _finite(before, "before")
+    rows = db.fetchall(
+        f"SELECT {_FLOW_RUN_COLS} FROM flow_runs r WHERE r.state = 'Scheduled' "
+        "AND r.flow_id IS NOT NULL AND r.scheduled_start <= ? "
+        "ORDER BY r.scheduled_start, r.key LIMIT ?",
+        (due if due is not None else _now(), MAX_PAGE),
+    )
+    return [r for r in rows if set(json.loads(r["labels"] or "[]")) <= have][:limit]
+
+
+def claim_flow_run(db: Database, agent_id: str, flow_run_id: str, version: int) -> dict[str, Any]:
+    """Claim a Scheduled run at ``version`` for an agent: it becomes ``Pending``, held by
+    the agent with its lease renewed now. Exactly one claim of a run at one version
+    wins; the same agent asking again (a retried request) gets the run again. ApiError
+    when another agent holds it or it is no longer Scheduled."""
+    _agent(db, agent_id)
+    with db.transaction():
+        run = get_flow_run(db, flow_run_id)
+        now = _now()
+        changed = db.execute(
+            "UPDATE flow_runs SET state = 'Pending', version = version + 1, agent_id = ?, "
+            "heartbeat = ?, message = ? WHERE key = ? AND state = 'Scheduled' AND version = ?",
+            (agent_id, now, f"claimed by agent {agent_id}", run["key"], int(version)),
+        )
+        if not changed:
+            if (
+                run["agent_id"] == agent_id
+                and run["state"] == "Pending"
+                and int(run["version"]) == int(version) + 1
+            ):
+                return run
+            raise ApiError(
+                f"flow run {run['id']} was not claimed: it is {run['state']} at version "
+                f"{run['version']} (held by {run['agent_id'] or 'no agent'})"
+            )
+        audit(db, "claim_flow_run", run["id"], {"agent_id": agent_id})
+    return get_flow_run(db, run["id"])
+
+
+def agent_heartbeat(
+    db: Database, agent_id: str, flow_run_ids: Sequence[str] = ()
+) -> dict[str, list[str]]:
+    """Renew an agent's lease on the runs it holds (``flow_run_ids``): ``{"held",
+    "cancelling", "lost"}``: the runs whose lease was renewed, those of them to stop
+    because they are ``Cancelling``, and those the agent no longer holds (stop them)."""
+    _agent(db, agent_id)
+    now = _now()
+    held: list[str] = []
+    cancelling: list[str] = []
+    lost: list[str] = []
+    with db.transaction():
+        db.execute("UPDATE agents SET last_heartbeat = ? WHERE id = ?", (now, agent_id))
+        for run_id in flow_run_ids:
+            row = db.fetchone(
+                "SELECT key, state, agent_id FROM flow_runs WHERE id = ?", (run_id,)
+            )
+            if row is None or row["agent_id"] != agent_id:
+                lost.append(run_id)
+                continue
+            db.execute("UPDATE flow_runs SET heartbeat = ? WHERE key = ?", (now, row["key"]))
+            held.append(run_id)
+            if row["state"] == "Cancelling":
+                cancelling.append(run_id)
+    return {"held": held, "cancelling": cancelling, "lost": lost}

@@ -1,0 +1,358 @@
+"""Agents: a real server process, real agent processes, real flow-run processes.
+
+Each test starts ``ferroflow server start --port 0`` (its own FERROFLOW_HOME) and
+``ferroflow agent start`` subprocesses with their own work directories, registers flows
+from files the test then deletes (the agent rebuilds them from the registered source),
+and reads the outcome back from the server and from a Ledger file the tasks append to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _tasks import Ledger
+from ferroflow.agent import Agent, AgentError
+from ferroflow.cli import load_module
+from ferroflow.client import Client
+from ferroflow.exceptions import ApiError
+
+TESTS = Path(__file__).parent
+
+FINISHED = {"Success", "Failed", "Cancelled", "TimedOut", "Skipped"}
+
+
+class Server:
+    """``ferroflow server start --port 0`` with its own home."""
+
+    def __init__(self, home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "FERROFLOW_HOME": str(home)}
+        self.env.pop("FERROFLOW_API_URL", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ferroflow", "server", "start", "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert line.startswith("ferroflow server at http://127.0.0.1:"), (
+            line + self.process.stderr.read()  # type: ignore[union-attr]
+        )
+        self.url = line.split()[3]
+        self.client = Client(self.url)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=30)
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+class AgentProcess:
+    """``ferroflow agent start`` in a subprocess with its own work directory."""
+
+    def __init__(self, url: str, work: Path, *args: str) -> None:
+        work.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "FERROFLOW_HOME": str(work), "FERROFLOW_API_URL": url}
+        env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+        self.log = open(work / "agent.log", "wb")  # noqa: SIM115 - closed in stop
+        self.work = work
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ferroflow",
+                "agent",
+                "start",
+                "--work-dir",
+                str(work / "runs"),
+                "--poll-interval",
+                "0.2",
+                *args,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+        self.log.close()
+
+    def output(self) -> str:
+        self.log.flush()
+        return (self.work / "agent.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    s = Server(tmp_path / "server")
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def agents(server: Server, tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    started: list[AgentProcess] = []
+
+    def start(*args: str) -> AgentProcess:
+        a = AgentProcess(server.url, tmp_path / f"agent{len(started)}", *args)
+        started.append(a)
+        return a
+
+    try:
+        yield start
+    finally:
+        for a in started:
+            a.stop()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def finished(client: Client, run_id: str) -> dict[str, Any] | None:
+    run = client.get_flow_run(run_id)
+    return run if run["state"] in FINISHED else None
+
+
+FLOWS = """
+import os, time
+from ferroflow import Flow, Parameter, task
+from _tasks import Ledger
+
+LEDGER = Ledger(os.environ.get("AGENT_TEST_LEDGER", "/nonexistent"))
+
+@task
+def record(n):
+    LEDGER.add(n)
+    return n * 2
+
+@task
+def slow(n):
+    for _ in range(600):
+        time.sleep(0.1)
+    return n
+
+with Flow("doubler") as doubler:
+    record(Parameter("n"))
+
+with Flow("sleeper") as sleeper:
+    slow(Parameter("n", default=1))
+"""
+
+
+def register(server: Server, tmp_path: Path, source: str, *names: str, **kw: Any) -> dict[str, str]:
+    """Register the flows ``names`` of ``source`` (a file deleted afterwards); their ids."""
+    path = tmp_path / "flows_src" / "agent_flows.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source))
+    sys.path.insert(0, str(TESTS))
+    module = load_module(path)
+    try:
+        server.client.create_project("p")
+    except ApiError:
+        pass
+    ids = {}
+    for name in names:
+        flow = getattr(module, name)
+        ids[name] = str(server.client.register(flow, "p", source=path, **kw)["id"])
+    path.unlink()
+    return ids
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ledger:
+    path = tmp_path / "ledger"
+    monkeypatch.setenv("AGENT_TEST_LEDGER", str(path))
+    return Ledger(path)
+
+
+def test_an_agent_runs_a_registered_flow_from_its_storage(
+    server: Server, agents: Callable[..., AgentProcess], tmp_path: Path, ledger: Ledger
+) -> None:
+    ids = register(server, tmp_path, FLOWS, "doubler")
+    run_id = server.client.create_flow_run(ids["doubler"], parameters={"n": 21})
+    agent = agents()
+    run = wait_for("the run to finish", lambda: finished(server.client, run_id))
+    assert run["state"] == "Success", agent.output()
+    assert run["agent_id"] is not None
+    counts = server.client.get_flow_run(run_id)["task_run_counts"]
+    assert {(c["task_name"], c["state"], c["count"]) for c in counts} >= {
+        ("record", "Success", 1)
+    }
+    assert ledger.items() == [21]
+    listed = server.client.get_agents()
+    assert [a["id"] for a in listed] == [run["agent_id"]]
+    ls = subprocess.run(
+        [sys.executable, "-m", "ferroflow", "agents", "ls", "--json", "--api", server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ls.returncode == 0, ls.stderr
+    assert json.loads(ls.stdout)[0]["id"] == run["agent_id"]
+
+
+def test_unknown_labels_stay_scheduled(
+    server: Server, agents: Callable[..., AgentProcess], tmp_path: Path, ledger: Ledger
+) -> None:
+    ids = register(server, tmp_path, FLOWS, "doubler")
+    gpu = server.client.create_flow_run(ids["doubler"], parameters={"n": 1}, labels=["gpu"])
+    plain = server.client.create_flow_run(ids["doubler"], parameters={"n": 2})
+    later = server.client.create_flow_run(ids["doubler"], parameters={"n": 3}, labels=["cpu"])
+    agents("--label", "cpu")
+    assert wait_for("plain", lambda: finished(server.client, plain))["state"] == "Success"
+    assert wait_for("later", lambda: finished(server.client, later))["state"] == "Success"
+    assert server.client.get_flow_run(gpu)["state"] == "Scheduled"
+    assert sorted(ledger.items()) == [2, 3]  # type: ignore[type-var]
+
+
+BROKEN = """
+import os
+from pathlib import Path
+from ferroflow import Flow, Parameter, task
+
+Path(os.environ["AGENT_TEST_MARKER"]).read_text()  # gone after registering
+
+@task
+def one(n):
+    return n
+
+with Flow("fragile") as fragile:
+    one(Parameter("n", default=1))
+"""
+
+
+def test_a_flow_that_no_longer_builds_fails_and_the_agent_carries_on(
+    server: Server,
+    agents: Callable[..., AgentProcess],
+    tmp_path: Path,
+    ledger: Ledger,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker = tmp_path / "marker"
+    marker.write_text("here")
+    monkeypatch.setenv("AGENT_TEST_MARKER", str(marker))
+    broken = register(server, tmp_path, BROKEN, "fragile")["fragile"]
+    good = register(server, tmp_path, FLOWS, "doubler")["doubler"]
+    marker.unlink()
+    bad_run = server.client.create_flow_run(broken)
+    good_run = server.client.create_flow_run(good, parameters={"n": 5})
+    agents()
+    bad = wait_for("the broken run", lambda: finished(server.client, bad_run))
+    assert bad["state"] == "Failed"
+    assert "does not build" in bad["message"] and "marker" in bad["message"], bad["message"]
+    assert wait_for("the good run", lambda: finished(server.client, good_run))["state"] == (
+        "Success"
+    )
+    assert ledger.items() == [5]
+
+
+def test_two_agents_racing_run_each_run_once(
+    server: Server, agents: Callable[..., AgentProcess], tmp_path: Path, ledger: Ledger
+) -> None:
+    n = int(os.environ.get("AGENT_TEST_RACE_RUNS", "100"))
+    flow_id = register(server, tmp_path, FLOWS, "doubler")["doubler"]
+    runs = [server.client.create_flow_run(flow_id, parameters={"n": i}) for i in range(n)]
+    agents("--max-concurrent", "3")
+    agents("--max-concurrent", "3")
+
+    def all_done() -> list[dict[str, Any]] | None:
+        got = server.client.get_flow_runs(limit=n)
+        return got if all(r["state"] in FINISHED for r in got) else None
+
+    done = wait_for("every run to finish", all_done, timeout=600)
+    assert {r["id"] for r in done} == set(runs)
+    assert {r["state"] for r in done} == {"Success"}
+    assert sorted(ledger.items()) == list(range(n))  # type: ignore[type-var]
+    holders = {r["agent_id"] for r in done}
+    assert len(holders) == 2  # both agents took part
+
+
+def test_cancel_stops_the_flow_run_process_and_records_cancelled(
+    server: Server, agents: Callable[..., AgentProcess], tmp_path: Path, ledger: Ledger
+) -> None:
+    flow_id = register(server, tmp_path, FLOWS, "sleeper")["sleeper"]
+    run_id = server.client.create_flow_run(flow_id)
+    agents()
+
+    def running() -> bool:
+        counts = server.client.get_flow_run(run_id)["task_run_counts"]
+        return any(c["task_name"] == "slow" and c["state"] == "Running" for c in counts)
+
+    wait_for("the slow task to start", running)
+    cancel = subprocess.run(
+        [sys.executable, "-m", "ferroflow", "runs", "cancel", run_id, "--api", server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cancel.returncode == 0, cancel.stderr
+    run = wait_for("the run to stop", lambda: finished(server.client, run_id), timeout=60)
+    assert run["state"] == "Cancelled"
+
+    def task_cancelled() -> bool:
+        counts = server.client.get_flow_run(run_id)["task_run_counts"]
+        return any(c["task_name"] == "slow" and c["state"] == "Cancelled" for c in counts)
+
+    wait_for("the task to be recorded Cancelled", task_cancelled, timeout=30)
+
+
+def test_claims_are_atomic_and_retried_claims_are_answered(server: Server, tmp_path: Path) -> None:
+    flow_id = register(server, tmp_path, FLOWS, "doubler")["doubler"]
+    run_id = server.client.create_flow_run(flow_id, parameters={"n": 1})
+    a = server.client.register_agent("a")
+    b = server.client.register_agent("b")
+    queued = server.client.get_runs_in_queue(a)
+    assert [r["id"] for r in queued] == [run_id]
+    version = int(queued[0]["version"])
+    won = server.client.claim_flow_run(a, run_id, version)
+    assert (won["state"], won["agent_id"]) == ("Pending", a)
+    again = server.client.claim_flow_run(a, run_id, version)  # a retried request
+    assert again["id"] == run_id and again["agent_id"] == a
+    with pytest.raises(ApiError, match="was not claimed"):
+        server.client.claim_flow_run(b, run_id, version)
+    assert server.client.get_runs_in_queue(b) == []
+    with pytest.raises(ApiError, match="no agent with id"):
+        server.client.claim_flow_run("nobody", run_id, version)
+    beat = server.client.agent_heartbeat(b, [run_id])
+    assert beat["lost"] == [run_id] and beat["held"] == []
+    assert server.client.agent_heartbeat(a, [run_id])["held"] == [run_id]
+
+
+def test_bad_agent_settings_are_typed_errors() -> None:
+    with pytest.raises(AgentError, match="max_concurrent_runs must be at least 1"):
+        Agent(max_concurrent_runs=0)
+    with pytest.raises(AgentError, match="poll_interval must be positive"):
+        Agent(poll_interval=0)
