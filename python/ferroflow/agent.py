@@ -76,6 +76,7 @@ class _Held:
     flow_run_id: str
     process: subprocess.Popen[bytes]
     cancel_sent: float | None = None
+    renewed: float = field(default_factory=time.monotonic)
     log: Any = field(default=None, repr=False)
 
 
@@ -128,6 +129,7 @@ class Agent:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.work_dir = Path(work_dir) if work_dir else store_path().parent / "agent"
         self.poll_interval = poll_interval
+        self.lease_timeout = float(os.environ.get("FERROFLOW_LEASE_TIMEOUT") or 30.0)
         self.agent_id: str | None = None
         self.held: dict[str, _Held] = {}
         self.runs_started = 0
@@ -162,6 +164,7 @@ class Agent:
                 backoff = self.poll_interval
             except ServerUnavailableError as exc:
                 self._reap()
+                self._stop_expired()
                 logger.warning("%s; retrying in %.1f s", exc, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
@@ -181,6 +184,10 @@ class Agent:
         assert self.agent_id is not None
         self._reap()
         beat = self.client.agent_heartbeat(self.agent_id, list(self.held))
+        now = time.monotonic()
+        for run_id in beat["held"]:
+            if run_id in self.held:
+                self.held[run_id].renewed = now
         for run_id in beat["lost"]:
             held = self.held.get(run_id)
             if held is not None:
@@ -210,6 +217,7 @@ class Agent:
         env["FERROFLOW_HOME"] = str(self.work_dir)
         env["FERROFLOW_API_URL"] = self.client.url
         cmd = [sys.executable, "-m", "ferroflow.agent_run", run_id, "--work-dir", str(self.work_dir)]
+        cmd += ["--agent-id", str(self.agent_id)]
         if self.dask_address:
             cmd += ["--dask-address", self.dask_address]
         logs = self.work_dir / "logs"
@@ -250,7 +258,10 @@ class Agent:
                 held.log.close()
             # Whatever the process left behind (processes of its own) goes with it.
             self._signal_group(held, signal.SIGKILL)
-            if code != 0:
+            if code < 0 and held.cancel_sent is None:
+                # Killed: no longer renewed, the server queues it again as a resume.
+                logger.warning("flow run %s: its process was killed (%s)", run_id, code)
+            elif code != 0:
                 self._settle(run_id, code, held.cancel_sent is not None)
             logger.info("flow run %s ended (exit status %s)", run_id, code)
 
@@ -271,6 +282,20 @@ class Agent:
             )
         except (ApiError, ServerUnavailableError) as exc:
             logger.warning("flow run %s: could not record its end: %s", run_id, exc)
+
+    def _stop_expired(self) -> None:
+        """Kill the runs whose lease could not be renewed for most of its time: the
+        server queues them again, so they must not go on here too."""
+        now = time.monotonic()
+        for run_id, held in self.held.items():
+            if now - held.renewed > self.lease_timeout * 0.8:
+                logger.warning(
+                    "flow run %s: lease not renewed for %.0f s: stopping it (the server "
+                    "runs it again elsewhere)",
+                    run_id,
+                    now - held.renewed,
+                )
+                self._signal_group(held, signal.SIGKILL)
 
     def _shutdown(self) -> None:
         for held in self.held.values():

@@ -112,17 +112,35 @@ def _stop_as_ctrl_c(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
+def _die_with_parent() -> None:
+    """Linux: be killed when the agent dies (a lost agent's runs are run again elsewhere,
+    so they must not go on here)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the agent died before the call
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one claimed flow run (see the module docstring); the exit status."""
     from ferroflow.client import Client, api_url
-    from ferroflow.exceptions import ApiError, RegistrationError
+    from ferroflow.exceptions import ApiError, RegistrationError, ResumeError
     from ferroflow.store import store_path
 
     parser = argparse.ArgumentParser(prog="python -m ferroflow.agent_run")
     parser.add_argument("flow_run_id")
     parser.add_argument("--dask-address", default=None)
     parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--agent-id", default=None)
     args = parser.parse_args(argv)
+    _die_with_parent()
     signal.signal(signal.SIGINT, _stop_as_ctrl_c)
     signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
     # The engine's own reporter would report under the local id: this process reports.
@@ -151,15 +169,21 @@ def main(argv: list[str] | None = None) -> int:
     reporters: list[Reporter] = []
 
     def on_start(local_id: str) -> None:
+        if args.agent_id:
+            client.report_attempt(args.agent_id, run_id, local_id)
         reporters.append(_ServerIdReporter(api_url(), store_path(), local_id, run_id).start())
 
+    resume = client.begin_attempt(run_id)
+    options: dict[str, Any] = {"executor": executor, "run_on_schedule": False}
     try:
-        flow.run(
-            parameters=dict(run["parameters"] or {}),
-            executor=executor,
-            run_on_schedule=False,
-            on_start=on_start,
-        )
+        if resume is not None:
+            try:
+                flow.run(resume=resume, on_start=on_start, **options)
+                return 0
+            except ResumeError as exc:
+                # Not in this agent's store (no shared work directory): run it again.
+                print(f"flow run {run_id}: cannot resume {resume} here ({exc})", file=sys.stderr)
+        flow.run(parameters=dict(run["parameters"] or {}), on_start=on_start, **options)
     except KeyboardInterrupt:
         pass  # recorded Cancelled by the engine; reported below
     finally:

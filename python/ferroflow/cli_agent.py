@@ -3,7 +3,9 @@
 - ``ferroflow agent start [--label L]... [--max-concurrent N] [--dask-address tcp://...]``:
   run an :class:`ferroflow.agent.Agent` until SIGTERM or Ctrl-C;
 - ``ferroflow agents ls [--json]``: the agents the server knows (labels, last seen, runs
-  held).
+  held);
+- ``ferroflow runs resume ID --api URL`` (or with ``FERROFLOW_API_URL``): queue a run
+  that ended unsuccessfully again, as a resume.
 
 :func:`install` adds them to the ``ferroflow`` group (``cli.py`` calls it).
 """
@@ -124,10 +126,43 @@ def agents_ls_cmd(as_json: bool, api: str | None) -> int:
     return EXIT_OK
 
 
+def _resume_wrapper(original: Any, **kw: Any) -> Any:
+    import os
+
+    api = kw.pop("api")
+    if api is None and not os.environ.get("FERROFLOW_API_URL"):
+        return original(**kw)
+    from ferroflow.client import Client
+
+    state = Client(api).resume_flow_run(kw["run_id"])
+    base._out().print(f"Flow run {kw['run_id']} is {state} again: an agent resumes it.")
+    return EXIT_OK
+
+
 def install(cli: click.Group) -> None:
-    """Add ``agent start`` and ``agents ls`` to the ``ferroflow`` group."""
+    """Add ``agent start`` and ``agents ls`` to the ``ferroflow`` group, and ``--api``
+    to ``runs resume`` (against a server: queue the run again as a resume)."""
     cli.add_command(agent_group)
     cli.add_command(agents_group)
+    runs = cli.commands["runs"]
+    assert isinstance(runs, click.Group)
+    resume = runs.commands["resume"]
+    resume.params.append(
+        click.Option(
+            ["--api"],
+            default=None,
+            metavar="URL",
+            help="Queue the run again on this ferroflow server [$FERROFLOW_API_URL when "
+            "set]: an agent resumes it.",
+        )
+    )
+    original = resume.callback
+    assert original is not None
+
+    def callback(**kwargs: Any) -> Any:
+        return _resume_wrapper(original, **kwargs)
+
+    resume.callback = callback
 
 
 install(base.cli)

@@ -552,3 +552,34 @@ class Client:
             {"i": {"agent_id": agent_id, "flow_run_ids": flow_run_ids}},
         )
         return dict(data["heartbeat"])
+
+    def begin_attempt(self, flow_run_id: str) -> str | None:
+        """The local run id of the run's latest attempt (to resume from), or None."""
+        data = self.graphql(
+            "mutation($i: FlowRunIdInput!) { begin_attempt(input: $i) { resume_from } }",
+            {"i": {"flow_run_id": flow_run_id}},
+        )
+        got = data["begin_attempt"]["resume_from"]
+        return None if got is None else str(got)
+
+    def report_attempt(self, agent_id: str, flow_run_id: str, local_run_id: str) -> None:
+        """Record that the agent runs ``flow_run_id`` as the local run ``local_run_id``."""
+        self.graphql(
+            "mutation($i: ReportAttemptInput!) { report_attempt(input: $i) { success } }",
+            {
+                "i": {
+                    "agent_id": agent_id,
+                    "flow_run_id": flow_run_id,
+                    "local_run_id": local_run_id,
+                }
+            },
+        )
+
+    def resume_flow_run(self, flow_run_id: str) -> str:
+        """Queue a run that ended without succeeding again: the next agent resumes it from
+        its last attempt's checkpoints. Its new state (``Scheduled``)."""
+        data = self.graphql(
+            "mutation($i: FlowRunIdInput!) { resume_flow_run(input: $i) { state } }",
+            {"i": {"flow_run_id": flow_run_id}},
+        )
+        return str(data["resume_flow_run"]["state"])

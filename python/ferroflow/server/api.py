@@ -834,8 +834,46 @@ class AgentMutation:
         return AgentHeartbeatPayload(**got)
 
 
+@strawberry.input(description="report_attempt's input.")
+class ReportAttemptInput:
+    """The agent, the run, and the id of the local run that runs it."""
+
+    agent_id: str
+    flow_run_id: str
+    local_run_id: str
+
+
+@strawberry.type(description="Where a claimed run starts from.")
+class AttemptPayload:
+    """The local run id of its latest attempt (resume from it), or None."""
+
+    resume_from: str | None
+
+
+@strawberry.type(description="The agent side of the API: attempts and resumes.")
+class AttemptMutation:
+    """begin_attempt, report_attempt, resume_flow_run."""
+
+    @strawberry.mutation(description="Where a claimed run starts: its last attempt, if any.")
+    def begin_attempt(self, info: Info, input: FlowRunIdInput) -> AttemptPayload:
+        """begin_attempt."""
+        return AttemptPayload(resume_from=models.last_attempt(_db(info), input.flow_run_id))
+
+    @strawberry.mutation(description="Record the local run that runs a claimed run.")
+    def report_attempt(self, info: Info, input: ReportAttemptInput) -> SuccessPayload:
+        """report_attempt."""
+        models.report_attempt(_db(info), input.agent_id, input.flow_run_id, input.local_run_id)
+        return SuccessPayload(success=True)
+
+    @strawberry.mutation(description="Queue a run that ended unsuccessfully again, as a resume.")
+    def resume_flow_run(self, info: Info, input: FlowRunIdInput) -> StatePayload:
+        """resume_flow_run."""
+        r = models.resume_flow_run(_db(info), input.flow_run_id)
+        return StatePayload(id=r["id"], version=int(r["version"]), state=r["state"])
+
+
 #: The write side: the core mutations and the agents' ones.
-Mutation = merge_types("Mutation", (_CoreMutation, AgentMutation))
+Mutation = merge_types("Mutation", (_CoreMutation, AgentMutation, AttemptMutation))
 
 # ------------------------------------------------------------------ end of agents block
 

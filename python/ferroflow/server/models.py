@@ -59,6 +59,10 @@ __all__ = [
     "list_projects",
     "register_agent",
     "register_flow",
+    "report_attempt",
+    "last_attempt",
+    "requeue_lost_runs",
+    "resume_flow_run",
     "remove_auto_scheduled_runs",
     "schedule_of",
     "set_flow_run_states",
@@ -1133,7 +1137,8 @@ def claim_flow_run(db: Database, agent_id: str, flow_run_id: str, version: int) 
         now = _now()
         changed = db.execute(
             "UPDATE flow_runs SET state = 'Pending', version = version + 1, agent_id = ?, "
-            "heartbeat = ?, message = ? WHERE key = ? AND state = 'Scheduled' AND version = ?",
+            "heartbeat = ?, message = ?, ingest_journal_seq = 0, ingest_log_seq = 0 "
+            "WHERE key = ? AND state = 'Scheduled' AND version = ?",
             (agent_id, now, f"claimed by agent {agent_id}", run["key"], int(version)),
         )
         if not changed:
@@ -1176,3 +1181,122 @@ def agent_heartbeat(
             if row["state"] == "Cancelling":
                 cancelling.append(run_id)
     return {"held": held, "cancelling": cancelling, "lost": lost}
+
+
+# Attempts: each flow-run process that starts a claimed run reports the id of its local
+# run (in the audit log, action ``flow_run_attempt``); a run put back in the queue (lost,
+# or resumed through the API) is run by the next agent with ``resume=`` that id, so its
+# finished, checkpointed tasks are restored.
+
+#: How many times a lost run is put back in the queue before it is Failed.
+MAX_RECOVERIES = 3
+
+
+def report_attempt(db: Database, agent_id: str, flow_run_id: str, local_run_id: str) -> None:
+    """Record that the agent's flow-run process runs ``flow_run_id`` as its local run
+    ``local_run_id``. ApiError when the agent does not hold the run."""
+    with db.transaction():
+        run = get_flow_run(db, flow_run_id)
+        if run["agent_id"] != agent_id:
+            raise ApiError(f"flow run {run['id']} is not held by agent {agent_id}")
+        audit(db, "flow_run_attempt", run["id"], {"agent_id": agent_id, "local": local_run_id})
+
+
+def last_attempt(db: Database, flow_run_id: str) -> str | None:
+    """The local run id of the run's latest attempt, None before the first."""
+    row = db.fetchone(
+        "SELECT detail FROM audit WHERE action = 'flow_run_attempt' AND target = ? "
+        "ORDER BY seq DESC LIMIT 1",
+        (flow_run_id,),
+    )
+    return None if row is None else str(json.loads(row["detail"])["local"])
+
+
+def recoveries(db: Database, flow_run_id: str) -> int:
+    """How many times the run was found lost and put back in the queue."""
+    row = db.fetchone(
+        "SELECT COUNT(*) AS n FROM audit WHERE action = 'lost_flow_run' AND target = ?",
+        (flow_run_id,),
+    )
+    return 0 if row is None else int(row["n"])
+
+
+def requeue_lost_runs(
+    db: Database, lease_timeout: float, max_recoveries: int = MAX_RECOVERIES
+) -> int:
+    """Put back in the queue, as a resume, every run held by an agent whose lease (its
+    ``heartbeat``) is older than ``lease_timeout`` seconds; a run lost
+    ``max_recoveries`` times already is Failed instead. Each change is a conditional
+    UPDATE on the version read, so two servers do not both requeue it. How many runs."""
+    now = _now()
+    rows = db.fetchall(
+        "SELECT key, id, version, state, heartbeat FROM flow_runs "
+        "WHERE state IN ('Pending', 'Running', 'Cancelling') AND agent_id IS NOT NULL "
+        "AND heartbeat < ?",
+        (now - lease_timeout,),
+    )
+    done = 0
+    for row in rows:
+        with db.transaction():
+            lost = recoveries(db, row["id"])
+            silent = now - float(row["heartbeat"])
+            if row["state"] == "Cancelling":
+                state, message, start = "Cancelled", "cancelled (its agent was lost)", None
+            elif lost >= max_recoveries:
+                state = "Failed"
+                message = (
+                    f"lost {lost + 1} times (no heartbeat for {silent:.0f} s): not put back in "
+                    f"the queue after {max_recoveries} recoveries; resume it with "
+                    "'ferroflow runs resume ID' once the cause is fixed"
+                )
+                start = None
+            else:
+                state, start = "Scheduled", now
+                message = (
+                    f"lost (no heartbeat for {silent:.0f} s): queued again as a resume "
+                    f"(recovery {lost + 1} of {max_recoveries})"
+                )
+            changed = db.execute(
+                "UPDATE flow_runs SET state = ?, message = ?, version = version + 1, "
+                "agent_id = NULL, scheduled_start = COALESCE(?, scheduled_start), "
+                "ended = ? WHERE key = ? AND version = ?",
+                (
+                    state,
+                    message,
+                    start,
+                    None if start is not None else now,
+                    row["key"],
+                    row["version"],
+                ),
+            )
+            if changed:
+                if state != "Cancelled":
+                    audit(db, "lost_flow_run", row["id"], {"state": state})
+                done += 1
+    return done
+
+
+def resume_flow_run(db: Database, flow_run_id: str) -> dict[str, Any]:
+    """Put a run that ended without succeeding (Failed, Cancelled, TimedOut) back in
+    the queue: the next agent resumes it from its last attempt's checkpoints. ApiError
+    for a run that succeeded, has not ended, or never ran on an agent."""
+    with db.transaction():
+        run = get_flow_run(db, flow_run_id)
+        if run["state"] not in FINISHED_FLOW_STATES or run["state"] in ("Success", "Cached"):
+            raise ApiError(
+                f"flow run {run['id']} is {run['state']}: only a run that ended without "
+                "succeeding can be resumed"
+            )
+        if run["flow_id"] is None:
+            raise ApiError(
+                f"flow run {run['id']} is a local run: resume it where it ran, with "
+                "'ferroflow resume ID'"
+            )
+        now = _now()
+        db.execute(
+            "UPDATE flow_runs SET state = 'Scheduled', message = ?, version = version + 1, "
+            "agent_id = NULL, scheduled_start = ?, ended = NULL WHERE key = ? AND version = ?",
+            ("queued again as a resume through the API", now, run["key"], run["version"]),
+        )
+        audit(db, "resume_flow_run", run["id"])
+    return get_flow_run(db, run["id"])
