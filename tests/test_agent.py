@@ -356,3 +356,140 @@ def test_bad_agent_settings_are_typed_errors() -> None:
         Agent(max_concurrent_runs=0)
     with pytest.raises(AgentError, match="poll_interval must be positive"):
         Agent(poll_interval=0)
+
+
+MAPPER = """
+import os, time
+from ferroflow import Flow, Parameter, task, unmapped
+from ferroflow.results import LocalResult
+from _tasks import Ledger
+
+LEDGER = Ledger(os.environ.get("AGENT_TEST_LEDGER", "/nonexistent"))
+TOTALS = Ledger(os.environ.get("AGENT_TEST_LEDGER", "/nonexistent") + ".totals")
+RESULTS = os.environ.get("AGENT_TEST_RESULTS", "/nonexistent")
+
+@task(target="child/{map_index}.bin", result=LocalResult(dir=RESULTS))
+def child(x, pause):
+    LEDGER.add(x)
+    time.sleep(pause)
+    return 3 * x
+
+@task
+def total(xs):
+    TOTALS.add(sum(xs))
+    return sum(xs)
+
+with Flow("mapper") as mapper:
+    pause = Parameter("pause", default=0.0)
+    total(child.map(Parameter("xs"), pause=unmapped(pause)))
+"""
+
+
+def lease_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lease: str = "2") -> Server:
+    monkeypatch.setenv("FERROFLOW_LEASE_TIMEOUT", lease)
+    return Server(tmp_path / "lease-server")
+
+
+@pytest.mark.parametrize("victim", ["agent", "flow-run process"])
+def test_a_sigkilled_run_finishes_on_another_agent_without_recomputing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ledger: Ledger, victim: str
+) -> None:
+    n = int(os.environ.get("AGENT_TEST_MAP_CHILDREN", "2000"))
+    results = tmp_path / "results"
+    monkeypatch.setenv("AGENT_TEST_RESULTS", str(results))
+    srv = lease_server(tmp_path, monkeypatch)
+    started: list[AgentProcess] = []
+    try:
+        flow_id = register(srv, tmp_path, MAPPER, "mapper")["mapper"]
+        run_id = srv.client.create_flow_run(
+            flow_id, parameters={"xs": list(range(n)), "pause": 0.002}
+        )
+        shared = tmp_path / "shared"  # both agents' work directory: store and checkpoints
+        first = AgentProcess(srv.url, tmp_path / "a1", "--work-dir", str(shared))
+        started.append(first)
+        wait_for("children to run", lambda: len(ledger.items()) >= n // 4, timeout=120)
+        assert finished(srv.client, run_id) is None, srv.client.get_flow_run(run_id)
+        if victim == "agent":
+            first.process.send_signal(signal.SIGKILL)
+            first.process.wait(timeout=30)
+        else:
+            run = srv.client.get_flow_run(run_id)
+            assert run["state"] == "Running"
+            child_pids = [
+                int(p)
+                for p in subprocess.run(
+                    ["pgrep", "-f", f"ferroflow.agent_run {run_id}"],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                ).stdout.split()
+            ]
+            assert child_pids, "no flow-run process found"
+            for pid in child_pids:
+                os.kill(pid, signal.SIGKILL)
+        finished_before = {int(p.stem) for p in (results / "child").glob("*.bin")}
+        assert 0 < len(finished_before) < n
+        second = AgentProcess(srv.url, tmp_path / "a2", "--work-dir", str(shared))
+        started.append(second)
+        run = wait_for("the run to finish", lambda: finished(srv.client, run_id), timeout=300)
+        assert run["state"] == "Success", run["message"]
+        counts = {}
+        for item in ledger.items():
+            counts[item] = counts.get(item, 0) + 1
+        assert set(counts) == set(range(n))
+        again = sorted(i for i in finished_before if counts[i] > 1)
+        assert again == [], f"children computed again after they finished: {again[:10]}"
+        assert Ledger(str(ledger.path) + ".totals").items() == [3 * sum(range(n))]
+    finally:
+        for a in started:
+            a.stop()
+        srv.stop()
+
+
+FAILS_HARD = """
+import os
+from ferroflow import Flow, task
+
+@task
+def die():
+    os.kill(os.getpid(), 9)
+
+with Flow("doomed") as doomed:
+    die()
+"""
+
+
+def test_a_run_lost_three_times_is_failed_saying_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv = lease_server(tmp_path, monkeypatch)
+    agent = None
+    try:
+        flow_id = register(srv, tmp_path, FAILS_HARD, "doomed")["doomed"]
+        run_id = srv.client.create_flow_run(flow_id)
+        agent = AgentProcess(srv.url, tmp_path / "a1")
+        run = wait_for("the run to fail", lambda: finished(srv.client, run_id), timeout=300)
+        assert run["state"] == "Failed"
+        assert "after 3 recoveries" in run["message"], run["message"]
+    finally:
+        if agent is not None:
+            agent.stop()
+        srv.stop()
+
+
+def test_resume_through_the_server_queues_a_failed_run_again(
+    server: Server, agents: Callable[..., AgentProcess], tmp_path: Path, ledger: Ledger
+) -> None:
+    flow_id = register(server, tmp_path, FLOWS, "sleeper")["sleeper"]
+    run_id = server.client.create_flow_run(flow_id)
+    with pytest.raises(ApiError, match="only a run that ended without succeeding"):
+        server.client.resume_flow_run(run_id)
+    assert server.client.cancel_flow_run(run_id) == "Cancelled"
+    out = subprocess.run(
+        [sys.executable, "-m", "ferroflow", "runs", "resume", run_id, "--api", server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and "Scheduled" in out.stdout, out.stderr
+    assert server.client.get_flow_run(run_id)["state"] == "Scheduled"

@@ -131,7 +131,7 @@ def _die_with_parent() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one claimed flow run (see the module docstring); the exit status."""
     from ferroflow.client import Client, api_url
-    from ferroflow.exceptions import ApiError, RegistrationError, ResumeError
+    from ferroflow.exceptions import ApiError, RegistrationError, ResumeError, StoreError
     from ferroflow.store import store_path
 
     parser = argparse.ArgumentParser(prog="python -m ferroflow.agent_run")
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 flow.run(resume=resume, on_start=on_start, **options)
                 return 0
-            except ResumeError as exc:
+            except (ResumeError, StoreError) as exc:
                 # Not in this agent's store (no shared work directory): run it again.
                 print(f"flow run {run_id}: cannot resume {resume} here ({exc})", file=sys.stderr)
         flow.run(parameters=dict(run["parameters"] or {}), on_start=on_start, **options)
