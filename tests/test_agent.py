@@ -35,12 +35,12 @@ FINISHED = {"Success", "Failed", "Cancelled", "TimedOut", "Skipped"}
 class Server:
     """``ferroflow server start --port 0`` with its own home."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, port: int = 0) -> None:
         home.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "FERROFLOW_HOME": str(home)}
         self.env.pop("FERROFLOW_API_URL", None)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ferroflow", "server", "start", "--port", "0"],
+            [sys.executable, "-m", "ferroflow", "server", "start", "--port", str(port)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -493,3 +493,53 @@ def test_resume_through_the_server_queues_a_failed_run_again(
     )
     assert out.returncode == 0 and "Scheduled" in out.stdout, out.stderr
     assert server.client.get_flow_run(run_id)["state"] == "Scheduled"
+
+
+def test_an_agent_runs_its_flows_on_a_dask_cluster(
+    server: Server,
+    agents: Callable[..., AgentProcess],
+    tmp_path: Path,
+    ledger: Ledger,
+    dask_cluster: Any,
+) -> None:
+    flow_id = register(server, tmp_path, FLOWS, "doubler")["doubler"]
+    run_id = server.client.create_flow_run(flow_id, parameters={"n": 7})
+    agents("--dask-address", dask_cluster.scheduler_address)
+    run = wait_for("the run to finish", lambda: finished(server.client, run_id))
+    assert run["state"] == "Success", run["message"]
+    assert ledger.items() == [7]
+    log = next((tmp_path / "agent0" / "runs" / "logs").glob("*.log")).read_text()
+    assert "Traceback" not in log
+
+
+def test_a_server_restart_mid_run_loses_and_doubles_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ledger: Ledger
+) -> None:
+    from _postgres import free_port
+
+    n = 600
+    results = tmp_path / "results"
+    monkeypatch.setenv("AGENT_TEST_RESULTS", str(results))
+    port = free_port()
+    srv = Server(tmp_path / "server", port)
+    agent = None
+    try:
+        flow_id = register(srv, tmp_path, MAPPER, "mapper")["mapper"]
+        run_id = srv.client.create_flow_run(
+            flow_id, parameters={"xs": list(range(n)), "pause": 0.005}
+        )
+        agent = AgentProcess(srv.url, tmp_path / "a1")
+        wait_for("children to run", lambda: len(ledger.items()) >= n // 5, timeout=120)
+        srv.stop()
+        srv = Server(tmp_path / "server", port)
+        run = wait_for("the run to finish", lambda: finished(srv.client, run_id), timeout=300)
+        assert run["state"] == "Success", run["message"]
+        assert [r["id"] for r in srv.client.get_flow_runs(limit=10)] == [run_id]
+        assert sorted(ledger.items()) == list(range(n))  # type: ignore[type-var]
+        assert Ledger(str(ledger.path) + ".totals").items() == [3 * sum(range(n))]
+        total, _ = srv.client.get_task_runs(run_id, limit=1)
+        assert total == n + 4  # the children, their parent, the two parameters, total
+    finally:
+        if agent is not None:
+            agent.stop()
+        srv.stop()
