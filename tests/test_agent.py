@@ -70,7 +70,7 @@ class AgentProcess:
         work.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "FERROFLOW_HOME": str(work), "FERROFLOW_API_URL": url}
         env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
-        self.log = open(work / "agent.log", "wb")  # noqa: SIM115 - closed in stop
+        self.log = open(work / "agent.log", "wb")
         self.work = work
         self.process = subprocess.Popen(
             [
@@ -208,9 +208,7 @@ def test_an_agent_runs_a_registered_flow_from_its_storage(
     assert run["state"] == "Success", agent.output()
     assert run["agent_id"] is not None
     counts = server.client.get_flow_run(run_id)["task_run_counts"]
-    assert {(c["task_name"], c["state"], c["count"]) for c in counts} >= {
-        ("record", "Success", 1)
-    }
+    assert {(c["task_name"], c["state"], c["count"]) for c in counts} >= {("record", "Success", 1)}
     assert ledger.items() == [21]
     listed = server.client.get_agents()
     assert [a["id"] for a in listed] == [run["agent_id"]]

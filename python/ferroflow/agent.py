@@ -44,7 +44,7 @@ from ferroflow.exceptions import ApiError, FerroflowError, ServerUnavailableErro
 __all__ = ["CANCEL_GRACE", "MAX_BACKOFF", "POLL_INTERVAL", "Agent", "AgentError"]
 
 #: Seconds between two polls of an agent with room for more runs.
-POLL_INTERVAL = 1.0
+POLL_INTERVAL = 0.5
 
 #: Seconds a cancelled flow-run process has to stop after SIGINT before it is killed.
 CANCEL_GRACE = 3.0
@@ -117,9 +117,7 @@ class Agent:
         from ferroflow.store import store_path
 
         if max_concurrent_runs < 1:
-            raise AgentError(
-                f"max_concurrent_runs must be at least 1, got {max_concurrent_runs}"
-            )
+            raise AgentError(f"max_concurrent_runs must be at least 1, got {max_concurrent_runs}")
         if poll_interval <= 0:
             raise AgentError(f"poll_interval must be positive, got {poll_interval}")
         self.labels = sorted(set(labels or []))
@@ -153,7 +151,9 @@ class Agent:
         try:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise AgentError(f"cannot create the agent's work directory {self.work_dir}: {exc}")
+            raise AgentError(
+                f"cannot create the agent's work directory {self.work_dir}: {exc}"
+            ) from exc
         backoff = self.poll_interval
         while not self._stop.is_set():
             try:
@@ -216,13 +216,20 @@ class Agent:
         env = dict(os.environ)
         env["FERROFLOW_HOME"] = str(self.work_dir)
         env["FERROFLOW_API_URL"] = self.client.url
-        cmd = [sys.executable, "-m", "ferroflow.agent_run", run_id, "--work-dir", str(self.work_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ferroflow.agent_run",
+            run_id,
+            "--work-dir",
+            str(self.work_dir),
+        ]
         cmd += ["--agent-id", str(self.agent_id)]
         if self.dask_address:
             cmd += ["--dask-address", self.dask_address]
         logs = self.work_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        out = open(logs / f"{run_id}.log", "wb")  # noqa: SIM115 - closed when reaped
+        out = open(logs / f"{run_id}.log", "wb")
         process = subprocess.Popen(
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )

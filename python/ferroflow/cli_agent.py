@@ -41,15 +41,15 @@ def agent_group() -> None:
 
 @agent_group.command("start")
 @click.option("--label", "labels", multiple=True, help="A label this agent covers (repeat).")
-@click.option(
-    "--max-concurrent", default=1, show_default=True, type=int, help="Flow runs at once."
-)
+@click.option("--max-concurrent", default=1, show_default=True, type=int, help="Flow runs at once.")
 @click.option(
     "--dask-address", default=None, metavar="tcp://HOST:PORT", help="Run flows on this cluster."
 )
 @click.option("--name", default=None, help="Shown by 'ferroflow agents ls'.")
 @click.option("--work-dir", default=None, help="Where the runs record locally first.")
-@click.option("--poll-interval", default=1.0, show_default=True, type=float)
+@click.option(
+    "--poll-interval", default=0.5, show_default=True, type=float, help="Seconds between polls."
+)
 @_api_option
 def agent_start_cmd(
     labels: tuple[str, ...],

@@ -547,8 +547,7 @@ class Client:
     def agent_heartbeat(self, agent_id: str, flow_run_ids: list[str]) -> dict[str, list[str]]:
         """Renew the agent's leases: ``{"held", "cancelling", "lost"}`` run ids."""
         data = self.graphql(
-            "mutation($i: AgentHeartbeatInput!) { heartbeat(input: $i) "
-            "{ held cancelling lost } }",
+            "mutation($i: AgentHeartbeatInput!) { heartbeat(input: $i) { held cancelling lost } }",
             {"i": {"agent_id": agent_id, "flow_run_ids": flow_run_ids}},
         )
         return dict(data["heartbeat"])

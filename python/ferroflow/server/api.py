@@ -19,10 +19,10 @@ from functools import partial
 from typing import Any
 
 import strawberry
-from strawberry.tools import merge_types
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
+from strawberry.tools import merge_types
 from strawberry.types import Info
 
 from ferroflow.server import models

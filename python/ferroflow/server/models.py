@@ -52,6 +52,7 @@ __all__ = [
     "get_runs_in_queue",
     "ingest",
     "insert_auto_runs",
+    "last_attempt",
     "list_agents",
     "list_flow_runs",
     "list_flows",
@@ -59,11 +60,10 @@ __all__ = [
     "list_projects",
     "register_agent",
     "register_flow",
+    "remove_auto_scheduled_runs",
     "report_attempt",
-    "last_attempt",
     "requeue_lost_runs",
     "resume_flow_run",
-    "remove_auto_scheduled_runs",
     "schedule_of",
     "set_flow_run_states",
     "set_schedule_active",
@@ -1170,9 +1170,7 @@ def agent_heartbeat(
     with db.transaction():
         db.execute("UPDATE agents SET last_heartbeat = ? WHERE id = ?", (now, agent_id))
         for run_id in flow_run_ids:
-            row = db.fetchone(
-                "SELECT key, state, agent_id FROM flow_runs WHERE id = ?", (run_id,)
-            )
+            row = db.fetchone("SELECT key, state, agent_id FROM flow_runs WHERE id = ?", (run_id,))
             if row is None or row["agent_id"] != agent_id:
                 lost.append(run_id)
                 continue

@@ -54,11 +54,11 @@ from ferroflow.server import models
 from ferroflow.server.database import Database
 
 __all__ = [
+    "DEFAULT_LEASE_TIMEOUT",
     "DEFAULT_SCHEDULER_INTERVAL",
     "HORIZON",
     "MAX_RUNS",
     "MIN_RUNS",
-    "DEFAULT_LEASE_TIMEOUT",
     "LostRuns",
     "Scheduler",
     "Service",
