@@ -344,6 +344,8 @@ def test_claims_are_atomic_and_retried_claims_are_answered(server: Server, tmp_p
     assert server.client.get_runs_in_queue(b) == []
     with pytest.raises(ApiError, match="no agent with id"):
         server.client.claim_flow_run("nobody", run_id, version)
+    with pytest.raises(ApiError, match="is not held by agent"):
+        server.client.report_attempt(b, run_id, "local-id")
     beat = server.client.agent_heartbeat(b, [run_id])
     assert beat["lost"] == [run_id] and beat["held"] == []
     assert server.client.agent_heartbeat(a, [run_id])["held"] == [run_id]
@@ -388,11 +390,24 @@ def lease_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lease: str = "
     return Server(tmp_path / "lease-server")
 
 
-@pytest.mark.parametrize("victim", ["agent", "flow-run process"])
+@pytest.mark.parametrize(
+    ("victim", "n", "pause"),
+    [
+        ("agent", 2000, 0.002),
+        ("flow-run process", 2000, 0.002),
+        ("agent", 10_000, 0.0),
+        ("agent on dask", 1000, 0.005),
+    ],
+)
 def test_a_sigkilled_run_finishes_on_another_agent_without_recomputing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ledger: Ledger, victim: str
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ledger: Ledger,
+    victim: str,
+    n: int,
+    pause: float,
 ) -> None:
-    n = int(os.environ.get("AGENT_TEST_MAP_CHILDREN", "2000"))
     results = tmp_path / "results"
     monkeypatch.setenv("AGENT_TEST_RESULTS", str(results))
     srv = lease_server(tmp_path, monkeypatch)
@@ -400,14 +415,18 @@ def test_a_sigkilled_run_finishes_on_another_agent_without_recomputing(
     try:
         flow_id = register(srv, tmp_path, MAPPER, "mapper")["mapper"]
         run_id = srv.client.create_flow_run(
-            flow_id, parameters={"xs": list(range(n)), "pause": 0.002}
+            flow_id, parameters={"xs": list(range(n)), "pause": pause}
         )
         shared = tmp_path / "shared"  # both agents' work directory: store and checkpoints
-        first = AgentProcess(srv.url, tmp_path / "a1", "--work-dir", str(shared))
+        extra: list[str] = []
+        if victim == "agent on dask":
+            cluster = request.getfixturevalue("dask_cluster")
+            extra = ["--dask-address", cluster.scheduler_address]
+        first = AgentProcess(srv.url, tmp_path / "a1", "--work-dir", str(shared), *extra)
         started.append(first)
         wait_for("children to run", lambda: len(ledger.items()) >= n // 4, timeout=120)
         assert finished(srv.client, run_id) is None, srv.client.get_flow_run(run_id)
-        if victim == "agent":
+        if victim.startswith("agent"):
             first.process.send_signal(signal.SIGKILL)
             first.process.wait(timeout=30)
         else:
@@ -427,7 +446,7 @@ def test_a_sigkilled_run_finishes_on_another_agent_without_recomputing(
                 os.kill(pid, signal.SIGKILL)
         finished_before = {int(p.stem) for p in (results / "child").glob("*.bin")}
         assert 0 < len(finished_before) < n
-        second = AgentProcess(srv.url, tmp_path / "a2", "--work-dir", str(shared))
+        second = AgentProcess(srv.url, tmp_path / "a2", "--work-dir", str(shared), *extra)
         started.append(second)
         run = wait_for("the run to finish", lambda: finished(srv.client, run_id), timeout=300)
         assert run["state"] == "Success", run["message"]
@@ -541,3 +560,12 @@ def test_a_server_restart_mid_run_loses_and_doubles_nothing(
         if agent is not None:
             agent.stop()
         srv.stop()
+
+
+def test_a_bad_lease_timeout_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ferroflow.exceptions import PlatformError
+    from ferroflow.server import serve
+
+    monkeypatch.setenv("FERROFLOW_LEASE_TIMEOUT", "soon")
+    with pytest.raises(PlatformError, match="FERROFLOW_LEASE_TIMEOUT must be a number"):
+        serve(port=0)
