@@ -219,7 +219,7 @@ def flow_storage(flow: Flow, source: str | Path | None = None) -> dict[str, Any]
 
 _FLOW_RUN_FIELDS = (
     "id name flow_name flow_id state message version parameters labels started ended "
-    "scheduled_start_time created host pid resumed_from"
+    "scheduled_start_time created host pid resumed_from agent_id heartbeat"
 )
 
 
@@ -499,3 +499,86 @@ class Client:
             {"i": {"flow_run_id": flow_run_id}},
         )
         return str(data["cancel_flow_run"]["state"])
+
+    # --------------------------------------------------------------------- agents
+
+    def get_flow(self, flow_id: str) -> dict[str, Any]:
+        """One registered flow version with its ``storage`` and ``structure``."""
+        data = self.graphql(
+            "query($id: String!) { flow(id: $id) { id name version labels storage structure } }",
+            {"id": flow_id},
+        )
+        return dict(data["flow"])
+
+    def get_agents(self) -> list[dict[str, Any]]:
+        """Every agent (id, name, labels, created, last_heartbeat), last seen first."""
+        data = self.graphql("{ agents(limit: 1000) { id name labels created last_heartbeat } }")
+        return list(data["agents"])
+
+    def register_agent(
+        self, name: str, labels: list[str] | None = None, agent_id: str | None = None
+    ) -> str:
+        """Register an agent (or refresh the registration ``agent_id``); its id."""
+        data = self.graphql(
+            "mutation($i: RegisterAgentInput!) { register_agent(input: $i) { id } }",
+            {"i": {"name": name, "labels": list(labels or []), "agent_id": agent_id}},
+        )
+        return str(data["register_agent"]["id"])
+
+    def get_runs_in_queue(self, agent_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The due Scheduled runs the agent's labels cover, soonest first."""
+        data = self.graphql(
+            "mutation($i: RunsInQueueInput!) { get_runs_in_queue(input: $i) "
+            "{ id version flow_id labels } }",
+            {"i": {"agent_id": agent_id, "limit": limit}},
+        )
+        return list(data["get_runs_in_queue"])
+
+    def claim_flow_run(self, agent_id: str, flow_run_id: str, version: int) -> dict[str, Any]:
+        """Claim a Scheduled run read at ``version``: the run (now Pending, held by the
+        agent). ApiError when another agent won it."""
+        data = self.graphql(
+            "mutation($i: ClaimFlowRunInput!) { claim_flow_run(input: $i) "
+            f"{{ {_FLOW_RUN_FIELDS} }} }}",
+            {"i": {"agent_id": agent_id, "flow_run_id": flow_run_id, "version": version}},
+        )
+        return dict(data["claim_flow_run"])
+
+    def agent_heartbeat(self, agent_id: str, flow_run_ids: list[str]) -> dict[str, list[str]]:
+        """Renew the agent's leases: ``{"held", "cancelling", "lost"}`` run ids."""
+        data = self.graphql(
+            "mutation($i: AgentHeartbeatInput!) { heartbeat(input: $i) { held cancelling lost } }",
+            {"i": {"agent_id": agent_id, "flow_run_ids": flow_run_ids}},
+        )
+        return dict(data["heartbeat"])
+
+    def begin_attempt(self, flow_run_id: str) -> str | None:
+        """The local run id of the run's latest attempt (to resume from), or None."""
+        data = self.graphql(
+            "mutation($i: FlowRunIdInput!) { begin_attempt(input: $i) { resume_from } }",
+            {"i": {"flow_run_id": flow_run_id}},
+        )
+        got = data["begin_attempt"]["resume_from"]
+        return None if got is None else str(got)
+
+    def report_attempt(self, agent_id: str, flow_run_id: str, local_run_id: str) -> None:
+        """Record that the agent runs ``flow_run_id`` as the local run ``local_run_id``."""
+        self.graphql(
+            "mutation($i: ReportAttemptInput!) { report_attempt(input: $i) { success } }",
+            {
+                "i": {
+                    "agent_id": agent_id,
+                    "flow_run_id": flow_run_id,
+                    "local_run_id": local_run_id,
+                }
+            },
+        )
+
+    def resume_flow_run(self, flow_run_id: str) -> str:
+        """Queue a run that ended without succeeding again: the next agent resumes it from
+        its last attempt's checkpoints. Its new state (``Scheduled``)."""
+        data = self.graphql(
+            "mutation($i: FlowRunIdInput!) { resume_flow_run(input: $i) { state } }",
+            {"i": {"flow_run_id": flow_run_id}},
+        )
+        return str(data["resume_flow_run"]["state"])

@@ -80,6 +80,23 @@ def _scheduler_interval(given: float | None) -> float:
     return float(given)
 
 
+def _env_seconds(name: str) -> float | None:
+    """``$name`` as seconds >= 0, None when unset; PlatformError when malformed."""
+    import math
+    import os
+
+    text = os.environ.get(name)
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise PlatformError(f"{name} must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
 def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
@@ -111,6 +128,7 @@ def serve(
 
     check_host(host)
     interval = _scheduler_interval(scheduler_interval)
+    lease = _env_seconds("FERROFLOW_LEASE_TIMEOUT")
     db = open_database(database_url)
 
     def announce(url: str) -> None:
@@ -150,9 +168,18 @@ def serve(
 
         loop = ServiceLoop(Scheduler(db), interval, name="ferroflow-scheduler")
         loop.start()
+    lost = None
+    if lease != 0:
+        from ferroflow.server.services import DEFAULT_LEASE_TIMEOUT, LostRuns, ServiceLoop
+
+        lease = DEFAULT_LEASE_TIMEOUT if lease is None else lease
+        lost = ServiceLoop(LostRuns(db, lease), max(lease / 4, 0.1), name="ferroflow-lost-runs")
+        lost.start()
     try:
         _Server(config).run()
     finally:
+        if lost is not None:
+            lost.stop()
         if loop is not None:
             loop.stop()
         db.close()

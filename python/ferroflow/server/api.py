@@ -22,6 +22,7 @@ import strawberry
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
+from strawberry.tools import merge_types
 from strawberry.types import Info
 
 from ferroflow.server import models
@@ -246,6 +247,8 @@ class FlowRun:
     host: str | None
     pid: int | None
     resumed_from: str | None
+    agent_id: str | None = None
+    heartbeat: float | None = None
 
     @staticmethod
     def of(row: dict[str, Any]) -> FlowRun:
@@ -268,6 +271,8 @@ class FlowRun:
             host=row["host"],
             pid=row["pid"],
             resumed_from=row["resumed_from"],
+            agent_id=row.get("agent_id"),
+            heartbeat=row.get("heartbeat"),
         )
 
     @strawberry.field(description="The registered flow version it runs (None: a local run).")
@@ -635,7 +640,7 @@ class SetTaskRunStatesPayload:
 
 
 @strawberry.type
-class Mutation:
+class _CoreMutation:
     """The write side, with Prefect Server 1's names."""
 
     @strawberry.mutation(description="Create a project (a name not yet taken).")
@@ -739,6 +744,138 @@ class Mutation:
         """set_schedule_inactive."""
         models.set_schedule_active(_db(info), input.flow_id, False)
         return SuccessPayload(success=True)
+
+
+# ------------------------------------------------------------------ agents (issue 13)
+# The mutations ferroflow.agent uses, with Prefect Server 1's names. All of them are
+# what a ``runner`` role does: register an agent, read its queue, claim a run (one
+# conditional UPDATE: one agent wins), renew its leases.
+
+
+@strawberry.input(description="register_agent's input.")
+class RegisterAgentInput:
+    """An agent's name and labels (and its id, to refresh an earlier registration)."""
+
+    name: str
+    labels: list[str] | None = None
+    agent_id: str | None = None
+
+
+@strawberry.input(description="get_runs_in_queue's input.")
+class RunsInQueueInput:
+    """Which agent asks, and due by when (now)."""
+
+    agent_id: str
+    before: float | None = None
+    limit: int = 100
+
+
+@strawberry.input(description="claim_flow_run's input.")
+class ClaimFlowRunInput:
+    """The agent, the run and the version it was read at."""
+
+    agent_id: str
+    flow_run_id: str
+    version: int
+
+
+@strawberry.input(description="heartbeat's input.")
+class AgentHeartbeatInput:
+    """The agent and the runs it holds."""
+
+    agent_id: str
+    flow_run_ids: list[str] | None = None
+
+
+@strawberry.type(description="What a heartbeat renewed and what to stop.")
+class AgentHeartbeatPayload:
+    """Runs renewed, to cancel, and no longer held."""
+
+    held: list[str]
+    cancelling: list[str]
+    lost: list[str]
+
+
+@strawberry.type(description="The agent side of the API.")
+class AgentMutation:
+    """register_agent, get_runs_in_queue, claim_flow_run, heartbeat."""
+
+    @strawberry.mutation(description="Register an agent (or refresh its registration).")
+    def register_agent(self, info: Info, input: RegisterAgentInput) -> Agent:
+        """register_agent."""
+        r = models.register_agent(_db(info), input.name, input.labels, input.agent_id)
+        return Agent(
+            id=r["id"],
+            name=r["name"],
+            labels=_json(r["labels"], []),
+            created=r["created"],
+            last_heartbeat=r["last_heartbeat"],
+        )
+
+    @strawberry.mutation(description="The due Scheduled runs an agent's labels cover.")
+    def get_runs_in_queue(self, info: Info, input: RunsInQueueInput) -> list[FlowRun]:
+        """get_runs_in_queue (a mutation: it marks the agent as seen)."""
+        db = _db(info)
+        models.agent_heartbeat(db, input.agent_id)
+        rows = models.get_runs_in_queue(db, input.agent_id, input.before, input.limit)
+        return [FlowRun.of(r) for r in rows]
+
+    @strawberry.mutation(description="Claim a Scheduled run: exactly one agent wins.")
+    def claim_flow_run(self, info: Info, input: ClaimFlowRunInput) -> FlowRun:
+        """claim_flow_run."""
+        return FlowRun.of(
+            models.claim_flow_run(_db(info), input.agent_id, input.flow_run_id, input.version)
+        )
+
+    @strawberry.mutation(description="Renew an agent's leases; what to stop.")
+    def heartbeat(self, info: Info, input: AgentHeartbeatInput) -> AgentHeartbeatPayload:
+        """heartbeat."""
+        got = models.agent_heartbeat(_db(info), input.agent_id, input.flow_run_ids or [])
+        return AgentHeartbeatPayload(**got)
+
+
+@strawberry.input(description="report_attempt's input.")
+class ReportAttemptInput:
+    """The agent, the run, and the id of the local run that runs it."""
+
+    agent_id: str
+    flow_run_id: str
+    local_run_id: str
+
+
+@strawberry.type(description="Where a claimed run starts from.")
+class AttemptPayload:
+    """The local run id of its latest attempt (resume from it), or None."""
+
+    resume_from: str | None
+
+
+@strawberry.type(description="The agent side of the API: attempts and resumes.")
+class AttemptMutation:
+    """begin_attempt, report_attempt, resume_flow_run."""
+
+    @strawberry.mutation(description="Where a claimed run starts: its last attempt, if any.")
+    def begin_attempt(self, info: Info, input: FlowRunIdInput) -> AttemptPayload:
+        """begin_attempt."""
+        return AttemptPayload(resume_from=models.last_attempt(_db(info), input.flow_run_id))
+
+    @strawberry.mutation(description="Record the local run that runs a claimed run.")
+    def report_attempt(self, info: Info, input: ReportAttemptInput) -> SuccessPayload:
+        """report_attempt."""
+        models.report_attempt(_db(info), input.agent_id, input.flow_run_id, input.local_run_id)
+        return SuccessPayload(success=True)
+
+    @strawberry.mutation(description="Queue a run that ended unsuccessfully again, as a resume.")
+    def resume_flow_run(self, info: Info, input: FlowRunIdInput) -> StatePayload:
+        """resume_flow_run."""
+        r = models.resume_flow_run(_db(info), input.flow_run_id)
+        return StatePayload(id=r["id"], version=int(r["version"]), state=r["state"])
+
+
+#: The write side: the core mutations and the agents' ones.
+Mutation = merge_types("Mutation", (_CoreMutation, AgentMutation, AttemptMutation))
+
+# ------------------------------------------------------------------ end of agents block
 
 
 class _Schema(strawberry.Schema):

@@ -36,26 +36,34 @@ __all__ = [
     "FINISHED_FLOW_STATES",
     "MAX_PAGE",
     "active_scheduled_flows",
+    "agent_heartbeat",
     "archive_flow",
     "audit",
     "auto_run_key",
     "auto_run_keys",
     "cancel_flow_run",
+    "claim_flow_run",
     "create_flow_run",
     "create_project",
     "delete_project",
     "get_flow",
     "get_flow_run",
     "get_project",
+    "get_runs_in_queue",
     "ingest",
     "insert_auto_runs",
+    "last_attempt",
     "list_agents",
     "list_flow_runs",
     "list_flows",
     "list_logs",
     "list_projects",
+    "register_agent",
     "register_flow",
     "remove_auto_scheduled_runs",
+    "report_attempt",
+    "requeue_lost_runs",
+    "resume_flow_run",
     "schedule_of",
     "set_flow_run_states",
     "set_schedule_active",
@@ -1014,10 +1022,21 @@ def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
             )
             assert row is not None
         else:
+            # A run being cancelled stays Cancelling until it ends (its agent reads that).
+            ended = int(run["state"] in FINISHED_FLOW_STATES)
             db.execute(
-                "UPDATE flow_runs SET state = ?, message = ?, ended = ?, heartbeat = ? "
-                "WHERE key = ?",
-                (run["state"], run.get("message"), run.get("ended"), _now(), row["key"]),
+                "UPDATE flow_runs SET state = CASE WHEN state = 'Cancelling' AND ? = 0 "
+                "THEN state ELSE ? END, message = CASE WHEN state = 'Cancelling' AND ? = 0 "
+                "THEN message ELSE ? END, ended = ?, heartbeat = ? WHERE key = ?",
+                (
+                    ended,
+                    run["state"],
+                    ended,
+                    run.get("message"),
+                    run.get("ended"),
+                    _now(),
+                    row["key"],
+                ),
             )
         key, journal_seq, log_seq = (
             row["key"],
@@ -1044,3 +1063,238 @@ def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
             (journal_seq, log_seq, key),
         )
     return {"journal_seq": journal_seq, "log_seq": log_seq}
+
+
+# ------------------------------------------------------------------ agents: claims
+# What ferroflow.agent needs: an agent registers (an ``agents`` row), asks for the due
+# Scheduled runs its labels cover, and claims one with a single conditional UPDATE on
+# the run's state and version, so of many agents racing (or one retrying a request whose
+# answer was lost) exactly one holds the run. The claim is a lease: the run's
+# ``heartbeat`` is the last renewal, and the agent renews it with :func:`agent_heartbeat`.
+
+
+def register_agent(
+    db: Database, name: str, labels: Sequence[str] | None = None, agent_id: str | None = None
+) -> dict[str, Any]:
+    """Add (or, with the ``agent_id`` of an earlier registration, refresh) an agent; its
+    row."""
+    clean = _labels(labels)
+    if not name or len(name) > 200:
+        raise ApiError("an agent's name must be 1 to 200 characters")
+    now = _now()
+    with db.transaction():
+        if agent_id is not None and db.execute(
+            "UPDATE agents SET name = ?, labels = ?, last_heartbeat = ? WHERE id = ?",
+            (name, json.dumps(clean), now, agent_id),
+        ):
+            pass
+        else:
+            agent_id = agent_id or _new_id()
+            db.execute(
+                "INSERT INTO agents(id, name, labels, created, last_heartbeat) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (agent_id, name, json.dumps(clean), now, now),
+            )
+        audit(db, "register_agent", agent_id, {"labels": clean})
+    row = db.fetchone("SELECT * FROM agents WHERE id = ?", (agent_id,))
+    assert row is not None
+    return row
+
+
+def _agent(db: Database, agent_id: str) -> dict[str, Any]:
+    row = db.fetchone("SELECT * FROM agents WHERE id = ?", (agent_id,))
+    if row is None:
+        raise ApiError(f"no agent with id {agent_id!r}: register it first (register_agent)")
+    return row
+
+
+def get_runs_in_queue(
+    db: Database, agent_id: str, before: float | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The Scheduled runs due by ``before`` (now) whose labels the agent's labels cover,
+    soonest first."""
+    limit, _ = _page(limit, 0)
+    agent = _agent(db, agent_id)
+    have = set(json.loads(agent["labels"] or "[]"))
+    due = _finite(before, "before")
+    rows = db.fetchall(
+        f"SELECT {_FLOW_RUN_COLS} FROM flow_runs r WHERE r.state = 'Scheduled' "
+        "AND r.flow_id IS NOT NULL AND r.scheduled_start <= ? "
+        "ORDER BY r.scheduled_start, r.key LIMIT ?",
+        (due if due is not None else _now(), MAX_PAGE),
+    )
+    return [r for r in rows if set(json.loads(r["labels"] or "[]")) <= have][:limit]
+
+
+def claim_flow_run(db: Database, agent_id: str, flow_run_id: str, version: int) -> dict[str, Any]:
+    """Claim a Scheduled run at ``version`` for an agent: it becomes ``Pending``, held by
+    the agent with its lease renewed now. Exactly one claim of a run at one version
+    wins; the same agent asking again (a retried request) gets the run again. ApiError
+    when another agent holds it or it is no longer Scheduled."""
+    _agent(db, agent_id)
+    with db.transaction():
+        run = get_flow_run(db, flow_run_id)
+        now = _now()
+        changed = db.execute(
+            "UPDATE flow_runs SET state = 'Pending', version = version + 1, agent_id = ?, "
+            "heartbeat = ?, message = ?, ingest_journal_seq = 0, ingest_log_seq = 0 "
+            "WHERE key = ? AND state = 'Scheduled' AND version = ?",
+            (agent_id, now, f"claimed by agent {agent_id}", run["key"], int(version)),
+        )
+        if not changed:
+            if (
+                run["agent_id"] == agent_id
+                and run["state"] == "Pending"
+                and int(run["version"]) == int(version) + 1
+            ):
+                return run
+            raise ApiError(
+                f"flow run {run['id']} was not claimed: it is {run['state']} at version "
+                f"{run['version']} (held by {run['agent_id'] or 'no agent'})"
+            )
+        audit(db, "claim_flow_run", run["id"], {"agent_id": agent_id})
+    return get_flow_run(db, run["id"])
+
+
+def agent_heartbeat(
+    db: Database, agent_id: str, flow_run_ids: Sequence[str] = ()
+) -> dict[str, list[str]]:
+    """Renew an agent's lease on the runs it holds (``flow_run_ids``): ``{"held",
+    "cancelling", "lost"}``: the runs whose lease was renewed, those of them to stop
+    because they are ``Cancelling``, and those the agent no longer holds (stop them)."""
+    _agent(db, agent_id)
+    now = _now()
+    held: list[str] = []
+    cancelling: list[str] = []
+    lost: list[str] = []
+    with db.transaction():
+        db.execute("UPDATE agents SET last_heartbeat = ? WHERE id = ?", (now, agent_id))
+        for run_id in flow_run_ids:
+            row = db.fetchone("SELECT key, state, agent_id FROM flow_runs WHERE id = ?", (run_id,))
+            if row is None or row["agent_id"] != agent_id:
+                lost.append(run_id)
+                continue
+            db.execute("UPDATE flow_runs SET heartbeat = ? WHERE key = ?", (now, row["key"]))
+            held.append(run_id)
+            if row["state"] == "Cancelling":
+                cancelling.append(run_id)
+    return {"held": held, "cancelling": cancelling, "lost": lost}
+
+
+# Attempts: each flow-run process that starts a claimed run reports the id of its local
+# run (in the audit log, action ``flow_run_attempt``); a run put back in the queue (lost,
+# or resumed through the API) is run by the next agent with ``resume=`` that id, so its
+# finished, checkpointed tasks are restored.
+
+#: How many times a lost run is put back in the queue before it is Failed.
+MAX_RECOVERIES = 3
+
+
+def report_attempt(db: Database, agent_id: str, flow_run_id: str, local_run_id: str) -> None:
+    """Record that the agent's flow-run process runs ``flow_run_id`` as its local run
+    ``local_run_id``. ApiError when the agent does not hold the run."""
+    with db.transaction():
+        run = get_flow_run(db, flow_run_id)
+        if run["agent_id"] != agent_id:
+            raise ApiError(f"flow run {run['id']} is not held by agent {agent_id}")
+        audit(db, "flow_run_attempt", run["id"], {"agent_id": agent_id, "local": local_run_id})
+
+
+def last_attempt(db: Database, flow_run_id: str) -> str | None:
+    """The local run id of the run's latest attempt, None before the first."""
+    row = db.fetchone(
+        "SELECT detail FROM audit WHERE action = 'flow_run_attempt' AND target = ? "
+        "ORDER BY seq DESC LIMIT 1",
+        (flow_run_id,),
+    )
+    return None if row is None else str(json.loads(row["detail"])["local"])
+
+
+def recoveries(db: Database, flow_run_id: str) -> int:
+    """How many times the run was found lost and put back in the queue."""
+    row = db.fetchone(
+        "SELECT COUNT(*) AS n FROM audit WHERE action = 'lost_flow_run' AND target = ?",
+        (flow_run_id,),
+    )
+    return 0 if row is None else int(row["n"])
+
+
+def requeue_lost_runs(
+    db: Database, lease_timeout: float, max_recoveries: int = MAX_RECOVERIES
+) -> int:
+    """Put back in the queue, as a resume, every run held by an agent whose lease (its
+    ``heartbeat``) is older than ``lease_timeout`` seconds; a run lost
+    ``max_recoveries`` times already is Failed instead. Each change is a conditional
+    UPDATE on the version read, so two servers do not both requeue it. How many runs."""
+    now = _now()
+    rows = db.fetchall(
+        "SELECT key, id, version, state, heartbeat FROM flow_runs "
+        "WHERE state IN ('Pending', 'Running', 'Cancelling') AND agent_id IS NOT NULL "
+        "AND heartbeat < ?",
+        (now - lease_timeout,),
+    )
+    done = 0
+    for row in rows:
+        with db.transaction():
+            lost = recoveries(db, row["id"])
+            silent = now - float(row["heartbeat"])
+            if row["state"] == "Cancelling":
+                state, message, start = "Cancelled", "cancelled (its agent was lost)", None
+            elif lost >= max_recoveries:
+                state = "Failed"
+                message = (
+                    f"lost {lost + 1} times (no heartbeat for {silent:.0f} s): not put back in "
+                    f"the queue after {max_recoveries} recoveries; resume it with "
+                    "'ferroflow runs resume ID' once the cause is fixed"
+                )
+                start = None
+            else:
+                state, start = "Scheduled", now
+                message = (
+                    f"lost (no heartbeat for {silent:.0f} s): queued again as a resume "
+                    f"(recovery {lost + 1} of {max_recoveries})"
+                )
+            changed = db.execute(
+                "UPDATE flow_runs SET state = ?, message = ?, version = version + 1, "
+                "agent_id = NULL, scheduled_start = COALESCE(?, scheduled_start), "
+                "ended = ? WHERE key = ? AND version = ?",
+                (
+                    state,
+                    message,
+                    start,
+                    None if start is not None else now,
+                    row["key"],
+                    row["version"],
+                ),
+            )
+            if changed:
+                if state != "Cancelled":
+                    audit(db, "lost_flow_run", row["id"], {"state": state})
+                done += 1
+    return done
+
+
+def resume_flow_run(db: Database, flow_run_id: str) -> dict[str, Any]:
+    """Put a run that ended without succeeding (Failed, Cancelled, TimedOut) back in
+    the queue: the next agent resumes it from its last attempt's checkpoints. ApiError
+    for a run that succeeded, has not ended, or never ran on an agent."""
+    with db.transaction():
+        run = get_flow_run(db, flow_run_id)
+        if run["state"] not in FINISHED_FLOW_STATES or run["state"] in ("Success", "Cached"):
+            raise ApiError(
+                f"flow run {run['id']} is {run['state']}: only a run that ended without "
+                "succeeding can be resumed"
+            )
+        if run["flow_id"] is None:
+            raise ApiError(
+                f"flow run {run['id']} is a local run: resume it where it ran, with "
+                "'ferroflow resume ID'"
+            )
+        now = _now()
+        db.execute(
+            "UPDATE flow_runs SET state = 'Scheduled', message = ?, version = version + 1, "
+            "agent_id = NULL, scheduled_start = ?, ended = NULL WHERE key = ? AND version = ?",
+            ("queued again as a resume through the API", now, run["key"], run["version"]),
+        )
+        audit(db, "resume_flow_run", run["id"])
+    return get_flow_run(db, run["id"])

@@ -54,10 +54,12 @@ from ferroflow.server import models
 from ferroflow.server.database import Database
 
 __all__ = [
+    "DEFAULT_LEASE_TIMEOUT",
     "DEFAULT_SCHEDULER_INTERVAL",
     "HORIZON",
     "MAX_RUNS",
     "MIN_RUNS",
+    "LostRuns",
     "Scheduler",
     "Service",
     "ServiceLoop",
@@ -309,3 +311,31 @@ class ServiceLoop:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+
+#: Seconds without a heartbeat after which a run held by an agent is lost.
+DEFAULT_LEASE_TIMEOUT = 30.0
+
+
+class LostRuns:
+    """Finds runs whose agent's lease expired (the flow-run process or the agent died,
+    or cannot reach the server) and puts them back in the queue as a resume (see
+    :func:`~ferroflow.server.models.requeue_lost_runs`); after
+    :data:`~ferroflow.server.models.MAX_RECOVERIES` the run is Failed.
+
+    Args:
+        db: the server's database.
+        lease_timeout: seconds without a heartbeat [``$FERROFLOW_LEASE_TIMEOUT``, else
+            :data:`DEFAULT_LEASE_TIMEOUT`].
+    """
+
+    def __init__(self, db: Database, lease_timeout: float = DEFAULT_LEASE_TIMEOUT) -> None:
+        self.db = db
+        self.lease_timeout = lease_timeout
+
+    def run_once(self) -> int:
+        """One pass: how many runs it requeued or failed."""
+        done = models.requeue_lost_runs(self.db, self.lease_timeout)
+        if done:
+            log.warning("%d lost flow run(s) queued again or failed", done)
+        return done
