@@ -22,9 +22,16 @@ from rich.text import Text
 
 from ferroflow import cli as base
 from ferroflow.cli import EXIT_OK, CliError
-from ferroflow.cli_server import _api_option
 
 __all__ = ["install"]
+
+_api_option = click.option(
+    "--api",
+    "api",
+    default=None,
+    metavar="URL",
+    help="The ferroflow server [$FERROFLOW_API_URL, else http://127.0.0.1:4200].",
+)
 
 
 @click.group("agent")
