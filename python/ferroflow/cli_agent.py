@@ -21,17 +21,10 @@ from rich.table import Table
 from rich.text import Text
 
 from ferroflow import cli as base
+from ferroflow._cli_api import api_option, server_wanted, wrap_callback
 from ferroflow.cli import EXIT_OK, CliError
 
 __all__ = ["install"]
-
-_api_option = click.option(
-    "--api",
-    "api",
-    default=None,
-    metavar="URL",
-    help="The ferroflow server [$FERROFLOW_API_URL, else http://127.0.0.1:4200].",
-)
 
 
 @click.group("agent")
@@ -50,7 +43,7 @@ def agent_group() -> None:
 @click.option(
     "--poll-interval", default=0.5, show_default=True, type=float, help="Seconds between polls."
 )
-@_api_option
+@api_option
 def agent_start_cmd(
     labels: tuple[str, ...],
     max_concurrent: int,
@@ -94,7 +87,7 @@ def agents_group() -> None:
 
 @agents_group.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@_api_option
+@api_option
 def agents_ls_cmd(as_json: bool, api: str | None) -> int:
     """List the agents: labels, last seen, runs held."""
     from ferroflow.client import Client
@@ -127,10 +120,8 @@ def agents_ls_cmd(as_json: bool, api: str | None) -> int:
 
 
 def _resume_wrapper(original: Any, **kw: Any) -> Any:
-    import os
-
     api = kw.pop("api")
-    if api is None and not os.environ.get("FERROFLOW_API_URL"):
+    if not server_wanted(api):
         return original(**kw)
     from ferroflow.client import Client
 
@@ -156,13 +147,7 @@ def install(cli: click.Group) -> None:
             "set]: an agent resumes it.",
         )
     )
-    original = resume.callback
-    assert original is not None
-
-    def callback(**kwargs: Any) -> Any:
-        return _resume_wrapper(original, **kwargs)
-
-    resume.callback = callback
+    wrap_callback(resume, _resume_wrapper)
 
 
 install(base.cli)

@@ -18,7 +18,6 @@ Every command finds the server at ``--api``, else ``$FERROFLOW_API_URL``, else
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ferroflow import cli as base
+from ferroflow._cli_api import api_option, server_wanted, wrap_callback
 from ferroflow.cli import EXIT_FAILED, EXIT_OK, CliError
 
 __all__ = ["WATCH_INTERVAL", "install"]
@@ -41,23 +41,11 @@ _FINISHED = frozenset(
     {"Success", "Failed", "TimedOut", "TriggerFailed", "Cancelled", "Skipped", "Interrupted"}
 )
 
-_api_option = click.option(
-    "--api",
-    "api",
-    default=None,
-    metavar="URL",
-    help="The ferroflow server [$FERROFLOW_API_URL, else http://127.0.0.1:4200].",
-)
-
 
 def _client(api: str | None) -> Any:
     from ferroflow.client import Client
 
     return Client(api)
-
-
-def _server_wanted(api: str | None) -> bool:
-    return api is not None or bool(os.environ.get("FERROFLOW_API_URL"))
 
 
 # ------------------------------------------------------------------------------ server
@@ -115,7 +103,7 @@ def projects_group() -> None:
 @projects_group.command("create")
 @click.argument("name")
 @click.option("--description", "-d", default=None, help="What the project is for.")
-@_api_option
+@api_option
 def projects_create_cmd(name: str, description: str | None, api: str | None) -> int:
     """Create project NAME."""
     project_id = _client(api).create_project(name, description)
@@ -125,7 +113,7 @@ def projects_create_cmd(name: str, description: str | None, api: str | None) -> 
 
 @projects_group.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@_api_option
+@api_option
 def projects_ls_cmd(as_json: bool, api: str | None) -> int:
     """List the projects."""
     projects = _client(api).get_projects()
@@ -144,7 +132,7 @@ def projects_ls_cmd(as_json: bool, api: str | None) -> int:
 
 @projects_group.command("rm")
 @click.argument("name")
-@_api_option
+@api_option
 def projects_rm_cmd(name: str, api: str | None) -> int:
     """Remove project NAME and its flows (their runs stay)."""
     _client(api).delete_project(name)
@@ -163,7 +151,7 @@ def flows_group() -> None:
 @flows_group.command("ls")
 @click.option("--project", "-p", default=None, help="Only this project's flows.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@_api_option
+@api_option
 def flows_ls_cmd(project: str | None, as_json: bool, api: str | None) -> int:
     """List the registered flows (newest versions)."""
     flows = _client(api).get_flows(project)
@@ -183,7 +171,7 @@ def flows_ls_cmd(project: str | None, as_json: bool, api: str | None) -> int:
 @click.argument("flow")
 @click.option("--on/--off", "on", required=True, help="Turn the flow's schedule on or off.")
 @click.option("--project", "-p", default=None, help="The flow's project (when names clash).")
-@_api_option
+@api_option
 def flows_schedule_cmd(flow: str, on: bool, project: str | None, api: str | None) -> int:
     """Turn the schedule of FLOW (a name or a flow id) on or off; off removes its
     future automatic runs that have not started."""
@@ -204,7 +192,7 @@ def flows_schedule_cmd(flow: str, on: bool, project: str | None, api: str | None
 @click.argument("target", metavar="PATH[:FLOW_NAME]")
 @click.option("--project", "-p", required=True, help="The project to register into.")
 @click.option("--label", "-l", "labels", multiple=True, help="A label for its runs.")
-@_api_option
+@api_option
 def register_cmd(target: str, project: str, labels: tuple[str, ...], api: str | None) -> int:
     """Register the flow defined in PATH with the server (same structure: same version)."""
     path, name = base.split_target(target)
@@ -351,14 +339,14 @@ def runs_logs_server(
 
 def _logs_wrapper(original: Callable[..., Any], **kw: Any) -> Any:
     api = kw.pop("api")
-    if _server_wanted(api):
+    if server_wanted(api):
         return runs_logs_server(kw["run_id"], kw["task"], kw["level"], kw["as_json"], api)
     return original(**kw)
 
 
 @click.command("cancel")
 @click.argument("run_id")
-@_api_option
+@api_option
 def runs_cancel_cmd(run_id: str, api: str | None) -> int:
     """Cancel flow run RUN_ID on the server."""
     client = _client(api)
@@ -369,16 +357,6 @@ def runs_cancel_cmd(run_id: str, api: str | None) -> int:
 
 
 # ----------------------------------------------------------------------------- install
-
-
-def _wrap(command: click.Command, wrapper: Callable[..., Any]) -> None:
-    original = command.callback
-    assert original is not None
-
-    def callback(**kwargs: Any) -> Any:
-        return wrapper(original, **kwargs)
-
-    command.callback = callback
 
 
 def _run_wrapper(original: Callable[..., Any], **kw: Any) -> Any:
@@ -401,14 +379,14 @@ def _run_wrapper(original: Callable[..., Any], **kw: Any) -> Any:
 
 def _ls_wrapper(original: Callable[..., Any], **kw: Any) -> Any:
     api = kw.pop("api")
-    if _server_wanted(api):
+    if server_wanted(api):
         return runs_ls_server(kw["limit"], kw["as_json"], api)
     return original(**kw)
 
 
 def _show_wrapper(original: Callable[..., Any], **kw: Any) -> Any:
     api = kw.pop("api")
-    if _server_wanted(api):
+    if server_wanted(api):
         return runs_show_server(kw["run_id"], kw["as_json"], kw["limit"], api)
     return original(**kw)
 
@@ -435,7 +413,7 @@ def install(cli: click.Group) -> None:
             click.Option(["--api"], default=None, metavar="URL", help="The ferroflow server."),
         ]
     )
-    _wrap(run, _run_wrapper)
+    wrap_callback(run, _run_wrapper)
     runs = cli.commands["runs"]
     assert isinstance(runs, click.Group)
     for sub, wrapper in (("ls", _ls_wrapper), ("show", _show_wrapper), ("logs", _logs_wrapper)):
@@ -449,7 +427,7 @@ def install(cli: click.Group) -> None:
                 "the local run store.",
             )
         )
-        _wrap(command, wrapper)
+        wrap_callback(command, wrapper)
     runs.add_command(runs_cancel_cmd)
 
 
