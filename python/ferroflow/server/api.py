@@ -324,6 +324,17 @@ class Agent:
     created: float
     last_heartbeat: float | None
 
+    @staticmethod
+    def of(row: dict[str, Any]) -> Agent:
+        """The type of an ``agents`` row."""
+        return Agent(
+            id=row["id"],
+            name=row["name"],
+            labels=_json(row["labels"], []),
+            created=row["created"],
+            last_heartbeat=row["last_heartbeat"],
+        )
+
 
 @strawberry.enum(description="How flow runs are ordered.")
 class FlowRunOrder(enum.Enum):
@@ -459,16 +470,7 @@ class Query:
     @strawberry.field(description="Agents, most recently seen first.")
     def agents(self, info: Info, limit: int = 100, offset: int = 0) -> list[Agent]:
         """Agents."""
-        return [
-            Agent(
-                id=r["id"],
-                name=r["name"],
-                labels=_json(r["labels"], []),
-                created=r["created"],
-                last_heartbeat=r["last_heartbeat"],
-            )
-            for r in models.list_agents(_db(info), limit, offset)
-        ]
+        return [Agent.of(r) for r in models.list_agents(_db(info), limit, offset)]
 
 
 # -------------------------------------------------------------------------- mutations
@@ -803,14 +805,7 @@ class AgentMutation:
     @strawberry.mutation(description="Register an agent (or refresh its registration).")
     def register_agent(self, info: Info, input: RegisterAgentInput) -> Agent:
         """register_agent."""
-        r = models.register_agent(_db(info), input.name, input.labels, input.agent_id)
-        return Agent(
-            id=r["id"],
-            name=r["name"],
-            labels=_json(r["labels"], []),
-            created=r["created"],
-            last_heartbeat=r["last_heartbeat"],
-        )
+        return Agent.of(models.register_agent(_db(info), input.name, input.labels, input.agent_id))
 
     @strawberry.mutation(description="The due Scheduled runs an agent's labels cover.")
     def get_runs_in_queue(self, info: Info, input: RunsInQueueInput) -> list[FlowRun]:
