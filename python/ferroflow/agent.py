@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ferroflow.exceptions import ApiError, FerroflowError, ServerUnavailableError
+from ferroflow.store import FINISHED_STATES
 
 __all__ = ["CANCEL_GRACE", "MAX_BACKOFF", "POLL_INTERVAL", "Agent", "AgentError"]
 
@@ -53,10 +54,6 @@ CANCEL_GRACE = 3.0
 MAX_BACKOFF = 30.0
 
 logger = logging.getLogger("ferroflow.agent")
-
-_FINISHED = frozenset(
-    {"Success", "Failed", "TimedOut", "TriggerFailed", "Cancelled", "Skipped", "Cached", "Looped"}
-)
 
 
 class AgentError(FerroflowError):
@@ -276,7 +273,7 @@ class Agent:
         """A flow-run process that ended without finishing its run: record why."""
         try:
             run = self.client.get_flow_run(run_id)
-            if run["state"] in _FINISHED:
+            if run["state"] in FINISHED_STATES:
                 return
             state = "Cancelled" if cancelled else "Failed"
             self.client.set_flow_run_state(
