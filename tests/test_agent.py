@@ -569,3 +569,50 @@ def test_a_bad_lease_timeout_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("FERROFLOW_LEASE_TIMEOUT", "soon")
     with pytest.raises(PlatformError, match="FERROFLOW_LEASE_TIMEOUT must be a number"):
         serve(port=0)
+
+
+def _sleeper() -> subprocess.Popen[bytes]:
+    """A real process in a session of its own, as the agent starts its flow-run processes."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("lease", "silent", "stopped"),
+    [
+        ("2", 100.0, True),  # not renewed for longer than most of the lease: stopped
+        ("2", 0.0, False),  # renewed just now: goes on
+        ("0", 100.0, False),  # leases off: the server never runs it elsewhere
+    ],
+)
+def test_an_unrenewed_run_is_stopped_only_when_leases_are_on(
+    monkeypatch: pytest.MonkeyPatch, lease: str, silent: float, stopped: bool
+) -> None:
+    from ferroflow.agent import _Held
+
+    monkeypatch.setenv("FERROFLOW_LEASE_TIMEOUT", lease)
+    agent = Agent(api_url="http://127.0.0.1:9")
+    process = _sleeper()
+    try:
+        agent.held["run"] = _Held("run", process, renewed=time.monotonic() - silent)
+        agent._stop_expired()
+        try:
+            # A SIGKILLed process is reaped at once; one left alone sleeps for a minute.
+            process.wait(timeout=10 if stopped else 1)
+        except subprocess.TimeoutExpired:
+            pass
+        assert (process.poll() is not None) is stopped
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_an_agent_with_a_bad_lease_timeout_is_a_typed_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ferroflow.exceptions import PlatformError
+
+    monkeypatch.setenv("FERROFLOW_LEASE_TIMEOUT", "-1")
+    with pytest.raises(PlatformError, match="FERROFLOW_LEASE_TIMEOUT must be a number"):
+        Agent()

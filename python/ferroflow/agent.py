@@ -93,7 +93,9 @@ class Agent:
         poll_interval: seconds between polls [:data:`POLL_INTERVAL`].
 
     Raises:
-        AgentError: ``max_concurrent_runs`` below 1.
+        AgentError: ``max_concurrent_runs`` below 1, ``poll_interval`` not positive.
+        PlatformError: a malformed ``$FERROFLOW_LEASE_TIMEOUT`` (see
+            :func:`ferroflow.server.lease_timeout`).
 
     Example:
         >>> Agent(labels=["gpu"], max_concurrent_runs=2).labels
@@ -111,6 +113,7 @@ class Agent:
         poll_interval: float = POLL_INTERVAL,
     ) -> None:
         from ferroflow.client import Client
+        from ferroflow.server import lease_timeout
         from ferroflow.store import store_path
 
         if max_concurrent_runs < 1:
@@ -124,7 +127,7 @@ class Agent:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.work_dir = Path(work_dir) if work_dir else store_path().parent / "agent"
         self.poll_interval = poll_interval
-        self.lease_timeout = float(os.environ.get("FERROFLOW_LEASE_TIMEOUT") or 30.0)
+        self.lease_timeout = lease_timeout()
         self.agent_id: str | None = None
         self.held: dict[str, _Held] = {}
         self.runs_started = 0
@@ -290,6 +293,8 @@ class Agent:
     def _stop_expired(self) -> None:
         """Kill the runs whose lease could not be renewed for most of its time: the
         server queues them again, so they must not go on here too."""
+        if not self.lease_timeout:
+            return  # no leases: the server never runs it elsewhere
         now = time.monotonic()
         for run_id, held in self.held.items():
             if now - held.renewed > self.lease_timeout * 0.8:

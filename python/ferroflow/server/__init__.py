@@ -35,11 +35,21 @@ from typing import Any
 
 from ferroflow.exceptions import PlatformError
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "check_host", "serve"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_LEASE_TIMEOUT",
+    "DEFAULT_PORT",
+    "check_host",
+    "lease_timeout",
+    "serve",
+]
 
 #: Where the server listens by default.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
+
+#: Seconds without a heartbeat after which a run held by an agent is lost.
+DEFAULT_LEASE_TIMEOUT = 30.0
 
 
 def check_host(host: str) -> None:
@@ -97,6 +107,23 @@ def _env_seconds(name: str) -> float | None:
     return value
 
 
+def lease_timeout() -> float:
+    """How long a run held by an agent may go without a heartbeat before it is lost, in
+    seconds: ``$FERROFLOW_LEASE_TIMEOUT``, else :data:`DEFAULT_LEASE_TIMEOUT`. 0 turns
+    leases off: the server runs no lost-run monitor and an agent never stops a run for
+    want of a renewal. The server and the agents read the same setting.
+
+    Raises:
+        PlatformError: a value that is not a number of seconds >= 0.
+
+    Example:
+        >>> lease_timeout() >= 0
+        True
+    """
+    lease = _env_seconds("FERROFLOW_LEASE_TIMEOUT")
+    return DEFAULT_LEASE_TIMEOUT if lease is None else lease
+
+
 def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
@@ -119,7 +146,8 @@ def serve(
             [``$FERROFLOW_SCHEDULER_INTERVAL``, else 5].
 
     Raises:
-        PlatformError: a host that is not loopback, or a bad scheduler interval.
+        PlatformError: a host that is not loopback, a bad scheduler interval or lease
+            timeout.
     """
     import uvicorn
 
@@ -128,7 +156,7 @@ def serve(
 
     check_host(host)
     interval = _scheduler_interval(scheduler_interval)
-    lease = _env_seconds("FERROFLOW_LEASE_TIMEOUT")
+    lease = lease_timeout()
     db = open_database(database_url)
 
     def announce(url: str) -> None:
@@ -169,10 +197,9 @@ def serve(
         loop = ServiceLoop(Scheduler(db), interval, name="ferroflow-scheduler")
         loop.start()
     lost = None
-    if lease != 0:
-        from ferroflow.server.services import DEFAULT_LEASE_TIMEOUT, LostRuns, ServiceLoop
+    if lease:
+        from ferroflow.server.services import LostRuns, ServiceLoop
 
-        lease = DEFAULT_LEASE_TIMEOUT if lease is None else lease
         lost = ServiceLoop(LostRuns(db, lease), max(lease / 4, 0.1), name="ferroflow-lost-runs")
         lost.start()
     try:

@@ -50,7 +50,7 @@ from typing import Any, Protocol
 from ferroflow.exceptions import FerroflowError, ScheduleError
 from ferroflow.schedules import Schedule, plan_runs
 from ferroflow.schedules._time import UTC, require_aware, to_utc
-from ferroflow.server import models
+from ferroflow.server import DEFAULT_LEASE_TIMEOUT, models
 from ferroflow.server.database import Database
 
 __all__ = [
@@ -311,10 +311,6 @@ class ServiceLoop:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-
-
-#: Seconds without a heartbeat after which a run held by an agent is lost.
-DEFAULT_LEASE_TIMEOUT = 30.0
 
 
 class LostRuns:
