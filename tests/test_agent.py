@@ -394,6 +394,7 @@ def lease_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lease: str = "
     ("victim", "n", "pause"),
     [
         ("agent", 2000, 0.002),
+        ("agent, own work directories", 2000, 0.002),
         ("flow-run process", 2000, 0.002),
         ("agent", 10_000, 0.0),
         ("agent on dask", 1000, 0.005),
@@ -417,12 +418,17 @@ def test_a_sigkilled_run_finishes_on_another_agent_without_recomputing(
         run_id = srv.client.create_flow_run(
             flow_id, parameters={"xs": list(range(n)), "pause": pause}
         )
-        shared = tmp_path / "shared"  # both agents' work directory: store and checkpoints
+        # Both agents' work directory (their run store), unless each has its own: then
+        # the second copies the first attempt's records from the server. The
+        # checkpoints are in AGENT_TEST_RESULTS, where both agents can read them.
+        shared = tmp_path / "shared"
+        own = victim == "agent, own work directories"
         extra: list[str] = []
         if victim == "agent on dask":
             cluster = request.getfixturevalue("dask_cluster")
             extra = ["--dask-address", cluster.scheduler_address]
-        first = AgentProcess(srv.url, tmp_path / "a1", "--work-dir", str(shared), *extra)
+        work = tmp_path / "w1" if own else shared
+        first = AgentProcess(srv.url, tmp_path / "a1", "--work-dir", str(work), *extra)
         started.append(first)
         wait_for("children to run", lambda: len(ledger.items()) >= n // 4, timeout=120)
         assert finished(srv.client, run_id) is None, srv.client.get_flow_run(run_id)
@@ -446,7 +452,8 @@ def test_a_sigkilled_run_finishes_on_another_agent_without_recomputing(
                 os.kill(pid, signal.SIGKILL)
         finished_before = {int(p.stem) for p in (results / "child").glob("*.bin")}
         assert 0 < len(finished_before) < n
-        second = AgentProcess(srv.url, tmp_path / "a2", "--work-dir", str(shared), *extra)
+        work = tmp_path / "w2" if own else shared
+        second = AgentProcess(srv.url, tmp_path / "a2", "--work-dir", str(work), *extra)
         started.append(second)
         run = wait_for("the run to finish", lambda: finished(srv.client, run_id), timeout=300)
         assert run["state"] == "Success", run["message"]
@@ -457,6 +464,9 @@ def test_a_sigkilled_run_finishes_on_another_agent_without_recomputing(
         again = sorted(i for i in finished_before if counts[i] > 1)
         assert again == [], f"children computed again after they finished: {again[:10]}"
         assert Ledger(str(ledger.path) + ".totals").items() == [3 * sum(range(n))]
+        if own:
+            logs = "".join(p.read_text() for p in (tmp_path / "w2" / "logs").iterdir())
+            assert "copied attempt" in logs, logs
     finally:
         for a in started:
             a.stop()

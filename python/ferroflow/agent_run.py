@@ -103,6 +103,21 @@ def build_flow(storage: dict[str, Any], work_dir: Path) -> Any:
     return flow
 
 
+def _fetch_attempt(client: Any, run_id: str, local_id: str) -> None:
+    """Make the earlier attempt ``local_id`` of server run ``run_id`` resumable here: when
+    this agent's store does not have it (it ran on another agent, with another work
+    directory), copy the run's records from the server into the store."""
+    from ferroflow.store import import_flow_run, open_store, store_path
+
+    path = store_path()
+    if path.exists():
+        with open_store(path) as store:
+            if store.flow_run(local_id) is not None:
+                return
+    if import_flow_run(path, local_id, client.flow_run_records(run_id)):
+        print(f"flow run {run_id}: copied attempt {local_id} from the server", file=sys.stderr)
+
+
 def _fail(client: Any, run_id: str, message: str) -> None:
     run = client.get_flow_run(run_id)
     client.set_flow_run_state(run_id, int(run["version"]), "Failed", message)
@@ -178,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if resume is not None:
             try:
+                _fetch_attempt(client, run_id, resume)
                 flow.run(resume=resume, on_start=on_start, **options)
                 return 0
-            except (ResumeError, StoreError) as exc:
-                # Not in this agent's store (no shared work directory): run it again.
+            except (ApiError, ResumeError, StoreError) as exc:
                 print(f"flow run {run_id}: cannot resume {resume} here ({exc})", file=sys.stderr)
         flow.run(parameters=dict(run["parameters"] or {}), on_start=on_start, **options)
     except KeyboardInterrupt:

@@ -511,8 +511,11 @@ class Client:
         return dict(data["flow"])
 
     def get_agents(self) -> list[dict[str, Any]]:
-        """Every agent (id, name, labels, created, last_heartbeat), last seen first."""
-        data = self.graphql("{ agents(limit: 1000) { id name labels created last_heartbeat } }")
+        """Every agent (id, name, labels, created, last_heartbeat, runs_held), last seen
+        first."""
+        data = self.graphql(
+            "{ agents(limit: 1000) { id name labels created last_heartbeat runs_held } }"
+        )
         return list(data["agents"])
 
     def register_agent(
@@ -573,6 +576,22 @@ class Client:
                 }
             },
         )
+
+    def flow_run_records(self, flow_run_id: str) -> dict[str, Any]:
+        """What resuming the run on this machine needs (see
+        :func:`ferroflow.store.import_flow_run`): ``flow_name``, ``parameters``,
+        ``state``, ``message``, ``started``, ``structure`` and ``journal`` (the blobs, as
+        bytes, in order)."""
+        import base64
+
+        data = self.graphql(
+            "query($id: String!) { flow_run_records(id: $id) { flow_name parameters state "
+            "message started structure journal } }",
+            {"id": flow_run_id},
+        )
+        got = dict(data["flow_run_records"])
+        got["journal"] = [base64.b64decode(b) for b in got["journal"]]
+        return got
 
     def resume_flow_run(self, flow_run_id: str) -> str:
         """Queue a run that ended without succeeding again: the next agent resumes it from

@@ -60,6 +60,7 @@ class Reporter:
         self.journal_seq = 0
         self.log_seq = 0
         self.same_store = False
+        self.structure_sent = False
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -113,7 +114,7 @@ class Reporter:
         try:
             row = con.execute(
                 "SELECT key, flow_name, parameters, state, message, started, ended, pid, host, "
-                "resumed_from FROM flow_runs WHERE id = ?",
+                "resumed_from, structure FROM flow_runs WHERE id = ?",
                 (self.flow_run_id,),
             ).fetchone()
             if row is None:
@@ -145,6 +146,8 @@ class Reporter:
         names = ("flow_name", "parameters", "state", "message", "started", "ended", "pid")
         run = dict(zip(names, row[1:8], strict=True))
         run.update(id=self.flow_run_id, host=row[8], resumed_from=row[9])
+        if row[10] is not None and not self.structure_sent:
+            run["structure"] = row[10]  # what a resume elsewhere compares; sent once
         batch = {
             "store_path": str(self.store),
             "host": socket.gethostname(),
@@ -183,6 +186,7 @@ class Reporter:
             self.last_error = str(errors[0].get("message"))
             return "failed"
         self.journal_seq = int(answer["journal_seq"])
+        self.structure_sent = self.structure_sent or "structure" in batch["flow_run"]
         self.log_seq = int(answer["log_seq"])
         self.last_error = None
         return "done" if complete and ended else "more"

@@ -44,6 +44,7 @@ __all__ = [
     "TaskRunInfo",
     "TransitionInfo",
     "errors_by_run",
+    "import_flow_run",
     "open_store",
     "store_path",
 ]
@@ -456,3 +457,68 @@ def open_store(path: str | os.PathLike[str] | None = None) -> RunStore:
     """
     target = store_path() if path is None else Path(path)
     return RunStore(_native.Store(os.fspath(target)))
+
+
+def import_flow_run(
+    path: str | os.PathLike[str], flow_run_id: str, records: dict[str, Any]
+) -> bool:
+    """Copy a flow run recorded elsewhere into the store at ``path``, as the run
+    ``flow_run_id``, so that ``flow.run(resume=flow_run_id)`` here restores its finished,
+    checkpointed tasks (those whose result locations this machine can read; the rest run
+    again). ``records`` is what :meth:`ferroflow.client.Client.flow_run_records` returns:
+    ``flow_name``, ``parameters`` (a dict), ``message``, ``started``, ``structure`` and
+    ``journal`` (the blobs, in order). The copy is recorded ``Interrupted`` (it is not
+    running here). False, changing nothing, when the store already has that run.
+
+    Raises:
+        StoreError: the store cannot be opened or written, or ``records`` is malformed.
+    """
+    import sqlite3
+    import time
+
+    from ferroflow.exceptions import StoreError
+
+    target = Path(path)
+    open_store(target).close()  # created and migrated by the native store
+    try:
+        name = str(records["flow_name"])
+        params = json.dumps(records.get("parameters") or {}, sort_keys=True)
+        blobs = [bytes(b) for b in records.get("journal") or ()]
+        started = float(records.get("started") or time.time())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(
+            f"cannot import flow run {flow_run_id}: malformed records ({exc})"
+        ) from exc
+    structure = records.get("structure")
+    message = f"copied from the server to resume it here ({records.get('message') or ''})"
+    try:
+        con = sqlite3.connect(os.fspath(target), timeout=30, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            if con.execute("SELECT 1 FROM flow_runs WHERE id = ?", (flow_run_id,)).fetchone():
+                con.execute("ROLLBACK")
+                return False
+            cur = con.execute(
+                "INSERT INTO flow_runs(id, flow_name, parameters, state, message, started, "
+                "ended, structure) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    flow_run_id,
+                    name,
+                    params,
+                    FLOW_INTERRUPTED,
+                    message,
+                    started,
+                    time.time(),
+                    structure if isinstance(structure, str) else None,
+                ),
+            )
+            key = cur.lastrowid
+            con.executemany(
+                "INSERT INTO journal(flow_run, data) VALUES (?, ?)", ((key, b) for b in blobs)
+            )
+            con.execute("COMMIT")
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot import flow run {flow_run_id} into {target}: {exc}") from exc
+    return True

@@ -13,6 +13,7 @@ message (see :func:`ferroflow.server.app.execute`).
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 from functools import partial
@@ -323,16 +324,20 @@ class Agent:
     labels: list[str]
     created: float
     last_heartbeat: float | None
+    runs_held: int = strawberry.field(
+        description="Runs it holds now (Pending, Running, Cancelling)."
+    )
 
     @staticmethod
     def of(row: dict[str, Any]) -> Agent:
-        """The type of an ``agents`` row."""
+        """The type of an ``agents`` row (``runs_held`` 0 unless the row has it)."""
         return Agent(
             id=row["id"],
             name=row["name"],
             labels=_json(row["labels"], []),
             created=row["created"],
             last_heartbeat=row["last_heartbeat"],
+            runs_held=int(row.get("runs_held") or 0),
         )
 
 
@@ -357,6 +362,19 @@ class FlowRunFilter:
     labels: list[str] | None = None
     started_after: float | None = None
     started_before: float | None = None
+
+
+@strawberry.type(description="A flow run's records, for a resume on another machine.")
+class FlowRunRecords:
+    """The run's name, parameters, state and structure and its journal blobs."""
+
+    flow_name: str
+    parameters: JSON
+    state: str
+    message: str | None
+    started: float | None
+    structure: str | None
+    journal: list[str]
 
 
 # ---------------------------------------------------------------------------- queries
@@ -471,6 +489,19 @@ class Query:
     def agents(self, info: Info, limit: int = 100, offset: int = 0) -> list[Agent]:
         """Agents."""
         return [Agent.of(r) for r in models.list_agents(_db(info), limit, offset)]
+
+    @strawberry.field(
+        description="What resuming a run on another machine needs: its records, every "
+        "journal blob base64-encoded in order."
+    )
+    def flow_run_records(self, info: Info, id: str) -> FlowRunRecords:
+        """A run's records (see models.export_records)."""
+        got = models.export_records(_db(info), id)
+        return FlowRunRecords(
+            **{k: got[k] for k in ("flow_name", "state", "message", "started", "structure")},
+            parameters=_json(got["parameters"], {}),
+            journal=[base64.b64encode(b).decode("ascii") for b in got["journal"]],
+        )
 
 
 # -------------------------------------------------------------------------- mutations

@@ -969,12 +969,22 @@ def list_logs(
 
 
 def list_agents(db: Database, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-    """Agents, most recently seen first."""
+    """Agents, most recently seen first, each with ``runs_held``: how many runs it holds
+    now (``Pending``, ``Running`` or ``Cancelling``)."""
     limit, offset = _page(limit, offset)
-    return db.fetchall(
+    rows = db.fetchall(
         "SELECT * FROM agents ORDER BY last_heartbeat DESC, created DESC LIMIT ? OFFSET ?",
         (limit, offset),
     )
+    held = {
+        r["agent_id"]: int(r["n"])
+        for r in db.fetchall(
+            "SELECT agent_id, COUNT(*) AS n FROM flow_runs "
+            "WHERE state IN ('Pending', 'Running', 'Cancelling') AND agent_id IS NOT NULL "
+            "GROUP BY agent_id"
+        )
+    }
+    return [{**r, "runs_held": held.get(r["id"], 0)} for r in rows]
 
 
 # ------------------------------------------------------------------------------ ingest
@@ -1058,11 +1068,32 @@ def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
                     (run["id"], task_run, int(level), float(at), str(message)),
                 )
                 log_seq = int(seq)
+        structure = run.get("structure")
         db.execute(
-            "UPDATE flow_runs SET ingest_journal_seq = ?, ingest_log_seq = ? WHERE key = ?",
-            (journal_seq, log_seq, key),
+            "UPDATE flow_runs SET ingest_journal_seq = ?, ingest_log_seq = ?, "
+            "structure = COALESCE(?, structure) WHERE key = ?",
+            (journal_seq, log_seq, structure if isinstance(structure, str) else None, key),
         )
     return {"journal_seq": journal_seq, "log_seq": log_seq}
+
+
+def export_records(db: Database, flow_run_id: str) -> dict[str, Any]:
+    """What another machine needs to resume the run from its checkpoints: its flow
+    name, parameters, state, message, start, the recorded flow structure (or None) and
+    every journal blob the server holds for it (all attempts, in order), as
+    ``{"flow_name", "parameters", "state", "message", "started", "structure",
+    "journal"}``. ApiError when the run is unknown."""
+    run = get_flow_run(db, flow_run_id)
+    row = db.fetchone("SELECT structure FROM flow_runs WHERE key = ?", (run["key"],))
+    return {
+        "flow_name": run["flow_name"],
+        "parameters": run["parameters"],
+        "state": run["state"],
+        "message": run["message"],
+        "started": run["started"],
+        "structure": None if row is None else row["structure"],
+        "journal": [data for _, data in _journal(db, run["key"])],
+    }
 
 
 # ------------------------------------------------------------------ agents: claims
@@ -1117,13 +1148,25 @@ def get_runs_in_queue(
     agent = _agent(db, agent_id)
     have = set(json.loads(agent["labels"] or "[]"))
     due = _finite(before, "before")
-    rows = db.fetchall(
-        f"SELECT {_FLOW_RUN_COLS} FROM flow_runs r WHERE r.state = 'Scheduled' "
-        "AND r.flow_id IS NOT NULL AND r.scheduled_start <= ? "
-        "ORDER BY r.scheduled_start, r.key LIMIT ?",
-        (due if due is not None else _now(), MAX_PAGE),
-    )
-    return [r for r in rows if set(json.loads(r["labels"] or "[]")) <= have][:limit]
+    due = due if due is not None else _now()
+    # Labels are JSON lists, matched here; the due runs are read a page at a time (in
+    # (scheduled_start, key) order) until enough match, so runs this agent cannot take
+    # never hide the ones it can.
+    found: list[dict[str, Any]] = []
+    after: tuple[float, int] = (float("-inf"), -1)
+    while len(found) < limit:
+        rows = db.fetchall(
+            f"SELECT {_FLOW_RUN_COLS} FROM flow_runs r WHERE r.state = 'Scheduled' "
+            "AND r.flow_id IS NOT NULL AND r.scheduled_start <= ? "
+            "AND (r.scheduled_start > ? OR (r.scheduled_start = ? AND r.key > ?)) "
+            "ORDER BY r.scheduled_start, r.key LIMIT ?",
+            (due, after[0], after[0], after[1], MAX_PAGE),
+        )
+        found += [r for r in rows if set(json.loads(r["labels"] or "[]")) <= have]
+        if len(rows) < MAX_PAGE:
+            break
+        after = (float(rows[-1]["scheduled_start"]), int(rows[-1]["key"]))
+    return found[:limit]
 
 
 def claim_flow_run(db: Database, agent_id: str, flow_run_id: str, version: int) -> dict[str, Any]:
@@ -1268,10 +1311,35 @@ def requeue_lost_runs(
                 ),
             )
             if changed:
+                _mark_running_task_runs(
+                    db,
+                    row["key"],
+                    "Cancelled" if state == "Cancelled" else "Failed",
+                    f"lost with its flow run (no heartbeat for {silent:.0f} s)",
+                )
                 if state != "Cancelled":
                     audit(db, "lost_flow_run", row["id"], {"state": state})
                 done += 1
     return done
+
+
+def _mark_running_task_runs(db: Database, key: int, state: str, message: str) -> int:
+    """Record every task run of flow run ``key`` still ``Running`` as ``state`` with
+    ``message`` (one journal blob per page of them): what a lost run was doing is not
+    left looking alive. How many."""
+    from ferroflow import _native
+
+    marked = 0
+    while True:
+        _, rows = _fold(db, key).page(states=["Running"], offset=0, limit=MAX_PAGE)
+        if not rows:
+            return marked
+        now = _now()
+        blob = _native.journal_encode_transitions(
+            [(int(r["run"]), state, message, int(r["run_count"]), now) for r in rows]
+        )
+        db.execute("INSERT INTO journal(flow_run, data) VALUES (?, ?)", (key, blob))
+        marked += len(rows)
 
 
 def resume_flow_run(db: Database, flow_run_id: str) -> dict[str, Any]:
