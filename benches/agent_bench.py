@@ -7,6 +7,10 @@
    once, the time until all finished (each exactly once: counted), as runs per second,
    beside the same 200 flows run locally one after another in one process
    (``flow.run()``, recorded in the local store).
+3. **Cancel to Cancelled**: a run whose task sleeps; from ``cancel_flow_run`` until the
+   server shows the run ``Cancelled`` (the agent sees ``Cancelling`` at its next poll,
+   sends SIGINT, the engine records the run), the median of ``--cancel-runs``. Target:
+   under 5 s.
 
 A real server (``ferroflow server start``, SQLite store) and real agent processes::
 
@@ -46,6 +50,16 @@ def second(x):
 
 with Flow("short") as short:
     second(first(Parameter("n")))
+
+@task
+def nap(n):
+    with open(MARKS, "a") as f:
+        f.write(f"{n} {time.time()}\n")
+    for _ in range(600):
+        time.sleep(0.1)
+
+with Flow("sleepy") as sleepy:
+    nap(Parameter("n"))
 """
 
 
@@ -100,6 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--latency-runs", type=int, default=15)
+    parser.add_argument("--cancel-runs", type=int, default=5)
     args = parser.parse_args()
     from ferroflow.cli import load_module
     from ferroflow.client import Client
@@ -118,6 +133,7 @@ def main() -> None:
             client = Client(url)
             client.create_project("bench")
             flow_id = str(client.register(module.short, "bench", source=src)["id"])
+            sleepy_id = str(client.register(module.sleepy, "bench", source=src)["id"])
             agents.append(_agent(url, root / "a1"))
             time.sleep(3)  # registered and idle
             latencies = []
@@ -131,6 +147,23 @@ def main() -> None:
                 "median": round(statistics.median(latencies), 3),
                 "min": round(min(latencies), 3),
                 "max": round(max(latencies), 3),
+            }
+            cancels = []
+            for i in range(args.cancel_runs):
+                run_id = client.create_flow_run(sleepy_id, parameters={"n": 200_000 + i})
+                deadline = time.monotonic() + 60
+                while 200_000 + i not in _marks(marks):
+                    if time.monotonic() > deadline:
+                        raise SystemExit("the sleeping task never started")
+                    time.sleep(0.02)
+                t0 = time.perf_counter()
+                client.cancel_flow_run(run_id)
+                (run,) = _wait_all(client, [run_id], 60)
+                cancels.append(time.perf_counter() - t0)
+                assert run["state"] == "Cancelled", run
+            out["cancel_to_cancelled_s"] = {
+                "median": round(statistics.median(cancels), 3),
+                "max": round(max(cancels), 3),
             }
             agents.append(_agent(url, root / "a2", "--max-concurrent", "4"))
             agents[0].send_signal(signal.SIGTERM)

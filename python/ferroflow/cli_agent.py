@@ -22,6 +22,7 @@ from rich.text import Text
 
 from ferroflow import cli as base
 from ferroflow._cli_api import api_option, server_wanted, wrap_callback
+from ferroflow.agent import POLL_INTERVAL
 from ferroflow.cli import EXIT_OK, CliError
 
 __all__ = ["install"]
@@ -41,7 +42,11 @@ def agent_group() -> None:
 @click.option("--name", default=None, help="Shown by 'ferroflow agents ls'.")
 @click.option("--work-dir", default=None, help="Where the runs record locally first.")
 @click.option(
-    "--poll-interval", default=0.5, show_default=True, type=float, help="Seconds between polls."
+    "--poll-interval",
+    default=POLL_INTERVAL,
+    show_default=True,
+    type=float,
+    help="Seconds between polls.",
 )
 @api_option
 def agent_start_cmd(
@@ -94,13 +99,6 @@ def agents_ls_cmd(as_json: bool, api: str | None) -> int:
 
     client = Client(api)
     agents = client.get_agents()
-    held: dict[str, int] = {}
-    for run in client.get_flow_runs(limit=1000, states=["Pending", "Running", "Cancelling"]):
-        agent_id = run.get("agent_id")
-        if agent_id:
-            held[agent_id] = held.get(agent_id, 0) + 1
-    for a in agents:
-        a["runs_held"] = held.get(a["id"], 0)
     if as_json:
         base._echo_json(agents)
         return EXIT_OK
