@@ -54,7 +54,7 @@ with Flow("short") as short:
 @task
 def nap(n):
     with open(MARKS, "a") as f:
-        f.write(f"{n} {time.time()}\n")
+        f.write(f"{n} {time.time()}\\n")
     for _ in range(600):
         time.sleep(0.1)
 
