@@ -71,7 +71,8 @@ doctest: build
 release-check: check-wheel stubtest
 
 # System packages the tests need: PostgreSQL (Debian's `postgresql`; the test fixture starts
-# a private server from its binaries). Installed with apt-get when root, else the command
+# a private server from its binaries) and Chromium (Debian's `chromium`, which Playwright
+# drives for the UI's browser tests; never `playwright install`). Installed with apt-get when root, else the command
 # is printed and make stops.
 sysdeps:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
@@ -82,6 +83,16 @@ sysdeps:
 			|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }; \
 	else \
 		echo "the tests need PostgreSQL: run  sudo apt-get install -y postgresql" >&2; \
+		exit 1; \
+	fi
+	@if [ -x /usr/bin/chromium ]; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium (for the UI's browser tests)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+			|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
+	else \
+		echo "the UI tests need Chromium: run  sudo apt-get install -y chromium" >&2; \
 		exit 1; \
 	fi
 

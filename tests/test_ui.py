@@ -71,7 +71,7 @@ def test_index_lists_runs_with_links(ui: str) -> None:
     assert status == 200 and kind.startswith("text/html")
     assert f'href="/runs/{failed_id}"' in body and f'href="/runs/{ok_id}"' in body
     assert "ui-failing" in body and "ui-ok" in body
-    assert ">Failed<" in body and ">Success<" in body
+    assert "✗ Failed</span>" in body and "✓ Success</span>" in body
 
 
 def test_run_page_shows_tasks_failures_and_escapes_names(ui: str) -> None:
@@ -84,70 +84,125 @@ def test_run_page_shows_tasks_failures_and_escapes_names(ui: str) -> None:
     # The failure, with the traceback the store kept for it.
     assert "Failures (1)" in body
     assert "two is not allowed" in body and "Traceback (most recent call last)" in body
-    # Counts by state for the mapped task (tags stripped): its own run and its children.
-    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", body.split("Runs by state", 1)[1]))
-    row = text.split("&lt;b&gt;risky&lt;/b&gt;", 1)[1].split("Failures", 1)[0]
-    assert sorted(part.strip() for part in row.split(",")) == ["1 Failed", "1 Mapped", "2 Success"]
+    # One row per task: the mapped task's own run and its children counted by state.
+    status, _kind, text = _get(f"{ui}api/runs/{failed_id[:8]}")
+    tasks = {t["name"]: t for t in json.loads(text)["tasks"]}
+    risky = tasks["<b>risky</b>"]
+    assert risky["own"] == "Mapped" and risky["children"] == {"Failed": 1, "Success": 2}
+    assert risky["state"] == "Failed" and risky["total"] == 4
+    row = body.split(f'<tr data-task="{risky["task"]}"', 1)[1].split("</tr>", 1)[0]
+    assert "1 <span class=\"badge st-fail\">✗ Failed</span>" in row
+    assert "2 <span class=\"badge st-ok\">✓ Success</span>" in row
 
 
 def test_json_api_matches_the_store(ui: str) -> None:
     failed_id, ok_id = _record_runs()
     status, kind, body = _get(f"{ui}api/runs")
     assert status == 200 and kind.startswith("application/json")
-    listed = {r["id"]: r for r in json.loads(body)}
+    listed = {r["id"]: r for r in json.loads(body)["runs"]}
     assert set(listed) == {failed_id, ok_id}
     assert listed[failed_id]["state"] == "Failed"
+    # Every page's JSON twin is the same data: /api/<path> and <path>?format=json.
     status, _kind, body = _get(f"{ui}api/runs/{failed_id}")
     data: dict[str, Any] = json.loads(body)
+    assert json.loads(_get(f"{ui}runs/{failed_id}?format=json")[2])["tasks"] == data["tasks"]
     with open_store() as store:
-        expected = [t.to_dict() for t in store.task_runs(failed_id)]
+        expected = store.task_runs(failed_id)
     assert data["flow_run"]["id"] == failed_id
-    assert data["task_runs"] == json.loads(json.dumps(expected))
+    assert data["task_run_count"] == len(expected)
+    assert sum(t["total"] for t in data["tasks"]) == len(expected)
     assert any("two is not allowed" in entry["message"] for entry in data["logs"])
+    (failure,) = data["failures"]
+    assert failure["map_index"] == 1 and failure["state"] == "Failed"
+    assert "Traceback" in failure["errors"][0]
 
 
 RUNNING = "feed0001-0000-4000-8000-000000000001"
 RESUMED = "feed0002-0000-4000-8000-000000000002"
 
 
-def test_running_runs_refresh_and_long_runs_are_cut(ui: str) -> None:
-    """A page with a running run on it refreshes itself, a finished one does not; a run
-    page shows ``?limit`` task runs and links to the rest; a resumed run links back."""
+def test_a_running_run_is_live_and_children_are_paged(ui: str) -> None:
+    """A running run's page polls its live JSON (a finished one does not); a mapped
+    task is one row of counts, its children come 50 a page; a resumed run links back."""
     now = time.time()
     with _native.Recorder(str(store_path())) as rec:
         # Running in this very process: not taken for an interrupted run.
         rec.flow_run_started(RUNNING, "busy", "{}", now - 5, os.getpid(), socket.gethostname())
         rec.task_runs(RUNNING, [(0, 0, "src", None), (1, 1, "work", None)])
-        rec.map_children(RUNNING, 1, "work", 2, 5)
+        rec.map_children(RUNNING, 1, "work", 2, 120)
         rec.flow_run_started(RESUMED, "busy", "{}", now - 1, resumed_from=RUNNING)
         rec.flow_run_ended(RESUMED, "Success", None, now)
-    refresh = '<meta http-equiv="refresh"'
-    _status, _kind, index = _get(ui)
-    assert refresh in index
-    assert re.search(r"<td class=\"num\">[0-9.]+ s\+</td>", index)  # still counting
-    status, _kind, running = _get(f"{ui}runs/{RUNNING}?limit=3")
-    assert status == 200 and refresh in running
-    assert "<th>Task runs</th><td>7: " in running  # all seven task runs are counted...
-    assert len(re.findall(r"<tr><td class=\"num\">\d+</td>", running)) == 3  # ...3 listed
-    assert f'4 more: <a href="/runs/{RUNNING}?limit=0">show all</a>' in running
-    _status, _kind, everything = _get(f"{ui}runs/{RUNNING}?limit=0")
-    assert len(re.findall(r"<tr><td class=\"num\">\d+</td>", everything)) == 7
-    assert "more:" not in everything
+    _status, _kind, runs = _get(f"{ui}runs")
+    assert re.search(r"<td class=\"num\">[0-9.]+ s\+</td>", runs)  # still counting
+    status, _kind, running = _get(f"{ui}runs/{RUNNING}")
+    assert status == 200 and f'data-live="/runs/{RUNNING}/live"' in running
+    assert "122: " in running  # every task run is counted...
+    assert "task-run-table" not in running  # ...none listed until a task is chosen
+    live = json.loads(_get(f"{ui}runs/{RUNNING}/live")[2])
+    assert live["state"] == "Running" and not live["finished"]
+    assert live["tasks"]["1"]["total"] == 121
+    _status, _kind, page = _get(f"{ui}runs/{RUNNING}?task=1")
+    rows = page.split('id="task-run-table"', 1)[1].split("</table>", 1)[0]
+    assert rows.count("<tr><td class=\"num\">") == 50
+    assert f'href="/runs/{RUNNING}?task=1&amp;offset=50#task-runs" rel="next"' in page
+    _status, _kind, last = _get(f"{ui}runs/{RUNNING}?task=1&offset=100")
+    rows = last.split('id="task-run-table"', 1)[1].split("</table>", 1)[0]
+    assert rows.count("<tr><td class=\"num\">") == 21 and 'rel="next"' not in last
+    assert "work[119]" in rows
     status, _kind, resumed = _get(f"{ui}runs/{RESUMED}")
-    assert status == 200 and refresh not in resumed
-    assert f'Resumed from</th><td><a href="/runs/{RUNNING}"><code>{RUNNING[:8]}</code>' in resumed
+    assert status == 200 and "data-live=" not in resumed
+    assert f'<a href="/runs/{RUNNING}"><code>{RUNNING[:8]}</code></a>' in resumed
+
+
+def test_a_big_map_is_drawn_once_and_timed_per_task(ui: str) -> None:
+    """The schematic draws the graph's edges and a mapped task once with its counts;
+    the timeline has one bar per task and one for all its children."""
+
+    @task
+    def src() -> list[int]:
+        return list(range(300))
+
+    @task
+    def inc(x: int) -> int:
+        return x + 1
+
+    @task
+    def total(xs: list[int]) -> int:
+        return sum(xs)
+
+    with Flow("ui-big") as flow:
+        total(inc.map(src()))
+    assert flow.run().is_successful()
+    with open_store() as store:
+        (run,) = store.list_flow_runs()
+    _status, _kind, body = _get(f"{ui}runs/{run.id}")
+    svg = body.split('id="schematic-svg"', 1)[1].split("</svg>", 1)[0]
+    assert svg.count('class="node ') == 3 and svg.count('class="edge') == 2
+    assert svg.count('class="edge mapped"') == 1
+    assert "✓ 300</text>" in svg
+    timeline = body.split('id="timeline-svg"', 1)[1].split("</svg>", 1)[0]
+    # src, inc's 300 children, total (inc's own run, Mapped, never ran)
+    assert timeline.count('class="bar ') == 3
+    assert "inc ×300" in timeline
 
 
 def test_bad_requests_are_readable_errors(ui: str) -> None:
     _record_runs()
     status, _kind, body = _get(f"{ui}runs/feedbeef")
-    assert status == 404 and "no flow run with id &#x27;feedbeef&#x27;" in body
+    assert status == 404 and "no flow run with id &#39;feedbeef&#39;" in body
     status, _kind, body = _get(f"{ui}api/runs/feedbeef")
     assert status == 404 and json.loads(body) == {"error": "no flow run with id 'feedbeef'"}
     status, _kind, body = _get(f"{ui}nowhere")
     assert status == 404 and "nothing at /nowhere" in body
-    status, _kind, body = _get(f"{ui}?limit=lots")
+    status, _kind, body = _get(f"{ui}runs?limit=lots")
     assert status == 400 and "limit must be a number" in body
+    failed_id, _ = _record_runs()
+    status, _kind, body = _get(f"{ui}runs/{failed_id}?level=LOUD")
+    assert status == 400 and "unknown log level &#39;LOUD&#39;" in body
+    status, _kind, body = _get(f"{ui}api/runs/{failed_id}?task=99")
+    assert status == 400 and json.loads(body)["error"].endswith("has no task 99")
+    status, _kind, body = _get(f"{ui}runs/{failed_id}?offset=x&task=0")
+    assert status == 400 and "offset must be a number" in body
     status, _kind, body = _get(f"{ui}api/runs?limit=-1")
     assert status == 400 and "limit" in json.loads(body)["error"]
 

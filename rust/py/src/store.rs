@@ -907,6 +907,16 @@ impl PyJournalFold {
             .collect()
     }
 
+    /// `(task, task_name, is_mapped_child, runs, earliest_start, latest_end)` rows,
+    /// ordered by task, own run before children: one timeline bar per task.
+    #[allow(clippy::type_complexity)]
+    fn spans(&self, py: Python<'_>) -> Vec<(u32, String, bool, u64, Option<f64>, Option<f64>)> {
+        py.detach(|| lock(&self.inner).spans())
+            .into_iter()
+            .map(|(t, name, child, n, s, e)| (t.0, name, child, n, s, e))
+            .collect()
+    }
+
     /// Task run `run` as a dict (like `Store.task_runs`), or None.
     fn get<'py>(&self, py: Python<'py>, run: u32) -> PyResult<Option<Bound<'py, PyDict>>> {
         let row = lock(&self.inner).get(RunId(run));
