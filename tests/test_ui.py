@@ -11,8 +11,9 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,8 @@ def test_run_page_shows_tasks_failures_and_escapes_names(ui: str) -> None:
     assert risky["own"] == "Mapped" and risky["children"] == {"Failed": 1, "Success": 2}
     assert risky["state"] == "Failed" and risky["total"] == 4
     row = body.split(f'<tr data-task="{risky["task"]}"', 1)[1].split("</tr>", 1)[0]
-    assert "1 <span class=\"badge st-fail\">✗ Failed</span>" in row
-    assert "2 <span class=\"badge st-ok\">✓ Success</span>" in row
+    assert '1 <span class="badge st-fail">✗ Failed</span>' in row
+    assert '2 <span class="badge st-ok">✓ Success</span>' in row
 
 
 def test_json_api_matches_the_store(ui: str) -> None:
@@ -143,11 +144,11 @@ def test_a_running_run_is_live_and_children_are_paged(ui: str) -> None:
     assert live["tasks"]["1"]["total"] == 121
     _status, _kind, page = _get(f"{ui}runs/{RUNNING}?task=1")
     rows = page.split('id="task-run-table"', 1)[1].split("</table>", 1)[0]
-    assert rows.count("<tr><td class=\"num\">") == 50
+    assert rows.count('<tr><td class="num">') == 50
     assert f'href="/runs/{RUNNING}?task=1&amp;offset=50#task-runs" rel="next"' in page
     _status, _kind, last = _get(f"{ui}runs/{RUNNING}?task=1&offset=100")
     rows = last.split('id="task-run-table"', 1)[1].split("</table>", 1)[0]
-    assert rows.count("<tr><td class=\"num\">") == 21 and 'rel="next"' not in last
+    assert rows.count('<tr><td class="num">') == 21 and 'rel="next"' not in last
     assert "work[119]" in rows
     status, _kind, resumed = _get(f"{ui}runs/{RESUMED}")
     assert status == 200 and "data-live=" not in resumed
@@ -183,7 +184,7 @@ def test_a_big_map_is_drawn_once_and_timed_per_task(ui: str) -> None:
     timeline = body.split('id="timeline-svg"', 1)[1].split("</svg>", 1)[0]
     # src, inc's 300 children, total (inc's own run, Mapped, never ran)
     assert timeline.count('class="bar ') == 3
-    assert "inc ×300" in timeline
+    assert "inc \u00d7300" in timeline
 
 
 def test_bad_requests_are_readable_errors(ui: str) -> None:
@@ -251,3 +252,182 @@ def test_a_taken_port_is_a_usage_error() -> None:
         )
     assert out.returncode == 2
     assert f"cannot serve on 127.0.0.1:{port}" in out.stderr
+
+
+# ------------------------------------------------------------- the server's UI and actions
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _post(
+    url: str, fields: dict[str, str], headers: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """POST a form; (status, Location or "", body), redirects not followed."""
+    data = urllib.parse.urlencode(fields).encode()
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST")
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(req, timeout=30) as r:
+            return r.status, r.headers.get("Location", ""), r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers.get("Location", ""), err.read().decode()
+
+
+@pytest.fixture
+def served_app() -> Iterator[Callable[..., str]]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1 (a free port) in a thread."""
+    import threading
+
+    import uvicorn
+
+    servers: list[tuple[Any, threading.Thread]] = []
+
+    def serve(app: Any) -> str:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.01)
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    yield serve
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _registered(db: Any) -> str:
+    from ferroflow import Parameter
+    from ferroflow.client import flow_structure
+    from ferroflow.server import models
+
+    @task
+    def scale(n: int, factors: list[float], label: str) -> list[float]:
+        return [n * f for f in factors]
+
+    with Flow("scaler") as flow:
+        scale(
+            Parameter("n", type=int),
+            Parameter("factors", default=[1.0], type=list),
+            Parameter("label", default="x"),
+        )
+    models.create_project(db, "team")
+    got = models.register_flow(
+        db,
+        project_name="team",
+        name="scaler",
+        structure=flow_structure(flow),
+        storage={"type": "source", "source": "", "filename": "x.py", "flow_name": "scaler"},
+    )
+    return str(got["id"])
+
+
+def test_the_server_serves_the_ui_and_its_run_form_validates(
+    served_app: Callable[..., str],
+) -> None:
+    from ferroflow.server import models
+    from ferroflow.server.app import create_app
+    from ferroflow.server.database import SqliteDatabase
+
+    db = SqliteDatabase(store_path())
+    try:
+        flow_id = _registered(db)
+        url = served_app(create_app(db))
+        status, _kind, body = _get(f"{url}/")
+        assert status == 200 and "Dashboard" in body
+        status, _kind, body = _get(f"{url}/flows/{flow_id}")
+        assert status == 200 and 'name="param.n"' in body and "(int, required)" in body
+        flows = json.loads(_get(f"{url}/api/flows")[2])
+        assert flows["projects"] == [
+            {
+                "name": "team",
+                "flows": [{"id": flow_id, "name": "scaler", "version": 1, "schedule": None}],
+            }
+        ]
+        run_url = f"{url}/flows/{flow_id}/run"
+        # Each bad value is a readable error naming the parameter; nothing is created.
+        for fields, message in [
+            ({"param.n": "three"}, "parameter &#39;n&#39; must be int"),
+            ({"param.n": ""}, "parameter &#39;n&#39; is required"),
+            ({"param.n": "2.5"}, "parameter &#39;n&#39; must be int"),
+            ({"param.n": "2", "param.factors": "7"}, "parameter &#39;factors&#39; must be list"),
+        ]:
+            status, _loc, body = _post(run_url, fields)
+            assert status == 400 and message in body, (fields, body)
+            assert 'class="field-error"' in body
+        assert models.list_flow_runs(db, flow_id=flow_id) == []
+        # Good values, coerced as flow.run coerces them.
+        status, location, _body = _post(
+            run_url, {"param.n": "3", "param.factors": "[0.5, 2]", "param.label": "big"}
+        )
+        assert status == 303 and location.startswith("/runs/")
+        run_id = location.split("/runs/", 1)[1].split("?", 1)[0]
+        run = models.get_flow_run(db, run_id)
+        assert json.loads(run["parameters"]) == {"n": 3, "factors": [0.5, 2.0], "label": "big"}
+        assert run["state"] == "Scheduled"
+        status, _kind, body = _get(f"{url}{location}")
+        assert "flow run created" in body and "○ Scheduled" in body
+        # The JSON twin of the form: errors as data.
+        status, _loc, body = _post(run_url + "?format=json", {"param.n": "x"})
+        assert status == 400 and "n" in json.loads(body)["errors"]
+        # Actions: cancel a run that has not started, then again; resume it; approve
+        # something that is not paused; a schedule the flow does not have.
+        status, location, _ = _post(f"{url}/runs/{run_id}/cancel", {})
+        assert status == 303 and "notice=flow+run+cancelled" in location
+        assert models.get_flow_run(db, run_id)["state"] == "Cancelled"
+        _status, location, _ = _post(f"{url}/runs/{run_id}/cancel", {})
+        assert "already+finished" in location
+        body = _get(url + location)[2]
+        assert "already finished (Cancelled)" in body and 'role="alert"' in body
+        _status, location, _ = _post(f"{url}/runs/{run_id}/resume", {})
+        assert "queued+again" in location
+        assert models.get_flow_run(db, run_id)["state"] == "Scheduled"
+        _status, location, _ = _post(f"{url}/runs/{run_id}/task-runs/0/approve", {})
+        assert "has+no+task+run+0" in location
+        _status, location, _ = _post(f"{url}/flows/{flow_id}/schedule", {"active": "1"})
+        assert "has+no+schedule" in location
+        # A form posted from another site is refused; so is a GET of an action.
+        status, _loc, body = _post(
+            f"{url}/runs/{run_id}/cancel", {}, {"Origin": "http://elsewhere.example"}
+        )
+        assert status == 403 and "another site" in body
+        assert _get(f"{url}/runs/{run_id}/cancel")[0] == 404
+        # The API and health routes are still the server's.
+        assert json.loads(_get(f"{url}/health")[2])["status"] == "ok"
+    finally:
+        db.close()
+
+
+def test_a_read_only_ui_refuses_actions(served_app: Callable[..., str]) -> None:
+    from ferroflow.ui import create_ui_app
+
+    failed_id, _ = _record_runs()
+    app = create_ui_app(read_only=True)
+    try:
+        url = served_app(app)
+        status, _kind, body = _get(f"{url}/runs/{failed_id}")
+        assert status == 200 and "This UI is read-only." in body and 'id="cancel"' not in body
+        status, _loc, body = _post(f"{url}/runs/{failed_id}/resume", {})
+        assert status == 403 and "read-only" in body
+        status, _loc, body = _post(f"{url}/runs/{failed_id}/resume?format=json", {})
+        assert status == 403 and json.loads(body) == {
+            "error": "this UI is read-only: actions are turned off"
+        }
+    finally:
+        app.state.store.close()
+
+
+def test_a_local_run_is_resumed_where_it_ran(ui: str) -> None:
+    failed_id, _ = _record_runs()
+    status, location, _ = _post(f"{ui}runs/{failed_id}/resume", {})
+    assert status == 303
+    body = _get(ui.rstrip("/") + location)[2]
+    assert "is a local run: resume it where it ran" in body

@@ -265,9 +265,7 @@ def test_dashboard_run_pages_schematic_task_runs_and_logs(
     failure = page.locator(".failure")
     expect(failure).to_have_count(1)
     expect(failure.locator("h3")).to_contain_text("after 3 attempts")
-    expect(failure.locator("summary")).to_have_text(
-        ["attempt 1", "attempt 2", "attempt 3 (last)"]
-    )
+    expect(failure.locator("summary")).to_have_text(["attempt 1", "attempt 2", "attempt 3 (last)"])
     expect(failure.locator("pre").last).to_contain_text("RuntimeError: boom")
     shoot(page, "run-retries")
     failure.locator("h3 a").click()
@@ -307,7 +305,7 @@ def test_a_live_run_page_updates_in_place_and_cancel_stops_a_run(
         go.touch()
         expect(state).to_have_text("✓ Success", timeout=WAIT)
         assert page.evaluate("window.__same_page") is True  # updated without a reload
-        expect(page.locator('#task-table tr[data-task] [data-task-label]').last).to_have_text(
+        expect(page.locator("#task-table tr[data-task] [data-task-label]").last).to_have_text(
             "✓ Success"
         )
         assert first.wait(timeout=60) == 0

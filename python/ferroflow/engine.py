@@ -1007,10 +1007,10 @@ class _Structure:
                         text += f"\x00<unreadable {id(t)}>"  # never equal: run again
                 digest = blake2b(text.encode(), digest_size=8).hexdigest()
                 self.entries[tid] = (slug[tid], digest)
-        edges = plan.edge_ids
+        all_edges = plan.edge_ids
         drawn = (
-            [[int(u), int(d), int(bool(m))] for u, d, _k, m, _f in edges]
-            if len(edges) <= MAX_RECORDED_EDGES
+            [[int(u), int(d), int(bool(m))] for u, d, _k, m, _f in all_edges]
+            if len(all_edges) <= MAX_RECORDED_EDGES
             else None
         )
         self.json = json.dumps(

@@ -30,7 +30,7 @@ from ferroflow.server import models
 from ferroflow.server.database import Database
 from ferroflow.server.ui import views
 
-__all__ = ["READ", "WRITE", "Problem", "UI"]
+__all__ = ["READ", "UI", "WRITE", "Problem"]
 
 log = logging.getLogger("ferroflow.server.ui")
 
@@ -167,8 +167,14 @@ class UI:
         if as_json:
             return JSONResponse({"error": message}, status_code=status)
         page = self.env.get_template("error.html").render(
-            status=status, message=message, title=self.title, q={}, path=request.url.path,
-            read_only=self.read_only, notice=None, error=None,
+            status=status,
+            message=message,
+            title=self.title,
+            q={},
+            path=request.url.path,
+            read_only=self.read_only,
+            notice=None,
+            error=None,
         )
         return HTMLResponse(page, status_code=status)
 
@@ -221,9 +227,7 @@ class UI:
             ("/flows/{flow_id}/schedule", self._schedule),
         ]
         for path, action in actions:
-            out.append(
-                Route(path, self.endpoint(action, "flow.html", WRITE), methods=["POST"])
-            )
+            out.append(Route(path, self.endpoint(action, "flow.html", WRITE), methods=["POST"]))
         out.append(Route("/static/{name}", self._static, methods=["GET"]))
         out.append(Route("/{rest:path}", self._not_found, methods=["GET", "POST"]))
         return out

@@ -29,7 +29,13 @@ _NODE_W, _NODE_H, _GAP_X, _GAP_Y, _PAD = 170, 44, 50, 14, 10
 
 def count_label(task: dict[str, Any]) -> str:
     """A task's runs in a few characters: its state, or for a mapped task its
-    children by state (``"✓ 998 ✗ 2"``)."""
+    children by state (``"✓ 998 ✗ 2"``).
+
+    Example:
+        >>> count_label({"mapped": True, "glyph": "✗", "state": "Failed", "by_state": [
+        ...     {"glyph": "✗", "count": 2}, {"glyph": "✓", "count": 998}]})
+        '✗ 2 ✓ 998'
+    """
     if not task["mapped"]:
         return f"{task['glyph']} {task['state']}"
     parts = [f"{s['glyph']} {s['count']}" for s in task["by_state"]]
@@ -142,13 +148,13 @@ def timeline(
     span = max(end - start, 1e-3)
     label_w, row_h = 200, 18
     plot = width - label_w - 10
-    bars = []
+    bars: list[dict[str, Any]] = []
     for s in timed[:max_rows]:
         t = state.get(s["task"])
         s_end = s["ended"] if s["ended"] is not None else end
         x = label_w + max(0.0, (s["started"] - start) / span) * plot
         w = max(2.0, (s_end - s["started"]) / span * plot)
-        name = s["task_name"] + (f" ×{s['runs']}" if s["mapped_child"] else "")
+        name = s["task_name"] + (f" \u00d7{s['runs']}" if s["mapped_child"] else "")
         bars.append(
             {
                 "task": s["task"],
@@ -175,7 +181,7 @@ def timeline(
 def failure_chart(days: list[dict[str, Any]]) -> dict[str, Any]:
     """Bars of failed runs per day (and all runs, lighter), a week wide."""
     top = max((d["runs"] for d in days), default=0) or 1
-    bars = []
+    bars: list[dict[str, Any]] = []
     for i, d in enumerate(days):
         h_all = 60 * d["runs"] / top
         h_fail = 60 * d["failed"] / top
@@ -198,7 +204,7 @@ def duration_chart(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One bar per run (oldest left), its height the run's duration, its class the
     run's state."""
     top = max((r["duration"] or 0 for r in runs), default=0) or 1
-    bars = []
+    bars: list[dict[str, Any]] = []
     for i, r in enumerate(runs):
         h = max(1.0, 80 * (r["duration"] or 0) / top)
         bars.append(

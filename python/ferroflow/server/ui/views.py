@@ -87,7 +87,12 @@ _PRIORITY = (
 
 
 def state_style(state: str) -> dict[str, str]:
-    """``{"state", "cls", "glyph"}`` for a state name (unknown names look neutral)."""
+    """``{"state", "cls", "glyph"}`` for a state name (unknown names look neutral).
+
+    Example:
+        >>> state_style("TimedOut")
+        {'state': 'TimedOut', 'cls': 'fail', 'glyph': '✗'}
+    """
     cls, glyph = STATE_STYLE.get(state, ("wait", "•"))
     return {"state": state, "cls": cls, "glyph": glyph}
 
@@ -369,9 +374,15 @@ def run_page(db: Database, run_id: str, query: Mapping[str, str]) -> dict[str, A
         "flow_run": run,
         "task_run_count": sum(by_state.values()),
         "by_state": [
-            {**state_style(s), "count": n} for s, n in sorted(by_state.items(), key=lambda kv: _rank(kv[0]))
+            {**state_style(s), "count": n}
+            for s, n in sorted(by_state.items(), key=lambda kv: _rank(kv[0]))
         ],
-        "filters": {"state": state_filter, "name": name_filter, "level": level_name, "q": search or ""},
+        "filters": {
+            "state": state_filter,
+            "name": name_filter,
+            "level": level_name,
+            "q": search or "",
+        },
         "tasks": shown,
         "task_count": len(tasks),
         "selected": selected,
@@ -425,8 +436,12 @@ def task_run_page(db: Database, run_id: str, run: int) -> dict[str, Any]:
         if t["state"] == "Running":
             attempt += 1
         transitions.append(
-            {**state_style(t["state"]), "message": t.get("message"), "time": _when(t["at"]),
-             "attempt": attempt}
+            {
+                **state_style(t["state"]),
+                "message": t.get("message"),
+                "time": _when(t["at"]),
+                "attempt": attempt,
+            }
         )
     logs = models.list_logs(db, row["flow_run_id"], task_run_id=run, limit=500)
     return {
@@ -503,14 +518,15 @@ def flows_page(db: Database, query: Mapping[str, str]) -> dict[str, Any]:
         )
     return {
         "projects": [{"name": n, "flows": fl} for n, fl in projects.items()],
-        "local": [
-            {**f, "last_started_at": _when(f["last_started"])} for f in data.local_flows(db)
-        ],
+        "local": [{**f, "last_started_at": _when(f["last_started"])} for f in data.local_flows(db)],
     }
 
 
 def flow_page(
-    db: Database, flow_id: str, form: Mapping[str, str] | None = None, errors: Mapping[str, str] | None = None
+    db: Database,
+    flow_id: str,
+    form: Mapping[str, str] | None = None,
+    errors: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A registered flow version: its versions, schedule and next runs, its recent runs
     (a bar chart of durations), and the run form from its parameters."""
@@ -524,7 +540,11 @@ def flow_page(
     for v in versions:
         runs += models.list_flow_runs(db, flow_id=v["id"], limit=50)
         upcoming += models.list_flow_runs(
-            db, flow_id=v["id"], states=["Scheduled"], started_after=now, order_by="STARTED_ASC",
+            db,
+            flow_id=v["id"],
+            states=["Scheduled"],
+            started_after=now,
+            order_by="STARTED_ASC",
             limit=10,
         )
     runs.sort(key=lambda r: r["started"] or 0, reverse=True)
@@ -547,8 +567,12 @@ def flow_page(
             "labels": json.loads(flow["labels"] or "[]"),
         },
         "versions": [
-            {"id": v["id"], "version": v["version"], "archived": bool(v["archived"]),
-             "project": v["project_name"]}
+            {
+                "id": v["id"],
+                "version": v["version"],
+                "archived": bool(v["archived"]),
+                "project": v["project_name"],
+            }
             for v in versions
         ],
         "schedule": schedule,
@@ -556,8 +580,11 @@ def flow_page(
         "recent": recent,
         "durations_chart": svg.duration_chart(list(reversed(recent))),
         "parameters": [
-            {**p, "value": form.get(f"param.{p['name']}", ""),
-             "default_json": json.dumps(p.get("default"))}
+            {
+                **p,
+                "value": form.get(f"param.{p['name']}", ""),
+                "default_json": json.dumps(p.get("default")),
+            }
             for p in structure.get("parameters", [])
         ],
         "errors": dict(errors or {}),

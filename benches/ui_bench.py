@@ -1,0 +1,141 @@
+"""The UI's figures (issue 15), measured in one run of this script.
+
+A store is built in a throw-away ``FERROFLOW_HOME``: one real run of a map of
+1,000,000 children (``flow.run()``, recorded as any run is; 1,000 of them fail) and
+10,000 more flow runs inserted as rows (a week of runs, some failed). The UI is served
+by ``ferroflow.ui.RunStoreUI`` (uvicorn on 127.0.0.1, the same app as the server's
+``/``) and read over HTTP:
+
+1. the run page of the 1,000,000-child run: the first read (folds the whole journal
+   once), then the best of 5; the HTML size; the page of one task's children at offset
+   500,000; the live JSON the page polls. Targets: under 300 ms, HTML under 500 KB.
+2. the dashboard of the 10,000-run store, best of 5. Target: under 200 ms.
+
+Measure a release build (``make build-release``)::
+
+    .venv/bin/python benches/ui_bench.py [--children N] [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from ferroflow import Flow, task
+
+
+@task
+def numbers(n: int) -> list[int]:
+    return list(range(n))
+
+
+@task
+def check(x: int) -> int:
+    if x % 1000 == 7:
+        raise ValueError(f"bad input {x}")
+    return x
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=600) as r:
+        body: bytes = r.read()
+        assert r.status == 200, r.status
+        return body
+
+
+def best_ms(f: Callable[[], object], repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times)
+
+
+def build_store(children: int, runs: int) -> str:
+    """The big run (for real) and ``runs`` more rows; the big run's id."""
+    from ferroflow.store import store_path
+
+    with Flow("ui-bench-map") as flow:
+        check.map(numbers(children))
+    start = time.perf_counter()
+    state = flow.run()
+    print(f"  the {children:,}-child run took {time.perf_counter() - start:.1f} s ({state})")
+    con = sqlite3.connect(store_path())
+    (big_id,) = con.execute("SELECT id FROM flow_runs ORDER BY started DESC LIMIT 1").fetchone()
+    now = time.time()
+    with con:
+        con.executemany(
+            "INSERT INTO flow_runs(id, flow_name, parameters, state, started, ended) "
+            "VALUES (?, ?, '{}', ?, ?, ?)",
+            [
+                (
+                    str(uuid.uuid4()),
+                    f"flow-{i % 20}",
+                    "Failed" if i % 13 == 0 else "Success",
+                    now - 7 * 86400 * (runs - i) / runs - 60,
+                    now - 7 * 86400 * (runs - i) / runs - 59,
+                )
+                for i in range(runs)
+            ],
+        )
+    con.close()
+    return str(big_id)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--children", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=10_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ferroflow-ui-bench-") as tmp:
+        os.environ["FERROFLOW_HOME"] = str(Path(tmp))
+        os.environ.pop("FERROFLOW_API_URL", None)
+        from ferroflow.ui import RunStoreUI
+
+        print("Building the store:")
+        big = build_store(args.children, args.runs)
+        with RunStoreUI(port=0) as ui:
+            url = ui.start()
+            page = f"{url}runs/{big}"
+            start = time.perf_counter()
+            html = get(page)
+            cold = 1000 * (time.perf_counter() - start)
+            warm = best_ms(lambda: get(page))
+            size = len(get(page))
+            assert b"check" in html and b"Failures (" in html
+            children = best_ms(lambda: get(f"{page}?task=1&offset={args.children // 2}"))
+            live = best_ms(lambda: get(f"{page}/live"))
+            dash = best_ms(lambda: get(url))
+            dash_size = len(get(url))
+
+        def verdict(ok: bool) -> str:
+            return "met" if ok else "NOT met"
+
+        print(f"Run page of the {args.children:,}-child run (served over HTTP, best of 5):")
+        print(f"  first read (folds the journal) {cold:8.1f} ms")
+        print(
+            f"  run page                       {warm:8.1f} ms (target < 300: {verdict(warm < 300)})"
+        )
+        print(
+            f"  its HTML                       {size / 1024:8.1f} KB "
+            f"(target < 500: {verdict(size < 500 * 1024)})"
+        )
+        print(f"  a task's children, offset {args.children // 2:,} {children:8.1f} ms")
+        print(f"  live JSON (polled each second) {live:8.1f} ms")
+        print(f"Dashboard of a {args.runs + 1:,}-run store (best of 5):")
+        print(
+            f"  dashboard                      {dash:8.1f} ms (target < 200: {verdict(dash < 200)})"
+        )
+        print(f"  its HTML                       {dash_size / 1024:8.1f} KB")
+
+
+if __name__ == "__main__":
+    main()
