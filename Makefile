@@ -55,6 +55,10 @@ check-wheel: wheel
 	"$$tmp/venv/bin/python" -c 'import ferroflow, sys; \
 		assert ferroflow.__file__.startswith(sys.prefix), ferroflow.__file__; \
 		print("installed:", ferroflow.__file__, ferroflow.__version__)'; \
+	"$$tmp/venv/bin/python" -c 'from importlib.resources import files; \
+		ui = files("ferroflow.server") / "ui"; \
+		assert (ui / "templates" / "run.html").is_file() and (ui / "static" / "ui.css").is_file(), \
+		"the UI templates and static files are missing from the wheel"'; \
 	"$$tmp/venv/bin/python" "$(CURDIR)/examples/demo.py"; \
 	"$$tmp/venv/bin/ferroflow" run "$(CURDIR)/examples/demo.py" --param n=100; \
 	"$$tmp/venv/bin/ferroflow" runs ls

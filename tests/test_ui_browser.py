@@ -34,7 +34,7 @@ WAIT = 60_000  # ms: a hang guard for what the page must come to show, not a spe
 FLOWS = """
 import time
 from pathlib import Path
-from ferroflow import Flow, Parameter, task, triggers
+from ferroflow import Flow, Parameter, get_run_logger, task, triggers
 
 @task
 def prepare() -> int:
@@ -49,8 +49,10 @@ with Flow("approval") as approval:
 
 @task
 def wait_for(path: str) -> str:
+    get_run_logger().info("waiting for %s", path)
     while not Path(path).exists():
         time.sleep(0.05)
+    get_run_logger().warning("found it, going on")
     return path
 
 with Flow("waiting") as waiting:
@@ -304,6 +306,10 @@ def test_a_live_run_page_updates_in_place_and_cancel_stops_a_run(
         page.evaluate("window.__same_page = true")
         go.touch()
         expect(state).to_have_text("✓ Success", timeout=WAIT)
+        # The logs were followed: the new line is there, after the first one.
+        lines = page.locator("#log-table tr.log-line")
+        expect(lines.last).to_contain_text("found it, going on")
+        expect(lines.first).to_contain_text("waiting for")
         assert page.evaluate("window.__same_page") is True  # updated without a reload
         expect(page.locator("#task-table tr[data-task] [data-task-label]").last).to_have_text(
             "✓ Success"

@@ -216,7 +216,9 @@ class UI:
             api = "/api" + (path if path != "/" else "/dashboard")
             out.append(Route(api, self.endpoint(view, None, json_only=True), methods=["GET"]))
         live = self.endpoint(
-            lambda r, db: views.live(db, r.path_params["run_id"]), None, json_only=True
+            lambda r, db: views.live(db, r.path_params["run_id"], r.query_params),
+            None,
+            json_only=True,
         )
         out.append(Route("/runs/{run_id}/live", live, methods=["GET"]))
         actions: list[tuple[str, View]] = [

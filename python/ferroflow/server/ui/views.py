@@ -400,13 +400,29 @@ def run_page(db: Database, run_id: str, query: Mapping[str, str]) -> dict[str, A
     }
 
 
-def live(db: Database, run_id: str) -> dict[str, Any]:
+def live(db: Database, run_id: str, query: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The small JSON a live run page polls: the run's state and each task's state and
-    counts."""
+    counts; with ``log_offset`` (and the page's ``level`` and ``q``), the log lines from
+    there on (at most 200: the page follows the logs)."""
+    query = query or {}
     row = models.get_flow_run(db, run_id)
     run = _flow_run(row, time.time())
     tasks = _tasks(models.task_run_counts(db, row["key"]))
+    logs: list[dict[str, Any]] = []
+    if query.get("log_offset"):
+        level_name = (query.get("level") or "").upper()
+        logs = _logs(
+            models.list_logs(
+                db,
+                row["id"],
+                min_level=LOG_LEVELS.get(level_name, 0),
+                search=query.get("q") or None,
+                limit=200,
+                offset=_int(query, "log_offset", 0),
+            )
+        )
     return {
+        "logs": logs,
         "id": run["id"],
         **state_style(run["state"]),
         "message": run["message"],

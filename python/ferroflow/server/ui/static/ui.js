@@ -35,10 +35,43 @@
     if (live) live.textContent = d.finished ? "finished" : "live";
     return d.finished;
   }
+  var logs = document.querySelector("#log-table[data-follow]");
+  function follow(lines) {
+    // Append the new log lines (the page follows the logs while the run runs).
+    if (!logs || !lines || !lines.length) return;
+    var empty = logs.querySelector("td[colspan]");
+    if (empty) empty.parentNode.remove();
+    var body = logs.tBodies[0] || logs;
+    lines.forEach(function (l) {
+      var tr = document.createElement("tr");
+      tr.className = "log-line";
+      [l.time, l.level, l.task_run_id === null ? "" : String(l.task_run_id), l.message].forEach(
+        function (text, i) {
+          var td = document.createElement("td");
+          td.textContent = text;
+          if (i === 0) td.className = "hide-narrow";
+          if (i === 1) td.className = "lvl-" + l.level;
+          if (i === 2) td.className = "num";
+          tr.appendChild(td);
+        });
+      body.appendChild(tr);
+    });
+    logs.setAttribute("data-follow", String(Number(logs.getAttribute("data-follow")) + lines.length));
+  }
+  function pollUrl() {
+    if (!logs) return url;
+    var q = new URLSearchParams({
+      log_offset: logs.getAttribute("data-follow") || "0",
+      level: logs.getAttribute("data-level") || "",
+      q: logs.getAttribute("data-q") || ""
+    });
+    return url + "?" + q.toString();
+  }
   function tick() {
-    fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" })
+    fetch(pollUrl(), { headers: { Accept: "application/json" }, cache: "no-store" })
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (d) {
+        if (d) follow(d.logs);
         if (d && apply(d)) return;
         setTimeout(tick, 1000);
       })
