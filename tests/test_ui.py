@@ -185,6 +185,26 @@ def test_a_big_map_is_drawn_once_and_timed_per_task(ui: str) -> None:
     # src, inc's 300 children, total (inc's own run, Mapped, never ran)
     assert timeline.count('class="bar ') == 3
     assert "inc \u00d7300" in timeline
+    # The bars' spans: the children's earliest start and latest end, from the fold.
+    from ferroflow.server.database import SqliteDatabase
+    from ferroflow.server.ui import data
+
+    with open_store() as store:
+        children = [t for t in store.task_runs(run.id) if t.map_index is not None]
+    db = SqliteDatabase(store_path())
+    try:
+        key = db.fetchone("SELECT key FROM flow_runs WHERE id = ?", (run.id,))
+        assert key is not None
+        spans = {
+            (s["task_name"], s["mapped_child"]): s for s in data.task_run_spans(db, key["key"])
+        }
+    finally:
+        db.close()
+    got = spans[("inc", True)]
+    assert got["runs"] == 300
+    assert got["started"] == min(t.started for t in children if t.started is not None)
+    assert got["ended"] == max(t.ended for t in children if t.ended is not None)
+    assert spans[("inc", False)]["runs"] == 1
 
 
 def test_bad_requests_are_readable_errors(ui: str) -> None:

@@ -163,12 +163,12 @@ def timeline(
                 "y": len(bars) * row_h + 20,
                 "w": round(min(w, width - x), 1),
                 "cls": t["cls"] if t else "wait",
-                "title": f"{name}: {s_end - s['started']:.3f} s",
+                "title": f"{name}: {_offset(s_end - s['started'])[1:]}",
             }
         )
     ticks = []
     for i in range(5):
-        ticks.append({"x": round(label_w + plot * i / 4, 1), "label": f"{span * i / 4:.2f} s"})
+        ticks.append({"x": round(label_w + plot * i / 4, 1), "label": _offset(span * i / 4)})
     return {
         "bars": bars,
         "width": width,
@@ -176,6 +176,14 @@ def timeline(
         "ticks": ticks,
         "cut": max(0, len(timed) - max_rows),
     }
+
+
+def _offset(seconds: float) -> str:
+    if seconds < 1:
+        return f"+{seconds * 1000:.1f} ms"
+    if seconds < 120:
+        return f"+{seconds:.1f} s"
+    return f"+{seconds / 60:.1f} min"
 
 
 def failure_chart(days: list[dict[str, Any]]) -> dict[str, Any]:
