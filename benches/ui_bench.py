@@ -19,6 +19,7 @@ Measure a release build (``make build-release``)::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sqlite3
 import tempfile
@@ -111,6 +112,9 @@ def main() -> None:
             warm = best_ms(lambda: get(page))
             size = len(get(page))
             assert b"check" in html and b"Failures (" in html
+            counts = json.loads(get(f"{page}/live"))["tasks"]
+            total = sum(t["total"] for t in counts.values())
+            assert total == args.children + 2, total  # numbers, check's own run, children
             children = best_ms(lambda: get(f"{page}?task=1&offset={args.children // 2}"))
             live = best_ms(lambda: get(f"{page}/live"))
             dash = best_ms(lambda: get(url))
