@@ -451,3 +451,99 @@ def test_a_local_run_is_resumed_where_it_ran(ui: str) -> None:
     assert status == 303
     body = _get(ui.rstrip("/") + location)[2]
     assert "is a local run: resume it where it ran" in body
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The server's database on each backend (a fresh PostgreSQL database, or the run
+    store at FERROFLOW_HOME)."""
+    from ferroflow.server.database import open_database
+
+    if request.param == "sqlite":
+        database = open_database()
+    else:
+        pg = request.getfixturevalue("postgres_server")
+        database = open_database(pg.create_database())
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+def test_every_page_and_its_json_twin_on_both_backends(
+    backend: Any, served_app: Callable[..., str]
+) -> None:
+    """A run copied into the server's database as the ingest stores it (its row, its
+    journal blobs, its logs), a registered flow with a scheduled run, an agent: every
+    page answers, with the same data as its JSON twin."""
+    import sqlite3
+
+    from ferroflow.server import models
+    from ferroflow.server.app import create_app
+
+    failed_id, _ok_id = _record_runs()
+    local = sqlite3.connect(store_path())
+    key, started, ended = local.execute(
+        "SELECT key, started, ended FROM flow_runs WHERE id = ?", (failed_id,)
+    ).fetchone()
+    blobs = [
+        bytes(b) for (b,) in local.execute("SELECT data FROM journal WHERE flow_run = ?", (key,))
+    ]
+    local.close()
+    copied = "c0bb1ed0-0000-4000-8000-000000000001"
+    with backend.transaction():
+        backend.execute(
+            "INSERT INTO flow_runs(id, flow_name, state, started, ended) "
+            "VALUES (?, 'ui-failing', 'Failed', ?, ?)",
+            (copied, started, ended),
+        )
+        row = backend.fetchone("SELECT key FROM flow_runs WHERE id = ?", (copied,))
+        for b in blobs:
+            backend.execute("INSERT INTO journal(flow_run, data) VALUES (?, ?)", (row["key"], b))
+    models.write_run_logs(
+        backend,
+        [{"flow_run_id": copied, "task_run_id": 3, "level": 40, "message": "Traceback: two!"}],
+    )
+    flow_id = _registered(backend)
+    scheduled = models.create_flow_run(
+        backend, flow_id=flow_id, parameters={"n": 1}, scheduled_start_time=time.time() + 600
+    )
+    models.register_agent(backend, "agent-7", ["x"])
+    url = served_app(create_app(backend))
+    pages = {
+        "/": lambda d: (
+            d["upcoming"][0]["id"] == scheduled["id"]
+            and d["agents"][0]["name"] == "agent-7"
+            and sum(x["failed"] for x in d["failures"]["by_day"]) == d["failures"]["last_week"]
+        ),
+        "/runs": lambda d: {r["id"] for r in d["runs"]} >= {copied, scheduled["id"]},
+        f"/runs/{copied}": lambda d: (
+            d["failure_count"] == 1
+            and d["task_run_count"] == 5
+            and d["failures"][0]["errors"] == ["Traceback: two!"]
+        ),
+        f"/runs/{copied}?task=1&state=Failed": lambda d: (
+            [r["map_index"] for r in d["selected"]["runs"]] == [1]
+        ),
+        f"/runs/{copied}?q=TWO&level=ERROR": lambda d: (
+            [x["message"] for x in d["logs"]] == ["Traceback: two!"]
+        ),
+        f"/runs/{copied}/task-runs/3": lambda d: d["task_run"]["state"] == "Failed",
+        f"/runs/{scheduled['id']}": lambda d: d["flow_run"]["state"] == "Scheduled",
+        "/flows": lambda d: d["projects"][0]["flows"][0]["id"] == flow_id,
+        f"/flows/{flow_id}": lambda d: (
+            {p["name"] for p in d["parameters"]} == {"factors", "label", "n"}
+        ),
+        "/local-flows/ui-failing": lambda d: copied in {r["id"] for r in d["recent"]},
+        "/agents": lambda d: [a["name"] for a in d["agents"]] == ["agent-7"],
+    }
+    for path, check in pages.items():
+        status, kind, html = _get(url + path)
+        assert status == 200 and kind.startswith("text/html"), (path, html[:500])
+        status, kind, body = _get(url + "/api" + (path if path != "/" else "/dashboard"))
+        assert status == 200 and kind.startswith("application/json"), (path, body[:500])
+        data = json.loads(body)
+        assert check(data), (path, data)
+        sep = "&" if "?" in path else "?"
+        twin = json.loads(_get(f"{url}{path}{sep}format=json")[2])
+        assert set(twin) == set(data) and check(twin), path  # (times of live runs move)
