@@ -547,3 +547,25 @@ def test_every_page_and_its_json_twin_on_both_backends(
         sep = "&" if "?" in path else "?"
         twin = json.loads(_get(f"{url}{path}{sep}format=json")[2])
         assert set(twin) == set(data) and check(twin), path  # (times of live runs move)
+
+
+def test_a_flow_of_many_tasks_pages_its_task_table(ui: str) -> None:
+    @task
+    def inc(x: int) -> int:
+        return x + 1
+
+    with Flow("ui-wide") as flow:
+        for i in range(450):
+            inc(i)
+    assert flow.run().is_successful()
+    with open_store() as store:
+        (run,) = store.list_flow_runs()
+    data = json.loads(_get(f"{ui}api/runs/{run.id}")[2])
+    assert len(data["tasks"]) == 200 and data["task_matches"] == 450
+    assert data["task_next"] == 200 and data["task_prev"] is None
+    assert data["schematic"]["too_large"] is True  # over MAX_NODES: not drawn
+    last = json.loads(_get(f"{ui}api/runs/{run.id}?task_offset=400")[2])
+    assert len(last["tasks"]) == 50 and last["task_next"] is None and last["task_prev"] == 200
+    body = _get(f"{ui}runs/{run.id}?task_offset=200")[2]
+    assert "201–400 of 450 matching" in body and 'id="tasks-next"' in body
+    assert "too many to draw" in body

@@ -22,8 +22,10 @@ from ferroflow.server.ui import data, svg
 
 __all__ = [
     "LOG_LEVELS",
+    "LIVE_TASKS",
     "PAGE_SIZE",
     "STATE_STYLE",
+    "TASK_PAGE",
     "agents_page",
     "dashboard",
     "flow_page",
@@ -37,6 +39,12 @@ __all__ = [
 
 #: Task runs per page of a task's runs.
 PAGE_SIZE = 50
+
+#: Tasks per page of a run's task table (a flow of many tasks is paged too).
+TASK_PAGE = 200
+
+#: The most tasks the live JSON reports (the first ones, by id).
+LIVE_TASKS = 1000
 
 #: The log levels the level filter offers.
 LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
@@ -317,6 +325,9 @@ def run_page(db: Database, run_id: str, query: Mapping[str, str]) -> dict[str, A
             or t["state"] == state_filter
         )
     ]
+    n_shown = len(shown)
+    task_offset = _int(query, "task_offset", 0)
+    shown = shown[task_offset : task_offset + TASK_PAGE]
     # The runs of one task (its own run and children), a page at a time.
     selected = None
     if query.get("task"):
@@ -385,6 +396,10 @@ def run_page(db: Database, run_id: str, query: Mapping[str, str]) -> dict[str, A
         },
         "tasks": shown,
         "task_count": len(tasks),
+        "task_matches": n_shown,
+        "task_offset": task_offset,
+        "task_next": task_offset + TASK_PAGE if task_offset + TASK_PAGE < n_shown else None,
+        "task_prev": max(0, task_offset - TASK_PAGE) if task_offset > 0 else None,
         "selected": selected,
         "failures": failures,
         "failure_count": n_failed,
@@ -438,7 +453,7 @@ def live(db: Database, run_id: str, query: Mapping[str, str] | None = None) -> d
                 "counts": svg.count_label(t),
                 "total": t["total"],
             }
-            for t in tasks
+            for t in tasks[:LIVE_TASKS]
         },
     }
 
