@@ -295,10 +295,18 @@ def test_a_live_run_page_updates_in_place_and_cancel_stops_a_run(
     shoot: Callable[[Page, str], None],
 ) -> None:
     go = tmp_path / "go"
+    # The dashboard, open before the run starts, shows it without a reload.
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(server.url + "/")
+    expect(page.get_by_role("link", name="waiting")).to_have_count(0)
+    page.evaluate("window.__same_page = true")
     first = _ferroflow("run", f"{flows_file}:waiting", "--param", f"path={go}")
     try:
         run = _started("waiting")
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        row = page.locator("tr", has=page.get_by_role("link", name="waiting"))
+        expect(row).to_contain_text("▶ Running", timeout=WAIT)
+        assert page.evaluate("window.__same_page") is True
+        shoot(page, "dashboard-live")
         page.goto(f"{server.url}/runs/{run.id}")
         state = page.locator("h1 [data-run-state]")
         expect(state).to_have_text("▶ Running")

@@ -1,6 +1,32 @@
-// ferroflow UI: live updates of a run page (polls a small JSON every second while the
-// run is not finished) and nothing else. No framework, no build step.
+// ferroflow UI: live updates. A run page polls a small JSON every second while the run
+// is not finished and updates its states, counts and logs in place; a list page
+// ([data-refresh]) fetches itself every 2 s and swaps its content, unless the reader is
+// typing in it. No framework, no build step.
 "use strict";
+(function () {
+  var list = document.querySelector("[data-refresh]");
+  if (!list) return;
+  var every = Number(list.getAttribute("data-refresh")) || 2000;
+  function refresh() {
+    var active = document.activeElement;
+    if (active && list.contains(active) && /INPUT|SELECT|TEXTAREA/.test(active.tagName)) {
+      setTimeout(refresh, every);
+      return;
+    }
+    fetch(location.href, { cache: "no-store" })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (text) {
+        if (text) {
+          var doc = new DOMParser().parseFromString(text, "text/html");
+          var fresh = doc.querySelector("[data-refresh]");
+          if (fresh) list.innerHTML = fresh.innerHTML;
+        }
+        setTimeout(refresh, every);
+      })
+      .catch(function () { setTimeout(refresh, every * 2); });
+  }
+  setTimeout(refresh, every);
+})();
 (function () {
   var root = document.querySelector("[data-live]");
   if (!root) return;
