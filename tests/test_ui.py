@@ -569,3 +569,25 @@ def test_a_flow_of_many_tasks_pages_its_task_table(ui: str) -> None:
     body = _get(f"{ui}runs/{run.id}?task_offset=200")[2]
     assert "201–400 of 450 matching" in body and 'id="tasks-next"' in body
     assert "too many to draw" in body
+
+
+def test_cancel_signals_only_the_process_that_runs_the_run(ui: str) -> None:
+    """A local run is cancelled with Ctrl-C to its process (the browser tests show it
+    stop), never to this process, nor to a process that started after the run (its pid
+    was reused)."""
+    now = time.time()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with _native.Recorder(str(store_path())) as rec:
+            rec.flow_run_started(RUNNING, "busy", "{}", now - 5, os.getpid(), socket.gethostname())
+            rec.flow_run_started(
+                RESUMED, "old", "{}", now - 3600, sleeper.pid, socket.gethostname()
+            )
+        _status, location, _ = _post(f"{ui}runs/{RUNNING}/cancel", {})
+        assert "own+process" in location
+        _status, location, _ = _post(f"{ui}runs/{RESUMED}/cancel", {})
+        assert "is+gone" in location
+        assert sleeper.poll() is None  # left alone
+    finally:
+        sleeper.kill()
+        sleeper.wait()

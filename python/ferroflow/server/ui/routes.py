@@ -257,8 +257,13 @@ class UI:
             # cancels the run the way the command line does.
             if run["host"] != socket.gethostname() or not run["pid"]:
                 return _back(request, back, error=f"flow run {run['id']} runs on another machine")
+            pid = int(run["pid"])
+            if pid == os.getpid():
+                return _back(request, back, error="the run runs in this UI's own process")
+            if not _process_is_the_run(pid, float(run["started"])):
+                return _back(request, back, error=f"the process of flow run {run['id']} is gone")
             try:
-                os.kill(int(run["pid"]), signal.SIGINT)
+                os.kill(pid, signal.SIGINT)
             except ProcessLookupError:
                 return _back(request, back, error=f"the process of flow run {run['id']} is gone")
             return _back(request, back, notice="cancel sent: the run stops at its next step")
@@ -314,6 +319,27 @@ class UI:
         except ApiError as e:
             return _back(request, back, error=str(e))
         return _back(request, back, notice=f"schedule turned {'on' if on else 'off'}")
+
+
+def _process_is_the_run(pid: int, run_started: float) -> bool:
+    """Whether process ``pid`` may be the one that started a run at ``run_started``: it
+    exists and (where ``/proc`` tells) it started before the run, so a pid reused by
+    another process after the run's died is never signalled."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists; the kill itself will say if it may not be signalled
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat") as f:
+            boot = next(float(x.split()[1]) for x in f if x.startswith("btime "))
+        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True  # no /proc here: trust the pid
+    return started <= run_started + 1.0
 
 
 def _form(body: bytes, kind: str | None) -> dict[str, str]:
