@@ -567,7 +567,7 @@ def test_a_flow_of_many_tasks_pages_its_task_table(ui: str) -> None:
     last = json.loads(_get(f"{ui}api/runs/{run.id}?task_offset=400")[2])
     assert len(last["tasks"]) == 50 and last["task_next"] is None and last["task_prev"] == 200
     body = _get(f"{ui}runs/{run.id}?task_offset=200")[2]
-    assert "201–400 of 450 matching" in body and 'id="tasks-next"' in body
+    assert "201\u2013400 of 450 matching" in body and 'id="tasks-next"' in body
     assert "too many to draw" in body
 
 

@@ -863,6 +863,10 @@ fn journal_err(py: Python<'_>, detail: String) -> PyErr {
 /// One row of `JournalFold.counts`: task, task name, mapped child?, state, count.
 type CountRow = (u32, String, bool, &'static str, u64);
 
+/// One row of `JournalFold.spans`: task, task name, mapped children?, runs, earliest
+/// start, latest end.
+type SpanRow = (u32, String, bool, u64, Option<f64>, Option<f64>);
+
 /// One flow run's task runs, folded incrementally from its journal blobs (as in
 /// the `journal` table): `apply(blobs)` the new blobs in `seq` order as they
 /// appear, then read `counts()` and `page(...)`. The server keeps one per busy
@@ -909,8 +913,7 @@ impl PyJournalFold {
 
     /// `(task, task_name, is_mapped_child, runs, earliest_start, latest_end)` rows,
     /// ordered by task, own run before children: one timeline bar per task.
-    #[allow(clippy::type_complexity)]
-    fn spans(&self, py: Python<'_>) -> Vec<(u32, String, bool, u64, Option<f64>, Option<f64>)> {
+    fn spans(&self, py: Python<'_>) -> Vec<SpanRow> {
         py.detach(|| lock(&self.inner).spans())
             .into_iter()
             .map(|(t, name, child, n, s, e)| (t.0, name, child, n, s, e))

@@ -21,8 +21,8 @@ from ferroflow.server.database import Database
 from ferroflow.server.ui import data, svg
 
 __all__ = [
-    "LOG_LEVELS",
     "LIVE_TASKS",
+    "LOG_LEVELS",
     "PAGE_SIZE",
     "STATE_STYLE",
     "TASK_PAGE",
@@ -31,6 +31,8 @@ __all__ = [
     "flow_page",
     "flows_page",
     "live",
+    "local_flow_page",
+    "parse_parameters",
     "run_page",
     "runs_page",
     "state_style",

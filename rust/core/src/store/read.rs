@@ -206,6 +206,10 @@ pub struct JournalFold {
     fold: Fold,
 }
 
+/// One row of [`JournalFold::spans`]: task, task name, mapped children (or the task's
+/// own run), how many runs, the earliest start and the latest end.
+pub type TaskSpan = (TaskId, String, bool, u64, Option<f64>, Option<f64>);
+
 /// Which task runs [`JournalFold::page`] returns.
 #[derive(Clone, Debug, Default)]
 pub struct TaskRunFilter {
@@ -261,7 +265,7 @@ impl JournalFold {
     /// `(task, task name, is mapped child, runs, earliest start, latest end)` per task
     /// and own run / children, ordered by task then own run first: what a timeline of
     /// a huge run draws (one bar per task, never one per child).
-    pub fn spans(&self) -> Vec<(TaskId, String, bool, u64, Option<f64>, Option<f64>)> {
+    pub fn spans(&self) -> Vec<TaskSpan> {
         type Span = (u64, Option<f64>, Option<f64>);
         let mut spans: std::collections::BTreeMap<(u32, bool), Span> = Default::default();
         for (_, r) in self.fold.runs.iter_sorted() {
