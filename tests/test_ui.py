@@ -591,3 +591,51 @@ def test_cancel_signals_only_the_process_that_runs_the_run(ui: str) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_flow_page_turns_its_schedule_off_and_on(served_app: Callable[..., str]) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from ferroflow.client import flow_structure
+    from ferroflow.schedules import IntervalSchedule
+    from ferroflow.server import models
+    from ferroflow.server.app import create_app
+    from ferroflow.server.database import SqliteDatabase
+    from ferroflow.server.services import Scheduler
+
+    @task
+    def tick() -> int:
+        return 1
+
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with Flow(
+        "ticker", schedule=IntervalSchedule(start_date=start, interval=timedelta(hours=1))
+    ) as flow:
+        tick()
+    db = SqliteDatabase(store_path())
+    try:
+        models.create_project(db, "team")
+        flow_id = models.register_flow(
+            db,
+            project_name="team",
+            name="ticker",
+            structure=flow_structure(flow),
+            storage={"type": "source", "source": "", "filename": "x.py", "flow_name": "ticker"},
+        )["id"]
+        Scheduler(db).run_once()
+        url = served_app(create_app(db))
+        data = json.loads(_get(f"{url}/api/flows/{flow_id}")[2])
+        assert data["schedule"]["active"] is True and len(data["upcoming"]) == 10
+        body = _get(f"{url}/flows/{flow_id}")[2]
+        assert '<strong id="schedule-state">on</strong>' in body
+        status, location, _ = _post(f"{url}/flows/{flow_id}/schedule", {"active": "0"})
+        assert status == 303 and "schedule+turned+off" in location
+        data = json.loads(_get(f"{url}/api/flows/{flow_id}")[2])
+        assert data["schedule"]["active"] is False and data["upcoming"] == []
+        _post(f"{url}/flows/{flow_id}/schedule", {"active": "1"})
+        Scheduler(db).run_once()
+        data = json.loads(_get(f"{url}/api/flows/{flow_id}")[2])
+        assert data["schedule"]["active"] is True and len(data["upcoming"]) == 10
+        assert json.loads(_get(f"{url}/api/dashboard")[2])["upcoming"][0]["flow_name"] == "ticker"
+    finally:
+        db.close()
