@@ -44,6 +44,10 @@ class _LocalStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.db: Any = None
+        # The native store, kept open: opening and closing it next to the sqlite3
+        # connection of ``db`` (another SQLite library in this process) now and then
+        # would drop that connection's file locks.
+        self.native: Any = None
         self.lock = threading.Lock()
         self.fixed_at = 0.0
 
@@ -55,12 +59,12 @@ class _LocalStore:
             if self.db is None:
                 if not self.path.exists():
                     raise Problem(404, f"there is no run store at {self.path} yet")
+                self.native = open_store(self.path)
                 self.db = SqliteDatabase(self.path)
             now = time.monotonic()
             if now - self.fixed_at >= FIXUP_INTERVAL:
                 self.fixed_at = now
-                with open_store(self.path) as store:
-                    store.fixup_interrupted()
+                self.native.fixup_interrupted()
             return self.db
 
     def close(self) -> None:
@@ -68,6 +72,9 @@ class _LocalStore:
             if self.db is not None:
                 self.db.close()
                 self.db = None
+            if self.native is not None:
+                self.native.close()
+                self.native = None
 
 
 def _loopback(host: str) -> bool:
