@@ -155,10 +155,45 @@ def live_delays(url: str, work: Path, times: int = 5) -> list[float]:
     return delays
 
 
+def log_figures(url: str, children: int) -> list[tuple[str, float]]:
+    """The run page of a map whose children each log a line: plain, the errors only, a
+    search, and the logs half-way through."""
+    import subprocess
+    import sys
+
+    # In a process of its own, as runs are: ferroflow.ui serves other processes' runs.
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from _workloads import build_logging_map; "
+        "build_logging_map(int(sys.argv[2]))[0].run()"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(children)], check=True
+    )
+    runs = json.loads(get(f"{url}api/runs?limit=1"))["runs"]
+    page = f"{url}runs/{runs[0]['id']}"
+    get(page)  # fold the journal once
+    return [
+        (what, best_ms(lambda q=q: get(page + q)))
+        for what, q in [
+            ("run page", ""),
+            ("level ERROR", "?level=ERROR"),
+            ("search one line", f"?q=child%20{children - 1}"),
+            ("logs half-way", f"?log_offset={children // 2}"),
+        ]
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--children", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument(
+        "--log-children",
+        type=int,
+        default=0,
+        help="also time the run page of a map whose N children each log a line",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ferroflow-ui-bench-") as tmp:
         os.environ["FERROFLOW_HOME"] = str(Path(tmp))
@@ -183,6 +218,7 @@ def main() -> None:
             live = best_ms(lambda: get(f"{page}/live"))
             dash = best_ms(lambda: get(url))
             dash_size = len(get(url))
+            logged = log_figures(url, args.log_children) if args.log_children else []
             chromium = os.path.exists("/usr/bin/chromium")
             delays = live_delays(url, Path(tmp)) if chromium else []
 
@@ -205,6 +241,10 @@ def main() -> None:
             f"  dashboard                      {dash:8.1f} ms (target < 200: {verdict(dash < 200)})"
         )
         print(f"  its HTML                       {dash_size / 1024:8.1f} KB")
+        if logged:
+            print(f"Run page of a {args.log_children:,}-child map, one log line each (best of 5):")
+            for what, ms in logged:
+                print(f"  {what:<30} {ms:8.1f} ms")
         if delays:
             worst = max(delays)
             print("A state change on an open run page (Chromium, 5 times):")

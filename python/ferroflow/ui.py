@@ -11,6 +11,11 @@ interrupted, as the command line does.
 Served on ``127.0.0.1`` unless told otherwise; on another address the actions (cancel,
 approve, ...) are turned off, since nobody signs in.
 
+Serve it from a process that does not itself record runs (``ferroflow ui`` is one): the
+UI reads through Python's ``sqlite3`` and the engine writes through the SQLite built into
+``ferroflow._native``; two SQLite libraries on one file in one process can drop each
+other's file locks (seen as "disk I/O error" under load).
+
 Example:
     >>> from ferroflow.ui import RunStoreUI
     >>> ui = RunStoreUI(port=0)             # any free port on 127.0.0.1
