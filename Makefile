@@ -55,6 +55,10 @@ check-wheel: wheel
 	"$$tmp/venv/bin/python" -c 'import ferroflow, sys; \
 		assert ferroflow.__file__.startswith(sys.prefix), ferroflow.__file__; \
 		print("installed:", ferroflow.__file__, ferroflow.__version__)'; \
+	"$$tmp/venv/bin/python" -c 'from importlib.resources import files; \
+		ui = files("ferroflow.server") / "ui"; \
+		assert (ui / "templates" / "run.html").is_file() and (ui / "static" / "ui.css").is_file(), \
+		"the UI templates and static files are missing from the wheel"'; \
 	"$$tmp/venv/bin/python" "$(CURDIR)/examples/demo.py"; \
 	"$$tmp/venv/bin/ferroflow" run "$(CURDIR)/examples/demo.py" --param n=100; \
 	"$$tmp/venv/bin/ferroflow" runs ls
@@ -71,7 +75,8 @@ doctest: build
 release-check: check-wheel stubtest
 
 # System packages the tests need: PostgreSQL (Debian's `postgresql`; the test fixture starts
-# a private server from its binaries). Installed with apt-get when root, else the command
+# a private server from its binaries) and Chromium (Debian's `chromium`, which Playwright
+# drives for the UI's browser tests; never `playwright install`). Installed with apt-get when root, else the command
 # is printed and make stops.
 sysdeps:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
@@ -82,6 +87,16 @@ sysdeps:
 			|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }; \
 	else \
 		echo "the tests need PostgreSQL: run  sudo apt-get install -y postgresql" >&2; \
+		exit 1; \
+	fi
+	@if [ -x /usr/bin/chromium ]; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium (for the UI's browser tests)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+			|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
+	else \
+		echo "the UI tests need Chromium: run  sudo apt-get install -y chromium" >&2; \
 		exit 1; \
 	fi
 

@@ -176,6 +176,8 @@ class JournalFold:
         """Task run ``run`` as a dict, or None."""
     def counts(self) -> list[tuple[int, str, bool, str, int]]:
         """``(task, task_name, is_mapped_child, state, count)`` rows."""
+    def spans(self) -> list[tuple[int, str, bool, int, float | None, float | None]]:
+        """``(task, task_name, is_mapped_child, runs, earliest_start, latest_end)`` rows."""
     def page(
         self,
         task: int | None = None,

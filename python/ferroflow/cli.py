@@ -10,8 +10,8 @@ Commands:
 - ``ferroflow runs logs RUN_ID [--task NAME] [--level LEVEL] [--json]``: the log lines
   of one run (run-logger records, printed lines of ``log_stdout`` tasks, tracebacks).
 - ``ferroflow runs resume RUN_ID``: resume an interrupted or failed run.
-- ``ferroflow ui [--host H] [--port P]``: serve a read-only web view of the run store
-  (on 127.0.0.1 unless told otherwise) until Ctrl-C.
+- ``ferroflow ui [--host H] [--port P]``: serve the web UI over the run store (on
+  127.0.0.1 unless told otherwise; elsewhere without actions) until Ctrl-C.
 
 Exit status: 0 when the flow succeeded (or the command did its job), 1 when the flow ran
 and did not succeed, 2 for bad usage or input (no such file, syntax error, no flow in
@@ -1128,7 +1128,7 @@ def runs_approve_cmd(task_run_id: str) -> int:
 )
 @_debug_option
 def ui_cmd(host: str, port: int) -> int:
-    """Serve a read-only web view of the recorded runs until Ctrl-C."""
+    """Serve the web UI over the recorded runs until Ctrl-C."""
     from ferroflow.store import store_path
     from ferroflow.ui import RunStoreUI
 

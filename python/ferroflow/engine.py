@@ -949,6 +949,10 @@ def _check_resume_parameters(
         )
 
 
+#: The largest graph (in edges) whose edges a flow run records for the UI's schematic.
+MAX_RECORDED_EDGES = 5000
+
+
 class _Structure:
     """What a resume compares between a flow run and the flow now, for the tasks a
     resume can restore (those that checkpoint) and their upstream tasks: per task, its
@@ -957,7 +961,10 @@ class _Structure:
     to restore and cost nothing here.
 
     ``entries`` maps a task id to ``(slug, digest)``; ``json`` is
-    ``[[task id, slug, digest], ...]`` as recorded in the run store."""
+    ``{"tasks": [[task id, slug, digest], ...], "edges": [[up, down, mapped], ...]}`` as
+    recorded in the run store (runs recorded before the edges were kept hold the bare
+    list). The edges are what the UI draws the run's schematic from; a graph with more
+    than :data:`MAX_RECORDED_EDGES` edges records none (too large to draw)."""
 
     def __init__(self, plan: _Plan, flow: Flow) -> None:
         import json
@@ -1000,7 +1007,15 @@ class _Structure:
                         text += f"\x00<unreadable {id(t)}>"  # never equal: run again
                 digest = blake2b(text.encode(), digest_size=8).hexdigest()
                 self.entries[tid] = (slug[tid], digest)
-        self.json = json.dumps([[tid, s, d] for tid, (s, d) in self.entries.items()])
+        all_edges = plan.edge_ids
+        drawn = (
+            [[int(u), int(d), int(bool(m))] for u, d, _k, m, _f in all_edges]
+            if len(all_edges) <= MAX_RECORDED_EDGES
+            else None
+        )
+        self.json = json.dumps(
+            {"tasks": [[tid, s, d] for tid, (s, d) in self.entries.items()], "edges": drawn}
+        )
 
 
 def _structure(plan: _Plan, flow: Flow) -> _Structure:
@@ -1055,7 +1070,10 @@ def _prepare_resume(
     rerun: list[str] = []
     if recorded is not None:
         now = _structure(plan, flow)
-        then = {slug: (old_tid, digest) for old_tid, slug, digest in json.loads(recorded)}
+        entries = json.loads(recorded)
+        if isinstance(entries, dict):
+            entries = entries.get("tasks") or []
+        then = {slug: (old_tid, digest) for old_tid, slug, digest in entries}
         changed: set[int] = set()
         for tid, (slug, digest) in now.entries.items():
             old_tid, old_digest = then.get(slug, (-1, ""))

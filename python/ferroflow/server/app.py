@@ -11,30 +11,27 @@ is logged on the server and answered with a one-line message, never a traceback.
 (:mod:`ferroflow.reporting`): msgpack, at most :data:`MAX_INGEST_BYTES`, acknowledged with
 the last local journal seq and log rowid stored.
 
-``/`` is a placeholder page listing recent flow runs; the UI (a later issue) mounts
-there.
+``/`` is the UI (:mod:`ferroflow.server.ui`): every other path is one of its pages.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import os
 import socket
-import time
 from typing import Any
 
 from graphql import GraphQLError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ferroflow.exceptions import FerroflowError
-from ferroflow.server import models
+from ferroflow.server import models, ui
 from ferroflow.server.api import make_schema
 from ferroflow.server.database import Database, SqliteDatabase
 
@@ -201,26 +198,6 @@ def create_app(db: Database) -> Starlette:
             }
         )
 
-    def index(request: Request) -> Response:
-        runs = models.list_flow_runs(db, limit=50)
-        rows = "".join(
-            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
-                html.escape(r["id"][:8]),
-                html.escape(r["flow_name"]),
-                html.escape(r["state"]),
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"])),
-            )
-            for r in runs
-        )
-        page = (
-            "<!doctype html><html><head><meta charset='utf-8'><title>ferroflow server</title>"
-            "</head><body><h1>ferroflow server</h1>"
-            "<p>The API is at <code>/graphql</code>. Recent flow runs:</p>"
-            "<table><tr><th>id</th><th>flow</th><th>state</th><th>started</th></tr>"
-            f"{rows}</table></body></html>"
-        )
-        return HTMLResponse(page)
-
     def unexpected(request: Request, exc: Exception) -> Response:
         log.error("unexpected error on %s", request.url.path, exc_info=exc)
         if isinstance(exc, FerroflowError):
@@ -235,7 +212,7 @@ def create_app(db: Database) -> Starlette:
             Route("/graphql", graphql_route, methods=["GET", "POST"]),
             Route("/health", health),
             Route("/ingest", ingest_route, methods=["POST"]),
-            Route("/", index),
+            ui.mount(lambda: db),
         ],
     )
     app.add_middleware(BodyLimit)

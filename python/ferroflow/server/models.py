@@ -945,16 +945,21 @@ def list_logs(
     *,
     task_run_id: int | None = None,
     min_level: int = 0,
+    search: str | None = None,
     limit: int = 100,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
-    """The log lines of a flow run (or one of its task runs), oldest first."""
+    """The log lines of a flow run (or one of its task runs), oldest first; with
+    ``search``, only those whose message contains it (case-insensitive)."""
     limit, offset = _page(limit, offset)
     run = get_flow_run(db, flow_run_id)
     where, args = ["flow_run_id = ?", "level >= ?"], [run["id"], min_level]
     if task_run_id is not None:
         where.append("task_run_id = ?")
         args.append(task_run_id)
+    if search:
+        where.append("LOWER(message) LIKE ? ESCAPE '\\'")
+        args.append("%" + _like_escape(search.lower()) + "%")
     # SQLite keeps the order written in rowid; PostgreSQL rows have no such order, so
     # lines of one instant come back in storage order there.
     tie = "rowid" if db.dialect == "sqlite" else "ctid"

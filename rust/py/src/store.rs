@@ -863,6 +863,10 @@ fn journal_err(py: Python<'_>, detail: String) -> PyErr {
 /// One row of `JournalFold.counts`: task, task name, mapped child?, state, count.
 type CountRow = (u32, String, bool, &'static str, u64);
 
+/// One row of `JournalFold.spans`: task, task name, mapped children?, runs, earliest
+/// start, latest end.
+type SpanRow = (u32, String, bool, u64, Option<f64>, Option<f64>);
+
 /// One flow run's task runs, folded incrementally from its journal blobs (as in
 /// the `journal` table): `apply(blobs)` the new blobs in `seq` order as they
 /// appear, then read `counts()` and `page(...)`. The server keeps one per busy
@@ -904,6 +908,15 @@ impl PyJournalFold {
         py.detach(|| lock(&self.inner).counts())
             .into_iter()
             .map(|(t, name, child, state, n)| (t.0, name, child, state.name(), n))
+            .collect()
+    }
+
+    /// `(task, task_name, is_mapped_child, runs, earliest_start, latest_end)` rows,
+    /// ordered by task, own run before children: one timeline bar per task.
+    fn spans(&self, py: Python<'_>) -> Vec<SpanRow> {
+        py.detach(|| lock(&self.inner).spans())
+            .into_iter()
+            .map(|(t, name, child, n, s, e)| (t.0, name, child, n, s, e))
             .collect()
     }
 

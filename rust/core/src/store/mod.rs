@@ -97,7 +97,7 @@ use crate::StateKind;
 
 pub use read::{
     CacheRow, FinishedTaskRun, FlowRunRow, INTERRUPTED_TASK_RUN, JournalFold, LogRow,
-    TaskRunFilter, TaskRunRow, TransitionRow, encode_transitions, fold_journal,
+    TaskRunFilter, TaskRunRow, TaskSpan, TransitionRow, encode_transitions, fold_journal,
     journal_transitions,
 };
 pub use writer::{

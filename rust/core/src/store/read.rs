@@ -206,6 +206,10 @@ pub struct JournalFold {
     fold: Fold,
 }
 
+/// One row of [`JournalFold::spans`]: task, task name, mapped children (or the task's
+/// own run), how many runs, the earliest start and the latest end.
+pub type TaskSpan = (TaskId, String, bool, u64, Option<f64>, Option<f64>);
+
 /// Which task runs [`JournalFold::page`] returns.
 #[derive(Clone, Debug, Default)]
 pub struct TaskRunFilter {
@@ -254,6 +258,33 @@ impl JournalFold {
             .map(|((task, child, code), n)| {
                 let state = StateKind::from_code(code).unwrap_or(StateKind::Pending);
                 (TaskId(task), names.name(task).to_string(), child, state, n)
+            })
+            .collect()
+    }
+
+    /// `(task, task name, is mapped child, runs, earliest start, latest end)` per task
+    /// and own run / children, ordered by task then own run first: what a timeline of
+    /// a huge run draws (one bar per task, never one per child).
+    pub fn spans(&self) -> Vec<TaskSpan> {
+        type Span = (u64, Option<f64>, Option<f64>);
+        let mut spans: std::collections::BTreeMap<(u32, bool), Span> = Default::default();
+        for (_, r) in self.fold.runs.iter_sorted() {
+            let e = spans
+                .entry((r.task, r.map_index.is_some()))
+                .or_insert((0, None, None));
+            e.0 += 1;
+            if let Some(s) = r.started {
+                e.1 = Some(e.1.map_or(s, |m: f64| m.min(s)));
+            }
+            if let Some(t) = r.ended {
+                e.2 = Some(e.2.map_or(t, |m: f64| m.max(t)));
+            }
+        }
+        let names = Names::of(&self.fold);
+        spans
+            .into_iter()
+            .map(|((task, child), (n, s, e))| {
+                (TaskId(task), names.name(task).to_string(), child, n, s, e)
             })
             .collect()
     }
