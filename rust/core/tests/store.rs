@@ -1102,6 +1102,16 @@ fn upgrade_keeps_everything(version: i64) {
         .query_row("SELECT count(*) FROM projects", [], |r| r.get(0))
         .expect("platform tables exist");
     assert_eq!(projects, 0);
+    // Version 5: tokens and sessions, empty; audit rows have an address.
+    let auth: i64 = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM tokens) + (SELECT count(*) FROM sessions) \
+             + (SELECT count(address) FROM audit) + (SELECT count(token_name) FROM agents)",
+            [],
+            |r| r.get(0),
+        )
+        .expect("auth tables exist");
+    assert_eq!(auth, 0);
     drop(conn);
     // A new run records into the upgraded store as into a fresh one.
     let rec = Recorder::start(&path).expect("start");
