@@ -41,6 +41,20 @@ _api_option = click.option(
 )
 
 
+def _as_cli() -> Any:
+    """Attribute the audit lines of a command to ``cli:<user>`` on this host."""
+    import getpass
+    import socket
+
+    from ferroflow.server.models import acting_as
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return acting_as(f"cli:{user}", socket.gethostname())
+
+
 def _db(database_url: str | None) -> Any:
     try:
         from ferroflow.server.database import open_database
@@ -83,7 +97,8 @@ def tokens_create_cmd(
     else:
         db = _db(database_url)
         try:
-            made = create_token(db, name, role, expires_in)
+            with _as_cli():
+                made = create_token(db, name, role, expires_in)
         finally:
             db.close()
     until = "never" if made["expires"] is None else base._fmt_time(made["expires"])
@@ -154,7 +169,8 @@ def tokens_revoke_cmd(name: str, database_url: str | None, api: str | None) -> i
     else:
         db = _db(database_url)
         try:
-            revoke_token(db, name)
+            with _as_cli():
+                revoke_token(db, name)
         finally:
             db.close()
     click.echo(f"Revoked token {name!r}")

@@ -174,7 +174,10 @@ def execute(
     went wrong, ``errors`` with readable messages only). Every top-level field is checked
     against :data:`ferroflow.server.auth.PERMISSIONS` before anything runs; every
     mutation is written to the audit log."""
-    fields = auth.operation_fields(query, MAX_TOKENS) or []
+    try:
+        fields = auth.operation_fields(query, MAX_TOKENS)
+    except GraphQLError as exc:  # not run at all: nothing to check, nothing to audit
+        return {"data": None, "errors": [{"message": exc.message}]}
     actor = principal.name if principal is not None else "anonymous"
     with models.acting_as(actor, address) as written:
         try:

@@ -363,13 +363,14 @@ def delete_session(db: Database, cookie: str) -> None:
 # ---------------------------------------------------------------------- the operation
 
 
-def operation_fields(
-    query: str, max_tokens: int | None = None
-) -> list[tuple[str, str, str]] | None:
+def operation_fields(query: str, max_tokens: int | None = None) -> list[tuple[str, str, str]]:
     """The top-level fields of every operation of ``query``: ``(operation type, field
-    name, response key)``, fragments followed; None when it does not parse (the
-    executor then reports the syntax error and runs nothing)."""
-    from graphql import GraphQLError, parse
+    name, response key)``, fragments followed.
+
+    Raises:
+        GraphQLError: the document does not parse (it is then not run at all).
+    """
+    from graphql import parse
     from graphql.language import (
         FieldNode,
         FragmentDefinitionNode,
@@ -378,10 +379,7 @@ def operation_fields(
         OperationDefinitionNode,
     )
 
-    try:
-        document = parse(query, no_location=True, max_tokens=max_tokens)
-    except (GraphQLError, RecursionError):
-        return None
+    document = parse(query, no_location=True, max_tokens=max_tokens)
     fragments = {
         d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
     }
