@@ -403,6 +403,7 @@ class Query:
     @strawberry.field(description="One flow version by id.")
     def flow(self, info: Info, id: str) -> Flow:
         """One flow version."""
+        auth.require_flow(_db(info), auth.principal_of(info), id)
         return Flow.of(models.get_flow(_db(info), id))
 
     @strawberry.field(description="Flow runs, filtered, ordered and paged.")
@@ -434,6 +435,7 @@ class Query:
     @strawberry.field(description="One flow run by id (or a unique id prefix).")
     def flow_run(self, info: Info, id: str) -> FlowRun:
         """One flow run."""
+        auth.require_run(_db(info), auth.principal_of(info), id)
         return FlowRun.of(models.get_flow_run(_db(info), id))
 
     @strawberry.field(description="One task run of a flow run, with its state version.")

@@ -76,6 +76,7 @@ __all__ = [
     "principal_of",
     "register_agent",
     "require_agent",
+    "require_flow",
     "require_run",
     "revoke_token",
     "session_of",
@@ -108,7 +109,8 @@ PERMISSIONS: dict[str, dict[str, frozenset[str]]] = {
         "projects": READERS,
         "project": READERS,
         "flows": READERS,
-        "flow": READERS | RUNNERS,  # an agent rebuilds the flow from its storage
+        # A runner: only the runs its agents hold, and their flows (to rebuild them).
+        "flow": READERS | RUNNERS,
         "flow_runs": READERS,
         "flow_run": READERS | RUNNERS,
         "task_run": READERS,
@@ -463,6 +465,23 @@ def require_run(db: Database, principal: Principal | None, flow_run_id: str) -> 
     if row is None or row["token_name"] != principal.name:
         raise ForbiddenError(
             f"forbidden: flow run {run['id']} is not held by an agent of token {principal.name!r}"
+        )
+
+
+def require_flow(db: Database, principal: Principal | None, flow_id: str) -> None:
+    """A runner may read only a flow one of its agents holds a run of (ForbiddenError):
+    the flow's source is what its agent rebuilds the run from, and nothing more."""
+    if principal is None or principal.role != "runner":
+        return
+    row = db.fetchone(
+        "SELECT 1 AS one FROM flow_runs r JOIN agents a ON a.id = r.agent_id "
+        "WHERE r.flow_id = ? AND a.token_name = ? LIMIT 1",
+        (flow_id, principal.name),
+    )
+    if row is None:
+        raise ForbiddenError(
+            f"forbidden: no run of flow {str(flow_id)[:120]!r} is held by an agent of token "
+            f"{principal.name!r}"
         )
 
 
