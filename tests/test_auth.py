@@ -571,6 +571,24 @@ def test_signin_session_cookie_csrf_signout(server: Server) -> None:
     assert status == 403 and b"CSRF" in raw
     status, _h, raw = request(server.url, "/signout", body=b"csrf_token=forged", headers=form)
     assert status == 403
+    # After signing in, only a path of this site is followed.
+    for given, goes in (
+        ("/runs/abc?x=1", "/runs/abc?x=1"),
+        ("//evil.example", "/"),
+        ("/%09/evil.example", "/%09/evil.example"),
+        ("/\t/evil.example", "/"),
+        ("/\\evil.example", "/"),
+        ("https://evil.example", "/"),
+    ):
+        from urllib.parse import urlencode
+
+        status, h, _ = request(
+            server.url,
+            "/signin",
+            body=urlencode({"token": token, "next": given}).encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert status == 303 and h["location"] == goes, given
     # Sign-in from another site is refused too (login CSRF).
     assert signin(server, token, Origin="http://evil.example")[0] == 403
     # A forged cookie is nobody.
@@ -588,7 +606,11 @@ def test_signin_session_cookie_csrf_signout(server: Server) -> None:
     assert status == 303 and headers["location"] == "/signin?next=/"
     status, _h, raw = request(server.url, body=body, headers={**json_h, "X-CSRF-Token": csrf_value})
     assert status == 401
-    assert server.db.fetchone("SELECT count(*) AS n FROM sessions")["n"] == 0  # type: ignore[index]
+    import hashlib
+
+    gone = hashlib.sha256(cookie.split("=", 1)[1].encode()).hexdigest()
+    assert server.db.fetchone("SELECT hash FROM sessions WHERE hash = ?", (gone,)) is None
+    assert server.db.fetchone("SELECT count(*) AS n FROM sessions")["n"] == 6  # type: ignore[index]
 
 
 def test_revoking_a_token_ends_its_sessions(server: Server) -> None:

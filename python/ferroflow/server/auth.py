@@ -167,6 +167,7 @@ _TOKEN_PREFIX = "ff_"
 _TOKEN_RE = re.compile(r"^ff_[A-Za-z0-9_-]{43,128}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_NEXT_RE = re.compile(r"^/[A-Za-z0-9/_.~%?=&+-]*$")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 
 
@@ -778,7 +779,7 @@ def signout_form(request: Any) -> str:
 
 def _safe_next(value: str | None) -> str:
     """A local path to go to after signing in (never another site)."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    if not value or not _NEXT_RE.match(value) or value.startswith("//"):
         return "/"
     return value
 
