@@ -903,6 +903,19 @@ def test_an_agent_with_a_runner_token_runs_a_flow(server: Server, tmp_path: Path
     assert row == {"token_name": "agent"}
     actions = {(e["actor"], e["action"]) for e in admin.get_audit(limit=1000)}
     assert ("agent", "claim_flow_run") in actions and ("agent", "register_agent") in actions
+    # A local run streamed by a user's token is audited once, when it first arrives.
+    local = tmp_path / "local.py"
+    local.write_text(FLOW + "\nadder.run()\n")
+    ran = subprocess.run(
+        [sys.executable, str(local)],
+        env={**env, "FERROFLOW_HOME": str(tmp_path / "local-home")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    ingested = [e for e in admin.get_audit(limit=1000) if e["action"] == "ingest_flow_run"]
+    assert [(e["actor"], e["detail"]) for e in ingested] == [("user", {"flow_name": "adder"})]
 
 
 # ------------------------------------------------------------------- both backends

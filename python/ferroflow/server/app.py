@@ -271,8 +271,10 @@ def create_app(db: Database) -> Starlette:
         ):
             # The run writes into this very store: it is here already.
             return JSONResponse({"same_store": True})
+        actor = principal.name if principal is not None else "anonymous"
         try:
-            return JSONResponse(models.ingest(db, batch))
+            with models.acting_as(actor, request.client.host if request.client else None):
+                return JSONResponse(models.ingest(db, batch))
         except (FerroflowError, KeyError, TypeError, ValueError) as exc:
             return _error(f"bad ingest batch: {exc}", 400)
 

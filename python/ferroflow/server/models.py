@@ -1055,6 +1055,7 @@ def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
                 "ended, pid, host, resumed_from, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run["id"], *values, _now()),
             )
+            audit(db, "ingest_flow_run", run["id"], {"flow_name": values[0]})
             row = db.fetchone(
                 "SELECT key, ingest_journal_seq, ingest_log_seq FROM flow_runs WHERE id = ?",
                 (run["id"],),
