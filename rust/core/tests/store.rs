@@ -1054,6 +1054,10 @@ fn upgrade_keeps_everything(version: i64) {
     if version >= 3 {
         conn.execute_batch(V3_LOGS).expect("v3");
     }
+    if version >= 4 {
+        conn.execute_batch(include_str!("../src/store/platform.sql"))
+            .expect("v4");
+    }
     conn.pragma_update(None, "user_version", version)
         .expect("version");
     drop(conn);
@@ -1136,6 +1140,11 @@ fn a_version_2_store_is_upgraded_in_place() {
 #[test]
 fn a_version_3_store_is_upgraded_in_place() {
     upgrade_keeps_everything(3);
+}
+
+#[test]
+fn a_version_4_store_is_upgraded_in_place() {
+    upgrade_keeps_everything(4);
 }
 
 #[test]
