@@ -6,6 +6,8 @@
 - ``/graphql``: the API (:mod:`ferroflow.server.api`, strawberry);
 - ``/health``: ``{"status": "ok", "database": ..., "schema_version": ...}``;
 - ``/``: the UI mount point (a placeholder page listing runs for now);
+- ``/signin`` (a token for a session cookie) and ``/signout``
+  (:mod:`~ferroflow.server.auth`);
 - the scheduler service in a background thread (:mod:`~ferroflow.server.services`):
   every few seconds it creates the coming runs of every active schedule.
 
