@@ -211,7 +211,7 @@ def test_a_version_2_store_is_migrated_keeping_every_run(tmp_path: Path) -> None
     con.close()
 
     db = SqliteDatabase(old)
-    assert db.schema_version() == SCHEMA_VERSION == 4
+    assert db.schema_version() == SCHEMA_VERSION == 5
     got = gql(
         db,
         "{ flow_runs(order_by: STARTED_ASC) { id state version labels "
@@ -350,7 +350,18 @@ def test_projects_create_list_duplicate_delete(db: Database) -> None:
     assert "no project with id" in gql_error(
         db, "mutation($p: String!) { delete_project(input: {project_id: $p}) { success } }", p=pid
     )
-    assert db.fetchone("SELECT count(*) AS n FROM audit")["n"] == 3  # type: ignore[index]
+    # Three changes, and the three refusals with their reasons.
+    rows = db.fetchall("SELECT action, detail FROM audit ORDER BY seq")
+    assert [r["action"] for r in rows if '"outcome"' not in r["detail"]] == [
+        "create_project",
+        "register_flow",
+        "delete_project",
+    ]
+    assert [r["action"] for r in rows if '"outcome": "error"' in r["detail"]] == [
+        "create_project",
+        "create_project",
+        "delete_project",
+    ]
 
 
 # --------------------------------------------------------------------------- flows

@@ -91,6 +91,8 @@ class Agent:
         work_dir: the flow-run processes' ``FERROFLOW_HOME`` (their local run store,
             the rebuilt flow files, their logs) [``$FERROFLOW_HOME/agent``].
         poll_interval: seconds between polls [:data:`POLL_INTERVAL`].
+        api_key: the agent's API token (a ``runner`` one), also given to its flow-run
+            processes [``$FERROFLOW_API_KEY``].
 
     Raises:
         AgentError: ``max_concurrent_runs`` below 1, ``poll_interval`` not positive.
@@ -111,6 +113,7 @@ class Agent:
         name: str | None = None,
         work_dir: str | Path | None = None,
         poll_interval: float = POLL_INTERVAL,
+        api_key: str | None = None,
     ) -> None:
         from ferroflow.client import Client
         from ferroflow.server import lease_timeout
@@ -123,7 +126,7 @@ class Agent:
         self.labels = sorted(set(labels or []))
         self.max_concurrent_runs = max_concurrent_runs
         self.dask_address = dask_address
-        self.client = Client(api_url)
+        self.client = Client(api_url, api_key=api_key)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.work_dir = Path(work_dir) if work_dir else store_path().parent / "agent"
         self.poll_interval = poll_interval
@@ -216,6 +219,8 @@ class Agent:
         env = dict(os.environ)
         env["FERROFLOW_HOME"] = str(self.work_dir)
         env["FERROFLOW_API_URL"] = self.client.url
+        if self.client.api_key:
+            env["FERROFLOW_API_KEY"] = self.client.api_key
         cmd = [
             sys.executable,
             "-m",

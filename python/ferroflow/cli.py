@@ -1209,3 +1209,4 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 # cli_server adds them to `cli` when it is imported, whichever module comes first.
 from ferroflow import cli_agent as _cli_agent  # noqa: E402, F401
 from ferroflow import cli_server as _cli_server  # noqa: E402, F401
+from ferroflow import cli_tokens as _cli_tokens  # noqa: E402, F401

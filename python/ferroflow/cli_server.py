@@ -57,7 +57,12 @@ def server_group() -> None:
 
 
 @server_group.command("start")
-@click.option("--host", default="127.0.0.1", show_default=True, help="A loopback address.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address to listen on (another than loopback needs an API token).",
+)
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=4200, show_default=True, help="0: any."
 )
@@ -76,11 +81,19 @@ def server_group() -> None:
     help="Seconds between two passes of the scheduler, 0: none "
     "[$FERROFLOW_SCHEDULER_INTERVAL, else 5].",
 )
+@click.option("--ssl-certfile", default=None, metavar="PEM", help="Serve HTTPS: the certificate.")
+@click.option("--ssl-keyfile", default=None, metavar="PEM", help="The certificate's private key.")
 def server_start_cmd(
-    host: str, port: int, database_url: str | None, scheduler_interval: float | None
+    host: str,
+    port: int,
+    database_url: str | None,
+    scheduler_interval: float | None,
+    ssl_certfile: str | None,
+    ssl_keyfile: str | None,
 ) -> int:
     """Serve the API at /graphql (and /health, /) and schedule the runs of active
-    schedules, until Ctrl-C or SIGTERM."""
+    schedules, until Ctrl-C or SIGTERM. Without an API token (see 'ferroflow tokens')
+    only a loopback --host is accepted."""
     try:
         from ferroflow.server import serve
     except ImportError as exc:
@@ -88,7 +101,14 @@ def server_start_cmd(
             f"the server needs its extra packages ({exc.name} is missing): "
             "pip install 'ferroflow[server]'"
         ) from exc
-    serve(host, port, database_url, scheduler_interval=scheduler_interval)
+    serve(
+        host,
+        port,
+        database_url,
+        scheduler_interval=scheduler_interval,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+    )
     return EXIT_OK
 
 

@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 from ferroflow.exceptions import (
     ApiError,
+    AuthenticationError,
     FerroflowError,
+    ForbiddenError,
     RegistrationError,
     ServerUnavailableError,
 )
@@ -229,15 +231,36 @@ class Client:
     Args:
         url: the server [``$FERROFLOW_API_URL``, else ``http://127.0.0.1:4200``].
         timeout: seconds to wait for an answer [30].
+        api_key: the API token, sent as ``Authorization: Bearer`` [``$FERROFLOW_API_KEY``;
+            none: fine for a server without tokens, on this machine].
+        ca_file: a PEM file of the certificate authorities to trust for an ``https``
+            server [the system's; ``$SSL_CERT_FILE``].
 
     Example:
         >>> Client("http://127.0.0.1:4200").url
         'http://127.0.0.1:4200'
     """
 
-    def __init__(self, url: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        timeout: float = 30.0,
+        api_key: str | None = None,
+        ca_file: str | None = None,
+    ) -> None:
         self.url = (url or api_url()).rstrip("/")
         self.timeout = timeout
+        self.api_key = api_key or os.environ.get("FERROFLOW_API_KEY") or None
+        self._ssl: Any = None
+        if ca_file is not None:
+            import ssl
+
+            try:
+                self._ssl = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ApiError(
+                    f"cannot read the certificate authorities in {ca_file}: {exc}"
+                ) from exc
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
@@ -256,11 +279,12 @@ class Client:
             headers={"Content-Type": "application/json", "Accept": "application/json"},
             method="POST",
         )
-        key = os.environ.get("FERROFLOW_API_KEY")
-        if key:
-            request.add_header("Authorization", f"Bearer {key}")
+        if self.api_key:
+            request.add_header("Authorization", f"Bearer {self.api_key}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(
+                request, timeout=self.timeout, context=self._ssl
+            ) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             raw = exc.read()
@@ -268,6 +292,12 @@ class Client:
                 raise ApiError(f"the server at {self.url} answered HTTP {exc.code}") from exc
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if "CERTIFICATE_VERIFY_FAILED" in str(reason):
+                raise ApiError(
+                    f"the TLS certificate of {self.url} is not trusted ({reason}): give the "
+                    "certificate authority that signed it, Client(ca_file=...) or "
+                    "$SSL_CERT_FILE"
+                ) from exc
             raise ServerUnavailableError(
                 f"cannot reach the ferroflow server at {self.url} ({reason}): start it with "
                 "'ferroflow server start', or set FERROFLOW_API_URL / --api to its address"
@@ -278,7 +308,15 @@ class Client:
             raise ApiError(f"the server at {self.url} did not answer JSON") from exc
         errors = payload.get("errors") if isinstance(payload, dict) else None
         if errors:
-            raise ApiError(str(errors[0].get("message", errors[0])), errors)
+            first: dict[str, Any] = (
+                errors[0] if isinstance(errors[0], dict) else {"message": str(errors[0])}
+            )
+            extensions = first.get("extensions")
+            code = str(extensions.get("code")) if isinstance(extensions, dict) else ""
+            kind = {"FORBIDDEN": ForbiddenError, "UNAUTHENTICATED": AuthenticationError}.get(
+                code, ApiError
+            )
+            raise kind(str(first.get("message", first)), errors)
         data = payload.get("data") if isinstance(payload, dict) else None
         return data if isinstance(data, dict) else {}
 
@@ -601,3 +639,43 @@ class Client:
             {"i": {"flow_run_id": flow_run_id}},
         )
         return str(data["resume_flow_run"]["state"])
+
+    # -------------------------------------------------------------- tokens, audit
+
+    def create_api_key(
+        self, name: str, role: str, expires_in: float | None = None
+    ) -> dict[str, Any]:
+        """Make an API token (admin): ``{"name", "role", "token", "expires"}``; the
+        token is shown in this answer only.
+
+        Raises:
+            ForbiddenError: this client's token is not an admin's.
+            ApiError: a bad name or role, or a name in use.
+        """
+        data = self.graphql(
+            "mutation($i: CreateApiKeyInput!) { create_api_key(input: $i) "
+            "{ name role token expires } }",
+            {"i": {"name": name, "role": role, "expires_in": expires_in}},
+        )
+        return dict(data["create_api_key"])
+
+    def get_api_keys(self) -> list[dict[str, Any]]:
+        """Every API token's name, role, dates and whether it is active (admin)."""
+        data = self.graphql("{ api_keys { name role created expires revoked active } }")
+        return list(data["api_keys"])
+
+    def revoke_api_key(self, name: str) -> None:
+        """Revoke the API token ``name`` at once (admin)."""
+        self.graphql(
+            "mutation($i: RevokeApiKeyInput!) { revoke_api_key(input: $i) { success } }",
+            {"i": {"name": name}},
+        )
+
+    def get_audit(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """The audit log, newest first (admin): who, what, when, from where."""
+        data = self.graphql(
+            "query($n: Int!, $o: Int!) { audit(limit: $n, offset: $o) "
+            "{ seq at actor action target detail address } }",
+            {"n": limit, "o": offset},
+        )
+        return list(data["audit"])

@@ -21,12 +21,14 @@ from typing import Any
 __all__ = [
     "ApiError",
     "ApprovalError",
+    "AuthenticationError",
     "BindError",
     "CycleError",
     "EdgeError",
     "ExecutorError",
     "FerroflowError",
     "FlowContextError",
+    "ForbiddenError",
     "GraphError",
     "MappingError",
     "OptionCollisionError",
@@ -329,6 +331,27 @@ class ApiError(PlatformError):
     def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.errors = list(errors or [])
+
+
+class AuthenticationError(ApiError):
+    """The server needs a token and got none, or one that is malformed, unknown,
+    revoked or expired (HTTP 401, GraphQL error code ``UNAUTHENTICATED``). Set
+    ``FERROFLOW_API_KEY`` or pass ``Client(api_key=...)``.
+
+    Example:
+        >>> issubclass(AuthenticationError, ApiError)
+        True
+    """
+
+
+class ForbiddenError(ApiError):
+    """The token's role does not allow what was asked (GraphQL error code
+    ``FORBIDDEN``): e.g. a ``read_only`` token trying a mutation.
+
+    Example:
+        >>> issubclass(ForbiddenError, ApiError)
+        True
+    """
 
 
 class ServerUnavailableError(PlatformError):

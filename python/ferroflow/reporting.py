@@ -51,10 +51,14 @@ class Reporter:
         api_url: the server.
         store: the local run store file.
         flow_run_id: the run to follow.
+        api_key: the API token sent with every batch [``$FERROFLOW_API_KEY``].
     """
 
-    def __init__(self, api_url: str, store: Path, flow_run_id: str) -> None:
+    def __init__(
+        self, api_url: str, store: Path, flow_run_id: str, api_key: str | None = None
+    ) -> None:
         self.api_url = api_url.rstrip("/")
+        self.api_key = api_key or os.environ.get("FERROFLOW_API_KEY") or None
         self.store = store
         self.flow_run_id = flow_run_id
         self.journal_seq = 0
@@ -200,6 +204,8 @@ class Reporter:
             headers={"Content-Type": "application/msgpack"},
             method="POST",
         )
+        if self.api_key:
+            request.add_header("Authorization", f"Bearer {self.api_key}")
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 answer = json.loads(response.read())

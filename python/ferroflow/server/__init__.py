@@ -6,6 +6,8 @@
 - ``/graphql``: the API (:mod:`ferroflow.server.api`, strawberry);
 - ``/health``: ``{"status": "ok", "database": ..., "schema_version": ...}``;
 - ``/``: the UI mount point (a placeholder page listing runs for now);
+- ``/signin`` (a token for a session cookie) and ``/signout``
+  (:mod:`~ferroflow.server.auth`);
 - the scheduler service in a background thread (:mod:`~ferroflow.server.services`):
   every few seconds it creates the coming runs of every active schedule.
 
@@ -18,8 +20,10 @@ Layers, each importing only those below it:
 
 The store is the SQLite run store at ``$FERROFLOW_HOME`` by default (so every local
 ``flow.run()`` shows up), or PostgreSQL with ``--database-url postgresql://...`` (or
-``FERROFLOW_DATABASE_URL``). The server binds loopback only: with no API tokens yet,
-binding another address is refused.
+``FERROFLOW_DATABASE_URL``). With no API token in the store the server binds loopback
+only (another address is refused before any socket is opened) and answers only this
+machine; once a token exists every request needs one (:mod:`~ferroflow.server.auth`).
+``--ssl-certfile``/``--ssl-keyfile`` serve HTTPS.
 
 This package needs the ``server`` extra (``pip install ferroflow[server]``);
 ``import ferroflow`` does not import it.
@@ -52,19 +56,20 @@ DEFAULT_PORT = 4200
 DEFAULT_LEASE_TIMEOUT = 30.0
 
 
-def check_host(host: str) -> None:
-    """Refuse an address that is not loopback (PlatformError): until the server has API
-    tokens, only this machine may talk to it."""
-    if host == "localhost":
+def check_host(host: str, have_tokens: bool = False) -> None:
+    """Refuse an address that is not loopback (PlatformError) while the server has no
+    API token: until then, only this machine may talk to it."""
+    if have_tokens or host == "localhost":
         return
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
+        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         loopback = False
     if not loopback:
         raise PlatformError(
-            f"refusing to serve on {host}: without API tokens the server accepts only this "
-            "machine; use --host 127.0.0.1 (the default)"
+            f"refusing to serve on {host}: the server has no API tokens, so it accepts only "
+            "this machine. Create an admin token first ('ferroflow tokens create --name "
+            "admin --role admin'), or use --host 127.0.0.1 (the default)"
         )
 
 
@@ -124,6 +129,17 @@ def lease_timeout() -> float:
     return DEFAULT_LEASE_TIMEOUT if lease is None else lease
 
 
+def _check_tls(certfile: str | None, keyfile: str | None) -> None:
+    """Refuse a key without a certificate, or files that cannot be read (PlatformError)."""
+    import os
+
+    if keyfile and not certfile:
+        raise PlatformError("--ssl-keyfile needs --ssl-certfile (the certificate it signs)")
+    for what, path in (("certificate", certfile), ("key", keyfile)):
+        if path and not os.access(path, os.R_OK):
+            raise PlatformError(f"cannot read the TLS {what} {path}")
+
+
 def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
@@ -131,6 +147,8 @@ def serve(
     *,
     ready: Any = None,
     scheduler_interval: float | None = None,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
 ) -> None:
     """Open the database and serve until SIGINT or SIGTERM (then stop cleanly: finish
     the requests in flight, close the database).
@@ -144,20 +162,30 @@ def serve(
         scheduler_interval: seconds between two passes of the scheduler service
             (:class:`~ferroflow.server.services.Scheduler`), 0 to not run it
             [``$FERROFLOW_SCHEDULER_INTERVAL``, else 5].
+        ssl_certfile: serve HTTPS with this certificate (PEM; with ``ssl_keyfile``).
+        ssl_keyfile: the certificate's private key (PEM).
 
     Raises:
-        PlatformError: a host that is not loopback, a bad scheduler interval or lease
-            timeout.
+        PlatformError: a host that is not loopback while the store has no API token
+            (decided before any socket is opened), a bad scheduler interval or lease
+            timeout, a key without a certificate or an unreadable one.
     """
     import uvicorn
 
     from ferroflow.server.app import create_app
+    from ferroflow.server.auth import tokens_exist
     from ferroflow.server.database import open_database
 
-    check_host(host)
     interval = _scheduler_interval(scheduler_interval)
     lease = lease_timeout()
+    _check_tls(ssl_certfile, ssl_keyfile)
     db = open_database(database_url)
+    try:
+        check_host(host, tokens_exist(db))
+    except BaseException:
+        db.close()
+        raise
+    scheme = "https" if ssl_certfile else "http"
 
     def announce(url: str) -> None:
         print(f"ferroflow server at {url} (database: {db.url}); Ctrl-C to stop", flush=True)
@@ -180,7 +208,8 @@ def serve(
             if self.should_exit:
                 return
             bound = self.servers[0].sockets[0].getsockname() if self.servers else (host, port)
-            on_ready(f"http://{host}:{bound[1]}")
+            shown = f"[{host}]" if ":" in host else host
+            on_ready(f"{scheme}://{shown}:{bound[1]}")
 
     config = uvicorn.Config(
         create_app(db),
@@ -189,6 +218,8 @@ def serve(
         log_level="warning",
         lifespan="off",
         access_log=False,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
     loop = None
     if interval:

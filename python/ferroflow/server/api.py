@@ -26,7 +26,8 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import Info
 
-from ferroflow.server import models
+from ferroflow.server import auth, models
+from ferroflow.server.auth_api import AuthMutation, AuthQuery
 from ferroflow.server.database import Database
 
 __all__ = ["MAX_ALIASES", "MAX_DEPTH", "MAX_TOKENS", "make_schema"]
@@ -420,6 +421,7 @@ class Query:
     @strawberry.field(description="One flow version by id.")
     def flow(self, info: Info, id: str) -> Flow:
         """One flow version."""
+        auth.require_flow(_db(info), auth.principal_of(info), id)
         return Flow.of(models.get_flow(_db(info), id))
 
     @strawberry.field(description="Flow runs, filtered, ordered and paged.")
@@ -451,6 +453,7 @@ class Query:
     @strawberry.field(description="One flow run by id (or a unique id prefix).")
     def flow_run(self, info: Info, id: str) -> FlowRun:
         """One flow run."""
+        auth.require_run(_db(info), auth.principal_of(info), id)
         return FlowRun.of(models.get_flow_run(_db(info), id))
 
     @strawberry.field(description="One task run of a flow run, with its state version.")
@@ -496,6 +499,7 @@ class Query:
     )
     def flow_run_records(self, info: Info, id: str) -> FlowRunRecords:
         """A run's records (see models.export_records)."""
+        auth.require_run(_db(info), auth.principal_of(info), id)
         got = models.export_records(_db(info), id)
         return FlowRunRecords(
             **{k: got[k] for k in ("flow_name", "state", "message", "started", "structure")},
@@ -734,6 +738,8 @@ class _CoreMutation:
         self, info: Info, input: SetFlowRunStatesInput
     ) -> SetFlowRunStatesPayload:
         """set_flow_run_states."""
+        for s in input.states:
+            auth.require_run(_db(info), auth.principal_of(info), s.flow_run_id)
         done = models.set_flow_run_states(_db(info), [vars(s) for s in input.states])
         return SetFlowRunStatesPayload(states=[StatePayload(**d) for d in done])
 
@@ -836,12 +842,17 @@ class AgentMutation:
     @strawberry.mutation(description="Register an agent (or refresh its registration).")
     def register_agent(self, info: Info, input: RegisterAgentInput) -> Agent:
         """register_agent."""
-        return Agent.of(models.register_agent(_db(info), input.name, input.labels, input.agent_id))
+        return Agent.of(
+            auth.register_agent(
+                _db(info), auth.principal_of(info), input.name, input.labels, input.agent_id
+            )
+        )
 
     @strawberry.mutation(description="The due Scheduled runs an agent's labels cover.")
     def get_runs_in_queue(self, info: Info, input: RunsInQueueInput) -> list[FlowRun]:
         """get_runs_in_queue (a mutation: it marks the agent as seen)."""
         db = _db(info)
+        auth.require_agent(db, auth.principal_of(info), input.agent_id)
         models.agent_heartbeat(db, input.agent_id)
         rows = models.get_runs_in_queue(db, input.agent_id, input.before, input.limit)
         return [FlowRun.of(r) for r in rows]
@@ -849,6 +860,7 @@ class AgentMutation:
     @strawberry.mutation(description="Claim a Scheduled run: exactly one agent wins.")
     def claim_flow_run(self, info: Info, input: ClaimFlowRunInput) -> FlowRun:
         """claim_flow_run."""
+        auth.require_agent(_db(info), auth.principal_of(info), input.agent_id)
         return FlowRun.of(
             models.claim_flow_run(_db(info), input.agent_id, input.flow_run_id, input.version)
         )
@@ -856,6 +868,7 @@ class AgentMutation:
     @strawberry.mutation(description="Renew an agent's leases; what to stop.")
     def heartbeat(self, info: Info, input: AgentHeartbeatInput) -> AgentHeartbeatPayload:
         """heartbeat."""
+        auth.require_agent(_db(info), auth.principal_of(info), input.agent_id)
         got = models.agent_heartbeat(_db(info), input.agent_id, input.flow_run_ids or [])
         return AgentHeartbeatPayload(**got)
 
@@ -883,11 +896,13 @@ class AttemptMutation:
     @strawberry.mutation(description="Where a claimed run starts: its last attempt, if any.")
     def begin_attempt(self, info: Info, input: FlowRunIdInput) -> AttemptPayload:
         """begin_attempt."""
+        auth.require_run(_db(info), auth.principal_of(info), input.flow_run_id)
         return AttemptPayload(resume_from=models.last_attempt(_db(info), input.flow_run_id))
 
     @strawberry.mutation(description="Record the local run that runs a claimed run.")
     def report_attempt(self, info: Info, input: ReportAttemptInput) -> SuccessPayload:
         """report_attempt."""
+        auth.require_agent(_db(info), auth.principal_of(info), input.agent_id)
         models.report_attempt(_db(info), input.agent_id, input.flow_run_id, input.local_run_id)
         return SuccessPayload(success=True)
 
@@ -899,7 +914,7 @@ class AttemptMutation:
 
 
 #: The write side: the core mutations and the agents' ones.
-Mutation = merge_types("Mutation", (_CoreMutation, AgentMutation, AttemptMutation))
+Mutation = merge_types("Mutation", (_CoreMutation, AgentMutation, AttemptMutation, AuthMutation))
 
 # ------------------------------------------------------------------ end of agents block
 
@@ -922,7 +937,7 @@ class _Schema(strawberry.Schema):
 def make_schema() -> strawberry.Schema:
     """The schema with its limits (depth, aliases, tokens)."""
     return _Schema(
-        query=Query,
+        query=merge_types("Query", (Query, AuthQuery)),
         mutation=Mutation,
         config=StrawberryConfig(auto_camel_case=False),
         extensions=[

@@ -12,6 +12,12 @@ is logged on the server and answered with a one-line message, never a traceback.
 the last local journal seq and log rowid stored.
 
 ``/`` is the UI (:mod:`ferroflow.server.ui`): every other path is one of its pages.
+
+Every route is behind :class:`ferroflow.server.auth.AuthMiddleware`: with no API token
+defined only this machine's clients are answered; once one exists every request needs
+one (``Authorization: Bearer``, or the session cookie of ``POST /signin``), and
+:func:`execute` checks every top-level field against the token's role before anything
+runs and writes every mutation to the audit log.
 """
 
 from __future__ import annotations
@@ -30,9 +36,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ferroflow.exceptions import FerroflowError
-from ferroflow.server import models, ui
-from ferroflow.server.api import make_schema
+from ferroflow.exceptions import AuthenticationError, FerroflowError, ForbiddenError
+from ferroflow.server import auth, models, ui
+from ferroflow.server.api import MAX_TOKENS, make_schema
 from ferroflow.server.database import Database, SqliteDatabase
 
 __all__ = ["MAX_BODY_BYTES", "MAX_INGEST_BYTES", "BodyLimit", "create_app", "execute"]
@@ -117,22 +123,88 @@ def _message(err: GraphQLError) -> str:
     return f"internal server error ({type(original).__name__}); the server log has the details"
 
 
+def _code(err: GraphQLError) -> dict[str, Any]:
+    original = err.original_error
+    if isinstance(original, ForbiddenError):
+        return {"extensions": {"code": "FORBIDDEN"}}
+    if isinstance(original, AuthenticationError):
+        return {"extensions": {"code": "UNAUTHENTICATED"}}
+    return {}
+
+
+#: Mutations not written to the audit log when they succeed: an agent's polls and lease
+#: renewals, every few seconds per agent, would be most of it (refused ones are).
+UNAUDITED = frozenset({"heartbeat", "get_runs_in_queue"})
+
+
+def _audit(
+    db: Database,
+    fields: list[tuple[str, str, str]],
+    data: dict[str, Any],
+    failed: dict[str, tuple[str, str]],
+    written: list[str],
+) -> None:
+    """One audit line per top-level mutation field run or refused, unless its resolver
+    audited itself (with its target and details): failed ones with the reason."""
+    mutations = [(name, key) for kind, name, key in fields if kind == "mutation"]
+    for name, key in mutations:
+        if name == "__typename":
+            continue
+        if key in failed:
+            outcome, message = failed[key]
+            models.audit(db, name, None, {"outcome": outcome, "message": message[:500]})
+        elif key in data and name not in UNAUDITED and not (len(mutations) == 1 and written):
+            models.audit(db, name, None, {"outcome": "ok"})
+
+
 def execute(
     db: Database,
     query: str,
     variables: dict[str, Any] | None = None,
     operation_name: str | None = None,
+    *,
+    principal: auth.Principal | None = None,
+    address: str | None = None,
 ) -> dict[str, Any]:
-    """Run one GraphQL operation against ``db``; the response as a dict (``data`` and,
-    when something went wrong, ``errors`` with readable messages only)."""
-    result = _SCHEMA.execute_sync(
-        query, variable_values=variables, operation_name=operation_name, context_value={"db": db}
-    )
-    out: dict[str, Any] = {"data": result.data}
-    if result.errors:
-        out["errors"] = [
-            {"message": _message(e), **({"path": e.path} if e.path else {})} for e in result.errors
-        ]
+    """Run one GraphQL operation against ``db`` as ``principal`` (None: open mode, no
+    role checks) from ``address``; the response as a dict (``data`` and, when something
+    went wrong, ``errors`` with readable messages only). Every top-level field is checked
+    against :data:`ferroflow.server.auth.PERMISSIONS` before anything runs; every
+    mutation is written to the audit log."""
+    try:
+        fields = auth.operation_fields(query, MAX_TOKENS)
+    except GraphQLError as exc:  # not run at all: nothing to check, nothing to audit
+        return {"data": None, "errors": [{"message": exc.message}]}
+    actor = principal.name if principal is not None else "anonymous"
+    with models.acting_as(actor, address) as written:
+        try:
+            auth.check_operation(fields, principal)
+        except ForbiddenError as exc:
+            refused = {k: ("forbidden", str(exc)) for kind, _n, k in fields if kind == "mutation"}
+            _audit(db, fields, {}, refused, [])
+            return {
+                "data": None,
+                "errors": [{"message": str(exc), "extensions": {"code": "FORBIDDEN"}}],
+            }
+        result = _SCHEMA.execute_sync(
+            query,
+            variable_values=variables,
+            operation_name=operation_name,
+            context_value={"db": db, "principal": principal, "address": address},
+        )
+        out: dict[str, Any] = {"data": result.data}
+        failed: dict[str, tuple[str, str]] = {}
+        if result.errors:
+            out["errors"] = [
+                {"message": _message(e), **({"path": e.path} if e.path else {}), **_code(e)}
+                for e in result.errors
+            ]
+            for e in result.errors:
+                if e.path:
+                    forbidden = isinstance(e.original_error, ForbiddenError)
+                    failed[str(e.path[0])] = ("forbidden" if forbidden else "error", e.message)
+        if result.data is not None or failed:
+            _audit(db, fields, result.data or {}, failed, written)
     return out
 
 
@@ -153,7 +225,16 @@ def create_app(db: Database) -> Starlette:
         if variables is not None and not isinstance(variables, dict):
             return _error("'variables' must be a JSON object", 400)
         op = payload.get("operationName")
-        return JSONResponse(execute(db, payload["query"], variables, op if op else None))
+        return JSONResponse(
+            execute(
+                db,
+                payload["query"],
+                variables,
+                op if op else None,
+                principal=auth.principal_of(request),
+                address=request.client.host if request.client else None,
+            )
+        )
 
     async def graphql_route(request: Request) -> Response:
         if request.method != "POST":
@@ -161,7 +242,7 @@ def create_app(db: Database) -> Starlette:
         body = await request.body()
         return await run_in_threadpool(graphql, request, body)
 
-    def ingest(body: bytes) -> Response:
+    def ingest(request: Request, body: bytes) -> Response:
         import msgpack
 
         try:
@@ -170,6 +251,14 @@ def create_app(db: Database) -> Starlette:
             return _error("an ingest batch must be msgpack", 400)
         if not isinstance(batch, dict):
             return _error("an ingest batch must be a msgpack map", 400)
+        principal = auth.principal_of(request)
+        if principal is not None and principal.role == "runner":
+            run = batch.get("flow_run")
+            run_id = run.get("id") if isinstance(run, dict) else None
+            try:
+                auth.require_run(db, principal, str(run_id))
+            except FerroflowError as exc:
+                return _error(str(exc), 403)
         local = batch.get("store_path")
         if (
             isinstance(db, SqliteDatabase)
@@ -179,16 +268,20 @@ def create_app(db: Database) -> Starlette:
         ):
             # The run writes into this very store: it is here already.
             return JSONResponse({"same_store": True})
+        actor = principal.name if principal is not None else "anonymous"
         try:
-            return JSONResponse(models.ingest(db, batch))
+            with models.acting_as(actor, request.client.host if request.client else None):
+                return JSONResponse(models.ingest(db, batch))
         except (FerroflowError, KeyError, TypeError, ValueError) as exc:
             return _error(f"bad ingest batch: {exc}", 400)
 
     async def ingest_route(request: Request) -> Response:
         body = await request.body()
-        return await run_in_threadpool(ingest, body)
+        return await run_in_threadpool(ingest, request, body)
 
     def health(request: Request) -> Response:
+        if not request.state.open_mode and auth.principal_of(request) is None:
+            return JSONResponse({"status": "ok"})  # the details are for signed-in callers
         return JSONResponse(
             {
                 "status": "ok",
@@ -212,9 +305,11 @@ def create_app(db: Database) -> Starlette:
             Route("/graphql", graphql_route, methods=["GET", "POST"]),
             Route("/health", health),
             Route("/ingest", ingest_route, methods=["POST"]),
+            *auth.signin_routes(db),
             ui.mount(lambda: db),
         ],
     )
+    app.add_middleware(auth.AuthMiddleware, db=db)
     app.add_middleware(BodyLimit)
     app.state.db = db
     return app

@@ -185,10 +185,37 @@ CREATE TABLE audit(
 );
 """
 
+_V5_AUTH = """
+CREATE TABLE tokens(
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    created DOUBLE PRECISION NOT NULL,
+    expires DOUBLE PRECISION,
+    revoked DOUBLE PRECISION
+);
+CREATE TABLE sessions(
+    hash TEXT PRIMARY KEY,
+    token_name TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL,
+    expires DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX sessions_by_token ON sessions(token_name);
+ALTER TABLE audit ADD COLUMN address TEXT;
+ALTER TABLE agents ADD COLUMN token_name TEXT;
+"""
+
 #: ``(version, DDL)``: running every step whose version is above the database's brings
 #: a PostgreSQL database to :data:`SCHEMA_VERSION` (the Rust store's steps, in
 #: PostgreSQL types).
-POSTGRES_MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
+POSTGRES_MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, _V1),
+    (2, _V2),
+    (3, _V3),
+    (4, _V4),
+    (5, _V5_AUTH),
+)
 
 if POSTGRES_MIGRATIONS[-1][0] != SCHEMA_VERSION:  # pragma: no cover - a build mismatch
     raise ImportError(

@@ -20,12 +20,14 @@ the same version exactly one wins, and the other gets "stale version".
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ferroflow.exceptions import ApiError
@@ -35,6 +37,7 @@ __all__ = [
     "AUTO_KEY_PREFIX",
     "FINISHED_FLOW_STATES",
     "MAX_PAGE",
+    "acting_as",
     "active_scheduled_flows",
     "agent_heartbeat",
     "archive_flow",
@@ -54,6 +57,7 @@ __all__ = [
     "insert_auto_runs",
     "last_attempt",
     "list_agents",
+    "list_audit",
     "list_flow_runs",
     "list_flows",
     "list_logs",
@@ -137,13 +141,48 @@ def _check_name(what: str, name: str) -> str:
     return name
 
 
+#: Who the current request is (``(actor, address, actions written)``): set by
+#: :func:`acting_as` around a request, read by :func:`audit`.
+_ACTOR: contextvars.ContextVar[tuple[str, str | None, list[str]] | None] = contextvars.ContextVar(
+    "ferroflow_audit_actor", default=None
+)
+
+
+@contextlib.contextmanager
+def acting_as(actor: str, address: str | None) -> Iterator[list[str]]:
+    """Attribute the audit lines written in the block to ``actor`` at ``address``;
+    yields the list of the actions audited in it."""
+    written: list[str] = []
+    reset = _ACTOR.set((actor, address, written))
+    try:
+        yield written
+    finally:
+        _ACTOR.reset(reset)
+
+
 def audit(
     db: Database, action: str, target: str | None, detail: dict[str, Any] | None = None
 ) -> None:
-    """Write one line of the audit log (every mutation calls it in its transaction)."""
+    """Write one line of the audit log (every mutation calls it in its transaction),
+    attributed to the request's actor and address (see :func:`acting_as`), else to
+    ``anonymous``."""
+    who = _ACTOR.get()
+    actor, address = (who[0], who[1]) if who else ("anonymous", None)
     db.execute(
-        "INSERT INTO audit(at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-        (_now(), "anonymous", action, target, json.dumps(detail or {}, sort_keys=True)),
+        "INSERT INTO audit(at, actor, action, target, detail, address) VALUES (?, ?, ?, ?, ?, ?)",
+        (_now(), actor, action, target, json.dumps(detail or {}, sort_keys=True), address),
+    )
+    if who is not None:
+        who[2].append(action)
+
+
+def list_audit(db: Database, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    """The audit log, newest first."""
+    limit, offset = _page(limit, offset)
+    return db.fetchall(
+        "SELECT seq, at, actor, action, target, detail, address FROM audit "
+        "ORDER BY seq DESC LIMIT ? OFFSET ?",
+        (limit, offset),
     )
 
 
@@ -1031,6 +1070,7 @@ def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
                 "ended, pid, host, resumed_from, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run["id"], *values, _now()),
             )
+            audit(db, "ingest_flow_run", run["id"], {"flow_name": values[0]})
             row = db.fetchone(
                 "SELECT key, ingest_journal_seq, ingest_log_seq FROM flow_runs WHERE id = ?",
                 (run["id"],),

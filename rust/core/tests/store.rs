@@ -1054,6 +1054,10 @@ fn upgrade_keeps_everything(version: i64) {
     if version >= 3 {
         conn.execute_batch(V3_LOGS).expect("v3");
     }
+    if version >= 4 {
+        conn.execute_batch(include_str!("../src/store/platform.sql"))
+            .expect("v4");
+    }
     conn.pragma_update(None, "user_version", version)
         .expect("version");
     drop(conn);
@@ -1102,6 +1106,16 @@ fn upgrade_keeps_everything(version: i64) {
         .query_row("SELECT count(*) FROM projects", [], |r| r.get(0))
         .expect("platform tables exist");
     assert_eq!(projects, 0);
+    // Version 5: tokens and sessions, empty; audit rows have an address.
+    let auth: i64 = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM tokens) + (SELECT count(*) FROM sessions) \
+             + (SELECT count(address) FROM audit) + (SELECT count(token_name) FROM agents)",
+            [],
+            |r| r.get(0),
+        )
+        .expect("auth tables exist");
+    assert_eq!(auth, 0);
     drop(conn);
     // A new run records into the upgraded store as into a fresh one.
     let rec = Recorder::start(&path).expect("start");
@@ -1126,6 +1140,11 @@ fn a_version_2_store_is_upgraded_in_place() {
 #[test]
 fn a_version_3_store_is_upgraded_in_place() {
     upgrade_keeps_everything(3);
+}
+
+#[test]
+fn a_version_4_store_is_upgraded_in_place() {
+    upgrade_keeps_everything(4);
 }
 
 #[test]
