@@ -613,6 +613,32 @@ def test_signin_session_cookie_csrf_signout(server: Server) -> None:
     assert server.db.fetchone("SELECT count(*) AS n FROM sessions")["n"] == 6  # type: ignore[index]
 
 
+def test_ui_actions_need_a_user_session_and_its_csrf_token(server: Server) -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    sessions = {}
+    for role in ("read_only", "user"):
+        cookie = signin(server, server.token(f"ui-{role}", role))[1]["set-cookie"].split(";")[0]
+        status, _h, page = request(server.url, "/", headers={"Cookie": cookie})
+        assert status == 200 and f"ui-{role} ({role})".encode() in page
+        found = re.search(rb'name="csrf_token" value="([^"]+)"', page)
+        assert found is not None
+        sessions[role] = (cookie, found.group(1).decode())
+    path = "/runs/no-such-run/cancel"
+    cookie, csrf = sessions["read_only"]
+    status, _h, raw = request(
+        server.url, path, body=f"csrf_token={csrf}".encode(), headers={**form, "Cookie": cookie}
+    )
+    assert status == 403 and b"may only read" in raw, raw[:300]
+    cookie, csrf = sessions["user"]
+    status, _h, raw = request(server.url, path, body=b"", headers={**form, "Cookie": cookie})
+    assert status == 403 and b"CSRF" in raw  # the session's token is missing
+    status, _h, raw = request(
+        server.url, path, body=f"csrf_token={csrf}".encode(), headers={**form, "Cookie": cookie}
+    )
+    # Past every check: the action itself answers (there is no such run).
+    assert status == 404 and b"no flow run" in raw, raw[:300]
+
+
 def test_revoking_a_token_ends_its_sessions(server: Server) -> None:
     admin = Client(server.url, api_key=server.token("admin", "admin"))
     token = server.token("bob", "user")

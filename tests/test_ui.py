@@ -414,11 +414,12 @@ def test_the_server_serves_the_ui_and_its_run_form_validates(
         assert "has+no+task+run+0" in location
         _status, location, _ = _post(f"{url}/flows/{flow_id}/schedule", {"active": "1"})
         assert "has+no+schedule" in location
-        # A form posted from another site is refused; so is a GET of an action.
+        # A form posted from another site is refused (by the server's guard, before the
+        # UI's own check); so is a GET of an action.
         status, _loc, body = _post(
             f"{url}/runs/{run_id}/cancel", {}, {"Origin": "http://elsewhere.example"}
         )
-        assert status == 403 and "another site" in body
+        assert status == 403 and "from another origin (http://elsewhere.example)" in body
         assert _get(f"{url}/runs/{run_id}/cancel")[0] == 404
         # The API and health routes are still the server's.
         assert json.loads(_get(f"{url}/health")[2])["status"] == "ok"

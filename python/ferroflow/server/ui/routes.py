@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ferroflow.exceptions import ApiError, ApprovalError, FerroflowError
-from ferroflow.server import models
+from ferroflow.server import auth, models
 from ferroflow.server.database import Database
 from ferroflow.server.ui import views
 
@@ -91,12 +92,21 @@ class UI:
     # ---------------------------------------------------------------- the dispatcher
     def authorize(self, request: Request, action: str) -> None:
         """Refuse a request that may not do ``action`` (:data:`READ` or :data:`WRITE`):
-        the one place where roles are checked. Today: writes are refused when the UI is
-        read-only, and a POST must come from a page of this UI (same origin)."""
+        the one place where roles are checked: writes are refused when the UI is
+        read-only or the signed-in token's role is neither ``user`` nor ``admin``, and a
+        POST must come from a page of this UI (same origin; a session's form also
+        carries its CSRF token, checked by :class:`~ferroflow.server.auth.AuthMiddleware`).
+        Reads need a signed-in reader once tokens exist (the middleware's rule)."""
         if action != WRITE:
             return
         if self.read_only:
             raise Problem(403, "this UI is read-only: actions are turned off")
+        principal = auth.principal_of(request)
+        if principal is not None and principal.role not in auth.USERS:
+            raise Problem(
+                403,
+                f"forbidden: token {principal.name!r} (role {principal.role}) may only read",
+            )
         origin = request.headers.get("origin")
         if origin and origin != "null":
             host = request.headers.get("host", "")
@@ -156,6 +166,8 @@ class UI:
             path=request.url.path,
             title=self.title,
             read_only=self.read_only,
+            csrf=auth.csrf_token(request),
+            signout=Markup(auth.signout_form(request)),
             url_with=lambda **kw: _url_with(request, **kw),
             notice=q.get("notice"),
             error=q.get("error"),
