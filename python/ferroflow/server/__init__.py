@@ -145,9 +145,14 @@ def serve(
             (:class:`~ferroflow.server.services.Scheduler`), 0 to not run it
             [``$FERROFLOW_SCHEDULER_INTERVAL``, else 5].
 
+    With ``$FERROFLOW_RETENTION`` (e.g. ``30d``) it also runs the retention service
+    (:class:`~ferroflow.server.retention.Retention`: ``$FERROFLOW_RETENTION_STATES``,
+    ``$FERROFLOW_RETENTION_INTERVAL``).
+
     Raises:
         PlatformError: a host that is not loopback, a bad scheduler interval or lease
             timeout.
+        OpsError: a malformed retention setting.
     """
     import uvicorn
 
@@ -157,6 +162,9 @@ def serve(
     check_host(host)
     interval = _scheduler_interval(scheduler_interval)
     lease = lease_timeout()
+    from ferroflow.server.retention import retention_from_env
+
+    retention = retention_from_env()
     db = open_database(database_url)
 
     def announce(url: str) -> None:
@@ -202,9 +210,20 @@ def serve(
 
         lost = ServiceLoop(LostRuns(db, lease), max(lease / 4, 0.1), name="ferroflow-lost-runs")
         lost.start()
+    extra = []
+    if retention is not None:
+        from ferroflow.server.retention import Retention
+        from ferroflow.server.services import ServiceLoop
+
+        older, states, every = retention
+        extra.append(ServiceLoop(Retention(db, older, states), every, name="ferroflow-retention"))
+    for service in extra:
+        service.start()
     try:
         _Server(config).run()
     finally:
+        for service in extra:
+            service.stop()
         if lost is not None:
             lost.stop()
         if loop is not None:

@@ -27,6 +27,7 @@ from strawberry.types import Info
 
 from ferroflow.server import models
 from ferroflow.server.database import Database
+from ferroflow.server.ops_api import OpsMutation, OpsQuery
 
 __all__ = ["MAX_ALIASES", "MAX_DEPTH", "MAX_TOKENS", "make_schema"]
 
@@ -868,7 +869,7 @@ class AttemptMutation:
 
 
 #: The write side: the core mutations and the agents' ones.
-Mutation = merge_types("Mutation", (_CoreMutation, AgentMutation, AttemptMutation))
+Mutation = merge_types("Mutation", (_CoreMutation, AgentMutation, AttemptMutation, OpsMutation))
 
 # ------------------------------------------------------------------ end of agents block
 
@@ -891,7 +892,7 @@ class _Schema(strawberry.Schema):
 def make_schema() -> strawberry.Schema:
     """The schema with its limits (depth, aliases, tokens)."""
     return _Schema(
-        query=Query,
+        query=merge_types("Query", (Query, OpsQuery)),
         mutation=Mutation,
         config=StrawberryConfig(auto_camel_case=False),
         extensions=[

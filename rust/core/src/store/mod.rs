@@ -31,7 +31,14 @@
 //!   version, labels, scheduled start). The server (`ferroflow server start`)
 //!   uses the same store: this module creates and upgrades those tables in
 //!   SQLite, the server's PostgreSQL dialect keeps the same ones, and a test
-//!   fails if the two drift.
+//!   fails if the two drift;
+//! - the operations tables (schema version 5, `v5_ops.sql`): `backfills`,
+//!   `flow_limits`, `task_tag_limits`, `task_slots`, `notify_rules`,
+//!   `notifications`, and `flow_runs.backfill_id`.
+//!
+//! A new store is created with `auto_vacuum = INCREMENTAL`, so that pruning old
+//! runs can give the space back in small steps (see
+//! `python/ferroflow/server/retention.py`).
 //!
 //! # Migrations
 //!
@@ -105,7 +112,7 @@ pub use writer::{
 };
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The store's file name inside `FERROFLOW_HOME`.
 pub const STORE_FILE_NAME: &str = "ferroflow.db";
@@ -495,6 +502,14 @@ pub(crate) fn open_connection(
     if version == 0 && count_tables(&conn).map_err(sq)? > 0 {
         return Err(foreign(path));
     }
+    // A new store gives freed pages back in small steps (`PRAGMA incremental_vacuum`
+    // after a prune, see python/ferroflow/server/retention.py); the mode can only be
+    // set before the first table exists (an older store keeps NONE until one full
+    // VACUUM switches it).
+    if version == 0 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(sq)?;
+    }
     // WAL may be refused on some file systems; the store then still works with
     // the rollback journal, so the answer is not checked.
     let _mode: String = conn
@@ -637,6 +652,10 @@ ALTER TABLE flow_runs ADD COLUMN structure TEXT;
 /// so that the server's PostgreSQL schema can be read beside it.
 const SCHEMA_V4: &str = include_str!("platform.sql");
 
+/// Version 5: operations: backfills, concurrency limits (flow runs, task tags),
+/// notification rules and deliveries.
+const SCHEMA_V5: &str = include_str!("v5_ops.sql");
+
 /// The steps that bring a store up to [`SCHEMA_VERSION`]: a store at version `v`
 /// runs every step whose `from` is at least `v` (a fresh store first gets
 /// version 1's tables). Adding a version is one more line here.
@@ -647,6 +666,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // shares), every existing line kept; the flow's structure per run.
     (2, SCHEMA_V3),
     (3, SCHEMA_V4),
+    (4, SCHEMA_V5),
 ];
 
 #[cfg(test)]
