@@ -3,7 +3,11 @@ and concurrency limits.
 
 - ``ferroflow runs rm ID...`` and ``ferroflow runs prune --older-than 30d [--state S]...
   [--dry-run] [--vacuum]``: on the local run store, or on the server with ``--api URL``
-  / ``$FERROFLOW_API_URL`` (see :mod:`ferroflow.server.retention`).
+  / ``$FERROFLOW_API_URL`` (see :mod:`ferroflow.server.retention`);
+- ``ferroflow flows backfill FLOW --start 2026-11-01 --end 2026-11-30 [--project P]
+  [--max-concurrent N]`` (see :mod:`ferroflow.server.backfill`);
+- ``ferroflow flows limit FLOW N|none [--project P]``, ``ferroflow limits set TAG N``,
+  ``limits ls``, ``limits rm TAG`` (see :mod:`ferroflow.server.limits`).
 
 :func:`install` adds these commands to the ``ferroflow`` group (``cli.py`` imports this
 module at its end).
@@ -18,6 +22,7 @@ import click
 from ferroflow import cli as base
 from ferroflow._cli_api import api_option, server_wanted
 from ferroflow.cli import EXIT_OK
+from ferroflow.cli_server import flows_group
 
 __all__ = ["install"]
 
@@ -153,12 +158,163 @@ def runs_prune_cmd(
     return _print_prune(got, as_json, "Pruned")
 
 
+@click.command("backfill")
+@click.argument("flow")
+@click.option(
+    "--start", required=True, metavar="DATE", help="The first day (2026-11-01) or instant."
+)
+@click.option("--end", required=True, metavar="DATE", help="The last day (included) or instant.")
+@click.option("--project", "-p", default=None, help="The flow's project (when names clash).")
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most this many of the backfill's runs at once [no bound].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@api_option
+def flows_backfill_cmd(
+    flow: str,
+    start: str,
+    end: str,
+    project: str | None,
+    max_concurrent: int | None,
+    as_json: bool,
+    api: str | None,
+) -> int:
+    """Create a run of FLOW (a name or a flow version id) for every scheduled time of
+    its schedule from --start to --end that has none yet (running it again creates
+    nothing new)."""
+    from ferroflow.server.backfill import parse_instant
+
+    parse_instant(start, "--start")  # a bad date is reported before asking the server
+    parse_instant(end, "--end", end=True)
+    looks_like_id = len(flow) == 32 and all(c in "0123456789abcdef" for c in flow)
+    data = _client(api).graphql(
+        "mutation($i: BackfillInput!) { backfill_flow_runs(input: $i) "
+        "{ id flow_id created existing flow_run_ids } }",
+        {
+            "i": {
+                "start": start,
+                "end": end,
+                "flow_id": flow if looks_like_id else None,
+                "flow_name": None if looks_like_id else flow,
+                "project": project,
+                "max_concurrent": max_concurrent,
+            }
+        },
+    )
+    got = data["backfill_flow_runs"]
+    if as_json:
+        base._echo_json(got)
+        return EXIT_OK
+    bound = f", at most {max_concurrent} at once" if max_concurrent else ""
+    click.echo(
+        f"Backfill {got['id']}: created {got['created']} run(s){bound}; "
+        f"{got['existing']} scheduled time(s) had a run already"
+    )
+    return EXIT_OK
+
+
+def _limit_value(text: str) -> int | None:
+    if text.lower() in ("none", "off"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise base.CliError(f"a limit is an int >= 0 or 'none', got {text!r}") from None
+    if value < 0:
+        raise base.CliError(f"a limit is an int >= 0 or 'none', got {text!r}")
+    return value
+
+
+@click.command("limit")
+@click.argument("flow")
+@click.argument("max_running", metavar="N|none")
+@click.option("--project", "-p", default=None, help="The flow's project (when names clash).")
+@api_option
+def flows_limit_cmd(flow: str, max_running: str, project: str | None, api: str | None) -> int:
+    """At most N runs of FLOW run at once (the others wait, Scheduled); 'none' removes
+    the limit."""
+    got = _client(api).graphql(
+        "mutation($i: FlowLimitInput!) { set_flow_limit(input: $i) { flow_name max_running } }",
+        {"i": {"flow": flow, "max_running": _limit_value(max_running), "project": project}},
+    )["set_flow_limit"]
+    if got["max_running"] is None:
+        click.echo(f"Flow {got['flow_name']!r} has no run limit")
+    else:
+        click.echo(f"Flow {got['flow_name']!r}: at most {got['max_running']} run(s) at once")
+    return EXIT_OK
+
+
+@click.group("limits")
+def limits_group() -> None:
+    """Task-tag concurrency limits on the server (across every run and agent)."""
+
+
+@limits_group.command("set")
+@click.argument("tag")
+@click.argument("max_running", type=click.IntRange(min=0), metavar="N")
+@api_option
+def limits_set_cmd(tag: str, max_running: int, api: str | None) -> int:
+    """At most N task runs tagged TAG run at once; the rest wait."""
+    got = _client(api).graphql(
+        "mutation($i: TagLimitInput!) { set_tag_limit(input: $i) { tag max_running running } }",
+        {"i": {"tag": tag, "max_running": max_running}},
+    )["set_tag_limit"]
+    click.echo(
+        f"Tag {got['tag']!r}: at most {got['max_running']} at once ({got['running']} running)"
+    )
+    return EXIT_OK
+
+
+@limits_group.command("rm")
+@click.argument("tag")
+@api_option
+def limits_rm_cmd(tag: str, api: str | None) -> int:
+    """Remove the limit of TAG."""
+    _client(api).graphql(
+        "mutation($i: TagLimitInput!) { set_tag_limit(input: $i) { tag } }",
+        {"i": {"tag": tag, "max_running": None}},
+    )
+    click.echo(f"Tag {tag!r} has no limit")
+    return EXIT_OK
+
+
+@limits_group.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@api_option
+def limits_ls_cmd(as_json: bool, api: str | None) -> int:
+    """List the tag limits and the flow limits, with what runs now."""
+    data = _client(api).graphql(
+        "{ tag_limits { tag max_running running } flow_limits { flow_name max_running running } }"
+    )
+    if as_json:
+        base._echo_json(data)
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(title="Concurrency limits", title_justify="left")
+    for col in ("Kind", "Name", "Limit", "Running"):
+        table.add_column(col)
+    for r in data["tag_limits"]:
+        table.add_row("tag", r["tag"], str(r["max_running"]), str(r["running"]))
+    for r in data["flow_limits"]:
+        table.add_row("flow", str(r["flow_name"]), str(r["max_running"]), str(r["running"]))
+    base._out().print(table)
+    return EXIT_OK
+
+
 def install(cli: click.Group) -> None:
-    """Add the ops commands to the ``ferroflow`` group: ``runs rm``, ``runs prune``."""
+    """Add the ops commands to the ``ferroflow`` group: ``runs rm``, ``runs prune``,
+    ``flows backfill``, ``flows limit`` and ``limits``."""
     runs = cli.commands["runs"]
     assert isinstance(runs, click.Group)
     runs.add_command(runs_rm_cmd)
     runs.add_command(runs_prune_cmd)
+    flows_group.add_command(flows_backfill_cmd)
+    flows_group.add_command(flows_limit_cmd)
+    cli.add_command(limits_group)
 
 
 install(base.cli)

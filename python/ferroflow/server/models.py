@@ -30,6 +30,7 @@ from typing import Any
 
 from ferroflow.exceptions import ApiError
 from ferroflow.server.database import Database
+from ferroflow.server.limits import CLAIM_GATE, hold_back, lock_for_claim
 
 __all__ = [
     "AUTO_KEY_PREFIX",
@@ -1123,7 +1124,8 @@ def get_runs_in_queue(
         "ORDER BY r.scheduled_start, r.key LIMIT ?",
         (due if due is not None else _now(), MAX_PAGE),
     )
-    return [r for r in rows if set(json.loads(r["labels"] or "[]")) <= have][:limit]
+    mine = [r for r in rows if set(json.loads(r["labels"] or "[]")) <= have]
+    return hold_back(db, mine)[:limit]  # runs over a concurrency limit wait
 
 
 def claim_flow_run(db: Database, agent_id: str, flow_run_id: str, version: int) -> dict[str, Any]:
@@ -1134,11 +1136,12 @@ def claim_flow_run(db: Database, agent_id: str, flow_run_id: str, version: int) 
     _agent(db, agent_id)
     with db.transaction():
         run = get_flow_run(db, flow_run_id)
+        lock_for_claim(db, run)
         now = _now()
         changed = db.execute(
             "UPDATE flow_runs SET state = 'Pending', version = version + 1, agent_id = ?, "
             "heartbeat = ?, message = ?, ingest_journal_seq = 0, ingest_log_seq = 0 "
-            "WHERE key = ? AND state = 'Scheduled' AND version = ?",
+            f"WHERE key = ? AND state = 'Scheduled' AND version = ? AND {CLAIM_GATE}",
             (agent_id, now, f"claimed by agent {agent_id}", run["key"], int(version)),
         )
         if not changed:
@@ -1148,6 +1151,11 @@ def claim_flow_run(db: Database, agent_id: str, flow_run_id: str, version: int) 
                 and int(run["version"]) == int(version) + 1
             ):
                 return run
+            if run["state"] == "Scheduled" and int(run["version"]) == int(version):
+                raise ApiError(
+                    f"flow run {run['id']} was not claimed: it waits for a concurrency "
+                    "limit (its flow's or its backfill's runs are all running)"
+                )
             raise ApiError(
                 f"flow run {run['id']} was not claimed: it is {run['state']} at version "
                 f"{run['version']} (held by {run['agent_id'] or 'no agent'})"

@@ -12,7 +12,7 @@ import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from ferroflow.server import retention
+from ferroflow.server import backfill, limits, models, retention
 from ferroflow.server.database import Database
 
 __all__ = ["OpsMutation", "OpsQuery"]
@@ -60,6 +60,75 @@ class PrunePayload:
         return PrunePayload(**d)
 
 
+@strawberry.input(description="backfill_flow_runs's input.")
+class BackfillInput:
+    """The flow (version id, or name and project), the range (ISO dates or date-times;
+    a date as the end means the end of that day) and the bound on runs at once."""
+
+    start: str
+    end: str
+    flow_id: str | None = None
+    flow_name: str | None = None
+    project: str | None = None
+    max_concurrent: int | None = None
+
+
+@strawberry.type(description="What a backfill created.")
+class BackfillPayload:
+    """The backfill's id, the runs it created, and the scheduled times that had one."""
+
+    id: str
+    flow_id: str
+    created: int
+    existing: int
+    flow_run_ids: list[str]
+
+
+@strawberry.input(description="set_flow_limit's input.")
+class FlowLimitInput:
+    """A flow (name or version id; project when names clash) and its limit (null: none)."""
+
+    flow: str
+    max_running: int | None
+    project: str | None = None
+
+
+@strawberry.type(description="A flow's limit on runs held at once.")
+class FlowLimit:
+    """The flow, its limit and how many of its runs agents hold now."""
+
+    flow_group: str
+    flow_name: str | None
+    max_running: int | None
+    running: int = 0
+
+
+@strawberry.input(description="set_tag_limit's input.")
+class TagLimitInput:
+    """A task tag and its limit (null: none)."""
+
+    tag: str
+    max_running: int | None
+
+
+@strawberry.type(description="A task tag's limit on task runs at once.")
+class TagLimit:
+    """The tag, its limit and the slots held now."""
+
+    tag: str
+    max_running: int | None
+    running: int
+
+
+@strawberry.input(description="acquire_task_slots's and release_task_slots's input.")
+class TaskSlotsInput:
+    """The flow run, the task run that holds the slots, and its tags."""
+
+    flow_run_id: str
+    holder: str
+    tags: list[str] | None = None
+
+
 @strawberry.type(description="The server's retention setting.")
 class RetentionSetting:
     """Finished runs older than ``older_than`` seconds (in ``states``, empty: every
@@ -83,10 +152,21 @@ class OpsQuery:
         older, states, interval = got
         return RetentionSetting(older_than=older, states=list(states or ()), interval=interval)
 
+    @strawberry.field(description="Every flow limit, with the runs held now.")
+    def flow_limits(self, info: Info) -> list[FlowLimit]:
+        """flow_limits."""
+        return [FlowLimit(**r) for r in limits.list_flow_limits(_db(info))]
+
+    @strawberry.field(description="Every task-tag limit, with the slots held now.")
+    def tag_limits(self, info: Info) -> list[TagLimit]:
+        """tag_limits."""
+        return [TagLimit(**r) for r in limits.list_tag_limits(_db(info))]
+
 
 @strawberry.type(description="Operations: mutations.")
 class OpsMutation:
-    """delete_flow_runs, prune_flow_runs."""
+    """delete_flow_runs, prune_flow_runs, backfill_flow_runs, set_flow_limit,
+    set_tag_limit, acquire_task_slots, release_task_slots."""
 
     @strawberry.mutation(description="Remove finished flow runs with their records and files.")
     def delete_flow_runs(self, info: Info, input: DeleteFlowRunsInput) -> PrunePayload:
@@ -103,3 +183,45 @@ class OpsMutation:
             dry_run=input.dry_run,
         )
         return PrunePayload.of(got)
+
+    @strawberry.mutation(description="Create the missing runs of a flow's schedule in a range.")
+    def backfill_flow_runs(self, info: Info, input: BackfillInput) -> BackfillPayload:
+        """backfill_flow_runs."""
+        got = backfill.backfill(
+            _db(info),
+            start=backfill.parse_instant(input.start, "start"),
+            end=backfill.parse_instant(input.end, "end", end=True),
+            flow_id=input.flow_id,
+            flow_name=input.flow_name,
+            project=input.project,
+            max_concurrent=input.max_concurrent,
+        )
+        return BackfillPayload(**got)
+
+    @strawberry.mutation(description="Limit how many runs of a flow agents hold at once.")
+    def set_flow_limit(self, info: Info, input: FlowLimitInput) -> FlowLimit:
+        """set_flow_limit."""
+        db = _db(info)
+        with db.transaction():
+            got = limits.set_flow_limit(db, input.flow, input.max_running, input.project)
+            models.audit(db, "set_flow_limit", got["flow_group"], {"max": input.max_running})
+        return FlowLimit(**got)
+
+    @strawberry.mutation(description="Limit how many task runs of a tag run at once.")
+    def set_tag_limit(self, info: Info, input: TagLimitInput) -> TagLimit:
+        """set_tag_limit."""
+        db = _db(info)
+        with db.transaction():
+            got = limits.set_tag_limit(db, input.tag, input.max_running)
+            models.audit(db, "set_tag_limit", got["tag"], {"max": input.max_running})
+        return TagLimit(**got)
+
+    @strawberry.mutation(description="Take a slot of each limited tag for a task run, or none.")
+    def acquire_task_slots(self, info: Info, input: TaskSlotsInput) -> bool:
+        """acquire_task_slots: true when the task run may start."""
+        return limits.acquire_slots(_db(info), input.flow_run_id, input.holder, input.tags or [])
+
+    @strawberry.mutation(description="Release the slots a task run holds.")
+    def release_task_slots(self, info: Info, input: TaskSlotsInput) -> int:
+        """release_task_slots: how many were released."""
+        return limits.release_slots(_db(info), input.flow_run_id, input.holder)
