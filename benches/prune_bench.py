@@ -121,6 +121,10 @@ def main() -> None:
         f"pruned {got.count} runs (+{got.files_removed} checkpoint dirs) in {took:.2f} s; "
         f"{left} left; a second prune: {again.count} runs in {noop:.3f} s"
     )
+    print(
+        f"  records (batched deletes + incremental vacuum): {got.records_seconds:.2f} s; "
+        f"checkpoint directories: {got.files_seconds:.2f} s"
+    )
     assert got.bytes_before is not None and got.bytes_after is not None
     print(
         f"store size: {got.bytes_before / mib:.1f} MiB before, "

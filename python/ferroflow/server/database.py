@@ -402,6 +402,15 @@ class SqliteDatabase(Database):
         with self._lock:
             self._conn.close()
 
+    def executescript(self, sql: str) -> None:
+        """Run statements to completion outside a transaction (``sqlite3`` steps a
+        statement that returns no rows only once: ``PRAGMA incremental_vacuum`` then
+        frees one page, not all)."""
+        with self._lock:
+            if self._depth:
+                raise StoreError("executescript cannot run inside a transaction")
+            self._conn.executescript(sql)
+
     def schema_version(self) -> int:
         """``PRAGMA user_version``."""
         row = self.fetchone("PRAGMA user_version")

@@ -52,6 +52,8 @@ class PrunePayload:
     bytes_after: float | None
     dry_run: bool
     note: str | None
+    records_seconds: float
+    files_seconds: float
 
     @staticmethod
     def of(got: retention.PruneResult) -> PrunePayload:
