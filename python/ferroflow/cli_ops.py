@@ -7,7 +7,9 @@ and concurrency limits.
 - ``ferroflow flows backfill FLOW --start 2026-11-01 --end 2026-11-30 [--project P]
   [--max-concurrent N]`` (see :mod:`ferroflow.server.backfill`);
 - ``ferroflow flows limit FLOW N|none [--project P]``, ``ferroflow limits set TAG N``,
-  ``limits ls``, ``limits rm TAG`` (see :mod:`ferroflow.server.limits`).
+  ``limits ls``, ``limits rm TAG`` (see :mod:`ferroflow.server.limits`);
+- ``ferroflow notify add --on Failed [--flow F] --webhook URL``, ``notify ls``,
+  ``notify rm ID`` (see :mod:`ferroflow.server.notify`).
 
 :func:`install` adds these commands to the ``ferroflow`` group (``cli.py`` imports this
 module at its end).
@@ -305,9 +307,75 @@ def limits_ls_cmd(as_json: bool, api: str | None) -> int:
     return EXIT_OK
 
 
+@click.group("notify")
+def notify_group() -> None:
+    """Notification rules on the server: POST to a webhook when runs end in a state."""
+
+
+@notify_group.command("add")
+@click.option("--on", "on_state", required=True, metavar="STATE", help="e.g. Failed, Success.")
+@click.option("--flow", "flow_name", default=None, help="Only runs of this flow [any flow].")
+@click.option("--webhook", required=True, metavar="URL", help="Where to POST (Slack-compatible).")
+@api_option
+def notify_add_cmd(on_state: str, flow_name: str | None, webhook: str, api: str | None) -> int:
+    """Add a rule: POST to URL once for every run (of FLOW) that ends in STATE; a
+    receiver that is down is retried with backoff."""
+    from ferroflow.utilities.notifications import check_webhook_url
+
+    check_webhook_url(webhook)
+    got = _client(api).graphql(
+        "mutation($i: NotifyRuleInput!) { add_notify_rule(input: $i) { id } }",
+        {"i": {"on_state": on_state, "flow_name": flow_name, "webhook": webhook}},
+    )["add_notify_rule"]
+    click.echo(f"Notification rule {got['id']} added")
+    return EXIT_OK
+
+
+@notify_group.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@api_option
+def notify_ls_cmd(as_json: bool, api: str | None) -> int:
+    """List the rules with their deliveries (sent, pending, failed)."""
+    rules = _client(api).graphql(
+        "{ notify_rules { id on_state flow_name webhook created sent pending failed } }"
+    )["notify_rules"]
+    if as_json:
+        base._echo_json(rules)
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(title="Notification rules", title_justify="left")
+    for col in ("ID", "On", "Flow", "Webhook", "Sent", "Pending", "Failed"):
+        table.add_column(col)
+    for r in rules:
+        table.add_row(
+            r["id"][:8],
+            r["on_state"],
+            r["flow_name"] or "(any)",
+            r["webhook"],
+            str(r["sent"]),
+            str(r["pending"]),
+            str(r["failed"]),
+        )
+    base._out().print(table)
+    return EXIT_OK
+
+
+@notify_group.command("rm")
+@click.argument("rule_id", metavar="ID")
+@api_option
+def notify_rm_cmd(rule_id: str, api: str | None) -> int:
+    """Remove a rule (ID may be a unique prefix)."""
+    found = _client(api).graphql(
+        "mutation($id: String!) { delete_notify_rule(id: $id) }", {"id": rule_id}
+    )["delete_notify_rule"]
+    click.echo(f"Notification rule {found} removed")
+    return EXIT_OK
+
+
 def install(cli: click.Group) -> None:
     """Add the ops commands to the ``ferroflow`` group: ``runs rm``, ``runs prune``,
-    ``flows backfill``, ``flows limit`` and ``limits``."""
+    ``flows backfill``, ``flows limit``, ``limits`` and ``notify``."""
     runs = cli.commands["runs"]
     assert isinstance(runs, click.Group)
     runs.add_command(runs_rm_cmd)
@@ -315,6 +383,7 @@ def install(cli: click.Group) -> None:
     flows_group.add_command(flows_backfill_cmd)
     flows_group.add_command(flows_limit_cmd)
     cli.add_command(limits_group)
+    cli.add_command(notify_group)
 
 
 install(base.cli)

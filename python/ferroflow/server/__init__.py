@@ -147,7 +147,8 @@ def serve(
 
     With ``$FERROFLOW_RETENTION`` (e.g. ``30d``) it also runs the retention service
     (:class:`~ferroflow.server.retention.Retention`: ``$FERROFLOW_RETENTION_STATES``,
-    ``$FERROFLOW_RETENTION_INTERVAL``).
+    ``$FERROFLOW_RETENTION_INTERVAL``). The notification service
+    (:class:`~ferroflow.server.notify.Notifier`) always runs.
 
     Raises:
         PlatformError: a host that is not loopback, a bad scheduler interval or lease
@@ -210,10 +211,13 @@ def serve(
 
         lost = ServiceLoop(LostRuns(db, lease), max(lease / 4, 0.1), name="ferroflow-lost-runs")
         lost.start()
-    extra = []
+    from ferroflow.server.notify import notifier_from_env
+    from ferroflow.server.services import ServiceLoop
+
+    notifier, every_notify = notifier_from_env(db)
+    extra = [ServiceLoop(notifier, every_notify, name="ferroflow-notify")]
     if retention is not None:
         from ferroflow.server.retention import Retention
-        from ferroflow.server.services import ServiceLoop
 
         older, states, every = retention
         extra.append(ServiceLoop(Retention(db, older, states), every, name="ferroflow-retention"))

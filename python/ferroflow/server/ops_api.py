@@ -12,7 +12,7 @@ import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from ferroflow.server import backfill, limits, models, retention
+from ferroflow.server import backfill, limits, models, notify, retention
 from ferroflow.server.database import Database
 
 __all__ = ["OpsMutation", "OpsQuery"]
@@ -131,6 +131,43 @@ class TaskSlotsInput:
     tags: list[str] | None = None
 
 
+@strawberry.input(description="add_notify_rule's input.")
+class NotifyRuleInput:
+    """POST to ``webhook`` when a run of ``flow_name`` (any flow: null) ends ``on_state``."""
+
+    on_state: str
+    webhook: str
+    flow_name: str | None = None
+
+
+@strawberry.type(description="A notification rule and its deliveries so far.")
+class NotifyRule:
+    """The rule, and how many of its notifications were sent, wait, or failed."""
+
+    id: str
+    on_state: str
+    flow_name: str | None
+    webhook: str
+    created: float
+    sent: int = 0
+    pending: int = 0
+    failed: int = 0
+
+
+@strawberry.type(description="One notification: a rule and an event, and its delivery.")
+class Notification:
+    """Status ``pending`` (to send or retry), ``sent`` or ``failed`` (given up)."""
+
+    seq: int
+    rule_id: str
+    flow_run_id: str
+    status: str
+    attempts: int
+    last_error: str | None
+    created: float
+    sent: float | None
+
+
 @strawberry.type(description="The server's retention setting.")
 class RetentionSetting:
     """Finished runs older than ``older_than`` seconds (in ``states``, empty: every
@@ -153,6 +190,18 @@ class OpsQuery:
             return None
         older, states, interval = got
         return RetentionSetting(older_than=older, states=list(states or ()), interval=interval)
+
+    @strawberry.field(description="Every notification rule.")
+    def notify_rules(self, info: Info) -> list[NotifyRule]:
+        """notify_rules."""
+        return [NotifyRule(**r) for r in notify.list_rules(_db(info))]
+
+    @strawberry.field(description="The newest notifications (of one rule).")
+    def notifications(
+        self, info: Info, rule_id: str | None = None, limit: int = 100
+    ) -> list[Notification]:
+        """notifications."""
+        return [Notification(**r) for r in notify.list_notifications(_db(info), rule_id, limit)]
 
     @strawberry.field(description="Every flow limit, with the runs held now.")
     def flow_limits(self, info: Info) -> list[FlowLimit]:
@@ -227,3 +276,21 @@ class OpsMutation:
     def release_task_slots(self, info: Info, input: TaskSlotsInput) -> int:
         """release_task_slots: how many were released."""
         return limits.release_slots(_db(info), input.flow_run_id, input.holder)
+
+    @strawberry.mutation(description="Add a notification rule.")
+    def add_notify_rule(self, info: Info, input: NotifyRuleInput) -> NotifyRule:
+        """add_notify_rule."""
+        db = _db(info)
+        with db.transaction():
+            row = notify.add_rule(db, input.on_state, input.webhook, input.flow_name)
+            models.audit(db, "add_notify_rule", row["id"], {"on": input.on_state})
+        return NotifyRule(**row)
+
+    @strawberry.mutation(description="Remove a notification rule (id or unique prefix).")
+    def delete_notify_rule(self, info: Info, id: str) -> str:
+        """delete_notify_rule: the rule's full id."""
+        db = _db(info)
+        with db.transaction():
+            found = notify.remove_rule(db, id)
+            models.audit(db, "delete_notify_rule", found)
+        return found
