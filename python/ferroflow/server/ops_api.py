@@ -12,6 +12,7 @@ import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
+from ferroflow.exceptions import OpsError
 from ferroflow.server import backfill, limits, models, notify, retention
 from ferroflow.server.database import Database
 
@@ -127,7 +128,7 @@ class TaskSlotsInput:
     """The flow run, the task run that holds the slots, and its tags."""
 
     flow_run_id: str
-    holder: str
+    holder: str | None
     tags: list[str] | None = None
 
 
@@ -270,9 +271,11 @@ class OpsMutation:
     @strawberry.mutation(description="Take a slot of each limited tag for a task run, or none.")
     def acquire_task_slots(self, info: Info, input: TaskSlotsInput) -> bool:
         """acquire_task_slots: true when the task run may start."""
+        if input.holder is None:
+            raise OpsError("acquire_task_slots needs the holder (the task run)")
         return limits.acquire_slots(_db(info), input.flow_run_id, input.holder, input.tags or [])
 
-    @strawberry.mutation(description="Release the slots a task run holds.")
+    @strawberry.mutation(description="Release the slots a task run (null: every one) holds.")
     def release_task_slots(self, info: Info, input: TaskSlotsInput) -> int:
         """release_task_slots: how many were released."""
         return limits.release_slots(_db(info), input.flow_run_id, input.holder)
