@@ -22,9 +22,8 @@ from typing import Any
 import click
 
 from ferroflow import cli as base
-from ferroflow._cli_api import api_option, server_wanted
+from ferroflow._cli_api import FLOWS_COMMANDS, api_option, server_wanted
 from ferroflow.cli import EXIT_OK
-from ferroflow.cli_server import flows_group
 
 __all__ = ["install"]
 
@@ -380,8 +379,11 @@ def install(cli: click.Group) -> None:
     assert isinstance(runs, click.Group)
     runs.add_command(runs_rm_cmd)
     runs.add_command(runs_prune_cmd)
-    flows_group.add_command(flows_backfill_cmd)
-    flows_group.add_command(flows_limit_cmd)
+    FLOWS_COMMANDS.extend([flows_backfill_cmd, flows_limit_cmd])
+    flows = cli.commands.get("flows")
+    if isinstance(flows, click.Group):  # cli_server came first; else it adds them
+        for command in FLOWS_COMMANDS:
+            flows.add_command(command)
     cli.add_command(limits_group)
     cli.add_command(notify_group)
 
