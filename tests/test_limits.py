@@ -16,8 +16,7 @@ from _tasks import Ledger
 from ferroflow.cli import run_cli
 from ferroflow.exceptions import ApiError, OpsError
 from ferroflow.server import limits, models
-from ferroflow.server.database import SqliteDatabase
-from ferroflow.store import store_path
+from ferroflow.server.database import Database
 from test_agent import (
     AgentProcess,
     Server,
@@ -29,8 +28,9 @@ from test_agent import (
     server,
     wait_for,
 )
+from test_server import db
 
-__all__ = ["agents", "ledger", "server"]  # fixtures used by name
+__all__ = ["agents", "db", "ledger", "server"]  # fixtures used by name
 
 FLOWS = """
 import os, time
@@ -110,36 +110,48 @@ def test_a_flow_limit_holds_runs_back_at_the_claim(
     assert code == 0 and "no run limit" in out
 
 
-def test_the_claim_itself_refuses_a_run_over_the_limit(tmp_path: Path) -> None:
-    """Whatever an agent's queue said: two claims, one slot, one wins."""
+def test_the_claim_itself_refuses_a_run_over_the_limit(db: Database) -> None:
+    """Whatever an agent's queue said: two claims, one slot, one wins (SQLite and
+    PostgreSQL)."""
     from test_server import register as register_row
 
-    db = SqliteDatabase(store_path())
-    try:
-        models.create_project(db, "etl")
-        flow = register_row(db)
-        a = models.create_flow_run(db, flow_id=flow["id"])
-        b = models.create_flow_run(db, flow_id=flow["id"])
-        agent = models.register_agent(db, "a", [], None)
-        limits.set_flow_limit(db, "f", 1)
-        models.claim_flow_run(db, agent["id"], a["id"], 0)
-        with pytest.raises(ApiError, match="waits for a concurrency limit"):
-            models.claim_flow_run(db, agent["id"], b["id"], 0)
-        queue = models.get_runs_in_queue(db, agent["id"])
-        assert queue == []
-        assert models.get_flow_run(db, b["id"])["message"].startswith("waiting: flow 'f' has 1")
-        limits.set_flow_limit(db, flow["id"], 2)
-        assert models.claim_flow_run(db, agent["id"], b["id"], 0)["state"] == "Pending"
-        with pytest.raises(OpsError, match="int >= 0"):
-            limits.set_flow_limit(db, "f", -1)
-        with pytest.raises(ApiError, match="no flow 'nope'"):
-            limits.set_flow_limit(db, "nope", 1)
-        with pytest.raises(OpsError, match="non-empty"):
-            limits.set_tag_limit(db, " ", 1)
-        with pytest.raises(ApiError, match="not held by an agent"):
-            limits.acquire_slots(db, "no-such-run", "h", ["db"])
-    finally:
-        db.close()
+    models.create_project(db, "etl")
+    flow = register_row(db)
+    a = models.create_flow_run(db, flow_id=flow["id"])
+    b = models.create_flow_run(db, flow_id=flow["id"])
+    agent = models.register_agent(db, "a", [], None)
+    limits.set_flow_limit(db, "f", 1)
+    models.claim_flow_run(db, agent["id"], a["id"], 0)
+    with pytest.raises(ApiError, match="waits for a concurrency limit"):
+        models.claim_flow_run(db, agent["id"], b["id"], 0)
+    queue = models.get_runs_in_queue(db, agent["id"])
+    assert queue == []
+    assert models.get_flow_run(db, b["id"])["message"].startswith("waiting: flow 'f' has 1")
+    limits.set_flow_limit(db, flow["id"], 2)
+    assert models.claim_flow_run(db, agent["id"], b["id"], 0)["state"] == "Pending"
+    with pytest.raises(OpsError, match="int >= 0"):
+        limits.set_flow_limit(db, "f", -1)
+    with pytest.raises(ApiError, match="no flow 'nope'"):
+        limits.set_flow_limit(db, "nope", 1)
+    with pytest.raises(OpsError, match="non-empty"):
+        limits.set_tag_limit(db, " ", 1)
+    with pytest.raises(ApiError, match="not held by an agent"):
+        limits.acquire_slots(db, "no-such-run", "h", ["db"])
+    # Tag slots: all of a task's limited tags or none; lowering keeps the holders.
+    limits.set_tag_limit(db, "db", 1)
+    limits.set_tag_limit(db, "api", 2)
+    assert limits.acquire_slots(db, a["id"], "t1", ["db", "api", "free"])
+    assert not limits.acquire_slots(db, b["id"], "t2", ["api", "db"])
+    assert limits.acquire_slots(db, b["id"], "t3", ["api"])
+    assert limits.acquire_slots(db, a["id"], "t1", ["db", "api"])  # held already
+    limits.set_tag_limit(db, "api", 1)
+    assert {r["tag"]: r["running"] for r in limits.list_tag_limits(db)} == {"api": 2, "db": 1}
+    assert limits.release_slots(db, a["id"], "t1") == 2
+    assert not limits.acquire_slots(db, a["id"], "t4", ["api"])  # 1 held, limit 1
+    models.set_flow_run_states(
+        db, [{"flow_run_id": b["id"], "version": 1, "state": "Failed", "message": "x"}]
+    )
+    assert limits.acquire_slots(db, a["id"], "t4", ["api"])  # b's slot went with it
 
 
 def test_a_tag_limit_holds_across_runs_and_agents_and_can_be_lowered(

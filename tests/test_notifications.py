@@ -316,3 +316,28 @@ def test_a_server_rule_notifies_an_agents_failed_run_once(
         agent.stop()
         server.stop()
     assert os.path.exists(tmp_path / "server")
+
+
+def test_rules_on_postgresql(postgres_server: Any, receiver: Any) -> None:
+    from ferroflow.server.database import open_database
+    from ferroflow.server.notify import list_rules
+    from test_server import copy_local_runs
+
+    r = receiver()
+    db = open_database(postgres_server.create_database())
+    try:
+        rule = add_rule(db, "Failed", r.url, flow_name="nightly")
+        local_runs(0, 1)
+        copy_local_runs(db)
+        service = Notifier(db, backoff=0.05)
+        assert service.run_once() == 1
+        assert service.run_once() == 0
+        assert len(r.bodies) == 1 and r.bodies[0]["text"].startswith("Flow 'nightly'")
+        (row,) = list_rules(db)
+        assert (row["sent"], row["pending"], row["failed"]) == (1, 0, 0)
+        (sent,) = list_notifications(db, rule["id"])
+        assert sent["status"] == "sent"
+        assert remove_rule(db, rule["id"]) == rule["id"]
+        assert list_rules(db) == []
+    finally:
+        db.close()

@@ -76,7 +76,7 @@ def _flow(db: Database, flow_id: str | None, flow_name: str | None, project: str
         raise ApiError("a backfill needs flow_id, or flow_name (and project when names clash)")
     rows = db.fetchall(
         "SELECT f.id, p.name AS project FROM flows f JOIN projects p ON p.id = f.project_id "
-        "WHERE f.name = ? AND f.archived = 0 AND (? IS NULL OR p.name = ?) "
+        "WHERE f.name = ? AND f.archived = 0 AND (CAST(? AS TEXT) IS NULL OR p.name = ?) "
         "ORDER BY f.version DESC",
         (flow_name, project, project),
     )

@@ -78,7 +78,8 @@ def _flow_group(db: Database, flow: str, project: str | None) -> tuple[str, str]
         return str(row["flow_group"]), str(row["name"])
     rows = db.fetchall(
         "SELECT DISTINCT f.flow_group, f.name, p.name AS project FROM flows f "
-        "JOIN projects p ON p.id = f.project_id WHERE f.name = ? AND (? IS NULL OR p.name = ?)",
+        "JOIN projects p ON p.id = f.project_id WHERE f.name = ? "
+        "AND (CAST(? AS TEXT) IS NULL OR p.name = ?)",
         (flow, project, project),
     )
     if not rows:

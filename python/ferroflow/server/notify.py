@@ -149,7 +149,8 @@ def list_notifications(
     attempts, last_error, created, sent``."""
     return db.fetchall(
         "SELECT seq, rule_id, flow_run_id, status, attempts, last_error, created, sent "
-        "FROM notifications WHERE (? IS NULL OR rule_id = ?) ORDER BY seq DESC LIMIT ?",
+        "FROM notifications WHERE (CAST(? AS TEXT) IS NULL OR rule_id = ?) "
+        "ORDER BY seq DESC LIMIT ?",
         (rule_id, rule_id, max(1, min(int(limit), 1000))),
     )
 
@@ -185,7 +186,8 @@ class Notifier:
             marks = ", ".join("?" * len(states))
             runs = self.db.fetchall(
                 f"SELECT id, flow_name, state, message, ended, flow_id FROM flow_runs "
-                f"WHERE state IN ({marks}) AND ended >= ? AND (? IS NULL OR flow_name = ?)",
+                f"WHERE state IN ({marks}) AND ended >= ? "
+                "AND (CAST(? AS TEXT) IS NULL OR flow_name = ?)",
                 (*states, since, rule["flow_name"], rule["flow_name"]),
             )
             for run in runs:
