@@ -24,7 +24,7 @@ __all__ = ["agents", "ledger", "server"]  # fixtures used by name
 
 FLOWS = """
 import os, time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from ferroflow import Flow, Parameter, task
 from ferroflow.schedules import Schedule
 from ferroflow.schedules.clocks import IntervalClock
@@ -260,7 +260,8 @@ def test_max_concurrent_bounds_the_runs_agents_hold(
     for _, kind in events:
         running += 1 if kind == "start" else -1
         peak = max(peak, running)
-    assert len(events) == 12 and peak <= 2, events
+    # At least once: a run whose final report is lost is run again after its lease.
+    assert len(events) >= 12 and peak <= 2, events
 
 
 def test_bad_backfills_are_readable_errors(
