@@ -105,9 +105,9 @@ use thiserror::Error;
 use crate::StateKind;
 
 pub use read::{
-    CacheRow, FinishedTaskRun, FlowRunRow, INTERRUPTED_TASK_RUN, JournalFold, LogRow,
-    TaskRunFilter, TaskRunRow, TaskSpan, TransitionRow, encode_transitions, fold_journal,
-    journal_transitions,
+    CacheRow, FinishedTaskRun, FlowRunRow, INTERRUPTED_TASK_RUN, JournalFold, LogRow, ReportBatch,
+    ReportLog, TaskRunFilter, TaskRunRow, TaskSpan, TransitionRow, encode_transitions,
+    fold_journal, journal_transitions,
 };
 pub use writer::{
     Event, EventBuffer, LogLine, MAX_BATCH_ROWS, NewTaskRun, PackItem, Recorder, TransitionItem,
