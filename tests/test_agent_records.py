@@ -210,3 +210,40 @@ def test_agents_show_the_runs_they_hold(db: Database) -> None:
         ("busy", 2),
         ("idle", 0),
     ]
+
+
+def test_report_batches_page_through_a_run_in_order() -> None:
+    from ferroflow import _native, get_run_logger
+
+    @task
+    def say(i: int) -> int:
+        get_run_logger().info("line %d", i)
+        return i
+
+    with Flow("talker") as flow:
+        say.map(list(range(30)))
+    assert flow.run().is_successful()
+    with open_store() as store:
+        (run,) = store.list_flow_runs()
+    native = _native.Store(str(store_path()))
+    assert native.report_batch("no-such-run", 0, 0, 1 << 20, 100) is None
+    whole = native.report_batch(run.id, 0, 0, 1 << 30, 10_000)
+    assert whole is not None and whole["complete"]
+    assert whole["run"]["flow_name"] == "talker" and whole["structure"]
+    assert len(whole["logs"]) >= 30
+    seqs = [seq for seq, _ in whole["journal"]]
+    assert seqs == sorted(seqs) and len(seqs) >= 2
+    # One blob and 7 lines at a time: the same records, in the same order.
+    journal, logs, after_j, after_l, batches = [], [], 0, 0, 0
+    while True:
+        got = native.report_batch(run.id, after_j, after_l, 1, 7)
+        assert got is not None
+        assert len(got["journal"]) <= 1 and len(got["logs"]) <= 7
+        journal += got["journal"]
+        logs += got["logs"]
+        after_j = journal[-1][0] if journal else 0
+        after_l = logs[-1][0] if logs else 0
+        batches += 1
+        if got["complete"]:
+            break
+    assert journal == whole["journal"] and logs == whole["logs"] and batches > 2

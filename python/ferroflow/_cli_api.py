@@ -12,7 +12,11 @@ from typing import Any
 
 import click
 
-__all__ = ["api_option", "server_wanted", "wrap_callback"]
+__all__ = ["FLOWS_COMMANDS", "api_option", "server_wanted", "wrap_callback"]
+
+#: Subcommands other modules add to ``ferroflow flows`` (``cli_ops``): ``cli_server``
+#: adds them when it builds the group, whichever module is imported first.
+FLOWS_COMMANDS: list[click.Command] = []
 
 #: The ``--api URL`` option of every command that talks to a server.
 api_option = click.option(

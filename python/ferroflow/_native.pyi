@@ -218,6 +218,10 @@ class Store:
         """Keys: state, message, at."""
     def logs(self, flow_run_id: str) -> list[dict[str, Any]]:
         """Keys: run, level, at, message."""
+    def report_batch(
+        self, flow_run_id: str, journal_after: int, log_after: int, max_bytes: int, max_logs: int
+    ) -> dict[str, Any] | None:
+        """The next batch of a flow run's records for a server (one transaction)."""
     def flow_structure(self, flow_run_id: str) -> str | None:
         """The flow's structure recorded for a flow run, as JSON text."""
     def last_record_time(self, flow_run_id: str) -> float | None:

@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         _fail(client, run_id, str(exc))
         print(f"flow run {run_id}: {exc}", file=sys.stderr)
         return EXIT_BUILD_FAILED
+    from ferroflow import task_slots
+
+    task_slots.install(flow, client, run_id)  # task-tag concurrency limits
     try:
         client.set_flow_run_state(run_id, int(run["version"]), "Running", "started by an agent")
     except ApiError as exc:

@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ferroflow import cli as base
-from ferroflow._cli_api import api_option, server_wanted, wrap_callback
+from ferroflow._cli_api import FLOWS_COMMANDS, api_option, server_wanted, wrap_callback
 from ferroflow.cli import EXIT_FAILED, EXIT_OK, CliError
 
 __all__ = ["WATCH_INTERVAL", "install"]
@@ -417,6 +417,8 @@ def install(cli: click.Group) -> None:
     ``runs ls|show|logs``."""
     for command in (server_group, projects_group, flows_group, register_cmd):
         cli.add_command(command)
+    for command in FLOWS_COMMANDS:
+        flows_group.add_command(command)
     run = cli.commands["run"]
     for param in run.params:
         if param.name == "target":

@@ -31,6 +31,7 @@ __all__ = [
     "ForbiddenError",
     "GraphError",
     "MappingError",
+    "OpsError",
     "OptionCollisionError",
     "ParameterError",
     "PlatformError",
@@ -370,5 +371,16 @@ class RegistrationError(PlatformError):
 
     Example:
         >>> issubclass(RegistrationError, FerroflowError)
+        True
+    """
+
+
+class OpsError(FerroflowError, ValueError):
+    """Bad input to the operations commands and settings: a malformed duration
+    (``--older-than 30x``), removing a run that is still running, a backfill range that
+    ends before it starts, a webhook URL that is not http(s), a negative limit.
+
+    Example:
+        >>> issubclass(OpsError, FerroflowError)
         True
     """

@@ -24,13 +24,14 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from ferroflow.exceptions import StoreError
 
 __all__ = ["BATCH_BYTES", "INTERVAL", "Reporter", "start_reporter"]
 
@@ -39,6 +40,9 @@ INTERVAL = 0.5
 
 #: A batch holds journal blobs up to about this many bytes.
 BATCH_BYTES = 8 << 20
+
+#: A batch holds at most this many log lines.
+MAX_LOGS = 10_000
 
 #: How long the end of a run waits for the server to take the rest, in seconds.
 FINAL_TIMEOUT = 10.0
@@ -70,7 +74,7 @@ class Reporter:
         self._thread = threading.Thread(
             target=self._loop, name=f"ferroflow-reporter-{flow_run_id[:8]}", daemon=True
         )
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Any = None
 
     def start(self) -> Reporter:
         """Start the thread."""
@@ -95,71 +99,50 @@ class Reporter:
                     )
                 time.sleep(0.2)
         finally:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            self._conn = None  # drops the connection
 
     def _loop(self) -> None:
         while not self._stop.wait(INTERVAL):
             if self.send_once() in ("same", "done"):
                 return
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> Any:
+        # The native store, not the stdlib's sqlite3: this process records the run with
+        # the SQLite inside ferroflow._native, and a second copy of SQLite in the same
+        # process would not see its POSIX locks on the file (a reader could then take
+        # the WAL apart under the writer: "database disk image is malformed").
         if self._conn is None:
-            self._conn = sqlite3.connect(
-                f"file:{self.store}?mode=ro", uri=True, timeout=10, check_same_thread=False
-            )
+            from ferroflow import _native
+
+            self._conn = _native.Store(str(self.store))
         return self._conn
 
     def _batch(self) -> tuple[dict[str, Any], bool] | None:
         """The next batch and whether it holds everything recorded so far."""
-        con = self._db()
-        con.execute("BEGIN")
-        try:
-            row = con.execute(
-                "SELECT key, flow_name, parameters, state, message, started, ended, pid, host, "
-                "resumed_from, structure FROM flow_runs WHERE id = ?",
-                (self.flow_run_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            key = row[0]
-            journal: list[list[Any]] = []
-            size = 0
-            complete = True
-            for seq, data in con.execute(
-                "SELECT seq, data FROM journal WHERE flow_run = ? AND seq > ? ORDER BY seq",
-                (key, self.journal_seq),
-            ):
-                if journal and size + len(data) > BATCH_BYTES:
-                    complete = False
-                    break
-                journal.append([seq, bytes(data)])
-                size += len(data)
-            logs = [
-                list(r)
-                for r in con.execute(
-                    "SELECT rowid, task_run_id, level, time, message FROM logs "
-                    "WHERE flow_run_id = ? AND rowid > ? ORDER BY rowid LIMIT 10000",
-                    (self.flow_run_id, self.log_seq),
-                )
-            ]
-            complete = complete and len(logs) < 10000
-        finally:
-            con.execute("COMMIT")
-        names = ("flow_name", "parameters", "state", "message", "started", "ended", "pid")
-        run = dict(zip(names, row[1:8], strict=True))
-        run.update(id=self.flow_run_id, host=row[8], resumed_from=row[9])
-        if row[10] is not None and not self.structure_sent:
-            run["structure"] = row[10]  # what a resume elsewhere compares; sent once
+        got = self._db().report_batch(
+            self.flow_run_id, self.journal_seq, self.log_seq, BATCH_BYTES, MAX_LOGS
+        )
+        if got is None:
+            return None
+        row = got["run"]
+        run = {
+            "flow_name": row["flow_name"],
+            "parameters": row["parameters_json"],
+            **{k: row[k] for k in ("state", "message", "started", "ended", "pid")},
+            "id": self.flow_run_id,
+            "host": row["host"],
+            "resumed_from": row["resumed_from"],
+        }
+        if got["structure"] is not None and not self.structure_sent:
+            run["structure"] = got["structure"]  # what a resume elsewhere compares; sent once
         batch = {
             "store_path": str(self.store),
             "host": socket.gethostname(),
             "flow_run": run,
-            "journal": journal,
-            "logs": logs,
+            "journal": [list(j) for j in got["journal"]],
+            "logs": [list(line) for line in got["logs"]],
         }
-        return batch, complete
+        return batch, bool(got["complete"])
 
     def send_once(self) -> str:
         """Send one batch: ``"same"`` (the server's store is the local one), ``"done"``
@@ -170,7 +153,7 @@ class Reporter:
             return "done"
         try:
             got = self._batch()
-        except sqlite3.Error as exc:
+        except StoreError as exc:
             self.last_error = f"cannot read the local store: {exc}"
             return "failed"
         if got is None:

@@ -165,10 +165,16 @@ def serve(
         ssl_certfile: serve HTTPS with this certificate (PEM; with ``ssl_keyfile``).
         ssl_keyfile: the certificate's private key (PEM).
 
+    With ``$FERROFLOW_RETENTION`` (e.g. ``30d``) it also runs the retention service
+    (:class:`~ferroflow.server.retention.Retention`: ``$FERROFLOW_RETENTION_STATES``,
+    ``$FERROFLOW_RETENTION_INTERVAL``). The notification service
+    (:class:`~ferroflow.server.notify.Notifier`) always runs.
+
     Raises:
         PlatformError: a host that is not loopback while the store has no API token
             (decided before any socket is opened), a bad scheduler interval or lease
             timeout, a key without a certificate or an unreadable one.
+        OpsError: a malformed retention setting.
     """
     import uvicorn
 
@@ -179,6 +185,9 @@ def serve(
     interval = _scheduler_interval(scheduler_interval)
     lease = lease_timeout()
     _check_tls(ssl_certfile, ssl_keyfile)
+    from ferroflow.server.retention import retention_from_env
+
+    retention = retention_from_env()
     db = open_database(database_url)
     try:
         check_host(host, tokens_exist(db))
@@ -233,9 +242,23 @@ def serve(
 
         lost = ServiceLoop(LostRuns(db, lease), max(lease / 4, 0.1), name="ferroflow-lost-runs")
         lost.start()
+    from ferroflow.server.notify import notifier_from_env
+    from ferroflow.server.services import ServiceLoop
+
+    notifier, every_notify = notifier_from_env(db)
+    extra = [ServiceLoop(notifier, every_notify, name="ferroflow-notify")]
+    if retention is not None:
+        from ferroflow.server.retention import Retention
+
+        older, states, every = retention
+        extra.append(ServiceLoop(Retention(db, older, states), every, name="ferroflow-retention"))
+    for service in extra:
+        service.start()
     try:
         _Server(config).run()
     finally:
+        for service in extra:
+            service.stop()
         if lost is not None:
             lost.stop()
         if loop is not None:

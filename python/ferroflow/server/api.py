@@ -29,6 +29,7 @@ from strawberry.types import Info
 from ferroflow.server import auth, models
 from ferroflow.server.auth_api import AuthMutation, AuthQuery
 from ferroflow.server.database import Database
+from ferroflow.server.ops_api import OpsMutation, OpsQuery
 
 __all__ = ["MAX_ALIASES", "MAX_DEPTH", "MAX_TOKENS", "make_schema"]
 
@@ -914,7 +915,9 @@ class AttemptMutation:
 
 
 #: The write side: the core mutations and the agents' ones.
-Mutation = merge_types("Mutation", (_CoreMutation, AgentMutation, AttemptMutation, AuthMutation))
+Mutation = merge_types(
+    "Mutation", (_CoreMutation, AgentMutation, AttemptMutation, AuthMutation, OpsMutation)
+)
 
 # ------------------------------------------------------------------ end of agents block
 
@@ -937,7 +940,7 @@ class _Schema(strawberry.Schema):
 def make_schema() -> strawberry.Schema:
     """The schema with its limits (depth, aliases, tokens)."""
     return _Schema(
-        query=merge_types("Query", (Query, AuthQuery)),
+        query=merge_types("Query", (Query, AuthQuery, OpsQuery)),
         mutation=Mutation,
         config=StrawberryConfig(auto_camel_case=False),
         extensions=[

@@ -133,8 +133,11 @@ def _code(err: GraphQLError) -> dict[str, Any]:
 
 
 #: Mutations not written to the audit log when they succeed: an agent's polls and lease
-#: renewals, every few seconds per agent, would be most of it (refused ones are).
-UNAUDITED = frozenset({"heartbeat", "get_runs_in_queue"})
+#: renewals, every few seconds per agent, and the task-slot requests of tagged tasks
+#: would be most of it (refused ones are).
+UNAUDITED = frozenset(
+    {"heartbeat", "get_runs_in_queue", "acquire_task_slots", "release_task_slots"}
+)
 
 
 def _audit(

@@ -120,6 +120,12 @@ PERMISSIONS: dict[str, dict[str, frozenset[str]]] = {
         "agents": READERS,
         "audit": ADMINS,
         "api_keys": ADMINS,
+        # Operations (issue 17). Webhook URLs often carry a secret: not for read_only.
+        "retention": READERS,
+        "flow_limits": READERS,
+        "tag_limits": READERS,
+        "notify_rules": USERS,
+        "notifications": USERS,
     },
     "mutation": {
         "__typename": ANYONE,
@@ -143,6 +149,16 @@ PERMISSIONS: dict[str, dict[str, frozenset[str]]] = {
         "report_attempt": RUNNERS,
         "create_api_key": ADMINS,
         "revoke_api_key": ADMINS,
+        "delete_flow_runs": ADMINS,
+        "prune_flow_runs": ADMINS,
+        "backfill_flow_runs": USERS,
+        "set_flow_limit": USERS,
+        "set_tag_limit": USERS,
+        # A runner: only for runs its agents hold.
+        "acquire_task_slots": USERS | RUNNERS,
+        "release_task_slots": USERS | RUNNERS,
+        "add_notify_rule": USERS,
+        "delete_notify_rule": USERS,
     },
 }
 

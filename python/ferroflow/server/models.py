@@ -32,6 +32,7 @@ from typing import Any
 
 from ferroflow.exceptions import ApiError
 from ferroflow.server.database import Database
+from ferroflow.server.limits import CLAIM_GATE, hold_back, lock_for_claim
 
 __all__ = [
     "AUTO_KEY_PREFIX",
@@ -1211,7 +1212,7 @@ def get_runs_in_queue(
         if len(rows) < MAX_PAGE:
             break
         after = (float(rows[-1]["scheduled_start"]), int(rows[-1]["key"]))
-    return found[:limit]
+    return hold_back(db, found)[:limit]  # runs over a concurrency limit wait
 
 
 def claim_flow_run(db: Database, agent_id: str, flow_run_id: str, version: int) -> dict[str, Any]:
@@ -1222,11 +1223,12 @@ def claim_flow_run(db: Database, agent_id: str, flow_run_id: str, version: int) 
     _agent(db, agent_id)
     with db.transaction():
         run = get_flow_run(db, flow_run_id)
+        lock_for_claim(db, run)
         now = _now()
         changed = db.execute(
             "UPDATE flow_runs SET state = 'Pending', version = version + 1, agent_id = ?, "
             "heartbeat = ?, message = ?, ingest_journal_seq = 0, ingest_log_seq = 0 "
-            "WHERE key = ? AND state = 'Scheduled' AND version = ?",
+            f"WHERE key = ? AND state = 'Scheduled' AND version = ? AND {CLAIM_GATE}",
             (agent_id, now, f"claimed by agent {agent_id}", run["key"], int(version)),
         )
         if not changed:
@@ -1236,6 +1238,11 @@ def claim_flow_run(db: Database, agent_id: str, flow_run_id: str, version: int) 
                 and int(run["version"]) == int(version) + 1
             ):
                 return run
+            if run["state"] == "Scheduled" and int(run["version"]) == int(version):
+                raise ApiError(
+                    f"flow run {run['id']} was not claimed: it waits for a concurrency "
+                    "limit (its flow's or its backfill's runs are all running)"
+                )
             raise ApiError(
                 f"flow run {run['id']} was not claimed: it is {run['state']} at version "
                 f"{run['version']} (held by {run['agent_id'] or 'no agent'})"

@@ -268,6 +268,46 @@ impl PyStore {
         dict_list(py, rows, log_dict)
     }
 
+    /// The next batch of a flow run's records for a server, read in one transaction:
+    /// a dict ``{"run": <flow-run dict>, "structure": str | None, "journal": [(seq,
+    /// bytes)], "logs": [(rowid, task_run_id | None, level, time, message)],
+    /// "complete": bool}`` with the journal blobs after ``journal_after`` (about
+    /// ``max_bytes``, at least one) and the log lines after ``log_after`` (at most
+    /// ``max_logs``); None for an unknown flow run. What ``ferroflow.reporting`` sends:
+    /// read through this module's SQLite, never a second copy in the same process.
+    fn report_batch<'py>(
+        &self,
+        py: Python<'py>,
+        flow_run_id: &str,
+        journal_after: i64,
+        log_after: i64,
+        max_bytes: usize,
+        max_logs: usize,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let id = flow_run_id.to_owned();
+        let Some(batch) = self.with(py, move |s| {
+            s.report_batch(&id, journal_after, log_after, max_bytes, max_logs)
+        })?
+        else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("run", flow_run_dict(py, batch.run)?)?;
+        d.set_item("structure", batch.structure)?;
+        let journal = PyList::empty(py);
+        for (seq, data) in batch.journal {
+            journal.append((seq, pyo3::types::PyBytes::new(py, &data)))?;
+        }
+        d.set_item("journal", journal)?;
+        let logs = PyList::empty(py);
+        for l in batch.logs {
+            logs.append((l.rowid, l.run.map(|r| r.0), l.level, l.at, l.message))?;
+        }
+        d.set_item("logs", logs)?;
+        d.set_item("complete", batch.complete)?;
+        Ok(Some(d))
+    }
+
     /// The flow's structure recorded for a flow run (full id), as JSON text, or None.
     fn flow_structure(&self, py: Python<'_>, flow_run_id: &str) -> PyResult<Option<String>> {
         let id = flow_run_id.to_owned();

@@ -34,6 +34,13 @@
 //!   fails if the two drift;
 //! - version 5 (`v5_auth.sql`): `tokens` (API tokens, hashed), `sessions` (signed-in
 //!   browsers), the request's address on `audit`, the agent's token on `agents`.
+//! - the operations tables (schema version 6, `v6_ops.sql`): `backfills`,
+//!   `flow_limits`, `task_tag_limits`, `task_slots`, `notify_rules`,
+//!   `notifications`, and `flow_runs.backfill_id`.
+//!
+//! A new store is created with `auto_vacuum = INCREMENTAL`, so that pruning old
+//! runs can give the space back in small steps (see
+//! `python/ferroflow/server/retention.py`).
 //!
 //! # Migrations
 //!
@@ -98,16 +105,16 @@ use thiserror::Error;
 use crate::StateKind;
 
 pub use read::{
-    CacheRow, FinishedTaskRun, FlowRunRow, INTERRUPTED_TASK_RUN, JournalFold, LogRow,
-    TaskRunFilter, TaskRunRow, TaskSpan, TransitionRow, encode_transitions, fold_journal,
-    journal_transitions,
+    CacheRow, FinishedTaskRun, FlowRunRow, INTERRUPTED_TASK_RUN, JournalFold, LogRow, ReportBatch,
+    ReportLog, TaskRunFilter, TaskRunRow, TaskSpan, TransitionRow, encode_transitions,
+    fold_journal, journal_transitions,
 };
 pub use writer::{
     Event, EventBuffer, LogLine, MAX_BATCH_ROWS, NewTaskRun, PackItem, Recorder, TransitionItem,
 };
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The store's file name inside `FERROFLOW_HOME`.
 pub const STORE_FILE_NAME: &str = "ferroflow.db";
@@ -497,6 +504,14 @@ pub(crate) fn open_connection(
     if version == 0 && count_tables(&conn).map_err(sq)? > 0 {
         return Err(foreign(path));
     }
+    // A new store gives freed pages back in small steps (`PRAGMA incremental_vacuum`
+    // after a prune, see python/ferroflow/server/retention.py); the mode can only be
+    // set before the first table exists (an older store keeps NONE until one full
+    // VACUUM switches it).
+    if version == 0 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(sq)?;
+    }
     // WAL may be refused on some file systems; the store then still works with
     // the rollback journal, so the answer is not checked.
     let _mode: String = conn
@@ -643,6 +658,10 @@ const SCHEMA_V4: &str = include_str!("platform.sql");
 /// the token that registered an agent (`v5_auth.sql`).
 const SCHEMA_V5: &str = include_str!("v5_auth.sql");
 
+/// Version 6: operations: backfills, concurrency limits (flow runs, task tags),
+/// notification rules and deliveries.
+const SCHEMA_V6: &str = include_str!("v6_ops.sql");
+
 /// The steps that bring a store up to [`SCHEMA_VERSION`]: a store at version `v`
 /// runs every step whose `from` is at least `v` (a fresh store first gets
 /// version 1's tables). Adding a version is one more line here.
@@ -654,6 +673,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, SCHEMA_V3),
     (3, SCHEMA_V4),
     (4, SCHEMA_V5),
+    (5, SCHEMA_V6),
 ];
 
 #[cfg(test)]

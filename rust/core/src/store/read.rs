@@ -58,6 +58,36 @@ pub struct TaskRunRow {
     pub result_location: Option<String>,
 }
 
+/// One log line of a [`ReportBatch`], with its `rowid` (what the server acknowledges).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReportLog {
+    /// Its rowid in the `logs` table.
+    pub rowid: i64,
+    /// The task run it belongs to (`None`: the flow run's own).
+    pub run: Option<RunId>,
+    /// The level, as Python's `logging` numbers it.
+    pub level: i32,
+    /// When.
+    pub at: f64,
+    /// The text.
+    pub message: String,
+}
+
+/// The next batch of a flow run's records for a server: see [`Store::report_batch`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReportBatch {
+    /// The flow-run row.
+    pub run: FlowRunRow,
+    /// The recorded flow structure, if any.
+    pub structure: Option<String>,
+    /// Journal blobs after the given seq, with their seq, in order.
+    pub journal: Vec<(i64, Vec<u8>)>,
+    /// Log lines after the given rowid, in order.
+    pub logs: Vec<ReportLog>,
+    /// Whether this is everything recorded so far.
+    pub complete: bool,
+}
+
 /// One state transition of a task run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TransitionRow {
@@ -583,6 +613,97 @@ impl Store {
             last = last.max(t);
         }
         Ok(Some(last))
+    }
+
+    /// What a flow run recorded after journal `seq` `journal_after` and log `rowid`
+    /// `log_after`, read in one transaction: the next batch a reporter streams to a
+    /// server (see `python/ferroflow/reporting.py`). At most about `max_bytes` of
+    /// journal blobs (at least one) and `max_logs` log lines; `complete` is false when
+    /// more is left. `None` for an unknown flow run.
+    ///
+    /// A reporter in the process that records the run must read through this, never
+    /// through a second SQLite library: two copies of SQLite in one process do not see
+    /// each other's POSIX locks on the same file.
+    pub fn report_batch(
+        &self,
+        flow_run_id: &str,
+        journal_after: i64,
+        log_after: i64,
+        max_bytes: usize,
+        max_logs: usize,
+    ) -> Result<Option<ReportBatch>, StoreError> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let found = tx
+            .prepare_cached(&format!(
+                "SELECT {FLOW_COLS}, key, structure FROM flow_runs WHERE id = ?1"
+            ))
+            .and_then(|mut s| {
+                s.query_row([flow_run_id], |r| {
+                    Ok((
+                        flow_row(r)?,
+                        r.get::<_, i64>(10)?,
+                        r.get::<_, Option<String>>(11)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        let Some((run, key, structure)) = found else {
+            return Ok(None);
+        };
+        let mut journal = Vec::new();
+        let mut size = 0usize;
+        let mut complete = true;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT seq, data FROM journal WHERE flow_run = ?1 AND seq > ?2 ORDER BY seq",
+                )
+                .map_err(|e| self.err(e))?;
+            let mut rows = stmt
+                .query(params![key, journal_after])
+                .map_err(|e| self.err(e))?;
+            while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+                let seq: i64 = r.get(0).map_err(|e| self.err(e))?;
+                let data: Vec<u8> = r.get(1).map_err(|e| self.err(e))?;
+                if !journal.is_empty() && size + data.len() > max_bytes {
+                    complete = false;
+                    break;
+                }
+                size += data.len();
+                journal.push((seq, data));
+            }
+        }
+        let limit = i64::try_from(max_logs).unwrap_or(i64::MAX);
+        let logs = tx
+            .prepare_cached(
+                "SELECT rowid, task_run_id, level, time, message FROM logs \
+                 WHERE flow_run_id = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![flow_run_id, log_after, limit], |r| {
+                    Ok(ReportLog {
+                        rowid: r.get(0)?,
+                        run: r.get::<_, Option<u32>>(1)?.map(RunId),
+                        level: r.get(2)?,
+                        at: r.get(3)?,
+                        message: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(|e| self.err(e))?;
+        if logs.len() >= max_logs {
+            complete = false;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(Some(ReportBatch {
+            run,
+            structure,
+            journal,
+            logs,
+            complete,
+        }))
     }
 
     /// The flow's structure recorded for a flow run (see
