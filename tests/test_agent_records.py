@@ -232,7 +232,7 @@ def test_report_batches_page_through_a_run_in_order() -> None:
     assert whole["run"]["flow_name"] == "talker" and whole["structure"]
     assert len(whole["logs"]) >= 30
     seqs = [seq for seq, _ in whole["journal"]]
-    assert seqs == sorted(seqs) and len(seqs) >= 2
+    assert seqs and seqs == sorted(seqs)
     # One blob and 7 lines at a time: the same records, in the same order.
     journal, logs, after_j, after_l, batches = [], [], 0, 0, 0
     while True:
@@ -246,4 +246,5 @@ def test_report_batches_page_through_a_run_in_order() -> None:
         batches += 1
         if got["complete"]:
             break
-    assert journal == whole["journal"] and logs == whole["logs"] and batches > 2
+    assert journal == whole["journal"] and logs == whole["logs"]
+    assert batches >= len(whole["logs"]) // 7 >= 4

@@ -319,6 +319,22 @@ MUTATIONS: dict[str, str] = {
     ),
     "create_api_key": 'create_api_key(input: {name: "k-%s", role: "read_only"}) { name }',
     "revoke_api_key": 'revoke_api_key(input: {name: "nope"}) { success }',
+    "delete_flow_runs": 'delete_flow_runs(input: {flow_run_ids: ["nope"]}) { count }',
+    "prune_flow_runs": ('prune_flow_runs(input: {older_than: "3650d", dry_run: true}) { count }'),
+    "backfill_flow_runs": (
+        'backfill_flow_runs(input: {flow_id: "nope", start: "2026-11-01", end: "2026-11-02"}) '
+        "{ id }"
+    ),
+    "set_flow_limit": 'set_flow_limit(input: {flow: "nope", max_running: 1}) { max_running }',
+    "set_tag_limit": 'set_tag_limit(input: {tag: "t-%s", max_running: 2}) { tag }',
+    "acquire_task_slots": (
+        'acquire_task_slots(input: {flow_run_id: "nope", holder: "h", tags: ["t"]})'
+    ),
+    "release_task_slots": 'release_task_slots(input: {flow_run_id: "nope", holder: "h"})',
+    "add_notify_rule": (
+        'add_notify_rule(input: {on_state: "Failed", webhook: "http://127.0.0.1:9/h"}) { id }'
+    ),
+    "delete_notify_rule": 'delete_notify_rule(id: "nope")',
 }
 
 #: What each role may do (written out, not read from PERMISSIONS: this is the spec).
@@ -335,6 +351,13 @@ ALLOWED: dict[str, set[str]] = {
         "resume_flow_run",
         "set_schedule_active",
         "set_schedule_inactive",
+        "backfill_flow_runs",
+        "set_flow_limit",
+        "set_tag_limit",
+        "acquire_task_slots",
+        "release_task_slots",
+        "add_notify_rule",
+        "delete_notify_rule",
     },
     "runner": {
         "register_agent",
@@ -344,6 +367,8 @@ ALLOWED: dict[str, set[str]] = {
         "begin_attempt",
         "report_attempt",
         "set_flow_run_states",
+        "acquire_task_slots",
+        "release_task_slots",
     },
     "admin": set(MUTATIONS),
 }
@@ -358,12 +383,18 @@ QUERIES: dict[str, str] = {
     "logs": 'logs(flow_run_id: "nope") { message }',
     "audit": "audit { seq }",
     "api_keys": "api_keys { name }",
+    "flow_run_records": 'flow_run_records(id: "nope") { state }',
+    "retention": "retention { older_than }",
+    "flow_limits": "flow_limits { flow_group }",
+    "tag_limits": "tag_limits { tag }",
+    "notify_rules": "notify_rules { id }",
+    "notifications": "notifications { seq }",
 }
 
 ALLOWED_QUERIES: dict[str, set[str]] = {
-    "read_only": set(QUERIES) - {"audit", "api_keys"},
+    "read_only": set(QUERIES) - {"audit", "api_keys", "notify_rules", "notifications"},
     "user": set(QUERIES) - {"audit", "api_keys"},
-    "runner": {"flow_run", "flow"},
+    "runner": {"flow_run", "flow", "flow_run_records", "tag_limits"},
     "admin": set(QUERIES),
 }
 

@@ -260,8 +260,8 @@ def test_max_concurrent_bounds_the_runs_agents_hold(
     for _, kind in events:
         running += 1 if kind == "start" else -1
         peak = max(peak, running)
-    # At least once: a run whose final report is lost is run again after its lease.
-    assert len(events) >= 12 and peak <= 2, events
+    # Each run exactly once (start and end of 6), at most 2 at a time.
+    assert len(events) == 12 and peak <= 2, events
 
 
 def test_bad_backfills_are_readable_errors(

@@ -123,7 +123,7 @@ PERMISSIONS: dict[str, dict[str, frozenset[str]]] = {
         # Operations (issue 17). Webhook URLs often carry a secret: not for read_only.
         "retention": READERS,
         "flow_limits": READERS,
-        "tag_limits": READERS,
+        "tag_limits": READERS | RUNNERS,  # a flow-run process reads which tags are limited
         "notify_rules": USERS,
         "notifications": USERS,
     },
