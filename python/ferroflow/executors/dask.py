@@ -15,6 +15,16 @@ result it maps over with ``len(proxy)`` and indexes it with ``proxy[i]``: result
 tasks that are mapped over are described on the worker (their length, one small extra
 Dask task) and indexing gives a marker that the worker resolves before the call.
 
+Send-ahead: a run of a plain task (no hooks, timeout or retries, the default trigger,
+not mapped, every input from one run of a task on the cluster) is submitted as soon as
+its upstream runs are, with their futures as arguments, so a chain runs on the cluster
+without waiting for the driver between steps. The core still decides every state: the
+driver uses such a run only when the core hands that run out with the same input
+futures (it then only waits for it); when an upstream run did not simply succeed, what
+was sent ahead of it is forgotten (a run sent ahead whose inputs failed calls nothing),
+and the core settles it as on every executor. Tasks without hooks that call the same
+function share one function future.
+
 Completion notices are small. A run's Dask task returns the user's value itself when the
 run succeeded; the type of each finished key (which Dask reports to the client anyway)
 tells the driver whether it was a plain success, which needs no round trip, or an
