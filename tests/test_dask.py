@@ -581,3 +581,106 @@ def test_checkpoints_and_targets_are_written_and_recorded(
     assert packed == {0: 1, 1: 4, 2: 9}
     second = flow.run(executor=dask_ex)
     assert isinstance(second.result[t], Cached) and second.result[t].result == 105
+
+
+@task
+def fail_at(x: int, at: int) -> int:
+    if x == at:
+        raise ValueError(f"failed at {x}")
+    return x + 1
+
+
+@task
+def skip_at(x: int, at: int) -> int:
+    if x == at:
+        raise signals.SKIP(f"skipped at {x}")
+    return x + 1
+
+
+def test_send_ahead_chains_keep_the_states_of_every_executor(
+    dask_ex: DaskExecutor, tmp_path: Path
+) -> None:
+    """Chains of plain tasks are sent ahead of their upstream outcomes; a failure, a
+    skip and a retry mid-chain, an ordering edge and a keyword input leave the states
+    the local executor gives."""
+    marks = tmp_path
+
+    @task(max_retries=1, retry_delay=0)
+    def flaky(x: int) -> int:
+        if context.task_run_count < 2:
+            (marks / "flaky").write_text("failed once")
+            raise RuntimeError("transient")
+        return x * 10
+
+    with Flow("ahead") as flow:
+        x = inc(0)
+        chain = [x]
+        for _ in range(5):
+            x = inc(x)
+            chain.append(x)
+        failing = fail_at(x, at=6)  # fails mid-chain: everything after it TriggerFailed
+        after_fail = inc(inc(failing))
+        skipping = skip_at(x, at=6)
+        after_skip = inc(skipping)
+        retried = flaky(x)  # retries: sent the usual way, downstream too after it
+        after_retry = inc(add(retried, y=x))
+        ordered = inc(1, upstream_tasks=[failing])  # an ordering edge on a failure
+        ok_ordered = inc(2, upstream_tasks=[x])
+        keyword = add(x=chain[2], y=chain[3])
+    tasks = [
+        *chain,
+        failing,
+        after_fail,
+        skipping,
+        after_skip,
+        retried,
+        after_retry,
+        ordered,
+        ok_ordered,
+        keyword,
+    ]
+    local = flow.run(executor=LocalExecutor())
+    (marks / "flaky").unlink()
+    state = flow.run(executor=dask_ex)
+    _same_states(local, state, tasks)
+    assert (marks / "flaky").exists()
+    assert state.result[chain[-1]].result == 6
+    assert isinstance(state.result[failing], Failed)
+    assert type(state.result[after_fail]).__name__ == "TriggerFailed"
+    assert isinstance(state.result[after_skip], Skipped)
+    assert state.result[after_retry].result == 60 + 6 + 1
+    assert type(state.result[ordered]).__name__ == "TriggerFailed"
+    assert state.result[ok_ordered].result == 3
+    assert state.result[keyword].result == 3 + 4
+
+
+def test_send_ahead_sends_a_chain_before_its_first_run_finishes(
+    dask_ex: DaskExecutor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the first run of a chain still runs, the rest of the chain is already on
+    the cluster (waiting for it), not held back in the driver."""
+    gate = tmp_path / "go"
+
+    @task
+    def slow_start() -> int:
+        deadline = time.monotonic() + 30
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return 0
+
+    with Flow("ahead-chain") as flow:
+        x = slow_start()
+        for _ in range(4):
+            x = inc(x)
+    seen: list[int] = []
+    real = ffdask._Driver._send_ahead
+
+    def spy(self: Any, submitted: list[int]) -> None:
+        real(self, submitted)
+        seen.append(len(self.ahead))
+        gate.write_text("go")
+
+    monkeypatch.setattr(ffdask._Driver, "_send_ahead", spy)
+    state = flow.run(executor=dask_ex)
+    assert state.result[x].result == 4
+    assert seen[0] == 4  # all four inc runs went out with the first one

@@ -360,3 +360,43 @@ def test_a_locked_store_does_not_lose_records_silently(_ferroflow_home: str) -> 
         locker.stdin.close()
         locker.wait(10)
         locker.stdout.close()
+
+
+_FIRST_RUN = """
+import sys
+from ferroflow import Flow, task
+
+@task
+def inc(x):
+    return x + 1
+
+with Flow("first") as flow:
+    inc(inc(1))
+state = flow.run()
+assert state.is_successful(), state
+print(state.result[flow.get_tasks(name="inc")[0]].result)
+print(",".join(m for m in ("ferroflow._checkpoint", "ferroflow.store", "ferroflow.results",
+                          "socket", "json", "hashlib") if m in sys.modules))
+"""
+
+
+def test_a_first_recorded_run_loads_only_what_it_uses(tmp_path: Any) -> None:
+    """A recorded run of a flow that checkpoints nothing, in a fresh process, is in the
+    store with this machine's name, and did not load the checkpoint machinery, the
+    store's reader, socket, json or hashlib (the fixed cost of a script's first run)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from ferroflow.store import open_store
+
+    env = dict(os.environ, FERROFLOW_HOME=str(tmp_path / "home"))
+    out = subprocess.run(
+        [sys.executable, "-c", _FIRST_RUN], env=env, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[0] in ("2", "3")
+    assert out[1] == ""
+    with open_store(tmp_path / "home" / "ferroflow.db") as store:
+        (run,) = store.list_flow_runs()
+        assert (run.flow_name, run.state, run.host) == ("first", "Success", socket.gethostname())

@@ -34,11 +34,7 @@ from ferroflow.runtime import context
 def checkpoints(task: Any) -> bool:
     """Whether a successful run of ``task`` writes its value (cached tasks do: the
     durable cache points at the written value)."""
-    if task.target is not None or task.cache_for is not None:
-        return True
-    if task.checkpoint is None:
-        return task.result is not None
-    return bool(task.checkpoint)
+    return bool(task._ff_checkpoints())
 
 
 def backend(task: Any) -> Result:

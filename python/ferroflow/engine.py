@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from ferroflow import _checkpoint, _native, _timeouts
+from ferroflow import _native, _timeouts
 from ferroflow import runtime as _context
 from ferroflow.exceptions import FerroflowError, ParameterError
 from ferroflow.signals import FAIL, FerroflowSignal
@@ -110,7 +111,6 @@ class _Plan:
     """
 
     def __init__(self, compiled: CompiledFlow, flow_result: Any = None) -> None:
-        from ferroflow._checkpoint import checkpoints, native_pack
         from ferroflow.task import Parameter
         from ferroflow.tasks.core import Constant
         from ferroflow.tasks.core import List as ListTask
@@ -190,11 +190,18 @@ class _Plan:
                 kw_slots = []
             observed = bool(t.state_handlers) or t.on_failure is not None
             observed_any |= observed
-            hooked = observed or checkpoints(t) or t.log_stdout
+            checkpointing = t._ff_checkpoints()
+            hooked = observed or checkpointing or t.log_stdout
             if hooked or t.timeout is None:
                 kind = _CALL
                 if hooked:
-                    kind = _PACK if native_pack(t) else _HOOK
+                    kind = _HOOK
+                    if checkpointing:
+                        # Only a flow that checkpoints loads the checkpoint machinery.
+                        from ferroflow._checkpoint import native_pack
+
+                        if native_pack(t):
+                            kind = _PACK
                 calls.append((kind, t.run, pos_slots, kw_slots, t.retry_on, observed))
             else:
                 # A timeout alone: the runner calls the task on a pooled helper thread
@@ -301,13 +308,15 @@ class FlowRun:
         return approved(*self._approval_ids)
 
     def _record_spec(self, resumed_from: str | None) -> tuple[str, str, str, str, str | None]:
+        if not self.parameters:  # json is not imported for what it would write
+            return (_store_file(), self.flow_run_id, self.flow.name, "{}", resumed_from)
         import json
 
         try:
             params = json.dumps(self.parameters, default=repr, sort_keys=True)
         except (TypeError, ValueError):
             params = json.dumps({k: repr(v) for k, v in self.parameters.items()})
-        return (str(store_path()), self.flow_run_id, self.flow.name, params, resumed_from)
+        return (_store_file(), self.flow_run_id, self.flow.name, params, resumed_from)
 
     # --- context -------------------------------------------------------------------
     def flow_value(self, name: str) -> Any:
@@ -364,6 +373,8 @@ class FlowRun:
 
     def _pack_hook(self, task_id: int) -> tuple[Any, str, Any, tuple[Any, ...], bool, Any, bool]:
         """Open the pack the native runner appends a task's checkpoints to."""
+        from ferroflow import _checkpoint
+
         task = self.plan.tasks[task_id]
         slug = self.flow.slugs.get(task, task.slug)
         return _checkpoint.open_native(task, self.flow_run_id, slug or task.name)
@@ -487,6 +498,8 @@ def run_task(
     free of engine state so that process and Dask workers can run it too; there the
     executor enforces the timeout (``enforce_timeout=False``) by stopping the worker.
     """
+    from ferroflow import _checkpoint  # loaded once, by the first hooked call
+
     if (
         not task.state_handlers
         and task.on_failure is None
@@ -524,6 +537,8 @@ def _run_task_full(
     raised: BaseException | None = None,
 ) -> tuple[int, Any, str | None, int]:
     """The full task machinery; ``raised`` is what an attempt already raised."""
+    from ferroflow import _checkpoint
+
     old: State = Retrying(run_count=run_count - 1) if run_count > 1 else Pending()
     running: State = Running("Starting task run.")
     try:
@@ -719,6 +734,17 @@ def store_path() -> Any:
     return path()
 
 
+def _store_file() -> str:
+    """``str(store_path())`` without importing ``ferroflow.store`` (and ``pathlib``,
+    ``dataclasses``, ``json`` with it) at a run's start."""
+    home = os.environ.get("FERROFLOW_HOME")
+    if home:
+        base = os.path.expanduser(home)
+    else:
+        base = os.path.join(os.path.expanduser("~"), ".ferroflow")
+    return os.path.join(base, "ferroflow.db")
+
+
 def _env_flag(name: str) -> bool:
     """Whether the environment leaves the switch ``name`` on (its default): off for
     ``0``, ``false``, ``no`` or ``off``."""
@@ -815,7 +841,7 @@ def run_flow(
         wait_for_approval,
     )
     if record:
-        path = str(store_path())
+        path = _store_file()
         if _env_flag("FERROFLOW_STORE_LOGS"):
             _context._open_log_sink(path, run.flow_run_id)
         _native.record_structure(path, run.flow_run_id, _structure(plan, flow).json)
@@ -839,9 +865,10 @@ def run_flow(
                 plan.quick = run.runner.quick_tasks()
             except FerroflowError:  # still locked after an abrupt end: keep the old hint
                 pass
-            from ferroflow._checkpoint import PACKS
-
-            closing = PACKS.close_run(run.flow_run_id)
+            # Packs exist only once the checkpoint machinery was loaded.
+            checkpoint_mod = sys.modules.get("ferroflow._checkpoint")
+            if checkpoint_mod is not None:
+                closing = checkpoint_mod.PACKS.close_run(run.flow_run_id)
         final = _flow_state(run)
         interrupted = isinstance(final, Cancelled)
         terminal = getattr(flow, "terminal_state_handler", None)
@@ -967,17 +994,12 @@ class _Structure:
     than :data:`MAX_RECORDED_EDGES` edges records none (too large to draw)."""
 
     def __init__(self, plan: _Plan, flow: Flow) -> None:
-        import json
-        from hashlib import blake2b
-
-        from ferroflow._checkpoint import checkpoints
-
         tasks = plan.tasks
         ups: dict[int, list[tuple[int, Any, bool, bool]]] = {}
         for up, down, key, mapped, flat in plan.edge_ids:
             ups.setdefault(down, []).append((up, key, bool(mapped), bool(flat)))
         needed: set[int] = set()
-        todo = [tid for tid, t in enumerate(tasks) if checkpoints(t)]
+        todo = [tid for tid, t in enumerate(tasks) if t._ff_checkpoints()]
         while todo:
             tid = todo.pop()
             if tid not in needed:
@@ -986,6 +1008,9 @@ class _Structure:
         self.needed = needed
         self.entries: dict[int, tuple[str, str]] = {}
         if needed:
+            import json
+            from hashlib import blake2b
+
             constants = flow._compile().constants
             flow_slugs = flow.slugs
             slug = {
@@ -1007,15 +1032,20 @@ class _Structure:
                         text += f"\x00<unreadable {id(t)}>"  # never equal: run again
                 digest = blake2b(text.encode(), digest_size=8).hexdigest()
                 self.entries[tid] = (slug[tid], digest)
+            tasks_json = json.dumps([[tid, s, d] for tid, (s, d) in self.entries.items()])
+        else:
+            tasks_json = "[]"
+        # The edges, for the UI's schematic, written without the json module (ints only),
+        # so a run that restores nothing still imports neither json nor hashlib.
         all_edges = plan.edge_ids
         drawn = (
-            [[int(u), int(d), int(bool(m))] for u, d, _k, m, _f in all_edges]
+            "["
+            + ",".join(f"[{int(u)},{int(d)},{int(bool(m))}]" for u, d, _k, m, _f in all_edges)
+            + "]"
             if len(all_edges) <= MAX_RECORDED_EDGES
-            else None
+            else "null"
         )
-        self.json = json.dumps(
-            {"tasks": [[tid, s, d] for tid, (s, d) in self.entries.items()], "edges": drawn}
-        )
+        self.json = f'{{"tasks": {tasks_json}, "edges": {drawn}}}'
 
 
 def _structure(plan: _Plan, flow: Flow) -> _Structure:

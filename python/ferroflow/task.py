@@ -452,6 +452,26 @@ class Task:
 
     # ---------------------------------------------------------------- the engine
 
+    def _ff_checkpoints(self) -> bool:
+        """Whether a successful run of this task writes its value (cached tasks do:
+        the durable cache points at the written value). Here, not in
+        ``ferroflow._checkpoint``, so that planning a flow that checkpoints nothing
+        does not import the checkpoint machinery (``results``, ``pathlib``).
+
+        Example:
+            >>> from ferroflow import task
+            >>> @task(checkpoint=True)
+            ... def f():
+            ...     pass
+            >>> f._ff_checkpoints()
+            True
+        """
+        if self.target is not None or self.cache_for is not None:
+            return True
+        if self.checkpoint is None:
+            return self.result is not None
+        return bool(self.checkpoint)
+
     def _ff_signature(self) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
         """The shape of ``run``'s parameters (without ``self``), for the engine.
 

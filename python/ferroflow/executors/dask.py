@@ -15,6 +15,16 @@ result it maps over with ``len(proxy)`` and indexes it with ``proxy[i]``: result
 tasks that are mapped over are described on the worker (their length, one small extra
 Dask task) and indexing gives a marker that the worker resolves before the call.
 
+Send-ahead: a run of a plain task (no hooks, timeout or retries, the default trigger,
+not mapped, every input from one run of a task on the cluster) is submitted as soon as
+its upstream runs are, with their futures as arguments, so a chain runs on the cluster
+without waiting for the driver between steps. The core still decides every state: the
+driver uses such a run only when the core hands that run out with the same input
+futures (it then only waits for it); when an upstream run did not simply succeed, what
+was sent ahead of it is forgotten (a run sent ahead whose inputs failed calls nothing),
+and the core settles it as on every executor. Tasks without hooks that call the same
+function share one function future.
+
 Completion notices are small. A run's Dask task returns the user's value itself when the
 run succeeded; the type of each finished key (which Dask reports to the client anyway)
 tells the driver whether it was a plain success, which needs no round trip, or an
@@ -77,7 +87,7 @@ _MIN_INFLIGHT = 64
 _CONNECT_TIMEOUT = 10.0  # seconds, for an address (the SPEC allows 15 s in all)
 _FIRST_TRY = 1.0  # seconds of the first connection attempt before probing the address
 _REAL, _CONTAINER, _RUN = 0, 1, 2
-_CALL_VALUE, _CALL_LIST, _CALL_TUPLE = 2, 3, 4  # call kinds of engine._Plan
+_CALL_PLAIN, _CALL_VALUE, _CALL_LIST, _CALL_TUPLE = 0, 2, 3, 4  # call kinds of engine._Plan
 _DRAIN_S = 1.0  # seconds between collections of the workers' log lines
 
 
@@ -414,6 +424,16 @@ def _run(fn: tuple[Any, Any], info: Any, spec: tuple[Any, ...]) -> Any:
     return value
 
 
+def _run_ahead(fn: tuple[Any, Any], info: Any, spec: tuple[Any, ...], deps: Any) -> Any:
+    """A run sent ahead of its upstream runs' outcomes (``deps``, resolved by Dask):
+    made only when each of them simply succeeded. Otherwise the driver has forgotten
+    it (the core decides what happens to the run) and nothing is called."""
+    for d in deps:
+        if isinstance(d, _Outcome):
+            return _Outcome(_Outcome.RAISED, RuntimeError("an upstream run did not succeed"))
+    return _run(fn, info, spec)
+
+
 def _worker_address() -> str | None:
     try:
         from distributed import get_worker
@@ -707,7 +727,9 @@ class _Driver:
         self.client = client
         self.done_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.inflight: dict[Any, _Sub] = {}  # by Dask key; one entry per run in flight
-        self.fn_futures: dict[int, Any] = {}
+        self.fn_futures: dict[int, Any] = {}  # by task id
+        self.shared_fns: dict[int, Any] = {}  # by id() of a function of unhooked tasks
+        self.pinned: list[Any] = []
         self.info_future: Any = None
         self.uid = uuid.uuid4().hex[:8]
         self.counter = itertools.count()
@@ -765,6 +787,45 @@ class _Driver:
             )
             walks.append((pos, kw))
         self.walks = walks
+        # Send-ahead (see _send_ahead): a plain call (no hooks, timeout, retries) with
+        # the default trigger, not mapped, whose every input edge is a plain edge from
+        # one run of a task that executes on the cluster.
+        ups: list[list[int]] = [[] for _ in range(n)]
+        plain_in = [True] * n
+        for u, d, _key, mapped, flat in plan.edge_ids:
+            ups[d].append(u)
+            if mapped or flat or kinds[u] != _RUN or plan.mapped_task[u]:
+                plain_in[d] = False
+        downs: list[list[int]] = [[] for _ in range(n)]
+        ahead_ok = [False] * n
+        for t in range(n):
+            call = plan.calls[t]
+            _name, retries, _delay, trig, _skip = plan.task_opts[t]
+            ahead_ok[t] = bool(
+                kinds[t] == _RUN
+                and call is not None
+                and call[0] == _CALL_PLAIN
+                and len(call) == 6  # no timeout
+                and not call[5]  # not observed
+                and retries == 0
+                and trig == ("all_successful",)
+                and not plan.mapped_task[t]
+                and ups[t]
+                and plain_in[t]
+            )
+            if ahead_ok[t]:
+                for u in set(ups[t]):
+                    downs[u].append(t)
+        self.ups = ups
+        self.downs = downs
+        self.ahead_ok = ahead_ok
+        # Task id -> the future of its one run in flight (or sent ahead), while a
+        # task that may be sent ahead depends on it.
+        self.task_fut: dict[int, Any] = {}
+        # Task id -> (future, the upstream futures it was sent with) of a run sent
+        # ahead and not yet handed out by the core.
+        self.ahead: dict[int, tuple[Any, tuple[Any, ...]]] = {}
+        self.sent: set[int] = set()  # tasks that may be sent ahead, sent (either way)
 
     # --- start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -788,8 +849,14 @@ class _Driver:
         self.low = max(4, 2 * threads)
 
     def _fn_future(self, task_id: int, func: Any, hooked: bool) -> Any:
-        """A future holding ``(function, task or None)``: sent once, copied once per worker."""
+        """A future holding ``(function, task or None)``: sent once, copied once per worker.
+        Tasks without hooks that call the same function share one (a flow of many
+        ``inc`` tasks sends ``inc`` once, not once per task)."""
         fut = self.fn_futures.get(task_id)
+        if fut is None and not hooked:
+            fut = self.shared_fns.get(id(func))
+            if fut is not None:
+                self.fn_futures[task_id] = fut
         if fut is None:
             task = self.tasks[task_id]
             try:
@@ -807,6 +874,9 @@ class _Driver:
                     f"task cannot be pickled): {exc!r}"
                 )
             self.fn_futures[task_id] = fut
+            if not hooked and not isinstance(fut, Exception):
+                self.shared_fns[id(func)] = fut
+                self.pinned.append(func)  # keeps id(func) from being reused meanwhile
         return fut
 
     # --- submitting ---------------------------------------------------------------------------
@@ -848,7 +918,18 @@ class _Driver:
 
     def _submit_items(self, items: list[Any]) -> None:
         batch: list[tuple[Any, ...]] = []
+        adopted: list[Any] = []
         for run_id, task_id, map_index, rc, lc, hooked, func, args, kwargs, lr in items:
+            sent = self.ahead.pop(task_id, None)
+            if sent is not None:
+                fut, deps = sent
+                if (run_id, map_index, rc, lc) == (task_id, -1, 1, 0) and self._same_inputs(
+                    task_id, args, kwargs, deps
+                ):
+                    self.inflight[fut.key] = _Sub(run_id, task_id, hooked, fut)
+                    adopted.append(fut)
+                    continue
+                self._forget(fut)  # not the run it was sent for: send the real one
             fn = self._fn_future(task_id, func, hooked)
             if isinstance(fn, Exception):
                 self.runner.report_failure(run_id, str(fn), fn)
@@ -857,13 +938,114 @@ class _Driver:
             spec = (run_id, task_id, map_index, rc, lc, hooked, args, kwargs, lr, walk)
             key = f"{_key_name(self.tasks[task_id].name)}-{self.uid}-{run_id}-{rc}-{lc}"
             batch.append((fn, spec, key))
+        if adopted:
+            self._track(adopted)
         if not batch:
             return
         futures = []
         for fut, (_fn, spec, _key) in self._submit(batch):
             self.inflight[fut.key] = _Sub(spec[0], spec[1], spec[5], fut)
             futures.append(fut)
+            if self.downs[spec[1]] and spec[2] == -1:
+                self.task_fut[spec[1]] = fut
+            if self.ahead_ok[spec[1]]:
+                self._started(spec[1])
         self._track(futures)
+        self._send_ahead([spec[1] for _f, (_fn, spec, _k) in zip(futures, batch, strict=False)])
+
+    # --- sending ahead ------------------------------------------------------------------------
+    def _inputs(self, task_id: int) -> tuple[Any, Any, tuple[Any, ...]] | None:
+        """The arguments of a plain task's run built from its call spec and the futures
+        of its upstream runs (``None`` when one is not on the cluster), and those
+        futures (its dependencies, ordering edges included)."""
+        plan = self.plan
+        call = plan.calls[task_id]
+        edge_ids = plan.edge_ids
+        futs = self.task_fut
+        deps = []
+        for u in self.ups[task_id]:
+            f = futs.get(u)
+            if f is None:
+                return None
+            deps.append(f)
+        args = tuple(futs[edge_ids[v][0]] if k == 0 else v for k, v in call[2])
+        kwargs = {name: futs[edge_ids[v][0]] if k == 0 else v for name, (k, v) in call[3]}
+        return args, kwargs or None, tuple(deps)
+
+    def _same_inputs(self, task_id: int, args: Any, kwargs: Any, deps: tuple[Any, ...]) -> bool:
+        """Whether the run the core hands out reads what its send-ahead was sent with."""
+        got, _tagged = _swap(list(args) + list((kwargs or {}).values()))
+        keys = {getattr(d, "key", None) for d in deps}
+        return all(getattr(g, "key", None) in keys for g in got if hasattr(g, "key"))
+
+    def _send_ahead(self, submitted: list[int]) -> None:
+        """Send the runs that depend only on runs now on the cluster with their
+        upstream futures, so that a chain does not wait for the driver between steps
+        (the core still decides every state: a run sent ahead is used only if the
+        core hands it out with the same inputs, else it is forgotten)."""
+        todo = [d for t in submitted for d in self.downs[t]]
+        seen: set[int] = set()
+        while todo:
+            level: list[tuple[int, Any, tuple[Any, ...]]] = []
+            for d in todo:
+                if d in seen or d in self.ahead or d in self.task_fut:
+                    continue
+                seen.add(d)
+                inputs = self._inputs(d)
+                if inputs is None:
+                    continue
+                args, kwargs, deps = inputs
+                task = self.tasks[d]
+                fn = self._fn_future(d, self.plan.calls[d][1], False)
+                if isinstance(fn, Exception):
+                    continue
+                spec = (d, d, -1, 1, 0, False, args, kwargs, None, None)
+                key = f"{_key_name(task.name)}-{self.uid}-ahead-{d}"
+                level.append((d, (fn, spec, key), deps))
+            if not level:
+                return
+            try:
+                with _quiet_large_graph():
+                    futures = self.client.map(
+                        _run_ahead,
+                        [b[1][0] for b in level],
+                        [self.info_future] * len(level),
+                        [b[1][1] for b in level],
+                        [b[2] for b in level],
+                        key=[b[1][2] for b in level],
+                        pure=False,
+                    )
+            except Exception as exc:
+                self._check_client(exc)
+                return  # sent the usual way when the core hands them out
+            todo = []
+            for (d, _item, deps), fut in zip(level, futures, strict=True):
+                self.ahead[d] = (fut, deps)
+                self._started(d)
+                if self.downs[d]:
+                    self.task_fut[d] = fut
+                    todo.extend(self.downs[d])
+
+    def _started(self, task_id: int) -> None:
+        """``task_id``'s run is on the cluster: an upstream future every downstream
+        task of which is on the cluster too is no longer needed here."""
+        self.sent.add(task_id)
+        for u in self.ups[task_id]:
+            if u in self.task_fut and all(d in self.sent for d in self.downs[u]):
+                del self.task_fut[u]
+
+    def _drop_ahead(self, task_id: int) -> None:
+        """A run of ``task_id`` did not simply succeed: forget what was sent ahead of
+        it (the core decides those runs; they are sent again if it runs them)."""
+        todo = [task_id]
+        while todo:
+            t = todo.pop()
+            self.task_fut.pop(t, None)
+            for d in self.downs[t]:
+                sent = self.ahead.pop(d, None)
+                if sent is not None:
+                    self._forget(sent[0])
+                    todo.append(d)
 
     def _submit(self, batch: list[tuple[Any, ...]]) -> list[tuple[Any, tuple[Any, ...]]]:
         """Submit ``(fn future, spec, key)`` items in one graph; ``(future, item)`` pairs."""
@@ -995,6 +1177,7 @@ class _Driver:
                 self._report_outcome(rec, value)
 
     def _report_outcome(self, rec: _Sub, out: _Outcome) -> None:
+        self._drop_ahead(rec.task_id)
         runner = self.runner
         if out.kind == _Outcome.RAISED:
             stop = runner.report(rec.run_id, rec.hooked, False, out.payload)
@@ -1016,6 +1199,7 @@ class _Driver:
     def _report_dask_error(self, rec: _Sub, exc: BaseException) -> None:
         from distributed import KilledWorker
 
+        self._drop_ahead(rec.task_id)
         if isinstance(exc, KilledWorker):
             # Dask already reran it on other workers; as on the process pool, a death
             # counts one attempt and the task's retries apply whatever retry_on says.
@@ -1116,7 +1300,10 @@ class _Driver:
 
     def cancel_all(self) -> None:
         futs = [r.future for r in self.inflight.values()]
+        futs.extend(f for f, _deps in self.ahead.values())
         self.inflight.clear()
+        self.ahead.clear()
+        self.task_fut.clear()
         if futs:
             try:
                 self.client.cancel(futs)
@@ -1126,6 +1313,12 @@ class _Driver:
     # --- the end: real values for the final states ------------------------------------------------
     def finalize(self) -> None:
         """Gather the values still stored as proxies, in one call."""
+        # Runs sent ahead that the core did not hand out (it skipped them, or the run
+        # was cancelled): forgotten.
+        if self.ahead:
+            self.client.cancel([f for f, _deps in self.ahead.values()])
+            self.ahead.clear()
+        self.task_fut.clear()
         runner = self.runner
         stored = runner.results(0, runner.n_runs())
         found = {run_id: v for run_id, v in enumerate(stored) if _has_proxy(v)}

@@ -36,6 +36,10 @@ from ferroflow.executors import _check_workers, _shown, _wait_idle
 _BATCH = 256  # runs per message to a worker
 _DEPTH = 2  # batches in flight per worker
 _FLUSH_S = 0.002  # a worker sends finished results at least this often
+# Results of these exact types travel inside their batch's message, not pickled one by
+# one (``ok`` is then ``_RAW``): pickling them cannot fail, and a batch is pickled once.
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
+_RAW = 2
 
 
 def _death_name(exitcode: int | None) -> str:
@@ -142,7 +146,8 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
                     tasks[task_id] = task_obj
             continue
         out: list[tuple[Any, ...]] = []
-        last = time.monotonic()
+        monotonic = time.monotonic
+        last = monotonic()
         for (
             run_id,
             task_id,
@@ -154,13 +159,14 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
             kwargs,
             loop_result,
         ) in payload:
-            if out and time.monotonic() - last > _FLUSH_S:
+            now = monotonic()
+            if out and now - last > _FLUSH_S:
                 send(out, runtime._take_remote_logs())
                 out = []
-                last = time.monotonic()
+                last = now = monotonic()
             # The start first: the driver reads the run, then its start (a timeout
             # counts from when the run starts here, not from when it was sent).
-            started.value = time.monotonic()
+            started.value = now
             current.value = run_id
             runtime._enter_remote(
                 info, (0, run_id, task_id, map_index, run_count, loop_count, loop_result)
@@ -176,13 +182,18 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
                         funcs[task_id],
                         enforce_timeout=False,
                     )
+                elif kwargs is None:
+                    value = funcs[task_id](*args)
                 else:
-                    value = funcs[task_id](*args, **(kwargs or {}))
+                    value = funcs[task_id](*args, **kwargs)
                 ok = True
             except BaseException as exc:
                 value, ok = exc, False
             current.value = -1
-            out.append(_encode(cloudpickle, run_id, hooked, ok, value))
+            if ok and not hooked and type(value) in _PLAIN:
+                out.append((run_id, False, _RAW, value))
+            else:
+                out.append(_encode(cloudpickle, run_id, hooked, ok, value))
         send(out, runtime._take_remote_logs())
 
 
@@ -380,16 +391,19 @@ class _Driver:
         new_tasks: dict[int, Any] = {}
         batch: list[tuple[Any, ...]] = []
         kept: list[tuple[Any, ...]] = []
+        seen: dict[int, Any] = {}  # task id -> its payload, for this batch
         for item in items:
             # item: (run, task, map_index, run_count, loop_count, hooked, func, args,
             # kwargs, loop_result); the function travels once per worker, not per run.
-            run_id, task_id, hooked, func = item[0], item[1], item[5], item[6]
-            blob = self._task_payload(task_id, hooked, func)
+            task_id = item[1]
+            blob = seen.get(task_id)
+            if blob is None:
+                blob = seen[task_id] = self._task_payload(task_id, item[5], item[6])
+                if task_id not in w.known and not isinstance(blob, Exception):
+                    new_tasks[task_id] = blob
             if isinstance(blob, Exception):
-                self.runner.report_failure(run_id, str(blob), blob)
+                self.runner.report_failure(item[0], str(blob), blob)
                 continue
-            if task_id not in w.known:
-                new_tasks[task_id] = blob
             batch.append(item[:6] + item[7:])
             kept.append(item)
         if not batch:
@@ -423,10 +437,10 @@ class _Driver:
             w.conn.send_bytes(data)
         except OSError:
             pass  # the worker just died: its sentinel sends these runs elsewhere
-        for item in kept:
-            w.inflight.append(item)
-            if self.tasks[item[1]].timeout is not None:
-                w.timed.add(item[0])
+        w.inflight.extend(kept)
+        if self._has_timeouts():
+            tasks = self.tasks
+            w.timed.update(item[0] for item in kept if tasks[item[1]].timeout is not None)
         w.batches += 1
 
     def _fill(self) -> None:
@@ -474,13 +488,19 @@ class _Driver:
             runtime._add_remote_logs(logs)
         if not results:
             return True  # log lines only, sent while a task runs
+        inflight, timed, report = w.inflight, w.timed, self.runner.report
         for run_id, hooked, ok, payload in results:
             # Results arrive in the order the worker ran them.
-            while w.inflight and w.inflight[0][0] != run_id:
-                w.inflight.popleft()
-            if w.inflight:
-                w.inflight.popleft()
-            w.timed.discard(run_id)
+            while inflight and inflight[0][0] != run_id:
+                inflight.popleft()
+            if inflight:
+                inflight.popleft()
+            if timed:
+                timed.discard(run_id)
+            if ok == _RAW:
+                if report(run_id, False, True, payload):
+                    raise KeyboardInterrupt
+                continue
             if ok is None:
                 msg, shown = payload
                 self.runner.report_failure(run_id, msg, shown)
@@ -491,7 +511,7 @@ class _Driver:
                 msg = f"the task's result could not be unpickled in the driver: {exc!r}"
                 self.runner.report_failure(run_id, msg, repr(exc))
                 continue
-            if self.runner.report(run_id, hooked, ok, value):
+            if report(run_id, hooked, ok, value):
                 raise KeyboardInterrupt
         if not w.inflight:
             w.batches = 0

@@ -39,8 +39,15 @@ fn detached<T: Send>(
 }
 
 /// This machine's name as the run store records it (`socket.gethostname()`), so
-/// that the recorder and the interrupted-run fixup agree on it.
+/// that the recorder and the interrupted-run fixup agree on it. Read from
+/// `os.uname().nodename` where there is one (the same name: `gethostname(2)` returns
+/// the node name uname reports), because importing `socket` is a good part of a
+/// recorded first run's cost in a fresh process.
 pub(crate) fn host_name(py: Python<'_>) -> PyResult<String> {
+    let os = py.import("os")?;
+    if os.hasattr("uname")? {
+        return os.call_method0("uname")?.getattr("nodename")?.extract();
+    }
     py.import("socket")?.call_method0("gethostname")?.extract()
 }
 
