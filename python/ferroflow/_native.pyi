@@ -160,6 +160,12 @@ def record_logs(
 def record_structure(path: str, flow_run_id: str, structure_json: str) -> None:
     """Record the flow's structure (JSON) for a recording flow run."""
 
+def mask_value(value: str) -> None:
+    """Mask ``value`` (a secret) in every message and log line recorded from now on."""
+
+def mask_text(text: str) -> str:
+    """``text`` with every masked value replaced by ``****``."""
+
 def pid_is_alive(pid: int) -> bool:
     """Whether process ``pid`` is alive on this machine (True when it cannot tell)."""
 

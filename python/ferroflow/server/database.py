@@ -185,10 +185,25 @@ CREATE TABLE audit(
 );
 """
 
+_V5 = """
+CREATE TABLE secrets(
+    name TEXT PRIMARY KEY,
+    ciphertext TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL,
+    updated DOUBLE PRECISION NOT NULL
+);
+"""
+
 #: ``(version, DDL)``: running every step whose version is above the database's brings
 #: a PostgreSQL database to :data:`SCHEMA_VERSION` (the Rust store's steps, in
 #: PostgreSQL types).
-POSTGRES_MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
+POSTGRES_MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, _V1),
+    (2, _V2),
+    (3, _V3),
+    (4, _V4),
+    (5, _V5),
+)
 
 if POSTGRES_MIGRATIONS[-1][0] != SCHEMA_VERSION:  # pragma: no cover - a build mismatch
     raise ImportError(

@@ -31,7 +31,12 @@
 //!   version, labels, scheduled start). The server (`ferroflow server start`)
 //!   uses the same store: this module creates and upgrades those tables in
 //!   SQLite, the server's PostgreSQL dialect keeps the same ones, and a test
-//!   fails if the two drift.
+//!   fails if the two drift;
+//! - `secrets` (schema version 5, `v5_secrets.sql`): name, Fernet ciphertext,
+//!   created, updated; the key is never in the store.
+//!
+//! Every message and log line the writer records first goes through [`mask`]:
+//! the secret values a process has read are replaced with `****`.
 //!
 //! # Migrations
 //!
@@ -81,6 +86,7 @@
 //! never deletes, truncates or overwrites an existing file to recover.
 
 mod journal;
+pub mod mask;
 mod read;
 mod writer;
 
@@ -105,7 +111,7 @@ pub use writer::{
 };
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The store's file name inside `FERROFLOW_HOME`.
 pub const STORE_FILE_NAME: &str = "ferroflow.db";
@@ -637,6 +643,10 @@ ALTER TABLE flow_runs ADD COLUMN structure TEXT;
 /// so that the server's PostgreSQL schema can be read beside it.
 const SCHEMA_V4: &str = include_str!("platform.sql");
 
+/// Version 5: the `secrets` table (names, dates and Fernet ciphertext; the key is
+/// never in the store).
+const SCHEMA_V5: &str = include_str!("v5_secrets.sql");
+
 /// The steps that bring a store up to [`SCHEMA_VERSION`]: a store at version `v`
 /// runs every step whose `from` is at least `v` (a fresh store first gets
 /// version 1's tables). Adding a version is one more line here.
@@ -647,6 +657,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // shares), every existing line kept; the flow's structure per run.
     (2, SCHEMA_V3),
     (3, SCHEMA_V4),
+    (4, SCHEMA_V5),
 ];
 
 #[cfg(test)]
