@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["Context", "context", "get_run_logger"]
+__all__ = ["MASK", "Context", "context", "get_run_logger", "mask_secret", "mask_text"]
 
 # Flow runs in progress, by the token the engine gave their native runner.
 _RUNS: dict[int, Any] = {}
@@ -288,6 +288,75 @@ class _RunLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
         return msg, kwargs
 
 
+# --- masking secret values ------------------------------------------------------------
+#
+# A secret read in this process (ferroflow.tasks.secrets) is masked from then on: the
+# native store writer replaces it in every state message and log line it records, and
+# the ferroflow log handlers (the store's and the console one ferroflow installs) pass
+# records through _MaskFilter first.
+
+#: What a masked value is replaced with.
+MASK = "****"
+
+_MASKING = False
+
+
+def mask_secret(value: str) -> None:
+    """Mask ``value`` in this process's records from now on: state messages and log
+    lines in the run store, and the ``ferroflow`` loggers' console output, show
+    ``****`` instead (also its escaped form, as ``repr`` would print it).
+
+    Example:
+        >>> mask_secret("hunter2")
+        >>> mask_text("the password is hunter2")
+        'the password is ****'
+    """
+    global _MASKING
+    from ferroflow import _native
+
+    if not isinstance(value, str) or not value:
+        return
+    forms = {value, repr(value)[1:-1], value.encode("unicode_escape").decode("ascii")}
+    for form in forms:
+        if form:
+            _native.mask_value(form)
+    _MASKING = True
+
+
+def mask_text(text: str) -> str:
+    """``text`` with every value given to :func:`mask_secret` replaced by ``****``."""
+    if not _MASKING:
+        return text
+    from ferroflow import _native
+
+    return _native.mask_text(text)
+
+
+class _MaskFilter(logging.Filter):
+    """Masks secret values in a record's message, traceback and stack (in place, so
+    every later handler sees the masked record too)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _MASKING:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True  # the handler reports the bad format
+        masked = mask_text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_text(record.stack_info)
+        return True
+
+
+_MASK_FILTER = _MaskFilter()
+
 _LOGGING_SET_UP = False
 
 
@@ -303,6 +372,7 @@ def _ensure_handler() -> None:
         handler.setFormatter(
             logging.Formatter("[%(asctime)s] %(levelname)s - %(name)s | %(message)s")
         )
+        handler.addFilter(_MASK_FILTER)
         base.addHandler(handler)
     if base.level == logging.NOTSET:
         # Like Prefect's logger: INFO and above, whatever the root logger says, so that
@@ -419,6 +489,7 @@ class _StoreHandler(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.NOTSET)
         self.setFormatter(logging.Formatter("%(message)s"))
+        self.addFilter(_MASK_FILTER)
 
     def emit(self, record: logging.LogRecord) -> None:
         flow_run_id = record.__dict__.get("flow_run_id")
