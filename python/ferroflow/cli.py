@@ -1208,4 +1208,5 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 # The platform's commands (server, projects, flows, register, runs on a server):
 # cli_server adds them to `cli` when it is imported, whichever module comes first.
 from ferroflow import cli_agent as _cli_agent  # noqa: E402, F401
+from ferroflow import cli_secrets as _cli_secrets  # noqa: E402, F401
 from ferroflow import cli_server as _cli_server  # noqa: E402, F401
