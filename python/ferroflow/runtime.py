@@ -307,8 +307,8 @@ def mask_secret(value: str) -> None:
     ``****`` instead (also its escaped form, as ``repr`` would print it).
 
     Example:
-        >>> mask_secret("hunter2")
-        >>> mask_text("the password is hunter2")
+        >>> mask_secret("doctest-hunter2")
+        >>> mask_text("the password is doctest-hunter2")
         'the password is ****'
     """
     global _MASKING

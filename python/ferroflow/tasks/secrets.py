@@ -24,14 +24,15 @@ Example:
     >>> import os
     >>> from ferroflow import Flow, task
     >>> from ferroflow.tasks.secrets import FerroflowSecret
-    >>> os.environ["FERROFLOW__CONTEXT__SECRETS__API_TOKEN"] = "t0ken"
+    >>> os.environ["FERROFLOW__CONTEXT__SECRETS__API_TOKEN"] = "doctest-t0ken"
     >>> @task
     ... def length(token: str) -> int:
     ...     return len(token)
     >>> with Flow("uses-a-secret") as flow:
     ...     n = length(FerroflowSecret("API_TOKEN"))
     >>> flow.run().result[n].result
-    5
+    13
+    >>> del os.environ["FERROFLOW__CONTEXT__SECRETS__API_TOKEN"]
 """
 
 from __future__ import annotations
@@ -93,9 +94,10 @@ class FerroflowSecret(SecretBase):
 
     Example:
         >>> import os
-        >>> os.environ["FERROFLOW__CONTEXT__SECRETS__DB_PASSWORD"] = "pw"
+        >>> os.environ["FERROFLOW__CONTEXT__SECRETS__DB_PASSWORD"] = "doctest-pw"
         >>> FerroflowSecret("DB_PASSWORD").run()
-        'pw'
+        'doctest-pw'
+        >>> del os.environ["FERROFLOW__CONTEXT__SECRETS__DB_PASSWORD"]
     """
 
     def run(self, name: str | None = None) -> str:
@@ -141,9 +143,10 @@ class EnvVarSecret(SecretBase):
 
     Example:
         >>> import os
-        >>> os.environ["MY_TOKEN"] = "abc"
+        >>> os.environ["MY_TOKEN"] = "doctest-token"
         >>> EnvVarSecret("MY_TOKEN").run()
-        'abc'
+        'doctest-token'
+        >>> del os.environ["MY_TOKEN"]
     """
 
     def __init__(self, name: str, raise_if_missing: bool = True, **kwargs: Any) -> None:
