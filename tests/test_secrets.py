@@ -15,7 +15,7 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -32,6 +32,7 @@ from ferroflow.exceptions import (
     SecretNotFoundError,
     TaskDefinitionError,
 )
+from ferroflow.executors import ProcessExecutor, ThreadExecutor
 from ferroflow.results import LocalResult
 from ferroflow.server import models
 from ferroflow.server.app import execute
@@ -49,6 +50,8 @@ from ferroflow.server.secrets import (
 from ferroflow.store import open_store, store_path
 from ferroflow.tasks.secrets import SERVER_RUN_ENV, EnvVarSecret, FerroflowSecret
 from test_agent import AgentProcess, Server, finished, register, wait_for
+
+TESTS = Path(__file__).parent
 
 
 def fresh_value() -> str:
@@ -428,9 +431,23 @@ def _explode(token: str) -> None:
     raise ValueError(f"cannot use {token!r}")
 
 
+EXECUTORS: dict[str, Callable[[], Any]] = {
+    "local": lambda: None,
+    "threads": lambda: ThreadExecutor(max_workers=2),
+    "processes": lambda: ProcessExecutor(max_workers=2),
+}
+
+
+@pytest.mark.parametrize("executor", sorted(EXECUTORS))
 def test_ferroflow_secret_locally_reads_the_env_var_and_is_masked_everywhere(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    executor: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    )
     value = fresh_value()
     monkeypatch.setenv("FERROFLOW__CONTEXT__SECRETS__API_TOKEN", value)
     results = tmp_path / "results"
@@ -440,7 +457,7 @@ def test_ferroflow_secret_locally_reads_the_env_var_and_is_masked_everywhere(
         p = _print(s)
         e = _explode(s)
         _length(FerroflowSecret("MISSING"))
-    state = flow.run()
+    state = flow.run(executor=EXECUTORS[executor]())
     assert state.result[s].result == value  # in memory, inside the run: the value
     assert state.result[n].result == len(value)
     assert state.result[p].result == len(value)
@@ -463,7 +480,9 @@ def test_ferroflow_secret_locally_reads_the_env_var_and_is_masked_everywhere(
     assert files_containing(home(), value) == []
     # Other handlers of the logging tree see the masked record too.
     shown = [r.getMessage() for r in caplog.records]
-    assert "the token is ****" in shown and not any(value in m for m in shown)
+    assert not any(value in m for m in shown)
+    if executor != "processes":  # worker records reach the store, not this logger
+        assert "the token is ****" in shown
 
 
 def test_env_var_secret_reads_a_variable_and_a_missing_one_is_a_typed_error(

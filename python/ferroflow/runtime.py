@@ -299,6 +299,12 @@ class _RunLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
 MASK = "****"
 
 _MASKING = False
+_MASKED: set[str] = set()
+# Values masked here and not yet sent to the driver (in a worker; in the driver nothing
+# takes them: a few strings).
+_REMOTE_MASKS: list[str] = []
+# The flow-run id of a log "line" that carries a masked value from a worker to the driver.
+_MASK_ENTRY = "\x00mask"
 
 
 def mask_secret(value: str) -> None:
@@ -320,6 +326,11 @@ def mask_secret(value: str) -> None:
     for form in forms:
         if form:
             _native.mask_value(form)
+    if not _MASKING or value not in _MASKED:
+        _MASKED.add(value)
+        with _REMOTE_LOCK:
+            # A worker tells the driver with its next log lines (see _take_remote_logs).
+            _REMOTE_MASKS.append(value)
     _MASKING = True
 
 
@@ -543,22 +554,29 @@ def _close_log_sink(flow_run_id: str) -> None:
 def _add_remote_logs(lines: list[tuple[str, LogLine]]) -> None:
     """Log lines shipped back from workers: into the sinks of their flow runs."""
     for flow_run_id, line in lines:
+        if flow_run_id == _MASK_ENTRY:
+            mask_secret(str(line))  # a secret a worker read: masked here too, first
+            continue
         sink = _SINKS.get(flow_run_id)
         if sink is not None:
             sink.add(line)
 
 
 def _take_remote_logs(flow_run_id: str | None = None) -> list[tuple[str, LogLine]]:
-    """In a worker: the lines collected so far (of one flow run, or all), removed."""
+    """In a worker: the lines collected so far (of one flow run, or all), removed;
+    the secret values masked since the last call come first (the driver masks them
+    before it records anything that follows)."""
     with _REMOTE_LOCK:
+        masks: list[Any] = [(_MASK_ENTRY, v) for v in _REMOTE_MASKS]
+        _REMOTE_MASKS.clear()
         if flow_run_id is None:
             taken = _REMOTE[:]
             _REMOTE.clear()
-            return taken
+            return masks + taken
         taken = [x for x in _REMOTE if x[0] == flow_run_id]
         if taken:
             _REMOTE[:] = [x for x in _REMOTE if x[0] != flow_run_id]
-        return taken
+        return masks + taken
 
 
 def _capture_remote_logs() -> None:

@@ -15,10 +15,13 @@ the value in its message, or logs it, included). A missing secret is a
 :class:`~ferroflow.exceptions.SecretNotFoundError` that names the secret (never a
 value); the task is then ``Failed`` with it.
 
-Limits: masking is per process. With the process or Dask executors, a value read in
-one worker is masked in that worker and in everything the flow-run process records
-for it, but a downstream task in *another* worker that logs the value is masked only
-by the flow-run process if that process read it too.
+Masking is per process, and a value read in a worker reaches the driver with the
+worker's next log lines: with the process executor that is the message that carries
+the secret task's result, so the driver masks the value before it records anything
+that used it. With Dask the driver gets worker log lines when it drains them, so a
+downstream task that fails with the value in its message on *another* Dask worker may
+be recorded before the value is known to the driver: read secrets in the flow-run
+process (a local or thread executor) when that matters.
 
 Example:
     >>> import os
