@@ -617,3 +617,75 @@ def test_a_flow_under_an_agent_gets_the_value_and_nothing_else_does(
     # Store files (server's and agent's), checkpoints, agent and flow-run logs: none.
     assert files_containing(tmp_path, value) == []
     assert list((tmp_path / "agent").rglob("*.pack")), "the checkpoint dir was checked"
+
+
+def _in_a_terminal(args: list[str], answers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+    """Run ``python -m ferroflow *args`` with a pseudo-terminal as its controlling
+    terminal and stdin/stdout/stderr; answer each prompt (``(prompt, reply)``) when it
+    appears. The exit status and everything the terminal showed."""
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    start = (
+        "import fcntl, os, sys, termios; os.setsid(); fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'ferroflow', *sys.argv[1:]])"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", start, *args],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    os.close(follower)
+    shown = b""
+    pending = list(answers)
+    try:
+        while True:
+            ready, _, _ = select.select([leader], [], [], 60)
+            assert ready, f"no output from the terminal: {shown!r}"
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+            if pending and pending[0][0] in shown.split(b"\n")[-1]:
+                os.write(leader, pending.pop(0)[1])
+        return proc.wait(timeout=60), shown
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_in_a_terminal_the_value_comes_from_a_hidden_prompt_asked_twice(db: Database) -> None:
+    value = fresh_value()
+    code, shown = _in_a_terminal(
+        ["secrets", "set", "PROMPTED"],
+        [
+            (b"Value of secret PROMPTED", value.encode() + b"\n"),
+            (b"Repeat", value.encode() + b"\n"),
+        ],
+    )
+    assert code == 0, shown
+    assert b"Set secret 'PROMPTED'" in shown
+    assert value.encode() not in shown  # never echoed
+    assert read_secret(db, "PROMPTED") == value
+    # Two different answers: asked again, nothing stored until they match.
+    other = fresh_value()
+    code, shown = _in_a_terminal(
+        ["secrets", "set", "PROMPTED"],
+        [
+            (b"Value of secret PROMPTED", b"one\n"),
+            (b"Repeat", b"two\n"),
+            (b"Value of secret PROMPTED", other.encode() + b"\n"),
+            (b"Repeat", other.encode() + b"\n"),
+        ],
+    )
+    assert code == 0, shown
+    assert b"do not match" in shown.lower() and other.encode() not in shown
+    assert read_secret(db, "PROMPTED") == other
