@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from _postgres import PostgresServer
 from _tasks import Ledger
 from ferroflow import Flow, get_run_logger, task
 from ferroflow.client import Client
@@ -36,10 +37,11 @@ from ferroflow.executors import ProcessExecutor, ThreadExecutor
 from ferroflow.results import LocalResult
 from ferroflow.server import models
 from ferroflow.server.app import execute
-from ferroflow.server.database import Database, SqliteDatabase
+from ferroflow.server.database import Database, PostgresDatabase, SqliteDatabase
 from ferroflow.server.secrets import (
     KEY_ENV,
     check_reader,
+    delete_secret,
     key_file_for,
     list_secrets,
     read_secret,
@@ -265,6 +267,27 @@ def test_a_secret_that_no_key_decrypts_stops_rotation_untouched(
         rotate_key(db)
     assert db.fetchall("SELECT * FROM secrets ORDER BY name") == rows_before
     assert key_file_for(db).read_text() == keys_before
+
+
+def test_secrets_on_postgresql_with_the_key_in_ferroflow_home(
+    postgres_server: PostgresServer,
+) -> None:
+    db = PostgresDatabase(postgres_server.create_database())
+    try:
+        values = {"A": fresh_value(), "B": fresh_value()}
+        for name, value in values.items():
+            set_secret(db, name, value)
+        assert key_file_for(db) == home() / "secret.key"
+        assert stat.S_IMODE(key_file_for(db).stat().st_mode) == 0o600
+        stored = db.fetchall("SELECT name, ciphertext FROM secrets ORDER BY name")
+        assert [r["name"] for r in stored] == ["A", "B"]
+        assert not any(v in json.dumps(stored) for v in values.values())
+        assert rotate_key(db)[0] == 2
+        assert {n: read_secret(db, n) for n in values} == values
+        delete_secret(db, "A")
+        assert [r["name"] for r in list_secrets(db)] == ["B"]
+    finally:
+        db.close()
 
 
 # ------------------------------------------------------------------- the GraphQL API
