@@ -24,6 +24,8 @@ __all__ = [
     "find_cycle",
     "journal_encode_transitions",
     "journal_transitions",
+    "mask_text",
+    "mask_value",
     "pid_is_alive",
     "record_logs",
     "record_structure",
