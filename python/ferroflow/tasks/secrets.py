@@ -21,7 +21,9 @@ the secret task's result, so the driver masks the value before it records anythi
 that used it. With Dask the driver gets worker log lines when it drains them, so a
 downstream task that fails with the value in its message on *another* Dask worker may
 be recorded before the value is known to the driver: read secrets in the flow-run
-process (a local or thread executor) when that matters.
+process (a local or thread executor) when that matters. Under an agent started with
+``--dask-address``, a secret task runs on the cluster, whose workers do not have
+``$FERROFLOW_SERVER_FLOW_RUN_ID``: it then reads the local environment variable.
 
 Example:
     >>> import os
