@@ -457,7 +457,9 @@ def _explode(token: str) -> None:
 EXECUTORS: dict[str, Callable[[], Any]] = {
     "local": lambda: None,
     "threads": lambda: ThreadExecutor(max_workers=2),
-    "processes": lambda: ProcessExecutor(max_workers=2),
+    # spawn: the workers see this test's environment (a forkserver started by an
+    # earlier test keeps the environment it started with).
+    "processes": lambda: ProcessExecutor(max_workers=2, mp_context="spawn"),
 }
 
 

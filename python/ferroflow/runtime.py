@@ -300,9 +300,10 @@ MASK = "****"
 
 _MASKING = False
 _MASKED: set[str] = set()
-# Values masked here and not yet sent to the driver (in a worker; in the driver nothing
-# takes them: a few strings).
+# In a worker: values masked here and not yet sent to the driver.
 _REMOTE_MASKS: list[str] = []
+# Whether this process is a worker (process or Dask) that ships its log lines.
+_IN_WORKER = False
 # The flow-run id of a log "line" that carries a masked value from a worker to the driver.
 _MASK_ENTRY = "\x00mask"
 
@@ -326,7 +327,7 @@ def mask_secret(value: str) -> None:
     for form in forms:
         if form:
             _native.mask_value(form)
-    if not _MASKING or value not in _MASKED:
+    if _IN_WORKER and value not in _MASKED:
         _MASKED.add(value)
         with _REMOTE_LOCK:
             # A worker tells the driver with its next log lines (see _take_remote_logs).
@@ -580,7 +581,9 @@ def _take_remote_logs(flow_run_id: str | None = None) -> list[tuple[str, LogLine
 
 
 def _capture_remote_logs() -> None:
-    """In a worker: collect run-logger records for the driver."""
+    """In a worker: collect run-logger records (and masked values) for the driver."""
+    global _IN_WORKER
+    _IN_WORKER = True
     _install_store_handler()
 
 
