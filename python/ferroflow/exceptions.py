@@ -385,6 +385,8 @@ class OpsError(FerroflowError, ValueError):
 
     Example:
         >>> issubclass(OpsError, FerroflowError)
+        True
+    """
 
 
 class SecretError(FerroflowError, ValueError):

@@ -27,8 +27,8 @@ from strawberry.tools import merge_types
 from strawberry.types import Info
 
 from ferroflow.server import auth, models
-from ferroflow.server.auth_api import AuthMutation, AuthQuery
 from ferroflow.server import secrets as server_secrets
+from ferroflow.server.auth_api import AuthMutation, AuthQuery
 from ferroflow.server.database import Database
 from ferroflow.server.ops_api import OpsMutation, OpsQuery
 

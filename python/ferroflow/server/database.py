@@ -260,6 +260,7 @@ CREATE TABLE notifications(
 CREATE INDEX notifications_due ON notifications(status, next_attempt);
 -- An attempt's and a run's recoveries are read from the audit log by target.
 CREATE INDEX audit_by_target ON audit(target, action);
+"""
 
 _V7_SECRETS = """
 CREATE TABLE secrets(

@@ -36,13 +36,13 @@
 //!   browsers), the request's address on `audit`, the agent's token on `agents`.
 //! - the operations tables (schema version 6, `v6_ops.sql`): `backfills`,
 //!   `flow_limits`, `task_tag_limits`, `task_slots`, `notify_rules`,
-//!   `notifications`, and `flow_runs.backfill_id`.
+//!   `notifications`, and `flow_runs.backfill_id`;
+//! - `secrets` (schema version 7, `v7_secrets.sql`): name, Fernet ciphertext,
+//!   created, updated; the key is never in the store.
 //!
 //! A new store is created with `auto_vacuum = INCREMENTAL`, so that pruning old
 //! runs can give the space back in small steps (see
 //! `python/ferroflow/server/retention.py`).
-//! - `secrets` (schema version 7, `v7_secrets.sql`): name, Fernet ciphertext,
-//!   created, updated; the key is never in the store.
 //!
 //! Every message and log line the writer records first goes through [`mask`]:
 //! the secret values a process has read are replaced with `****`.
