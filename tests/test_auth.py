@@ -335,6 +335,8 @@ MUTATIONS: dict[str, str] = {
         'add_notify_rule(input: {on_state: "Failed", webhook: "http://127.0.0.1:9/h"}) { id }'
     ),
     "delete_notify_rule": 'delete_notify_rule(id: "nope")',
+    "set_secret": 'set_secret(input: {name: "S_%s", value: "v"}) { success }',
+    "delete_secret": 'delete_secret(input: {name: "NOPE"}) { success }',
 }
 
 #: What each role may do (written out, not read from PERMISSIONS: this is the spec).
@@ -389,12 +391,15 @@ QUERIES: dict[str, str] = {
     "tag_limits": "tag_limits { tag }",
     "notify_rules": "notify_rules { id }",
     "notifications": "notifications { seq }",
+    "secrets": "secrets { name }",
+    "secret_value": 'secret_value(flow_run_id: "nope", name: "S")',
 }
 
 ALLOWED_QUERIES: dict[str, set[str]] = {
-    "read_only": set(QUERIES) - {"audit", "api_keys", "notify_rules", "notifications"},
-    "user": set(QUERIES) - {"audit", "api_keys"},
-    "runner": {"flow_run", "flow", "flow_run_records", "tag_limits"},
+    "read_only": set(QUERIES)
+    - {"audit", "api_keys", "notify_rules", "notifications", "secret_value"},
+    "user": set(QUERIES) - {"audit", "api_keys", "secret_value"},
+    "runner": {"flow_run", "flow", "flow_run_records", "tag_limits", "secret_value"},
     "admin": set(QUERIES),
 }
 

@@ -147,8 +147,11 @@ PACKS = _Packs()
 def native_pack(task: Any) -> bool:
     """Whether the native runner can checkpoint ``task`` itself: a checkpoint in the
     default pack layout of a plain :class:`LocalResult`, and nothing else that needs
-    Python around the call (handlers, a timeout, a target, a cache, a location)."""
+    Python around the call (handlers, a timeout, ``log_stdout``, a target, a cache, a
+    location)."""
     if task.state_handlers or task.on_failure is not None or task.timeout is not None:
+        return False
+    if task.log_stdout:
         return False
     if not checkpoints(task) or needs_template_values(task):
         return False

@@ -24,6 +24,8 @@ __all__ = [
     "find_cycle",
     "journal_encode_transitions",
     "journal_transitions",
+    "mask_text",
+    "mask_value",
     "pid_is_alive",
     "record_logs",
     "record_structure",
@@ -159,6 +161,12 @@ def record_logs(
 
 def record_structure(path: str, flow_run_id: str, structure_json: str) -> None:
     """Record the flow's structure (JSON) for a recording flow run."""
+
+def mask_value(value: str) -> None:
+    """Mask ``value`` (a secret) in every message and log line recorded from now on."""
+
+def mask_text(text: str) -> str:
+    """``text`` with every masked value replaced by ``****``."""
 
 def pid_is_alive(pid: int) -> bool:
     """Whether process ``pid`` is alive on this machine (True when it cannot tell)."""

@@ -13,6 +13,9 @@ id. SIGINT or SIGTERM stops it the way Ctrl-C stops a local run: the run is reco
 Exit status: 0 when the run ran (whatever its final state), 3 when the flow did not
 build (the run is then ``Failed`` on the server with the error), 4 when the server
 refused the run (another process holds it).
+
+``$FERROFLOW_SERVER_FLOW_RUN_ID`` is set to the server's run id, so that
+:class:`~ferroflow.tasks.secrets.FerroflowSecret` asks the server for the run's secrets.
 """
 
 from __future__ import annotations
@@ -148,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     from ferroflow.client import Client, api_url
     from ferroflow.exceptions import ApiError, RegistrationError, ResumeError, StoreError
     from ferroflow.store import store_path
+    from ferroflow.tasks.secrets import SERVER_RUN_ENV
 
     parser = argparse.ArgumentParser(prog="python -m ferroflow.agent_run")
     parser.add_argument("flow_run_id")
@@ -162,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["FERROFLOW_REPORT"] = "0"
     client = Client()
     run_id = args.flow_run_id
+    # FerroflowSecret asks the server for this run's secrets (see ferroflow.tasks.secrets).
+    os.environ[SERVER_RUN_ENV] = run_id
     run = client.get_flow_run(run_id)
     work_dir = Path(args.work_dir) if args.work_dir else store_path().parent
     try:

@@ -1209,5 +1209,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 # cli_server adds them to `cli` when it is imported, whichever module comes first.
 from ferroflow import cli_agent as _cli_agent  # noqa: E402, F401
 from ferroflow import cli_ops as _cli_ops  # noqa: E402, F401
+from ferroflow import cli_secrets as _cli_secrets  # noqa: E402, F401
 from ferroflow import cli_server as _cli_server  # noqa: E402, F401
 from ferroflow import cli_tokens as _cli_tokens  # noqa: E402, F401

@@ -679,3 +679,43 @@ class Client:
             {"n": limit, "o": offset},
         )
         return list(data["audit"])
+
+    # -------------------------------------------------------------------- secrets
+
+    def set_secret(self, name: str, value: str) -> None:
+        """Set secret ``name`` to ``value`` on the server (stored encrypted).
+
+        Example:
+            >>> Client().set_secret("DB_PASSWORD", "...")  # doctest: +SKIP
+        """
+        self.graphql(
+            "mutation($i: SetSecretInput!) { set_secret(input: $i) { success } }",
+            {"i": {"name": name, "value": value}},
+        )
+
+    def delete_secret(self, name: str) -> None:
+        """Remove secret ``name`` from the server (ApiError when there is none)."""
+        self.graphql(
+            "mutation($i: SecretNameInput!) { delete_secret(input: $i) { success } }",
+            {"i": {"name": name}},
+        )
+
+    def secrets(self) -> list[str]:
+        """The names of the server's secrets, sorted (never their values)."""
+        return [s["name"] for s in self.secret_list()]
+
+    def secret_list(self) -> list[dict[str, Any]]:
+        """Every secret's ``name``, ``created`` and ``updated`` (never a value)."""
+        data = self.graphql("{ secrets { name created updated } }")
+        return list(data["secrets"])
+
+    def secret_value(self, flow_run_id: str, name: str) -> str:
+        """The value of secret ``name`` for flow run ``flow_run_id``: what a flow run
+        started by an agent asks for. The server answers only while an agent holds the
+        run (and, with tokens, only to the runner token holding it); ApiError
+        otherwise."""
+        data = self.graphql(
+            "query($r: String!, $n: String!) { secret_value(flow_run_id: $r, name: $n) }",
+            {"r": flow_run_id, "n": name},
+        )
+        return str(data["secret_value"])

@@ -39,6 +39,9 @@ __all__ = [
     "ResultError",
     "ResumeError",
     "ScheduleError",
+    "SecretError",
+    "SecretKeyError",
+    "SecretNotFoundError",
     "ServerUnavailableError",
     "StoreError",
     "TaskDefinitionError",
@@ -382,5 +385,35 @@ class OpsError(FerroflowError, ValueError):
 
     Example:
         >>> issubclass(OpsError, FerroflowError)
+        True
+    """
+
+
+class SecretError(FerroflowError, ValueError):
+    """A secret cannot be set or read: a bad name, an empty or oversized value. The
+    message names the secret, never its value.
+
+    Example:
+        >>> issubclass(SecretNotFoundError, SecretError)
+        True
+    """
+
+
+class SecretNotFoundError(SecretError):
+    """No secret of that name: not on the server, or (locally) no
+    ``FERROFLOW__CONTEXT__SECRETS__<NAME>`` / environment variable.
+
+    Example:
+        >>> str(SecretNotFoundError("no secret named 'DB_PASSWORD'"))
+        "no secret named 'DB_PASSWORD'"
+    """
+
+
+class SecretKeyError(SecretError):
+    """The key that encrypts secrets is unusable: malformed, a key file that others may
+    read, or not the key the secrets were encrypted with.
+
+    Example:
+        >>> issubclass(SecretKeyError, SecretError)
         True
     """

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["Context", "context", "get_run_logger"]
+__all__ = ["MASK", "Context", "context", "get_run_logger", "mask_secret", "mask_text"]
 
 # Flow runs in progress, by the token the engine gave their native runner.
 _RUNS: dict[int, Any] = {}
@@ -288,6 +288,87 @@ class _RunLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
         return msg, kwargs
 
 
+# --- masking secret values ------------------------------------------------------------
+#
+# A secret read in this process (ferroflow.tasks.secrets) is masked from then on: the
+# native store writer replaces it in every state message and log line it records, and
+# the ferroflow log handlers (the store's and the console one ferroflow installs) pass
+# records through _MaskFilter first.
+
+#: What a masked value is replaced with.
+MASK = "****"
+
+_MASKING = False
+_MASKED: set[str] = set()
+# In a worker: values masked here and not yet sent to the driver.
+_REMOTE_MASKS: list[str] = []
+# Whether this process is a worker (process or Dask) that ships its log lines.
+_IN_WORKER = False
+# The flow-run id of a log "line" that carries a masked value from a worker to the driver.
+_MASK_ENTRY = "\x00mask"
+
+
+def mask_secret(value: str) -> None:
+    """Mask ``value`` in this process's records from now on: state messages and log
+    lines in the run store, and the ``ferroflow`` loggers' console output, show
+    ``****`` instead (also its escaped form, as ``repr`` would print it).
+
+    Example:
+        >>> mask_secret("doctest-hunter2")
+        >>> mask_text("the password is doctest-hunter2")
+        'the password is ****'
+    """
+    global _MASKING
+    from ferroflow import _native
+
+    if not isinstance(value, str) or not value:
+        return
+    forms = {value, repr(value)[1:-1], value.encode("unicode_escape").decode("ascii")}
+    for form in forms:
+        if form:
+            _native.mask_value(form)
+    if _IN_WORKER and value not in _MASKED:
+        _MASKED.add(value)
+        with _REMOTE_LOCK:
+            # A worker tells the driver with its next log lines (see _take_remote_logs).
+            _REMOTE_MASKS.append(value)
+    _MASKING = True
+
+
+def mask_text(text: str) -> str:
+    """``text`` with every value given to :func:`mask_secret` replaced by ``****``."""
+    if not _MASKING:
+        return text
+    from ferroflow import _native
+
+    return _native.mask_text(text)
+
+
+class _MaskFilter(logging.Filter):
+    """Masks secret values in a record's message, traceback and stack (in place, so
+    every later handler sees the masked record too)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _MASKING:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True  # the handler reports the bad format
+        masked = mask_text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_text(record.stack_info)
+        return True
+
+
+_MASK_FILTER = _MaskFilter()
+
 _LOGGING_SET_UP = False
 
 
@@ -303,6 +384,7 @@ def _ensure_handler() -> None:
         handler.setFormatter(
             logging.Formatter("[%(asctime)s] %(levelname)s - %(name)s | %(message)s")
         )
+        handler.addFilter(_MASK_FILTER)
         base.addHandler(handler)
     if base.level == logging.NOTSET:
         # Like Prefect's logger: INFO and above, whatever the root logger says, so that
@@ -419,6 +501,7 @@ class _StoreHandler(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.NOTSET)
         self.setFormatter(logging.Formatter("%(message)s"))
+        self.addFilter(_MASK_FILTER)
 
     def emit(self, record: logging.LogRecord) -> None:
         flow_run_id = record.__dict__.get("flow_run_id")
@@ -472,26 +555,35 @@ def _close_log_sink(flow_run_id: str) -> None:
 def _add_remote_logs(lines: list[tuple[str, LogLine]]) -> None:
     """Log lines shipped back from workers: into the sinks of their flow runs."""
     for flow_run_id, line in lines:
+        if flow_run_id == _MASK_ENTRY:
+            mask_secret(str(line))  # a secret a worker read: masked here too, first
+            continue
         sink = _SINKS.get(flow_run_id)
         if sink is not None:
             sink.add(line)
 
 
 def _take_remote_logs(flow_run_id: str | None = None) -> list[tuple[str, LogLine]]:
-    """In a worker: the lines collected so far (of one flow run, or all), removed."""
+    """In a worker: the lines collected so far (of one flow run, or all), removed;
+    the secret values masked since the last call come first (the driver masks them
+    before it records anything that follows)."""
     with _REMOTE_LOCK:
+        masks: list[Any] = [(_MASK_ENTRY, v) for v in _REMOTE_MASKS]
+        _REMOTE_MASKS.clear()
         if flow_run_id is None:
             taken = _REMOTE[:]
             _REMOTE.clear()
-            return taken
+            return masks + taken
         taken = [x for x in _REMOTE if x[0] == flow_run_id]
         if taken:
             _REMOTE[:] = [x for x in _REMOTE if x[0] != flow_run_id]
-        return taken
+        return masks + taken
 
 
 def _capture_remote_logs() -> None:
-    """In a worker: collect run-logger records for the driver."""
+    """In a worker: collect run-logger records (and masked values) for the driver."""
+    global _IN_WORKER
+    _IN_WORKER = True
     _install_store_handler()
 
 

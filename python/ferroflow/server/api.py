@@ -27,6 +27,7 @@ from strawberry.tools import merge_types
 from strawberry.types import Info
 
 from ferroflow.server import auth, models
+from ferroflow.server import secrets as server_secrets
 from ferroflow.server.auth_api import AuthMutation, AuthQuery
 from ferroflow.server.database import Database
 from ferroflow.server.ops_api import OpsMutation, OpsQuery
@@ -914,9 +915,77 @@ class AttemptMutation:
         return StatePayload(id=r["id"], version=int(r["version"]), state=r["state"])
 
 
+# ----------------------------------------------------------------- secrets (issue 14)
+# Names and dates for everyone; a value only through secret_value, to the run an agent
+# holds (see ferroflow.server.secrets.check_reader). Setting and removing: admin.
+
+
+@strawberry.type(description="A secret's name and dates (never its value).")
+class Secret:
+    """A secrets row without its ciphertext."""
+
+    name: str
+    created: float
+    updated: float
+
+
+@strawberry.type(description="Secrets: names for everyone, a value for the run that needs it.")
+class SecretQuery:
+    """secrets, secret_value."""
+
+    @strawberry.field(description="Every secret's name and dates, by name.")
+    def secrets(self, info: Info, limit: int = 1000, offset: int = 0) -> list[Secret]:
+        """Secret names."""
+        return [Secret(**r) for r in server_secrets.list_secrets(_db(info), limit, offset)]
+
+    @strawberry.field(
+        description="A secret's value, for a flow run an agent holds (its runner token)."
+    )
+    def secret_value(self, info: Info, flow_run_id: str, name: str) -> str:
+        """secret_value."""
+        principal = info.context.get("principal")
+        return server_secrets.secret_value(_db(info), flow_run_id, name, principal)
+
+
+@strawberry.input(description="set_secret's input.")
+class SetSecretInput:
+    """A secret's name and its new value."""
+
+    name: str
+    value: str
+
+
+@strawberry.input(description="delete_secret's input.")
+class SecretNameInput:
+    """A secret's name."""
+
+    name: str
+
+
+@strawberry.type(description="Setting and removing secrets.")
+class SecretMutation:
+    """set_secret, delete_secret."""
+
+    @strawberry.mutation(description="Set a secret (encrypted at rest).")
+    def set_secret(self, info: Info, input: SetSecretInput) -> SuccessPayload:
+        """set_secret."""
+        server_secrets.set_secret(_db(info), input.name, input.value)
+        return SuccessPayload(success=True)
+
+    @strawberry.mutation(description="Remove a secret.")
+    def delete_secret(self, info: Info, input: SecretNameInput) -> SuccessPayload:
+        """delete_secret."""
+        server_secrets.delete_secret(_db(info), input.name)
+        return SuccessPayload(success=True)
+
+
+# ------------------------------------------------------------------ end of secrets block
+
+
 #: The write side: the core mutations and the agents' ones.
 Mutation = merge_types(
-    "Mutation", (_CoreMutation, AgentMutation, AttemptMutation, AuthMutation, OpsMutation)
+    "Mutation",
+    (_CoreMutation, AgentMutation, AttemptMutation, AuthMutation, OpsMutation, SecretMutation),
 )
 
 # ------------------------------------------------------------------ end of agents block
@@ -940,7 +1009,7 @@ class _Schema(strawberry.Schema):
 def make_schema() -> strawberry.Schema:
     """The schema with its limits (depth, aliases, tokens)."""
     return _Schema(
-        query=merge_types("Query", (Query, AuthQuery, OpsQuery)),
+        query=merge_types("Query", (Query, AuthQuery, OpsQuery, SecretQuery)),
         mutation=Mutation,
         config=StrawberryConfig(auto_camel_case=False),
         extensions=[

@@ -123,7 +123,10 @@ PERMISSIONS: dict[str, dict[str, frozenset[str]]] = {
         # Operations (issue 17). Webhook URLs often carry a secret: not for read_only.
         "retention": READERS,
         "flow_limits": READERS,
-        "tag_limits": READERS | RUNNERS,  # a flow-run process reads which tags are limited
+        "tag_limits": READERS | RUNNERS,
+        # Secrets: names for readers; a value only for the runner holding the run.
+        "secrets": READERS,
+        "secret_value": RUNNERS,  # a flow-run process reads which tags are limited
         "notify_rules": USERS,
         "notifications": USERS,
     },
@@ -159,6 +162,8 @@ PERMISSIONS: dict[str, dict[str, frozenset[str]]] = {
         "release_task_slots": USERS | RUNNERS,
         "add_notify_rule": USERS,
         "delete_notify_rule": USERS,
+        "set_secret": ADMINS,
+        "delete_secret": ADMINS,
     },
 }
 

@@ -262,6 +262,15 @@ CREATE INDEX notifications_due ON notifications(status, next_attempt);
 CREATE INDEX audit_by_target ON audit(target, action);
 """
 
+_V7_SECRETS = """
+CREATE TABLE secrets(
+    name TEXT PRIMARY KEY,
+    ciphertext TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL,
+    updated DOUBLE PRECISION NOT NULL
+);
+"""
+
 #: ``(version, DDL)``: running every step whose version is above the database's brings
 #: a PostgreSQL database to :data:`SCHEMA_VERSION` (the Rust store's steps, in
 #: PostgreSQL types).
@@ -272,6 +281,7 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, str], ...] = (
     (4, _V4),
     (5, _V5_AUTH),
     (6, _V6_OPS),
+    (7, _V7_SECRETS),
 )
 
 if POSTGRES_MIGRATIONS[-1][0] != SCHEMA_VERSION:  # pragma: no cover - a build mismatch

@@ -483,7 +483,8 @@ impl Inner {
             .repr()
             .map_or_else(|_| "<unprintable error>".to_string(), |r| r.to_string());
         let out = Outcome::failed(
-            format!("Error during execution of task: {repr}"),
+            ferroflow_core::store::mask::apply(&format!("Error during execution of task: {repr}"))
+                .into_owned(),
             Cause::Raised { matched },
         );
         (out, Some(value.into_any().unbind()))

@@ -1039,6 +1039,19 @@ fn journal_encode_transitions(
     Ok(pyo3::types::PyBytes::new(py, &blob).into_any().unbind())
 }
 
+/// Mask `value` (a secret this process read) in every message and log line it
+/// records from now on (see `ferroflow_core::store::mask`).
+#[pyfunction]
+fn mask_value(value: &str) {
+    core_store::mask::add(value);
+}
+
+/// `text` with every masked value replaced by `****`.
+#[pyfunction]
+fn mask_text(text: &str) -> String {
+    core_store::mask::apply(text).into_owned()
+}
+
 /// Register the store classes and functions in `_native`.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStore>()?;
@@ -1047,6 +1060,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pid_is_alive, m)?)?;
     m.add_function(wrap_pyfunction!(record_logs, m)?)?;
     m.add_function(wrap_pyfunction!(record_structure, m)?)?;
+    m.add_function(wrap_pyfunction!(mask_value, m)?)?;
+    m.add_function(wrap_pyfunction!(mask_text, m)?)?;
     m.add_class::<PyJournalFold>()?;
     m.add_function(wrap_pyfunction!(journal_transitions, m)?)?;
     m.add_function(wrap_pyfunction!(journal_encode_transitions, m)?)?;

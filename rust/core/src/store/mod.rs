@@ -36,11 +36,16 @@
 //!   browsers), the request's address on `audit`, the agent's token on `agents`.
 //! - the operations tables (schema version 6, `v6_ops.sql`): `backfills`,
 //!   `flow_limits`, `task_tag_limits`, `task_slots`, `notify_rules`,
-//!   `notifications`, and `flow_runs.backfill_id`.
+//!   `notifications`, and `flow_runs.backfill_id`;
+//! - `secrets` (schema version 7, `v7_secrets.sql`): name, Fernet ciphertext,
+//!   created, updated; the key is never in the store.
 //!
 //! A new store is created with `auto_vacuum = INCREMENTAL`, so that pruning old
 //! runs can give the space back in small steps (see
 //! `python/ferroflow/server/retention.py`).
+//!
+//! Every message and log line the writer records first goes through [`mask`]:
+//! the secret values a process has read are replaced with `****`.
 //!
 //! # Migrations
 //!
@@ -90,6 +95,7 @@
 //! never deletes, truncates or overwrites an existing file to recover.
 
 mod journal;
+pub mod mask;
 mod read;
 mod writer;
 
@@ -114,7 +120,7 @@ pub use writer::{
 };
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The store's file name inside `FERROFLOW_HOME`.
 pub const STORE_FILE_NAME: &str = "ferroflow.db";
@@ -662,6 +668,10 @@ const SCHEMA_V5: &str = include_str!("v5_auth.sql");
 /// notification rules and deliveries.
 const SCHEMA_V6: &str = include_str!("v6_ops.sql");
 
+/// Version 7: the `secrets` table (names, dates and Fernet ciphertext; the key is
+/// never in the store).
+const SCHEMA_V7: &str = include_str!("v7_secrets.sql");
+
 /// The steps that bring a store up to [`SCHEMA_VERSION`]: a store at version `v`
 /// runs every step whose `from` is at least `v` (a fresh store first gets
 /// version 1's tables). Adding a version is one more line here.
@@ -674,6 +684,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, SCHEMA_V4),
     (4, SCHEMA_V5),
     (5, SCHEMA_V6),
+    (6, SCHEMA_V7),
 ];
 
 #[cfg(test)]

@@ -864,7 +864,8 @@ impl Writer<'_> {
     }
 
     /// Fold one event into the pending batch.
-    fn add(&mut self, event: Event) {
+    fn add(&mut self, mut event: Event) {
+        super::mask::event(&mut event);
         let n = event.rows();
         self.pending.records += n;
         if self.pending.since.is_none() {
