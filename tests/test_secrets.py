@@ -348,9 +348,7 @@ def test_secret_value_only_for_a_run_an_agent_holds(db: Database) -> None:
     # Names for everyone, never values; each read is audited without the value.
     listed = execute(db, "{ secrets { name created updated } }")["data"]["secrets"]
     assert [s["name"] for s in listed] == ["A"]
-    audit = db.fetchall(
-        "SELECT action, target, detail FROM audit WHERE target = 'A' ORDER BY seq"
-    )
+    audit = db.fetchall("SELECT action, target, detail FROM audit WHERE target = 'A' ORDER BY seq")
     assert [a["action"] for a in audit] == ["set_secret", "read_secret"]
     assert value not in json.dumps(audit)
     assert files_containing(home(), value) == []
