@@ -638,5 +638,20 @@ def test_a_flow_page_turns_its_schedule_off_and_on(served_app: Callable[..., str
         data = json.loads(_get(f"{url}/api/flows/{flow_id}")[2])
         assert data["schedule"]["active"] is True and len(data["upcoming"]) == 10
         assert json.loads(_get(f"{url}/api/dashboard")[2])["upcoming"][0]["flow_name"] == "ticker"
+        # The backfill form: 2026-01-01 and -02 at every hour, then again (nothing new).
+        assert 'id="backfill-form"' in _get(f"{url}/flows/{flow_id}")[2]
+        form = {"start": "2026-01-01", "end": "2026-01-02", "max_concurrent": "2"}
+        status, location, _ = _post(f"{url}/flows/{flow_id}/backfill", form)
+        assert status == 303 and "48+run%28s%29+created" in location, location
+        status, location, _ = _post(f"{url}/flows/{flow_id}/backfill", form)
+        assert "0+run%28s%29+created%2C+48+already" in location, location
+        for bad, needle in [
+            ({"start": "soon", "end": "2026-01-02"}, "start"),
+            ({"start": "2026-01-03", "end": "2026-01-02"}, "end+is+before+its+start"),
+            ({**form, "max_concurrent": "two"}, "whole+number"),
+            ({**form, "max_concurrent": "0"}, "max-concurrent+must+be"),
+        ]:
+            status, location, _ = _post(f"{url}/flows/{flow_id}/backfill", bad)
+            assert status == 303 and "error=" in location and needle in location, location
     finally:
         db.close()

@@ -239,6 +239,7 @@ class UI:
             ("/runs/{run_id}/task-runs/{run:int}/approve", self._approve),
             ("/flows/{flow_id}/run", self._run_flow),
             ("/flows/{flow_id}/schedule", self._schedule),
+            ("/flows/{flow_id}/backfill", self._backfill),
         ]
         for path, action in actions:
             out.append(Route(path, self.endpoint(action, "flow.html", WRITE), methods=["POST"]))
@@ -331,6 +332,33 @@ class UI:
         except ApiError as e:
             return _back(request, back, error=str(e))
         return _back(request, back, notice=f"schedule turned {'on' if on else 'off'}")
+
+
+    def _backfill(self, request: Request, db: Database) -> Response:
+        """The flow page's backfill form: one run per scheduled time in the range that
+        has none (:func:`ferroflow.server.backfill.backfill`)."""
+        from ferroflow.exceptions import OpsError
+        from ferroflow.server import backfill
+
+        flow_id = request.path_params["flow_id"]
+        form = request.state.form
+        back = f"/flows/{quote(flow_id)}"
+        raw = form.get("max_concurrent", "").strip()
+        try:
+            start = backfill.parse_instant(form.get("start", ""), "start")
+            end = backfill.parse_instant(form.get("end", ""), "end", end=True)
+            if raw and not raw.isdigit():
+                raise OpsError(f"max concurrent must be a whole number >= 1, got {raw!r}")
+            got = backfill.backfill(
+                db, start=start, end=end, flow_id=flow_id, max_concurrent=int(raw) if raw else None
+            )
+        except (OpsError, ApiError) as e:
+            return _back(request, back, error=str(e))
+        return _back(
+            request,
+            back,
+            notice=f"backfill: {got['created']} run(s) created, {got['existing']} already had one",
+        )
 
 
 def _process_is_the_run(pid: int, run_started: float) -> bool:
