@@ -333,7 +333,6 @@ class UI:
             return _back(request, back, error=str(e))
         return _back(request, back, notice=f"schedule turned {'on' if on else 'off'}")
 
-
     def _backfill(self, request: Request, db: Database) -> Response:
         """The flow page's backfill form: one run per scheduled time in the range that
         has none (:func:`ferroflow.server.backfill.backfill`)."""
