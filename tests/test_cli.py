@@ -398,7 +398,7 @@ def test_newer_store_schema_is_exit_2() -> None:
 
     record(RUN_A)
     con = sqlite3.connect(store_file())
-    con.execute("PRAGMA user_version = 7")
+    con.execute(f"PRAGMA user_version = {_native.STORE_SCHEMA_VERSION + 1}")
     con.commit()
     con.close()
     assert_one_line_error(ff("runs", "ls"), "newer", str(store_file()))
