@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -48,3 +49,19 @@ def _ferroflow_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 # A real PostgreSQL for the server's tests (session-scoped; started on first use).
 from _postgres import postgres_server  # noqa: E402, F401
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The server's database on each backend: the run store at FERROFLOW_HOME, or a fresh
+    database on the session's PostgreSQL (a module may define its own ``db``)."""
+    from ferroflow.server.database import open_database  # the server loads on first use
+
+    if request.param == "sqlite":
+        database = open_database()
+    else:
+        database = open_database(request.getfixturevalue("postgres_server").create_database())
+    try:
+        yield database
+    finally:
+        database.close()

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import base64
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from _postgres import PostgresServer
 from ferroflow import Flow, task
 from ferroflow.exceptions import StoreError
 from ferroflow.results import LocalResult
@@ -25,21 +23,6 @@ from ferroflow.server import models
 from ferroflow.server.app import execute
 from ferroflow.server.database import Database, open_database
 from ferroflow.store import import_flow_run, open_store, store_path
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest) -> Iterator[Database]:
-    """The server's database on each backend."""
-    if request.param == "sqlite":
-        database: Database = open_database()
-    else:
-        pg: PostgresServer = request.getfixturevalue("postgres_server")
-        database = open_database(pg.create_database())
-    try:
-        yield database
-    finally:
-        database.close()
-
 
 STRUCTURE = {"tasks": [], "edges": [], "parameters": [], "schedule": None}
 

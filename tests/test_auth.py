@@ -983,20 +983,7 @@ def test_an_agent_with_a_runner_token_runs_a_flow(server: Server, tmp_path: Path
 # ------------------------------------------------------------------- both backends
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_db(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """The server's database on each backend (the run store, or a fresh PostgreSQL one)."""
-    if request.param == "sqlite":
-        db = open_database()
-    else:
-        db = open_database(request.getfixturevalue("postgres_server").create_database())
-    try:
-        yield db
-    finally:
-        db.close()
-
-
-def test_tokens_sessions_and_audit_on_each_backend(any_db: Any) -> None:
+def test_tokens_sessions_and_audit_on_each_backend(db: Any) -> None:
     from ferroflow.server.app import execute
     from ferroflow.server.auth import (
         Principal,
@@ -1008,30 +995,30 @@ def test_tokens_sessions_and_audit_on_each_backend(any_db: Any) -> None:
         tokens_exist,
     )
 
-    assert not tokens_exist(any_db)
-    made = create_token(any_db, "ops", "user", expires_in=60)
-    assert tokens_exist(any_db)
-    me = authenticate(any_db, made["token"])
+    assert not tokens_exist(db)
+    made = create_token(db, "ops", "user", expires_in=60)
+    assert tokens_exist(db)
+    me = authenticate(db, made["token"])
     assert me == Principal("ops", "user")
-    cookie, csrf = create_session(any_db, me)
-    assert session_of(any_db, cookie) == (me, csrf)
-    delete_session(any_db, cookie)
-    assert session_of(any_db, cookie) is None
+    cookie, csrf = create_session(db, me)
+    assert session_of(db, cookie) == (me, csrf)
+    delete_session(db, cookie)
+    assert session_of(db, cookie) is None
     out = execute(
-        any_db,
+        db,
         'mutation { create_project(input: {name: "p"}) { id } }',
         principal=me,
         address="::1",
     )
     assert out["errors"][0]["extensions"] == {"code": "FORBIDDEN"}
-    out = execute(any_db, "{ flow_runs { id } }", principal=me)
+    out = execute(db, "{ flow_runs { id } }", principal=me)
     assert out == {"data": {"flow_runs": []}}
-    revoke_token(any_db, "ops")
+    revoke_token(db, "ops")
     with pytest.raises(AuthenticationError, match="revoked"):
-        authenticate(any_db, made["token"])
-    assert not tokens_exist(any_db)
+        authenticate(db, made["token"])
+    assert not tokens_exist(db)
     admin = Principal("root", "admin")
-    rows = execute(any_db, "{ audit { actor action address detail } }", principal=admin)["data"]
+    rows = execute(db, "{ audit { actor action address detail } }", principal=admin)["data"]
     assert [(r["actor"], r["action"], r["address"]) for r in rows["audit"]] == [
         ("anonymous", "revoke_api_key", None),
         ("ops", "create_project", "::1"),

@@ -28,9 +28,8 @@ from test_agent import (
     server,
     wait_for,
 )
-from test_server import db
 
-__all__ = ["agents", "db", "ledger", "server"]  # fixtures used by name
+__all__ = ["agents", "ledger", "server"]  # fixtures used by name
 
 FLOWS = """
 import os, time

@@ -11,7 +11,6 @@ import json
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -39,19 +38,6 @@ def _no_api_url(monkeypatch: pytest.MonkeyPatch) -> None:
     """A developer's FERROFLOW_API_URL / DATABASE_URL must not reach the tests."""
     monkeypatch.delenv("FERROFLOW_API_URL", raising=False)
     monkeypatch.delenv("FERROFLOW_DATABASE_URL", raising=False)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest) -> Iterator[Database]:
-    """The server's database on each backend."""
-    if request.param == "sqlite":
-        database = open_database()
-    else:
-        database = open_database(request.getfixturevalue("postgres_server").create_database())
-    try:
-        yield database
-    finally:
-        database.close()
 
 
 def gql(db: Database, query: str, **variables: Any) -> dict[str, Any]:

@@ -62,21 +62,6 @@ def mapped_flow(n: int = 5) -> Flow:
     return flow
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest) -> Iterator[Database]:
-    """The server's database on each backend: the run store at FERROFLOW_HOME, or a fresh
-    database on the session's PostgreSQL."""
-    if request.param == "sqlite":
-        database: Database = open_database()
-    else:
-        pg: PostgresServer = request.getfixturevalue("postgres_server")
-        database = open_database(pg.create_database())
-    try:
-        yield database
-    finally:
-        database.close()
-
-
 def gql(db: Database, query: str, **variables: Any) -> dict[str, Any]:
     """Run a query that must succeed; its data."""
     out = execute(db, query, variables or None)
