@@ -177,13 +177,27 @@ def audit(
         who[2].append(action)
 
 
-def list_audit(db: Database, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-    """The audit log, newest first."""
+def list_audit(
+    db: Database,
+    limit: int = 100,
+    offset: int = 0,
+    *,
+    action: str | None = None,
+    target: str | None = None,
+) -> list[dict[str, Any]]:
+    """The audit log, newest first; only the lines of ``action`` and ``target`` (exact
+    matches) when given."""
     limit, offset = _page(limit, offset)
+    where, args = [], []
+    for column, value in (("action", action), ("target", target)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    cond = f"WHERE {' AND '.join(where)} " if where else ""
     return db.fetchall(
         "SELECT seq, at, actor, action, target, detail, address FROM audit "
-        "ORDER BY seq DESC LIMIT ? OFFSET ?",
-        (limit, offset),
+        f"{cond}ORDER BY seq DESC LIMIT ? OFFSET ?",
+        (*args, limit, offset),
     )
 
 
