@@ -40,6 +40,7 @@ import ipaddress
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -55,6 +56,7 @@ __all__ = [
     "PATH_ROLES",
     "PERMISSIONS",
     "PUBLIC_PATHS",
+    "PUBLIC_PREFIXES",
     "READERS",
     "ROLES",
     "RUNNERS",
@@ -178,6 +180,13 @@ PATH_ROLES: dict[str, frozenset[str]] = {
 
 #: Paths answered without a token (``/health`` then says only ``status``).
 PUBLIC_PATHS = frozenset({"/health", "/signin"})
+#: Path prefixes answered without a token: the UI's style sheet and script (the sign-in
+#: page needs them; they hold nothing of the store).
+PUBLIC_PREFIXES = ("/static/",)
+
+
+def _public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 #: The session cookie's name.
 SESSION_COOKIE = "ferroflow_session"
@@ -619,8 +628,11 @@ class AuthMiddleware:
         decided = await run_in_threadpool(self._decide, scope)
         if isinstance(decided[0], int):
             status, message, code = decided
-            if status == 401 and path not in ("/graphql", "/ingest") and method == "GET":
-                await self._redirect(scope, receive, send, path)
+            page = path not in ("/graphql", "/ingest") and not path.startswith("/api/")
+            if status == 401 and page and method == "GET" and not _header(scope, b"authorization"):
+                # A browser without a session (not an API client): to the sign-in page.
+                query = bytes(scope.get("query_string") or b"").decode("latin-1")
+                await self._redirect(scope, receive, send, path + (f"?{query}" if query else ""))
                 return
             await self._refuse(scope, receive, send, status, message, code)
             return
@@ -629,7 +641,7 @@ class AuthMiddleware:
         state["principal"] = principal
         state["csrf"] = csrf
         state["open_mode"] = open_mode
-        if principal is not None and path not in PUBLIC_PATHS:
+        if principal is not None and not _public(path):
             allowed = PATH_ROLES.get(path, PATH_ROLES["*"])
             if principal.role not in allowed:
                 await self._refuse(
@@ -676,7 +688,7 @@ class AuthMiddleware:
             if got is not None:
                 return got[0], got[1], False
         if tokens_exist(self.db):
-            if path in PUBLIC_PATHS:
+            if _public(path):
                 return None, "", False
             return (
                 401,
@@ -807,9 +819,14 @@ def _safe_next(value: str | None) -> str:
     return value
 
 
-def signin_routes(db: Database) -> list[Any]:
+def signin_routes(
+    db: Database, page: Callable[[Any, str, str, int], Any] | None = None
+) -> list[Any]:
     """The routes ``GET /signin`` (the form), ``POST /signin`` (a token for a session
-    cookie) and ``POST /signout`` (end the session; needs its CSRF token)."""
+    cookie) and ``POST /signout`` (end the session; needs its CSRF token).
+
+    ``page(request, message, next_path, status)`` renders the form (the UI's
+    :meth:`~ferroflow.server.ui.UI.signin_page`); without it, a bare HTML form."""
     import html
 
     from starlette.concurrency import run_in_threadpool
@@ -817,14 +834,17 @@ def signin_routes(db: Database) -> list[Any]:
     from starlette.responses import HTMLResponse, RedirectResponse, Response
     from starlette.routing import Route
 
-    def page(message: str, next_path: str, status: int = 200) -> Response:
+    def form_page(request: Request, message: str, next_path: str, status: int = 200) -> Response:
+        if page is not None:
+            shown_page: Response = page(request, message, _safe_next(next_path), status)
+            return shown_page
         shown = f'<p role="alert">{html.escape(message)}</p>' if message else ""
         body = _SIGNIN_PAGE.format(message=shown, next=html.escape(_safe_next(next_path)))
         return HTMLResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
 
     async def signin(request: Request) -> Response:
         if request.method != "POST":
-            return page("", request.query_params.get("next", "/"))
+            return form_page(request, "", request.query_params.get("next", "/"))
         # A urlencoded form, read without python-multipart (Starlette's form parser).
         try:
             form = parse_qs((await request.body()).decode("utf-8"), max_num_fields=10)
@@ -833,13 +853,15 @@ def signin_routes(db: Database) -> list[Any]:
         token = (form.get("token") or [""])[0]
         next_path = _safe_next((form.get("next") or ["/"])[0])
         if not token:
-            return page("Give an API token.", next_path, 400)
+            return form_page(request, "Give an API token.", next_path, 400)
         try:
             principal = await run_in_threadpool(authenticate, db, token.strip())
         except AuthenticationError as exc:
-            return page(f"Cannot sign in: {exc}.", next_path, 401)
+            return form_page(request, f"Cannot sign in: {exc}.", next_path, 401)
         if principal.role not in PATH_ROLES["*"]:
-            return page(f"A {principal.role} token cannot use the UI.", next_path, 403)
+            return form_page(
+                request, f"A {principal.role} token cannot use the UI.", next_path, 403
+            )
         value, _csrf = await run_in_threadpool(create_session, db, principal)
         response = RedirectResponse(next_path, status_code=303)
         response.set_cookie(
