@@ -33,7 +33,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ferroflow.exceptions import AuthenticationError, FerroflowError, ForbiddenError
@@ -302,14 +302,15 @@ def create_app(db: Database) -> Starlette:
             f"internal server error ({type(exc).__name__}); the server log has the details", 500
         )
 
+    the_ui = ui.UI(lambda: db)
     app = Starlette(
         exception_handlers={Exception: unexpected},
         routes=[
             Route("/graphql", graphql_route, methods=["GET", "POST"]),
             Route("/health", health),
             Route("/ingest", ingest_route, methods=["POST"]),
-            *auth.signin_routes(db),
-            ui.mount(lambda: db),
+            *auth.signin_routes(db, page=the_ui.signin_page),
+            Mount("/", routes=the_ui.routes()),
         ],
     )
     app.add_middleware(auth.AuthMiddleware, db=db)

@@ -16,7 +16,13 @@ Pages (each has a JSON twin: ``?format=json``, or the same path under ``/api``):
 - ``/runs/<id>/task-runs/<n>``: one task run with every attempt;
 - ``/flows``, ``/flows/<id>`` (versions, schedule, recent runs, the run form) and
   ``/local-flows/<name>``;
-- ``/agents``.
+- ``/agents``;
+- for admins only (:mod:`ferroflow.server.ui.admin`): ``/tokens`` (make one, shown
+  once; revoke), ``/secrets`` (names and dates; set, remove) and ``/audit`` (filters
+  ``action`` and ``target``, paged with ``offset``).
+
+``/signin`` (served by :func:`ferroflow.server.auth.signin_routes`) is drawn by
+:meth:`UI.signin_page` in the same layout.
 """
 
 from __future__ import annotations

@@ -29,14 +29,15 @@ from starlette.routing import BaseRoute, Route
 from ferroflow.exceptions import ApiError, ApprovalError, FerroflowError
 from ferroflow.server import auth, models
 from ferroflow.server.database import Database
-from ferroflow.server.ui import views
+from ferroflow.server.ui import admin, views
 
-__all__ = ["READ", "UI", "WRITE", "Problem"]
+__all__ = ["ADMIN", "READ", "UI", "WRITE", "Problem"]
 
 log = logging.getLogger("ferroflow.server.ui")
 
-#: What a route does, for :meth:`UI.authorize`: read pages, or change something.
-READ, WRITE = "read", "write"
+#: What a route does, for :meth:`UI.authorize`: read pages, change something, or see
+#: and change what only admins may (tokens, secrets, the audit log).
+READ, WRITE, ADMIN = "read", "write", "admin"
 
 _HERE = Path(__file__).parent
 _STATIC = _HERE / "static"
@@ -96,13 +97,26 @@ class UI:
         read-only or the signed-in token's role is neither ``user`` nor ``admin``, and a
         POST must come from a page of this UI (same origin; a session's form also
         carries its CSRF token, checked by :class:`~ferroflow.server.auth.AuthMiddleware`).
-        Reads need a signed-in reader once tokens exist (the middleware's rule)."""
-        if action != WRITE:
+        Reads need a signed-in reader once tokens exist (the middleware's rule).
+        :data:`ADMIN` pages and actions need an ``admin`` token (or open mode, this
+        machine), and are refused in a read-only UI."""
+        if action == READ:
             return
-        if self.read_only:
-            raise Problem(403, "this UI is read-only: actions are turned off")
         principal = auth.principal_of(request)
-        if principal is not None and principal.role not in auth.USERS:
+        if action == ADMIN:
+            if self.read_only:
+                raise Problem(403, "this UI is read-only: the admin pages are turned off")
+            if principal is None and not _open_mode(request):
+                raise Problem(403, "forbidden: sign in with an admin token")
+            if principal is not None and principal.role not in auth.ADMINS:
+                raise Problem(
+                    403,
+                    f"forbidden: token {principal.name!r} (role {principal.role}) is not an "
+                    "admin: tokens, secrets and the audit log are for admin tokens",
+                )
+        elif self.read_only:
+            raise Problem(403, "this UI is read-only: actions are turned off")
+        elif principal is not None and principal.role not in auth.USERS:
             raise Problem(
                 403,
                 f"forbidden: token {principal.name!r} (role {principal.role}) may only read",
@@ -155,7 +169,20 @@ class UI:
 
     def _call(self, view: View, request: Request) -> Any:
         db = self.get_db()
-        return view(request, db)
+        principal = auth.principal_of(request)
+        actor = principal.name if principal is not None else "anonymous"
+        address = request.client.host if request.client else None
+        with models.acting_as(actor, address):  # what the view changes is audited as theirs
+            return view(request, db)
+
+    def is_admin(self, request: Request) -> bool:
+        """Whether the request may see the admin pages (for the navigation)."""
+        if self.read_only:
+            return False
+        principal = auth.principal_of(request)
+        if principal is None:
+            return _open_mode(request)
+        return principal.role in auth.ADMINS
 
     def render(self, request: Request, template: str, data: Any, status: int = 200) -> Response:
         """An HTML page: ``template`` with the view's data as ``d``."""
@@ -166,6 +193,7 @@ class UI:
             path=request.url.path,
             title=self.title,
             read_only=self.read_only,
+            admin=self.is_admin(request),
             csrf=auth.csrf_token(request),
             signout=Markup(auth.signout_form(request)),
             url_with=lambda **kw: _url_with(request, **kw),
@@ -185,10 +213,27 @@ class UI:
             q={},
             path=request.url.path,
             read_only=self.read_only,
+            admin=self.is_admin(request),
             notice=None,
             error=None,
         )
         return HTMLResponse(page, status_code=status)
+
+    def signin_page(self, request: Request, message: str, next_path: str, status: int) -> Response:
+        """The sign-in page in the UI's layout (for :func:`ferroflow.server.auth.
+        signin_routes`): a token field, ``next`` kept, ``message`` as the error."""
+        page = self.env.get_template("signin.html").render(
+            title=self.title,
+            q={},
+            path=request.url.path,
+            read_only=self.read_only,
+            admin=False,
+            notice=None,
+            error=None,
+            message=message,
+            next_path=next_path,
+        )
+        return HTMLResponse(page, status_code=status, headers={"Cache-Control": "no-store"})
 
     # -------------------------------------------------------------------- the routes
     def routes(self) -> list[BaseRoute]:
@@ -227,6 +272,24 @@ class UI:
             out.append(Route(path, self.endpoint(view, template), methods=["GET"]))
             api = "/api" + (path if path != "/" else "/dashboard")
             out.append(Route(api, self.endpoint(view, None, json_only=True), methods=["GET"]))
+        # The admin pages: tokens, secrets (names only), the audit log.
+        admin_pages: list[tuple[str, View, str]] = [
+            ("/tokens", lambda r, db: admin.tokens_page(db, _me(r)), "tokens.html"),
+            ("/secrets", lambda r, db: admin.secrets_page(db), "secrets.html"),
+            ("/audit", lambda r, db: admin.audit_page(db, r.query_params), "audit.html"),
+        ]
+        for path, view, template in admin_pages:
+            out.append(Route(path, self.endpoint(view, template, ADMIN), methods=["GET"]))
+            twin = self.endpoint(view, None, ADMIN, json_only=True)
+            out.append(Route("/api" + path, twin, methods=["GET"]))
+        admin_actions: list[tuple[str, View, str]] = [
+            ("/tokens", self._create_token, "tokens.html"),
+            ("/tokens/{name}/revoke", self._revoke_token, "tokens.html"),
+            ("/secrets", self._set_secret, "secrets.html"),
+            ("/secrets/{name}/delete", self._delete_secret, "secrets.html"),
+        ]
+        for path, action, template in admin_actions:
+            out.append(Route(path, self.endpoint(action, template, ADMIN), methods=["POST"]))
         live = self.endpoint(
             lambda r, db: views.live(db, r.path_params["run_id"], r.query_params),
             None,
@@ -260,6 +323,28 @@ class UI:
     async def _not_found(self, request: Request) -> Response:
         as_json = request.url.path.startswith("/api/") or _wants_json(request)
         return self.error(request, 404, f"nothing at {request.url.path}", as_json)
+
+    # ------------------------------------------------------------- the admin actions
+    def _create_token(self, request: Request, db: Database) -> Any:
+        return admin.create_token(db, request.state.form, _me(request))
+
+    def _revoke_token(self, request: Request, db: Database) -> Response:
+        notice, error = admin.revoke_token(db, request.path_params["name"])
+        if error is not None:
+            return _back(request, "/tokens", error=error)
+        return _back(request, "/tokens", notice=str(notice))
+
+    def _set_secret(self, request: Request, db: Database) -> Any:
+        notice, refused = admin.set_secret(db, request.state.form)
+        if refused is not None:
+            return refused
+        return _back(request, "/secrets", notice=str(notice))
+
+    def _delete_secret(self, request: Request, db: Database) -> Response:
+        notice, error = admin.delete_secret(db, request.path_params["name"])
+        if error is not None:
+            return _back(request, "/secrets", error=error)
+        return _back(request, "/secrets", notice=str(notice))
 
     # ------------------------------------------------------------------- the actions
     def _cancel(self, request: Request, db: Database) -> Response:
@@ -391,6 +476,17 @@ def _form(body: bytes, kind: str | None) -> dict[str, str]:
     except UnicodeDecodeError:
         raise Problem(400, "a form must be UTF-8") from None
     return dict(parse_qsl(text, keep_blank_values=True))
+
+
+def _open_mode(request: Request) -> bool:
+    """Whether nobody signs in here: the server without tokens (its guard says so), or
+    the UI served over the local store (no guard)."""
+    return bool(getattr(request.state, "open_mode", True))
+
+
+def _me(request: Request) -> str | None:
+    principal = auth.principal_of(request)
+    return principal.name if principal is not None else None
 
 
 def _wants_json(request: Request) -> bool:
