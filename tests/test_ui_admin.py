@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from starlette.routing import Route
@@ -20,11 +21,13 @@ import test_auth
 import test_ui
 from ferroflow.server import auth, models
 from ferroflow.server import secrets as server_secrets
+from ferroflow.server.ui import admin
 from test_auth import Server, request
 
 # The fixtures of the server's permission tests and of the UI's tests.
 server = test_auth.server
 served_app = test_ui.served_app
+any_db = test_auth.any_db
 
 ADMIN_PAGES = ("/tokens", "/secrets", "/audit")
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -448,3 +451,31 @@ def test_the_sign_in_page_is_styled_keeps_next_and_says_why_a_token_fails(
     # Signing in from another site stays refused.
     status, _h, _ = post(server, "/signin", {"token": good}, {"Origin": "http://evil.example"})
     assert status == 403
+
+
+def test_the_admin_views_on_each_backend(any_db: Any) -> None:
+    """What the pages show, through the functions they use, on SQLite and PostgreSQL."""
+    with models.acting_as("ops", "127.0.0.1"):
+        page, status = admin.create_token(any_db, {"name": "x y", "role": "user"})
+        assert status == 400 and "a token name must be" in page["form_error"]
+        page = admin.create_token(any_db, {"name": "ci", "role": "user", "expires": "2h"})
+        assert page["new_token"]["name"] == "ci" and TOKEN_RE.fullmatch(page["new_token"]["token"])
+        assert admin.revoke_token(any_db, "ci")[0] is not None
+        assert "revoked already" in str(admin.revoke_token(any_db, "ci")[1])
+        assert admin.set_secret(any_db, {"name": "PW", "value": "pw-value-9"}) == (
+            "secret PW set",
+            None,
+        )
+        assert admin.delete_secret(any_db, "PW") == ("secret PW removed", None)
+    (listed,) = admin.tokens_page(any_db, "ci")["tokens"]
+    assert listed["status"] == "revoked" and listed["is_you"] and "token" not in listed
+    assert admin.secrets_page(any_db)["secrets"] == []
+    got = admin.audit_page(any_db, {"target": "ci"})["entries"]
+    assert [(e["actor"], e["action"]) for e in got] == [
+        ("ops", "revoke_api_key"),
+        ("ops", "create_api_key"),
+    ]
+    got = admin.audit_page(any_db, {"action": "set_secret", "target": "PW"})["entries"]
+    assert [e["target"] for e in got] == ["PW"]
+    assert admin.audit_page(any_db, {"action": "set_secret", "target": "ci"})["entries"] == []
+    assert "pw-value-9" not in json.dumps(admin.audit_page(any_db, {}), default=str)

@@ -188,6 +188,7 @@ PUBLIC_PREFIXES = ("/static/",)
 def _public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
+
 #: The session cookie's name.
 SESSION_COOKIE = "ferroflow_session"
 #: The form field (or ``X-CSRF-Token`` header) that carries a session's CSRF token.
