@@ -179,6 +179,22 @@ def test_open_mode_shows_the_admin_pages_and_a_read_only_ui_refuses_them(
         app.state.store.close()
 
 
+def test_ui_actions_are_audited_as_the_signed_in_token(server: Server) -> None:
+    flow_id = test_ui._registered(server.db)
+    me = Session(server, server.token("carol", "user"))
+    status, h, _ = me.post(f"/flows/{flow_id}/run", {"param.n": "2"})
+    assert status == 303 and h["location"].startswith("/runs/")
+    run_id = h["location"].split("/runs/", 1)[1].split("?", 1)[0]
+    status, h, _ = me.post(f"/runs/{run_id}/cancel", {})
+    assert status == 303 and "cancelled" in _notice(h["location"])
+    lines = [e for e in models.list_audit(server.db, 100) if e["action"] != "create_api_key"]
+    done = {(e["actor"], e["action"], e["address"]) for e in lines}
+    assert ("carol", "cancel_flow_run", "127.0.0.1") in done
+    assert ("carol", "create_flow_run", "127.0.0.1") in done
+    registered = next(e["seq"] for e in lines if e["action"] == "register_flow")
+    assert {e["actor"] for e in lines if e["seq"] > registered} == {"carol"}, lines
+
+
 # ----------------------------------------------------------------------------- tokens
 
 
@@ -224,6 +240,13 @@ def test_a_token_made_on_the_page_is_shown_once_works_and_stops_when_revoked(
         ("root", "revoke_api_key", "ci", "127.0.0.1"),
         ("root", "create_api_key", "ci", "127.0.0.1"),
     ]
+    # A name with '@' and '.': the page's own revoke form works for it.
+    status, _h, page = me.post("/tokens", {"name": "bot@ci.example", "role": "runner"})
+    assert status == 200
+    found = re.search(r'action="(/tokens/[^"]+/revoke)"', page.split('data-token="bot@', 1)[1])
+    assert found is not None and found.group(1) == "/tokens/bot%40ci.example/revoke"
+    status, h, _ = me.post(found.group(1), {})
+    assert "token 'bot@ci.example' revoked" in _notice(h["location"])
     # The name may be used again once revoked (as with the command line).
     status, _h, page = me.post("/tokens", {"name": "ci", "role": "read_only"})
     assert status == 200 and len(TOKEN_RE.findall(page)) == 1
