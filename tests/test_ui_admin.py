@@ -27,7 +27,6 @@ from test_auth import Server, request
 # The fixtures of the server's permission tests and of the UI's tests.
 server = test_auth.server
 served_app = test_ui.served_app
-any_db = test_auth.any_db
 
 ADMIN_PAGES = ("/tokens", "/secrets", "/audit")
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -476,29 +475,29 @@ def test_the_sign_in_page_is_styled_keeps_next_and_says_why_a_token_fails(
     assert status == 403
 
 
-def test_the_admin_views_on_each_backend(any_db: Any) -> None:
+def test_the_admin_views_on_each_backend(db: Any) -> None:
     """What the pages show, through the functions they use, on SQLite and PostgreSQL."""
     with models.acting_as("ops", "127.0.0.1"):
-        page, status = admin.create_token(any_db, {"name": "x y", "role": "user"})
+        page, status = admin.create_token(db, {"name": "x y", "role": "user"})
         assert status == 400 and "a token name must be" in page["form_error"]
-        page = admin.create_token(any_db, {"name": "ci", "role": "user", "expires": "2h"})
+        page = admin.create_token(db, {"name": "ci", "role": "user", "expires": "2h"})
         assert page["new_token"]["name"] == "ci" and TOKEN_RE.fullmatch(page["new_token"]["token"])
-        assert admin.revoke_token(any_db, "ci")[0] is not None
-        assert "revoked already" in str(admin.revoke_token(any_db, "ci")[1])
-        assert admin.set_secret(any_db, {"name": "PW", "value": "pw-value-9"}) == (
+        assert admin.revoke_token(db, "ci")[0] is not None
+        assert "revoked already" in str(admin.revoke_token(db, "ci")[1])
+        assert admin.set_secret(db, {"name": "PW", "value": "pw-value-9"}) == (
             "secret PW set",
             None,
         )
-        assert admin.delete_secret(any_db, "PW") == ("secret PW removed", None)
-    (listed,) = admin.tokens_page(any_db, "ci")["tokens"]
+        assert admin.delete_secret(db, "PW") == ("secret PW removed", None)
+    (listed,) = admin.tokens_page(db, "ci")["tokens"]
     assert listed["status"] == "revoked" and listed["is_you"] and "token" not in listed
-    assert admin.secrets_page(any_db)["secrets"] == []
-    got = admin.audit_page(any_db, {"target": "ci"})["entries"]
+    assert admin.secrets_page(db)["secrets"] == []
+    got = admin.audit_page(db, {"target": "ci"})["entries"]
     assert [(e["actor"], e["action"]) for e in got] == [
         ("ops", "revoke_api_key"),
         ("ops", "create_api_key"),
     ]
-    got = admin.audit_page(any_db, {"action": "set_secret", "target": "PW"})["entries"]
+    got = admin.audit_page(db, {"action": "set_secret", "target": "PW"})["entries"]
     assert [e["target"] for e in got] == ["PW"]
-    assert admin.audit_page(any_db, {"action": "set_secret", "target": "ci"})["entries"] == []
-    assert "pw-value-9" not in json.dumps(admin.audit_page(any_db, {}), default=str)
+    assert admin.audit_page(db, {"action": "set_secret", "target": "ci"})["entries"] == []
+    assert "pw-value-9" not in json.dumps(admin.audit_page(db, {}), default=str)
