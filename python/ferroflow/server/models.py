@@ -978,7 +978,10 @@ def write_run_logs(db: Database, logs: Sequence[dict[str, Any]]) -> int:
     known: dict[str, str] = {}
     with db.transaction():
         mask = _masker(db)
-        for line in logs:
+        messages = [str(line["message"]) for line in logs]
+        if mask is not None:
+            messages = mask.batch(messages)
+        for line, message in zip(logs, messages, strict=True):
             given = line["flow_run_id"]
             if given not in known:
                 known[given] = get_flow_run(db, given)["id"]
@@ -991,7 +994,7 @@ def write_run_logs(db: Database, logs: Sequence[dict[str, Any]]) -> int:
                     line.get("task_run_id"),
                     _level(line.get("level", 20)),
                     at if at is not None else _now(),
-                    _masked(mask, str(line["message"])),
+                    message,
                 ),
             )
     return len(logs)
@@ -1125,12 +1128,16 @@ def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
                 blob = bytes(data) if mask is None else mask.blob(bytes(data))
                 db.execute("INSERT INTO journal(flow_run, data) VALUES (?, ?)", (key, blob))
                 journal_seq = int(seq)
-        for seq, task_run, level, at, message in batch.get("logs", ()):
+        lines = list(batch.get("logs", ()))
+        messages = [str(line[4]) for line in lines]
+        if mask is not None:
+            messages = mask.batch(messages)
+        for (seq, task_run, level, at, _raw), message in zip(lines, messages, strict=True):
             if int(seq) > log_seq:
                 db.execute(
                     "INSERT INTO logs(flow_run_id, task_run_id, level, time, message) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    (run["id"], task_run, int(level), float(at), _masked(mask, str(message))),
+                    (run["id"], task_run, int(level), float(at), message),
                 )
                 log_seq = int(seq)
         structure = run.get("structure")
