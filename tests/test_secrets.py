@@ -1051,3 +1051,33 @@ def test_the_server_masks_secret_values_that_a_run_sends_back(
         srv.stop()
     for secret in (value, new):
         assert files_containing(tmp_path / "server", secret) == []
+
+
+@task
+def _names() -> list[str]:
+    return ["MAPPED_A", "MAPPED_B"]
+
+
+@pytest.mark.parametrize("executor", ["dask", "processes"])
+def test_a_mapped_secret_task_reads_names_computed_on_the_workers(
+    executor: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    )
+    values = {"MAPPED_A": fresh_value(), "MAPPED_B": fresh_value() + "-longer"}
+    for name, value in values.items():
+        monkeypatch.setenv(f"FERROFLOW__CONTEXT__SECRETS__{name}", value)
+    if executor == "dask":
+        chosen = _dask_executor(request.getfixturevalue("dask_cluster"))
+    else:
+        chosen = EXECUTORS["processes"]()
+    with Flow("mapped-secrets") as flow:
+        names = _names()
+        secrets = FerroflowSecret("unused").map(name=names)
+        lengths = _length.map(secrets)
+    state = flow.run(executor=chosen)
+    assert state.is_successful(), state.message
+    assert state.result[secrets].result == list(values.values())
+    assert state.result[lengths].result == [len(v) for v in values.values()]
+    assert all(files_containing(home(), v) == [] for v in values.values())
