@@ -715,3 +715,369 @@ def test_in_a_terminal_the_value_comes_from_a_hidden_prompt_asked_twice(db: Data
     assert code == 0, shown
     assert b"do not match" in shown.lower() and other.encode() not in shown
     assert read_secret(db, "PROMPTED") == other
+
+
+# ------------------------------------------- secret tasks run in the driver (issue 14)
+
+
+class DriverPid(EnvVarSecret):
+    """An EnvVarSecret whose value says which process read it (``VALUE:pid``)."""
+
+    def run(self, name: str | None = None) -> str | None:
+        value = super().run(name)
+        return None if value is None else self._got(f"{value}:{os.getpid()}")
+
+
+@task
+def _on_worker(token: str) -> tuple[int, str, int]:
+    from ferroflow.runtime import mask_text
+
+    get_run_logger().info("worker got %s", token)
+    return len(token), mask_text(token), os.getpid()
+
+
+def _dask_executor(cluster: Any) -> Any:
+    from ferroflow.executors import DaskExecutor
+
+    return DaskExecutor(address=cluster.scheduler_address)
+
+
+@pytest.mark.parametrize("executor", ["dask", "processes"])
+def test_secret_tasks_run_in_the_driver_and_workers_mask_the_value(
+    executor: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    )
+    if executor == "dask":
+        # The session's workers started before this variable was set: a secret task
+        # that ran on one of them would fail with "not set".
+        chosen = _dask_executor(request.getfixturevalue("dask_cluster"))
+    else:
+        chosen = EXECUTORS["processes"]()
+    value, other = fresh_value(), fresh_value()
+    monkeypatch.setenv("FERROFLOW__CONTEXT__SECRETS__API_TOKEN", value)
+    monkeypatch.setenv("DRIVER_PID_SECRET", other)
+    with Flow("driver-secrets") as flow:
+        s = FerroflowSecret("API_TOKEN", max_retries=1, retry_delay=0)
+        got = _on_worker(s)
+        pid = DriverPid("DRIVER_PID_SECRET")
+        got_pid = _on_worker(pid)
+        e = _explode(s)
+    state = flow.run(executor=chosen)
+    assert state.result[s].result == value
+    assert state.result[pid].result == f"{other}:{os.getpid()}"  # read in this process
+    length, masked, worker_pid = state.result[got].result
+    assert length == len(value)
+    assert masked == "****"  # the worker masks the value too (its console, its records)
+    assert worker_pid != os.getpid()  # ... and the downstream task did run on a worker
+    assert state.result[got_pid].result[1] == "****"
+    assert "cannot use '****'" in (state.result[e].message or "")
+    with open_store() as store:
+        run = store.list_flow_runs(1)[0]
+        messages = [t.message or "" for t in store.task_runs(run.id)]
+        logs = [line.message for line in store.logs(run.id)]
+    assert any("worker got ****" in line for line in logs), logs
+    assert not any(value in x or other in x for x in messages + logs)
+    assert files_containing(home(), value) == [] and files_containing(home(), other) == []
+
+
+def test_a_failing_secret_task_in_the_driver_is_retried_as_usual(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NOT_SET_FOR_RETRY", raising=False)
+    chosen = _dask_executor(request.getfixturevalue("dask_cluster"))
+    with Flow("driver-retries") as flow:
+        gone = EnvVarSecret("NOT_SET_FOR_RETRY", max_retries=2, retry_delay=0)
+        after = _length(gone)
+    state = flow.run(executor=chosen)
+    assert state.result[gone].is_failed()
+    assert isinstance(state.result[gone].result, SecretNotFoundError)
+    assert state.result[after].is_failed() or state.result[after].is_skipped()
+    with open_store() as store:
+        run = store.list_flow_runs(1)[0]
+        row = next(t for t in store.task_runs(run.id) if t.task_name == "NOT_SET_FOR_RETRY")
+        states = [t.state for t in store.transitions(run.id, row.run)]
+    assert states.count("Retrying") == 2, states
+
+
+# ------------------------------- under an agent on Dask and on processes (issue 14)
+
+EXECUTOR_FLOWS = """
+import hashlib, os
+from ferroflow import Flow, get_run_logger, task
+from ferroflow.executors import ProcessExecutor
+from ferroflow.runtime import mask_text
+from ferroflow.tasks.secrets import FerroflowSecret
+from _tasks import Ledger
+
+LEDGER = Ledger(os.environ.get("AGENT_TEST_LEDGER", "/nonexistent"))
+
+@task
+def length(token):
+    # What the task got, seen from its worker: its length, its hash, and whether the
+    # worker masks it.
+    LEDGER.add(len(token), hashlib.sha256(token.encode()).hexdigest(), mask_text(token))
+    return len(token)
+
+@task
+def tell(token):
+    get_run_logger().info("telling %s", token)
+
+@task
+def explode(token):
+    raise RuntimeError("refused " + token)
+
+def build(name, executor=None):
+    with Flow(name, executor=executor) as flow:
+        token = FerroflowSecret("DB_PASSWORD")
+        length(token)
+        tell(token)
+        explode(token)
+    return flow
+
+on_dask = build("on_dask")
+on_processes = build("on_processes", ProcessExecutor(max_workers=2, mp_context="spawn"))
+"""
+
+
+class ClusterProcess:
+    """A Dask LocalCluster (``_dask.local_cluster``) in a process of its own, whose
+    output (its workers' too) goes to ``log``: a file the test greps."""
+
+    def __init__(self, log: Path) -> None:
+        code = (
+            "import sys, time\n"
+            "from _dask import local_cluster\n"
+            "with local_cluster() as cluster:\n"
+            "    print(cluster.scheduler_address, flush=True)\n"
+            "    sys.stdin.read()\n"
+        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        }
+        self.log = open(log, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=env,
+        )
+        assert self.process.stdout is not None
+        self.address = self.process.stdout.readline().decode().strip()
+        assert self.address.startswith("tcp://127.0.0.1:"), log.read_text()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()  # the cluster closes
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.log.close()
+
+
+@pytest.mark.parametrize("where", ["dask", "processes"])
+def test_under_an_agent_on_dask_or_processes_the_task_gets_the_server_value_and_nothing_else_does(
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = Ledger(tmp_path / "ledger")
+    monkeypatch.setenv("AGENT_TEST_LEDGER", str(tmp_path / "ledger"))
+    value = fresh_value()
+    # Everything (the agent, its flow-run process, the cluster's workers) sees a local
+    # value of another length: a task that read it would show.
+    decoy = "decoy-" + fresh_value()
+    monkeypatch.setenv("FERROFLOW__CONTEXT__SECRETS__DB_PASSWORD", decoy)
+    server = Server(tmp_path / "server")
+    cluster: ClusterProcess | None = None
+    agent: AgentProcess | None = None
+    responses: list[str] = []
+    try:
+        client = Client(server.url)
+        client.set_secret("DB_PASSWORD", value)
+        name = "on_dask" if where == "dask" else "on_processes"
+        flow_id = register(server, tmp_path, EXECUTOR_FLOWS, name)[name]
+        run_id = client.create_flow_run(flow_id)
+        args: tuple[str, ...] = ()
+        if where == "dask":
+            cluster = ClusterProcess(tmp_path / "cluster.log")
+            args = ("--dask-address", cluster.address)
+        agent = AgentProcess(server.url, tmp_path / "agent", *args)
+        run = wait_for("the run to finish", lambda: finished(client, run_id))
+        output = agent.output()
+        assert run["state"] == "Failed", output  # explode fails
+        # The task on the worker got the server's value (not the local one), and the
+        # worker masks it.
+        digest = hashlib.sha256(value.encode()).hexdigest()
+        assert ledger.items() == [(len(value), digest, "****")], output
+
+        everything = (
+            "query($id: String!) { flow_run(id: $id) { state message "
+            "task_runs(limit: 100) { items { id task_name state message result_location } } "
+            "logs(limit: 1000) { message } } }"
+        )
+        got = client.graphql(everything, {"id": run_id})
+        responses.append(json.dumps(got))
+        items = {t["task_name"]: t for t in got["flow_run"]["task_runs"]["items"]}
+        assert items["DB_PASSWORD"]["state"] == "Success"
+        assert items["length"]["state"] == "Success"
+        assert "refused ****" in (items["explode"]["message"] or "")
+        logs = [x["message"] for x in got["flow_run"]["logs"]]
+        assert any("telling ****" in x for x in logs), logs
+        for t in items.values():
+            detail = client.graphql(
+                "query($r: String!, $i: Int!) { task_run(flow_run_id: $r, id: $i) "
+                "{ transitions { state message } } }",
+                {"r": run_id, "i": t["id"]},
+            )
+            responses.append(json.dumps(detail))
+        responses.append(json.dumps(client.get_logs(run_id)))
+    finally:
+        if agent is not None:
+            agent.stop()
+        if cluster is not None:
+            cluster.stop()
+        server.stop()
+    assert not any(value in r for r in responses)
+    # The server's database, the agent's store, its flow-run logs, the agent's and the
+    # cluster's output: none holds the value.
+    assert files_containing(tmp_path, value) == []
+    if cluster is not None:
+        assert (tmp_path / "cluster.log").exists()
+    assert (tmp_path / "agent" / "agent.log").exists()
+
+
+# -------------------------------------------------- the server masks what it stores
+
+
+def _leak_value() -> str:
+    return os.environ["LEAK_FOR_THE_SERVER"]
+
+
+@task
+def _leaky() -> None:
+    """Sends the value back unmasked: this process never read it as a secret."""
+    get_run_logger().info("leaking %s", _leak_value())
+    raise RuntimeError(f"leaked {_leak_value()}")
+
+
+def test_the_server_masks_secret_values_that_a_run_sends_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ferroflow.agent_run import _ServerIdReporter
+    from test_auth import Server as TokenServer
+
+    value = fresh_value()
+    srv = TokenServer(tmp_path / "server")
+    try:
+        admin = Client(srv.url, api_key=srv.token("admin", "admin"))
+        admin.create_project("p")
+        admin.set_secret("DB_PASSWORD", value)
+        user = Client(srv.url, api_key=srv.token("user", "user"))
+        with Flow("leaky") as flow:
+            _leaky()
+        flow_id = user.register(flow, "p")["id"]
+        run_id = user.create_flow_run(flow_id)
+        runner_token = srv.token("bot", "runner")
+        runner = Client(srv.url, api_key=runner_token)
+        agent = runner.register_agent("a", [])
+        claimed = runner.claim_flow_run(agent, run_id, 0)
+        assert runner.secret_value(run_id, "DB_PASSWORD") == value
+        # The runner holding the run sends the value back: in a state message...
+        runner.set_flow_run_state(
+            run_id, int(claimed["version"]), "Running", f"connecting with {value}"
+        )
+        row = srv.db.fetchone("SELECT message FROM flow_runs WHERE id = ?", (run_id,))
+        assert row == {"message": "connecting with ****"}
+        # ... and in the log lines and task-run messages of a run it streams (a local
+        # run that never read the value as a secret, so it did not mask it).
+        monkeypatch.setenv("LEAK_FOR_THE_SERVER", value)
+        local = flow.run()
+        assert local.is_failed()
+        with open_store() as store:
+            local_id = store.list_flow_runs(1)[0].id
+            assert any(value in x.message for x in store.logs(local_id))  # unmasked here
+        monkeypatch.setenv("FERROFLOW_API_KEY", runner_token)
+        reporter = _ServerIdReporter(srv.url, store_path(), local_id, run_id).start()
+        assert reporter.stop() is None
+        version = int(runner.get_flow_run(run_id)["version"])
+        runner.set_flow_run_state(run_id, version, "Failed", f"gave up on {value!r}")
+        # A user's log line and task-run state message.
+        user.write_run_logs([{"flow_run_id": run_id, "message": f"user wrote {value}"}])
+        first = user.graphql(
+            "query($id: String!) { flow_run(id: $id) { task_runs { items { id } } } }",
+            {"id": run_id},
+        )["flow_run"]["task_runs"]["items"][0]
+        task_run = user.graphql(
+            "query($r: String!, $i: Int!) { task_run(flow_run_id: $r, id: $i) { id version } }",
+            {"r": run_id, "i": int(first["id"])},
+        )["task_run"]
+        user.set_task_run_state(
+            run_id, int(task_run["id"]), int(task_run["version"]), "Failed", f"no: {value}"
+        )
+        # A new value: the cached one is replaced (it is masked too from now on).
+        new = fresh_value()
+        admin.set_secret("DB_PASSWORD", new)
+        user.write_run_logs([{"flow_run_id": run_id, "message": f"then {new}"}])
+        # A rotated key: the server still reads (and masks) the value.
+        rotated = ff("secrets", "rotate-key", env={"FERROFLOW_HOME": str(tmp_path / "server")})
+        assert rotated.returncode == 0, rotated.stderr
+        user.write_run_logs([{"flow_run_id": run_id, "message": f"after rotation {new}"}])
+
+        db = srv.db
+        logs = [r["message"] for r in db.fetchall("SELECT message FROM logs ORDER BY rowid")]
+        assert any("leaking ****" in x for x in logs), logs
+        assert "user wrote ****" in logs and "then ****" in logs, logs
+        assert "after rotation ****" in logs, logs
+        row = db.fetchone("SELECT message FROM flow_runs WHERE id = ?", (run_id,))
+        assert row is not None and row["message"] == "gave up on '****'"
+        transitions = user.graphql(
+            "query($r: String!, $i: Int!) { task_run(flow_run_id: $r, id: $i) "
+            "{ transitions { state message } } }",
+            {"r": run_id, "i": int(task_run["id"])},
+        )["task_run"]["transitions"]
+        messages = [t["message"] or "" for t in transitions]
+        assert any("leaked ****" in m for m in messages), messages  # the ingested journal
+        assert messages[-1] == "no: ****", messages
+        audit = db.fetchall("SELECT detail FROM audit")
+        assert not any(value in json.dumps(a) for a in audit)
+    finally:
+        srv.stop()
+    for secret in (value, new):
+        assert files_containing(tmp_path / "server", secret) == []
+
+
+@task
+def _names() -> list[str]:
+    return ["MAPPED_A", "MAPPED_B"]
+
+
+@pytest.mark.parametrize("executor", ["dask", "processes"])
+def test_a_mapped_secret_task_reads_names_computed_on_the_workers(
+    executor: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    )
+    values = {"MAPPED_A": fresh_value(), "MAPPED_B": fresh_value() + "-longer"}
+    for name, value in values.items():
+        monkeypatch.setenv(f"FERROFLOW__CONTEXT__SECRETS__{name}", value)
+    if executor == "dask":
+        chosen = _dask_executor(request.getfixturevalue("dask_cluster"))
+    else:
+        chosen = EXECUTORS["processes"]()
+    with Flow("mapped-secrets") as flow:
+        names = _names()
+        secrets = FerroflowSecret("unused").map(name=names)
+        lengths = _length.map(secrets)
+    state = flow.run(executor=chosen)
+    assert state.is_successful(), state.message
+    assert state.result[secrets].result == list(values.values())
+    assert state.result[lengths].result == [len(v) for v in values.values()]
+    assert all(files_containing(home(), v) == [] for v in values.values())

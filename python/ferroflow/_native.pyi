@@ -203,6 +203,10 @@ def journal_encode_transitions(items: list[tuple[int, str, str | None, int, floa
     """One journal blob holding these ``(run, state_name, message, run_count, at)``
     transitions."""
 
+def journal_mask(blob: bytes, values: Sequence[str]) -> bytes | None:
+    """``blob`` (a journal row) with ``values`` replaced by ``****`` in its transition
+    messages, or None when no message holds one. StoreError when it is damaged."""
+
 @final
 class Store:
     """A connection to the run store for reading (and cache entries, interrupted-run

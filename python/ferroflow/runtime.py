@@ -78,8 +78,11 @@ class RemoteRunInfo:
     """What ``ferroflow.context`` knows inside a worker process (or Dask worker).
 
     Built by the driver and shipped once per worker; ``tasks`` holds
-    ``(name, slug, tags)`` per task id.
+    ``(name, slug, tags)`` per task id. ``masks``: the secret values the driver masks,
+    masked in the worker too before a task run starts there (set by the Dask executor).
     """
+
+    masks: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -185,6 +188,8 @@ def _enter_remote(info: Any, cur: tuple[Any, ...] | None) -> None:
     _LOCAL.cur = cur
     if type(info) is RemoteRunInfo:
         _REMOTE_RUNS.add(info.flow_run_id)
+        if info.masks:
+            _adopt_masks(info.masks)
 
 
 # Flow runs whose tasks this process executes as a worker: their log lines wait in
@@ -300,6 +305,9 @@ MASK = "****"
 
 _MASKING = False
 _MASKED: set[str] = set()
+# Every value masked in this process, in the order it was masked (the executors send
+# the new ones to their workers before the next task runs there).
+_MASK_LIST: list[str] = []
 # In a worker: values masked here and not yet sent to the driver.
 _REMOTE_MASKS: list[str] = []
 # Whether this process is a worker (process or Dask) that ships its log lines.
@@ -318,21 +326,37 @@ def mask_secret(value: str) -> None:
         >>> mask_text("the password is doctest-hunter2")
         'the password is ****'
     """
+    if not isinstance(value, str) or not value:
+        return
+    if value not in _MASKED:
+        _mask_forms(value)
+    if _IN_WORKER:
+        with _REMOTE_LOCK:
+            # A worker tells the driver with its next log lines (see _take_remote_logs),
+            # every time: a worker outlives drivers (a Dask cluster serves many runs).
+            if value not in _REMOTE_MASKS:
+                _REMOTE_MASKS.append(value)
+
+
+def _mask_forms(value: str) -> None:
+    """Mask ``value`` and its escaped forms here (without telling a driver)."""
     global _MASKING
     from ferroflow import _native
 
-    if not isinstance(value, str) or not value:
-        return
     forms = {value, repr(value)[1:-1], value.encode("unicode_escape").decode("ascii")}
     for form in forms:
         if form:
             _native.mask_value(form)
-    if _IN_WORKER and value not in _MASKED:
-        _MASKED.add(value)
-        with _REMOTE_LOCK:
-            # A worker tells the driver with its next log lines (see _take_remote_logs).
-            _REMOTE_MASKS.append(value)
+    _MASKED.add(value)
+    _MASK_LIST.append(value)
     _MASKING = True
+
+
+def _adopt_masks(values: Any) -> None:
+    """In a worker: mask the values the driver sent (it masks them already)."""
+    for value in values:
+        if isinstance(value, str) and value and value not in _MASKED:
+            _mask_forms(value)
 
 
 def mask_text(text: str) -> str:

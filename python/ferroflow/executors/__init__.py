@@ -79,6 +79,44 @@ def _shown(value: Any) -> str:
         return f"<unprintable {type(value).__name__}>"
 
 
+def _driver_tasks(tasks: Any) -> frozenset[int]:
+    """Ids of the tasks whose runs execute in the driver on every executor: those whose
+    class sets ``run_in_driver`` (the secret tasks of :mod:`ferroflow.tasks.secrets`)."""
+    return frozenset(i for i, t in enumerate(tasks) if getattr(t, "run_in_driver", False))
+
+
+def _run_in_driver(run: Any, item: tuple[Any, ...], args: Any = None, kwargs: Any = None) -> bool:
+    """Execute one run taken from the core (``runner.take``'s tuple) in this thread, as
+    the local executor does (context, state handlers, timeout; the core decides retries),
+    and report it; True when the flow run must stop. ``args`` / ``kwargs`` replace the
+    item's (an executor that resolved remote values in them)."""
+    from ferroflow import runtime
+    from ferroflow.engine import run_task
+
+    run_id, task_id, map_index, run_count, loop_count, hooked, func, a, kw, loop_result = item
+    if args is None:
+        args, kwargs = a, kw
+    local = runtime._LOCAL
+    before = getattr(local, "run", None), getattr(local, "cur", None)
+    local.run = run
+    local.cur = (run.token, run_id, task_id, map_index, run_count, loop_count, loop_result)
+    value: Any
+    try:
+        if hooked:
+            value = run_task(run.plan.tasks[task_id], run_count, tuple(args), kwargs, func)
+        else:
+            value = func(*args, **(kwargs or {}))
+        ok = True
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        runtime._user_traceback(exc)  # the task's frames only
+        value, ok = exc, False
+    finally:
+        local.run, local.cur = before
+    return bool(run.runner.report(run_id, hooked, ok, value))
+
+
 class ThreadExecutor(Executor):
     """Run tasks on native worker threads that attach to the interpreter.
 

@@ -74,7 +74,8 @@ from typing import Any
 
 from ferroflow import _native
 from ferroflow.exceptions import ExecutorError
-from ferroflow.executors import Executor, _shown, _wait_idle
+from ferroflow.executors import Executor, _driver_tasks, _run_in_driver, _shown, _wait_idle
+from ferroflow.runtime import _MASK_LIST
 from ferroflow.states import Success
 
 __all__ = ["DaskExecutor"]
@@ -742,6 +743,9 @@ class _Driver:
         self.low = 4
         self.watchers: set[Any] = set()
         self.drained = time.monotonic()
+        # Tasks that run here, not on the cluster (secret tasks: see _run_here).
+        self.in_driver = _driver_tasks(self.tasks)
+        self.masks_sent = 0  # values of runtime._MASK_LIST in the context future
         self._analyse()
 
     # --- static analysis of the plan ------------------------------------------------------
@@ -794,7 +798,7 @@ class _Driver:
         plain_in = [True] * n
         for u, d, _key, mapped, flat in plan.edge_ids:
             ups[d].append(u)
-            if mapped or flat or kinds[u] != _RUN or plan.mapped_task[u]:
+            if mapped or flat or kinds[u] != _RUN or plan.mapped_task[u] or u in self.in_driver:
                 plain_in[d] = False
         downs: list[list[int]] = [[] for _ in range(n)]
         ahead_ok = [False] * n
@@ -803,6 +807,7 @@ class _Driver:
             _name, retries, _delay, trig, _skip = plan.task_opts[t]
             ahead_ok[t] = bool(
                 kinds[t] == _RUN
+                and t not in self.in_driver
                 and call is not None
                 and call[0] == _CALL_PLAIN
                 and len(call) == 6  # no timeout
@@ -830,16 +835,7 @@ class _Driver:
     # --- start ------------------------------------------------------------------------------
     def start(self) -> None:
         client = self.client
-        try:
-            with _quiet_large_graph():
-                self.info_future = client.submit(
-                    _identity,
-                    self.run.remote_info(),
-                    key=f"ferroflow-context-{self.uid}",
-                    pure=False,
-                )
-        except Exception as exc:
-            raise ExecutorError(f"could not send the flow run's context to Dask: {exc!r}") from exc
+        self._send_context()
         try:
             threads = sum(client.nthreads().values())
         except Exception:
@@ -847,6 +843,65 @@ class _Driver:
         self.cap = max(_MIN_INFLIGHT, _PER_THREAD * threads)
         self.chunk = max(1, self.cap // 4)
         self.low = max(4, 2 * threads)
+
+    def _send_context(self) -> None:
+        """Put the flow run's context on the cluster (again when values were masked
+        since: the workers mask them before each run that reads this context)."""
+        info = self.run.remote_info()
+        masks = tuple(_MASK_LIST)
+        info.masks = masks
+        key = f"ferroflow-context-{self.uid}-{len(masks)}"
+        try:
+            with _quiet_large_graph():
+                self.info_future = self.client.submit(_identity, info, key=key, pure=False)
+        except Exception as exc:
+            raise ExecutorError(f"could not send the flow run's context to Dask: {exc!r}") from exc
+        self.masks_sent = len(masks)
+
+    def _run_here(self, items: list[Any]) -> tuple[list[Any], bool]:
+        """Execute the runs of ``in_driver`` tasks among ``items`` in this process, as the
+        local executor would; the other items, and whether any ran here.
+
+        A secret task runs here so that it reads its value with this process's
+        credentials (an agent's flow-run process: for the run it holds) and the value is
+        masked here before anything that used it is recorded; the workers get the new
+        masked values with the flow run's context before their next run."""
+        rest: list[Any] = []
+        ran = False
+        for item in items:
+            if item[1] not in self.in_driver:
+                rest.append(item)
+                continue
+            ran = True
+            args, kwargs = item[7], item[8]
+            if _has_proxy(args) or (kwargs and _has_proxy(list(kwargs.values()))):
+                got = self._fetch_inputs(item[0], args, kwargs)
+                if got is None:
+                    continue
+                args, kwargs = got
+            if _run_in_driver(self.run, item, args, kwargs):
+                raise KeyboardInterrupt
+        return rest, ran
+
+    def _fetch_inputs(self, run_id: int, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
+        """A driver-run's arguments with the values on the cluster fetched; None (the run
+        is failed) when they cannot be."""
+        proxies: list[Any] = []
+        _collect(args, proxies)
+        for v in (kwargs or {}).values():
+            _collect(v, proxies)
+        unique = list({id(p): p for p in proxies}.values())
+        values = _gather(self.client, [p.future for p in unique], _Failure, direct=self.direct)
+        for value in values:
+            if isinstance(value, _Failure):
+                msg = f"Dask could not bring the task's inputs to the driver: {value.exc!r}"
+                self.runner.report_failure(run_id, msg, value.exc)
+                return None
+        resolved = {id(p): v for p, v in zip(unique, values, strict=True)}
+        args = _replace(tuple(args), resolved)
+        if kwargs:
+            kwargs = {k: _replace(v, resolved) for k, v in kwargs.items()}
+        return args, kwargs
 
     def _fn_future(self, task_id: int, func: Any, hooked: bool) -> Any:
         """A future holding ``(function, task or None)``: sent once, copied once per worker.
@@ -911,9 +966,14 @@ class _Driver:
                 return
             want = min(room, _BATCH)
             items = self.runner.take(want)
+            taken, ran = len(items), False
+            if items and self.in_driver:
+                items, ran = self._run_here(items)
             if items:
+                if len(_MASK_LIST) != self.masks_sent:
+                    self._send_context()  # values masked since (here or by a worker)
                 self._submit_items(items)
-            if len(items) < want:
+            if taken < want and not ran:
                 return
 
     def _submit_items(self, items: list[Any]) -> None:

@@ -31,7 +31,8 @@ from typing import Any
 
 from ferroflow import _native
 from ferroflow.exceptions import ExecutorError
-from ferroflow.executors import _check_workers, _shown, _wait_idle
+from ferroflow.executors import _check_workers, _driver_tasks, _run_in_driver, _shown, _wait_idle
+from ferroflow.runtime import _MASK_LIST
 
 _BATCH = 256  # runs per message to a worker
 _DEPTH = 2  # batches in flight per worker
@@ -139,6 +140,9 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
 
             PACKS.close_run(info.flow_run_id)
             return
+        if kind == "masks":  # secret values the driver masks: masked here too
+            runtime._adopt_masks(payload)
+            continue
         if kind == "tasks":
             for task_id, (func, task_obj) in payload.items():
                 funcs[task_id] = func
@@ -250,6 +254,7 @@ class _Worker:
         # Runs in flight that have a timeout (their clock starts in the worker).
         self.timed: set[int] = set()
         self.killed_for: int | None = None
+        self.masks = 0  # values of runtime._MASK_LIST this worker was sent
 
     def kill(self) -> None:
         if self.proc.is_alive():
@@ -339,6 +344,8 @@ class _Driver:
         self.workers: list[_Worker] = []
         self.requeue: deque[tuple[Any, ...]] = deque()
         self.func_blobs: dict[int, Any] = {}
+        # Tasks that run here, not in a worker (secret tasks: see _run_here).
+        self.in_driver = _driver_tasks(self.tasks)
 
     def start(self) -> None:
         try:
@@ -382,9 +389,26 @@ class _Driver:
         items: list[tuple[Any, ...]] = []
         while self.requeue and len(items) < max_n:
             items.append(self.requeue.popleft())
-        if len(items) < max_n:
-            items.extend(self.runner.take(max_n - len(items)))
+        while len(items) < max_n:
+            got = self.runner.take(max_n - len(items))
+            rest = self._run_here(got) if got and self.in_driver else got
+            items.extend(rest)
+            if len(rest) == len(got):
+                break  # nothing ran here, so nothing new is ready
         return items
+
+    def _run_here(self, items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Execute the runs of ``in_driver`` tasks among ``items`` in this process, as the
+        local executor would; the other items. A secret task runs here so that it reads
+        its value with this process's credentials and the value is masked here before
+        anything that used it is recorded (workers get it before their next batch)."""
+        rest = []
+        for item in items:
+            if item[1] not in self.in_driver:
+                rest.append(item)
+            elif _run_in_driver(self.run, item):
+                raise KeyboardInterrupt
+        return rest
 
     def _send(self, w: _Worker, items: list[tuple[Any, ...]]) -> None:
         cp = self.cloudpickle
@@ -430,6 +454,9 @@ class _Driver:
                 return
             data = cp.dumps(("batch", batch))
         try:
+            if len(_MASK_LIST) > w.masks:
+                w.conn.send_bytes(cp.dumps(("masks", _MASK_LIST[w.masks :])))
+                w.masks = len(_MASK_LIST)
             if new_tasks:
                 payload = {tid: cp.loads(blob) for tid, blob in new_tasks.items()}
                 w.conn.send_bytes(cp.dumps(("tasks", payload)))

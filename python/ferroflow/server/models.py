@@ -768,9 +768,10 @@ def set_flow_run_states(db: Database, changes: Sequence[dict[str, Any]]) -> list
     """Apply state changes ``{flow_run_id, version, state, message}`` in one
     transaction: each names the version it expects, and a stale one refuses the whole
     batch (ApiError), so two writers cannot both win. Returns ``{id, version, state}``
-    per change, with the new version."""
+    per change, with the new version. Secret values in messages are masked."""
     out = []
     with db.transaction():
+        mask = _masker(db)
         for change in changes:
             state = change["state"]
             if state not in FLOW_RUN_STATES:
@@ -786,7 +787,7 @@ def set_flow_run_states(db: Database, changes: Sequence[dict[str, Any]]) -> list
                 "ELSE started END, ended = ? WHERE key = ? AND version = ?",
                 (
                     state,
-                    change.get("message"),
+                    _masked(mask, change.get("message")),
                     int(state == "Running"),
                     now,
                     now if finished else None,
@@ -917,12 +918,14 @@ def task_run(db: Database, flow_run_id: str, run: int) -> dict[str, Any]:
 def set_task_run_states(db: Database, changes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Apply task-run state changes ``{flow_run_id, task_run_id, version, state,
     message}`` in one transaction; a stale version refuses the batch (ApiError).
-    Returns ``{flow_run_id, task_run_id, version, state}`` per change."""
+    Returns ``{flow_run_id, task_run_id, version, state}`` per change. Secret values in
+    messages are masked."""
     from ferroflow import _native
     from ferroflow.store import FINISHED_STATES
 
     out = []
     with db.transaction():
+        mask = _masker(db)
         for change in changes:
             flow_run = get_flow_run(db, change["flow_run_id"])
             # Take the flow run's row lock first (PostgreSQL) / the write lock (SQLite),
@@ -937,9 +940,10 @@ def set_task_run_states(db: Database, changes: Sequence[dict[str, Any]]) -> list
                 )
             state = change["state"]
             run_count = int(current["run_count"]) + (state == "Running")
+            message = _masked(mask, change.get("message"))
             try:
                 blob = _native.journal_encode_transitions(
-                    [(current["run"], state, change.get("message"), run_count, _now())]
+                    [(current["run"], state, message, run_count, _now())]
                 )
             except ValueError as exc:
                 raise ApiError(str(exc)) from exc
@@ -969,12 +973,29 @@ def _level(level: int | str) -> int:
         raise ApiError(f"unknown log level {level!r}: one of {', '.join(_LEVELS)}") from None
 
 
+def _masker(db: Database) -> Any:
+    """The secret masker of ``db`` (:func:`ferroflow.server.secrets.masker`), or None."""
+    from ferroflow.server.secrets import masker
+
+    return masker(db)
+
+
+def _masked(mask: Any, text: Any) -> Any:
+    """``text`` with secret values masked (None and non-text as they are)."""
+    return mask(text) if mask is not None and isinstance(text, str) else text
+
+
 def write_run_logs(db: Database, logs: Sequence[dict[str, Any]]) -> int:
     """Add log lines ``{flow_run_id, task_run_id, level, message, timestamp}`` to the
-    run store's ``logs`` table (the one the engine writes), in one transaction."""
+    run store's ``logs`` table (the one the engine writes), in one transaction; secret
+    values in them are masked."""
     known: dict[str, str] = {}
     with db.transaction():
-        for line in logs:
+        mask = _masker(db)
+        messages = [str(line["message"]) for line in logs]
+        if mask is not None:
+            messages = mask.batch(messages)
+        for line, message in zip(logs, messages, strict=True):
             given = line["flow_run_id"]
             if given not in known:
                 known[given] = get_flow_run(db, given)["id"]
@@ -987,7 +1008,7 @@ def write_run_logs(db: Database, logs: Sequence[dict[str, Any]]) -> int:
                     line.get("task_run_id"),
                     _level(line.get("level", 20)),
                     at if at is not None else _now(),
-                    str(line["message"]),
+                    message,
                 ),
             )
     return len(logs)
@@ -1075,6 +1096,9 @@ def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
     if not isinstance(values[0], str) or not isinstance(values[2], str):
         raise ApiError("an ingest batch's flow run needs 'flow_name' and 'state'")
     with db.transaction():
+        mask = _masker(db)
+        if mask is not None:
+            values[3] = _masked(mask, values[3])  # the flow run's message
         row = db.fetchone(
             "SELECT key, ingest_journal_seq, ingest_log_seq FROM flow_runs WHERE id = ?",
             (run["id"],),
@@ -1102,7 +1126,7 @@ def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
                     ended,
                     run["state"],
                     ended,
-                    run.get("message"),
+                    values[3],
                     run.get("ended"),
                     _now(),
                     row["key"],
@@ -1115,17 +1139,19 @@ def ingest(db: Database, batch: dict[str, Any]) -> dict[str, int]:
         )
         for seq, data in batch.get("journal", ()):
             if int(seq) > journal_seq:
-                db.execute(
-                    "INSERT INTO journal(flow_run, data) VALUES (?, ?)",
-                    (key, bytes(data)),
-                )
+                blob = bytes(data) if mask is None else mask.blob(bytes(data))
+                db.execute("INSERT INTO journal(flow_run, data) VALUES (?, ?)", (key, blob))
                 journal_seq = int(seq)
-        for seq, task_run, level, at, message in batch.get("logs", ()):
+        lines = list(batch.get("logs", ()))
+        messages = [str(line[4]) for line in lines]
+        if mask is not None:
+            messages = mask.batch(messages)
+        for (seq, task_run, level, at, _raw), message in zip(lines, messages, strict=True):
             if int(seq) > log_seq:
                 db.execute(
                     "INSERT INTO logs(flow_run_id, task_run_id, level, time, message) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    (run["id"], task_run, int(level), float(at), str(message)),
+                    (run["id"], task_run, int(level), float(at), message),
                 )
                 log_seq = int(seq)
         structure = run.get("structure")

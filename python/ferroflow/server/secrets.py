@@ -24,6 +24,14 @@ is the whole check; with tokens, the caller must also be a ``runner`` token, the
 whose agent claimed the run (the actor of the run's latest ``claim_flow_run`` audit
 line). ``user``, ``read_only`` and ``admin`` tokens never get a value.
 
+**What is stored is masked** (:func:`masker`): every log line (``write_run_logs``, an
+ingested batch's lines) and state message (``set_flow_run_states``,
+``set_task_run_states``, an ingested flow run's) has the value of every stored secret
+replaced by ``****`` before it is written, even when a client sends a value it was
+given back. The decrypted values are cached per database and refreshed when a secret
+is set, removed or re-encrypted (by any process: the cache is keyed on the rows'
+ciphertexts, read once per batch).
+
 ``cryptography`` is imported only when a secret is encrypted or decrypted.
 
 Example:
@@ -39,11 +47,14 @@ from __future__ import annotations
 import os
 import re
 import stat
+import threading
 import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ferroflow.exceptions import ApiError, SecretError, SecretKeyError, SecretNotFoundError
+from ferroflow.runtime import MASK
 from ferroflow.server import models
 from ferroflow.server.database import Database
 
@@ -54,12 +65,14 @@ __all__ = [
     "KEY_ENV",
     "KEY_FILE_NAME",
     "MAX_VALUE_BYTES",
+    "SecretMask",
     "check_name",
     "check_reader",
     "delete_secret",
     "key_file_for",
     "list_secrets",
     "load_keys",
+    "masker",
     "rotate_key",
     "secret_value",
     "set_secret",
@@ -360,3 +373,105 @@ def _reencrypt(db: Database, box: MultiFernet, where: str) -> int:
             db.execute("UPDATE secrets SET ciphertext = ? WHERE name = ?", (token, row["name"]))
         models.audit(db, "rotate_secret_key", None, {"secrets": len(rows)})
     return len(rows)
+
+
+# --- masking what the server stores ---------------------------------------------------
+
+#: Per database: the ``(name, ciphertext)`` rows the cached mask was decrypted from,
+#: and the mask (None when no value decrypts).
+_MASKERS: weakref.WeakKeyDictionary[
+    Database, tuple[tuple[tuple[str, str], ...], SecretMask | None]
+] = weakref.WeakKeyDictionary()
+_MASKERS_LOCK = threading.Lock()
+
+
+def _forms(value: str) -> set[str]:
+    """``value`` as text may show it: itself, and escaped as ``repr`` would print it
+    (what :func:`ferroflow.runtime.mask_secret` masks)."""
+    forms = {value, repr(value)[1:-1], value.encode("unicode_escape").decode("ascii")}
+    return {f for f in forms if f}
+
+
+def _decrypt_all(db: Database, rows: tuple[tuple[str, str], ...]) -> SecretMask | None:
+    """The mask of every value in ``rows`` that decrypts (one that does not cannot be
+    masked, and is not a reason to refuse what is written)."""
+    try:
+        keys, where = _keys_for(db, create=False)
+    except SecretKeyError:
+        return None
+    box = _fernet(keys)
+    forms: set[str] = set()
+    for name, token in rows:
+        try:
+            forms |= _forms(_decrypt(box, name, token, where))
+        except SecretKeyError:
+            continue
+    if not forms:
+        return None
+    return SecretMask(tuple(sorted(forms, key=lambda f: (-len(f), f))))
+
+
+class SecretMask:
+    """Replaces secret values (and their escaped forms, ``forms``, longest first) by
+    ``****`` in texts and journal blobs; what :func:`masker` gives."""
+
+    __slots__ = ("encoded", "forms")
+
+    def __init__(self, forms: tuple[str, ...]) -> None:
+        self.forms = forms
+        self.encoded = tuple(f.encode("utf-8") for f in forms)
+
+    def __call__(self, text: str) -> str:
+        """``text`` masked."""
+        for form in self.forms:
+            if form in text:
+                text = text.replace(form, MASK)
+        return text
+
+    def batch(self, texts: list[str]) -> list[str]:
+        """``texts`` masked: one search over them all when none holds a value."""
+        joined = "\x00".join(texts)
+        if not any(form in joined for form in self.forms):
+            return texts
+        return [self(t) for t in texts]
+
+    def blob(self, data: bytes) -> bytes:
+        """A journal blob with the values masked in its transition messages (a blob
+        that holds none, or that does not decode, as it is)."""
+        if not any(e in data for e in self.encoded):
+            return data
+        from ferroflow import _native
+        from ferroflow.exceptions import StoreError
+
+        try:
+            masked = _native.journal_mask(data, list(self.forms))
+        except StoreError:
+            return data  # not a journal blob the server can read: nothing to mask in it
+        return data if masked is None else masked
+
+
+def masker(db: Database) -> SecretMask | None:
+    """What replaces the value of every secret stored in ``db`` by ``****`` (in a log
+    line, a state message, a journal blob), or None when no secret is stored.
+
+    Costs one read of the ``secrets`` table (names and ciphertexts); values are
+    decrypted again only when a row changed since the last call.
+
+    Example:
+        >>> mask = masker(db)  # doctest: +SKIP
+        >>> mask("connecting with s3cr3t") if mask else "no secrets"  # doctest: +SKIP
+        'connecting with ****'
+    """
+    rows = tuple(
+        (str(r["name"]), str(r["ciphertext"]))
+        for r in db.fetchall("SELECT name, ciphertext FROM secrets ORDER BY name")
+    )
+    if not rows:
+        return None
+    with _MASKERS_LOCK:
+        cached = _MASKERS.get(db)
+    if cached is None or cached[0] != rows:
+        cached = (rows, _decrypt_all(db, rows))
+        with _MASKERS_LOCK:
+            _MASKERS[db] = cached
+    return cached[1]

@@ -15,15 +15,14 @@ the value in its message, or logs it, included). A missing secret is a
 :class:`~ferroflow.exceptions.SecretNotFoundError` that names the secret (never a
 value); the task is then ``Failed`` with it.
 
-Masking is per process, and a value read in a worker reaches the driver with the
-worker's next log lines: with the process executor that is the message that carries
-the secret task's result, so the driver masks the value before it records anything
-that used it. With Dask the driver gets worker log lines when it drains them, so a
-downstream task that fails with the value in its message on *another* Dask worker may
-be recorded before the value is known to the driver: read secrets in the flow-run
-process (a local or thread executor) when that matters. Under an agent started with
-``--dask-address``, a secret task runs on the cluster, whose workers do not have
-``$FERROFLOW_SERVER_FLOW_RUN_ID``: it then reads the local environment variable.
+Secret tasks run in the flow-run process on every executor (``run_in_driver``): with
+the process or Dask executor too, the driver executes a secret task itself, as the
+local executor would (states, retries, handlers and timeouts as usual), and only its
+downstream tasks go to the workers. So :class:`FerroflowSecret` reads the value with
+the flow-run process's credentials (under an agent, for the run the agent holds, also
+with ``--dask-address``; the workers never get the API key), and the value is masked in
+the driver before any task that uses it runs; the executors send the masked values to
+their workers before their next task run, so a worker's own console masks them too.
 
 Example:
     >>> import os
@@ -43,7 +42,7 @@ Example:
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from ferroflow.exceptions import ApiError, SecretError, SecretNotFoundError, TaskDefinitionError
 from ferroflow.runtime import mask_secret
@@ -63,7 +62,8 @@ _REFUSED = ("cache_for", "cache_validator", "cache_key", "target", "result")
 
 
 class SecretBase(Task):
-    """A task that returns a secret value: never checkpointed, cached or targeted.
+    """A task that returns a secret value: never checkpointed, cached or targeted, and
+    run in the flow-run process whatever the executor (``run_in_driver``).
 
     Args:
         name: the secret's name (also the task's name unless ``task_name`` is given).
@@ -72,6 +72,10 @@ class SecretBase(Task):
             that write results (``checkpoint=True``, ``cache_for``, ``target``,
             ``result``, ...) raise TaskDefinitionError.
     """
+
+    #: Executors that send tasks elsewhere (processes, Dask) run this task's runs in
+    #: the driver: the value is read with its credentials and masked there first.
+    run_in_driver: ClassVar[bool] = True
 
     def __init__(self, name: str, task_name: str | None = None, **kwargs: Any) -> None:
         if not isinstance(name, str) or not name:

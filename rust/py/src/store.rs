@@ -1039,6 +1039,14 @@ fn journal_encode_transitions(
     Ok(pyo3::types::PyBytes::new(py, &blob).into_any().unbind())
 }
 
+/// `blob` (a journal row) with `values` masked in its transition messages, or
+/// None when none holds one (see `ferroflow_core::store::mask_journal_blob`).
+#[pyfunction]
+fn journal_mask(py: Python<'_>, blob: Vec<u8>, values: Vec<String>) -> PyResult<Option<Py<PyAny>>> {
+    let masked = core_store::mask_journal_blob(&blob, &values).map_err(|d| journal_err(py, d))?;
+    Ok(masked.map(|b| pyo3::types::PyBytes::new(py, &b).into_any().unbind()))
+}
+
 /// Mask `value` (a secret this process read) in every message and log line it
 /// records from now on (see `ferroflow_core::store::mask`).
 #[pyfunction]
@@ -1065,6 +1073,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyJournalFold>()?;
     m.add_function(wrap_pyfunction!(journal_transitions, m)?)?;
     m.add_function(wrap_pyfunction!(journal_encode_transitions, m)?)?;
+    m.add_function(wrap_pyfunction!(journal_mask, m)?)?;
     m.add("STORE_SCHEMA_VERSION", core_store::SCHEMA_VERSION)?;
     Ok(())
 }

@@ -679,6 +679,54 @@ mod tests {
         assert_eq!(t[1].0, StateKind::Failed);
     }
 
+    #[test]
+    fn masking_a_blob_changes_only_the_messages() {
+        let mut e = Encoder::new();
+        e.task_name(1, "child");
+        e.register(0, 0, None);
+        e.register_range(5, 3, 1, Some(0));
+        e.transition(6, StateKind::Running, 1, 1000.0, None, None);
+        e.transition(
+            6,
+            StateKind::Failed,
+            1,
+            1000.5,
+            Some("no s3cr3t-x here"),
+            Some("r/6"),
+        );
+        e.transition(7, StateKind::Success, 2, f64::NAN, Some("fine"), None);
+        e.result_location(5, "r/5");
+        e.pack_locations("runs/x/t-1.pack", &[item(0, 4, 5), item(7, 13, 2)]);
+        let blob = e.finish();
+        let values = ["s3cr3t".to_string(), "s3cr3t-x".to_string()];
+        let masked = crate::store::mask_journal_blob(&blob, &values)
+            .expect("decodes")
+            .expect("a message held a value");
+        let (mut a, mut b) = (Fold::default(), Fold::default());
+        a.apply(&blob).expect("decodes");
+        b.apply(&masked).expect("decodes");
+        assert_eq!(a.names, b.names);
+        let (mut ra, mut rb) = (a.runs.into_sorted(), b.runs.into_sorted());
+        assert_eq!(ra.len(), rb.len());
+        // The longer value is masked whole.
+        assert_eq!(rb[2].1.message.as_deref(), Some("no **** here"));
+        rb[2].1.message = ra[2].1.message.clone();
+        for ((x, p), (y, q)) in ra.drain(..).zip(rb.drain(..)) {
+            assert_eq!((x, p.state, p.map_index), (y, q.state, q.map_index));
+            assert_eq!(
+                (p.message, p.result_location),
+                (q.message, q.result_location)
+            );
+            assert_eq!(p.started, q.started);
+            assert_eq!(p.ended.map(f64::to_bits), q.ended.map(f64::to_bits));
+        }
+        assert_eq!(
+            crate::store::mask_journal_blob(&blob, &["absent".into()]),
+            Ok(None)
+        );
+        assert!(crate::store::mask_journal_blob(&blob[..blob.len() - 1], &values).is_err());
+    }
+
     fn item(run: u32, offset: u64, length: u32) -> crate::store::PackItem {
         crate::store::PackItem {
             run: crate::RunId(run),

@@ -113,7 +113,7 @@ use crate::StateKind;
 pub use read::{
     CacheRow, FinishedTaskRun, FlowRunRow, INTERRUPTED_TASK_RUN, JournalFold, LogRow, ReportBatch,
     ReportLog, TaskRunFilter, TaskRunRow, TaskSpan, TransitionRow, encode_transitions,
-    fold_journal, journal_transitions,
+    fold_journal, journal_transitions, mask_journal_blob,
 };
 pub use writer::{
     Event, EventBuffer, LogLine, MAX_BATCH_ROWS, NewTaskRun, PackItem, Recorder, TransitionItem,

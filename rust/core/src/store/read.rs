@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
-use super::journal::{Encoder, Fold, IdMap, RunFold, last_time, transitions_of};
+use super::journal::{Decoder, Encoder, Fold, IdMap, Rec, RunFold, last_time, transitions_of};
 use super::{FLOW_INTERRUPTED, FLOW_RUNNING, Store, StoreError};
 use crate::{RunId, StateKind, TaskId};
 
@@ -223,6 +223,75 @@ pub fn encode_transitions(items: &[super::TransitionItem]) -> Vec<u8> {
         );
     }
     enc.finish()
+}
+
+/// `blob` (one row of the `journal` table) with every occurrence of `values` in
+/// its transition messages replaced by [`super::mask::MASK`] (longest value
+/// first), or `None` when no message holds one (the blob stays as it is): how
+/// the server keeps a secret value out of an ingested journal.
+///
+/// # Errors
+///
+/// A damaged blob, as [`journal_transitions`] reports it.
+pub fn mask_journal_blob(blob: &[u8], values: &[String]) -> Result<Option<Vec<u8>>, String> {
+    let mut values: Vec<&str> = values
+        .iter()
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .collect();
+    values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    let mut dec = Decoder::new(blob)?;
+    let mut enc = Encoder::new();
+    let mut changed = false;
+    while let Some(rec) = dec.next_rec()? {
+        match rec {
+            Rec::Name { task, name } => enc.task_name(task, name),
+            Rec::Range {
+                first_run,
+                count,
+                task,
+                first_map_index,
+            } => {
+                if count == 1 {
+                    enc.register(first_run, task, first_map_index);
+                } else {
+                    enc.register_range(first_run, count, task, first_map_index);
+                }
+            }
+            Rec::Transition {
+                run,
+                state,
+                run_count,
+                at,
+                message,
+                location,
+            } => {
+                let mut masked = message.map(str::to_string);
+                if let Some(text) = masked.as_mut() {
+                    for value in &values {
+                        if text.contains(value) {
+                            *text = text.replace(value, super::mask::MASK);
+                            changed = true;
+                        }
+                    }
+                }
+                enc.transition(run, state, run_count, at, masked.as_deref(), location);
+            }
+            Rec::Location { run, location } => enc.result_location(run, location),
+            Rec::Pack { pack, items } => {
+                let items: Vec<super::PackItem> = items
+                    .into_iter()
+                    .map(|(run, offset, length)| super::PackItem {
+                        run: RunId(run),
+                        offset,
+                        length,
+                    })
+                    .collect();
+                enc.pack_locations(pack, &items);
+            }
+        }
+    }
+    Ok(changed.then(|| enc.finish()))
 }
 
 /// One flow run's journal folded incrementally: [`JournalFold::apply`] each blob
