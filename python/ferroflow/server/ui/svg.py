@@ -152,6 +152,8 @@ def timeline(
     for s in timed[:max_rows]:
         t = state.get(s["task"])
         s_end = s["ended"] if s["ended"] is not None else end
+        if t is not None and _still_running(t, s["mapped_child"]):
+            s_end = end  # some of its runs have ended, others still run: up to now
         x = label_w + max(0.0, (s["started"] - start) / span) * plot
         w = max(2.0, (s_end - s["started"]) / span * plot)
         name = s["task_name"] + (f" \u00d7{s['runs']}" if s["mapped_child"] else "")
@@ -176,6 +178,17 @@ def timeline(
         "ticks": ticks,
         "cut": max(0, len(timed) - max_rows),
     }
+
+
+_RUNNING = ("Running", "Retrying", "Cancelling")
+
+
+def _still_running(task: dict[str, Any], children: bool) -> bool:
+    """Whether a task's own run (or, with ``children``, one of its mapped children)
+    is still running."""
+    if children:
+        return any(task.get("children", {}).get(s) for s in _RUNNING)
+    return task.get("own") in _RUNNING
 
 
 def _offset(seconds: float) -> str:
