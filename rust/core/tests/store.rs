@@ -1183,7 +1183,10 @@ fn a_version_7_store_gets_the_log_indexes() {
         )
         .and_then(|mut s| s.query_map(["fr"], |r| r.get(3))?.collect())
         .expect("plan");
-    assert_eq!(plan, ["SEARCH logs USING INDEX logs_by_time (flow_run_id=?)"]);
+    assert_eq!(
+        plan,
+        ["SEARCH logs USING INDEX logs_by_time (flow_run_id=?)"]
+    );
 }
 
 #[test]
