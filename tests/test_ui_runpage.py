@@ -208,7 +208,7 @@ def test_the_live_json_carries_the_timeline_and_follows_logs_by_time(ui: str) ->
     assert status == 200
     live = json.loads(live_text)
     bars = live["timeline"]["bars"]
-    assert [b["label"] for b in bars] == ["src", "work ×20000"]
+    assert [b["label"] for b in bars] == ["src", "work \u00d720000"]
     right = max(t["x"] for t in live["timeline"]["ticks"])
     children = bars[1]
     assert children["cls"] == "run"
@@ -321,3 +321,120 @@ def test_the_timeline_of_an_open_run_page_gains_bars_without_a_reload(
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def _chain(name: str, n: int, extra: int = 0) -> str:
+    """Run a flow of a chain of ``n`` ``inc`` (and ``extra`` independent ``dbl``);
+    returns the run's id."""
+    from ferroflow import Flow, task
+
+    @task
+    def inc(x: int) -> int:
+        return x + 1
+
+    @task
+    def dbl(x: int) -> int:
+        return 2 * x
+
+    with Flow(name) as flow:
+        x = inc(0)
+        for _ in range(n - 1):
+            x = inc(x)
+        for i in range(extra):
+            dbl(i)
+    assert flow.run().is_successful()
+    with open_store() as store:
+        return next(r.id for r in store.list_flow_runs(10) if r.flow_name == name)
+
+
+def test_a_chain_of_a_thousand_tasks_is_drawn_task_by_task(ui: str) -> None:
+    """Past the full schematic's size, every task is a small square in its layer (the
+    layers wrapped into bands), every edge drawn, each square linking to its task."""
+    run_id = _chain("chain-1000", 1000)
+    status, data_text = _get(f"{ui}api/runs/{run_id}")
+    assert status == 200
+    s = json.loads(data_text)["schematic"]
+    assert s["mode"] == "compact" and len(s["nodes"]) == 1000
+    assert s["path"].count("M") == 999 and s["edges_cut"] == 0
+    # One layer per task: the chain runs left to right and wraps into bands below.
+    ys = sorted({n["y"] for n in s["nodes"]})
+    assert len(ys) == -(-1000 // 60)
+    by_task = {n["task"]: n for n in s["nodes"]}
+    assert by_task[1]["x"] > by_task[0]["x"] and by_task[60]["y"] > by_task[59]["y"]
+    _status, page = _get(f"{ui}runs/{run_id}")
+    svg = page.split('id="schematic-svg"', 1)[1].split("</svg>", 1)[0]
+    assert svg.count("<a href=") == 1000 and svg.count("<title>inc: ✓ Success</title>") == 1000
+    assert '<a href="?task=500#task-runs" class="node st-ok" data-task="500"><use href="#sq"' in svg
+    status, task_page = _get(f"{ui}runs/{run_id}?task=500")
+    assert status == 200 and '<h2 id="task-runs">Runs of inc</h2>' in task_page
+
+
+def test_a_bigger_flow_is_condensed_to_groups_linking_to_their_tasks(ui: str) -> None:
+    """Past the compact size, one node per name in a band of layers, with how many
+    tasks and their states; a group links to the task table filtered by its name."""
+    from ferroflow.server.ui import svg as svg_module
+
+    n_inc, n_dbl = 2000, svg_module.COMPACT_NODES - 2000 + 100
+    run_id = _chain("chain-big", n_inc, extra=n_dbl)
+    s = json.loads(_get(f"{ui}api/runs/{run_id}")[1])["schematic"]
+    assert s["mode"] == "condensed" and s["groups_cut"] == 0
+    assert sum(n["count"] for n in s["nodes"]) == n_inc + n_dbl
+    names = {n["full_name"] for n in s["nodes"]}
+    assert names == {"inc", "dbl"}
+    # The independent dbl are all in the first band; the chain spreads over the bands.
+    dbl = [n for n in s["nodes"] if n["full_name"] == "dbl"]
+    assert len(dbl) == 1 and dbl[0]["count"] == n_dbl and dbl[0]["label"] == f"✓ {n_dbl}"
+    inc = [n for n in s["nodes"] if n["full_name"] == "inc"]
+    assert len(inc) == 64 and len({n["x"] for n in inc}) == 64
+    assert len(s["edges"]) == 63  # the chain, band to band
+    _status, page = _get(f"{ui}runs/{run_id}")
+    assert f"{n_inc + n_dbl} tasks, too many to draw one by one" in page
+    link = f'<a href="/runs/{run_id}?name=dbl#tasks" class="node group st-ok"'
+    assert link in page
+    _status, table = _get(f"{ui}runs/{run_id}?name=dbl")
+    assert f"{n_dbl} of {n_inc + n_dbl} tasks" in table
+
+
+def test_clicking_a_square_of_a_compact_schematic_opens_its_task(ui: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    run_id = _chain("chain-click", 600)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{ui}runs/{run_id}")
+            square = page.locator('#schematic-svg a.node[data-task="321"]')
+            expect(square).to_have_count(1)
+            square.click()
+            expect(page).to_have_url(f"{ui}runs/{run_id}?task=321#task-runs")
+            expect(page.locator("#task-run-table")).to_contain_text("inc")
+        finally:
+            browser.close()
+
+
+def _tasks(n: int, name: str, first: int = 0) -> list[dict[str, Any]]:
+    """``n`` successful tasks named ``name`` as the run page has them, ids from ``first``."""
+    return [
+        {"task": first + i, "name": name, "cls": "ok", "state": "Success", "glyph": "✓"}
+        | {"mapped": False, "by_state": [], "children": {}, "own": "Success"}
+        for i in range(n)
+    ]
+
+
+def test_long_task_names_or_unknown_edges_condense_the_schematic_early() -> None:
+    """A compact schematic is bounded in bytes, not only in tasks: tasks with long names
+    are condensed sooner; without edges (not recorded) the groups are by name alone."""
+    from ferroflow.server.ui import svg
+
+    chain = [(i, i + 1, False) for i in range(1999)]
+    assert svg.schematic(_tasks(2000, "inc"), chain)["mode"] == "compact"
+    long = svg.schematic(_tasks(2000, "a_task_with_a_rather_long_name_" * 2), chain)
+    assert long["mode"] == "condensed" and len(long["nodes"]) == 64
+    assert svg.schematic(_tasks(svg.COMPACT_NODES + 1, "inc"), None)["mode"] == "condensed"
+    unknown = svg.schematic(_tasks(1500, "inc") + _tasks(1500, "dbl", 1500), None)
+    assert [(n["full_name"], n["count"]) for n in unknown["nodes"]] == [
+        ("dbl", 1500),
+        ("inc", 1500),
+    ]
+    assert unknown["edges"] == [] and not unknown["edges_known"]

@@ -1053,8 +1053,7 @@ def list_logs(
 def _count_upto(db: Database, where: list[str], args: list[Any], most: int) -> int:
     """How many log lines match ``where``, counting no further than ``most``."""
     row = db.fetchone(
-        f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM logs WHERE {' AND '.join(where)} "
-        "LIMIT ?) AS t",
+        f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM logs WHERE {' AND '.join(where)} LIMIT ?) AS t",
         (*args, most),
     )
     return int(row["n"]) if row else 0
