@@ -364,6 +364,8 @@ def test_the_timeline_of_an_open_run_page_gains_bars_without_a_reload(
             expect(page.locator("h1 [data-run-state]")).to_have_text("✓ Success", timeout=WAIT)
             expect(labels).to_have_text(["first", "wait_for", "after"], timeout=WAIT)
             expect(page.locator("#timeline-svg rect.bar").nth(2)).to_have_class("bar st-ok")
+            # Redrawn with the hatching that failed bars are filled with.
+            expect(page.locator("#timeline-svg pattern#hatch")).to_have_count(1)
             # The bars still link to their task.
             href = page.locator("#timeline-svg a").nth(2).get_attribute("href") or ""
             assert f"/runs/{run_id}?task=" in href and href.endswith("#task-runs")

@@ -1019,9 +1019,9 @@ def list_logs(
         where.append("time >= ?")
         args.append(float(since))
     if min_level > 0:
-        # A literal (an int) lets the planner use the partial index; ``+level`` keeps
-        # it off the index, for the forms that read another one.
-        # SQLite uses a partial index only when the query repeats its condition.
+        # A literal level (an int) lets the planner use the partial index, which SQLite
+        # does only when the query repeats the index's condition; ``+level`` keeps the
+        # level off every index, for the forms that read another one.
         level = f"level >= {LEVEL_INDEX_FROM} AND level >= {min_level}"
         narrow = (
             task_run_id is None
@@ -1033,7 +1033,6 @@ def list_logs(
             # Without statistics SQLite may prefer walking the time index to a sort of
             # the few lines found: it is told (PostgreSQL plans from its statistics).
             source = "logs INDEXED BY logs_by_level"
-
     if search:
         # SQLite's LIKE ignores ASCII case as its LOWER() does (neither folds other
         # letters), without making a lowered copy of each message.

@@ -124,6 +124,16 @@
       id: "timeline-svg", viewBox: "0 0 " + t.width + " " + t.height, width: t.width,
       height: t.height, role: "img", "aria-label": "when each task ran"
     });
+    // The hatching of failed bars (as the page draws it).
+    var defs = svgEl("defs", {});
+    var hatch = svgEl("pattern", {
+      id: "hatch", width: 6, height: 6, patternUnits: "userSpaceOnUse",
+      patternTransform: "rotate(45)"
+    });
+    hatch.appendChild(svgEl("rect", { width: 6, height: 6, fill: "#c23b00" }));
+    hatch.appendChild(svgEl("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#fff", "stroke-width": 2 }));
+    defs.appendChild(hatch);
+    svg.appendChild(defs);
     t.ticks.forEach(function (k, i) {
       var lastTick = i === t.ticks.length - 1;
       svg.appendChild(svgEl("line", { "class": "grid-line", x1: k.x, y1: 12, x2: k.x, y2: t.height }));
