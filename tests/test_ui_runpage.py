@@ -440,7 +440,10 @@ def test_a_bigger_flow_is_condensed_to_groups_linking_to_their_tasks(ui: str) ->
     dbl = [n for n in s["nodes"] if n["full_name"] == "dbl"]
     assert len(dbl) == 1 and dbl[0]["count"] == n_dbl and dbl[0]["label"] == f"✓ {n_dbl}"
     inc = [n for n in s["nodes"] if n["full_name"] == "inc"]
-    assert len(inc) == 64 and len({n["x"] for n in inc}) == 64
+    assert len(inc) == 64 and len({(n["x"], n["y"]) for n in inc}) == 64
+    # Six bands across, then the next six below (a band's groups one above the other).
+    # (band 0 holds dbl above inc; every later band holds inc alone)
+    assert len({n["x"] for n in inc}) == 6 and len({n["y"] for n in inc[1:]}) == -(-64 // 6)
     assert len(s["edges"]) == 63  # the chain, band to band
     _status, page = _get(f"{ui}runs/{run_id}")
     assert f"{n_inc + n_dbl} tasks, too many to draw one by one" in page

@@ -50,6 +50,8 @@ _SQ, _SQ_PITCH_X, _SQ_PITCH_Y, _BAND_COLS, _BAND_ROWS, _BAND_GAP = 12, 20, 18, 6
 _BANDS = (64, 32, 16, 8, 4, 2, 1)
 # The most groups in one column of a condensed schematic.
 _GROUP_ROWS = 20
+# The most columns across a condensed schematic before they wrap.
+_GROUP_COLS = 6
 # Which state class a group shows when its tasks are in several: the first present.
 _CLS_ORDER = ("fail", "run", "retry", "pause", "cancel", "wait", "skip", "ok")
 
@@ -278,6 +280,9 @@ def _condensed(
     for band in sorted(in_band):
         first_col[band] = col
         col += -(-in_band[band] // _GROUP_ROWS)
+    # Columns wrap after _GROUP_COLS, into blocks one below the other.
+    tallest = min(max(in_band.values(), default=1), _GROUP_ROWS)
+    block = tallest * (_NODE_H + _GAP_Y) + 2 * _BAND_GAP
     rows: dict[int, int] = {}
     nodes: list[dict[str, Any]] = []
     for k in sorted(kept):
@@ -295,8 +300,8 @@ def _condensed(
                 "name": f"{name} \u00d7{g['count']}",
                 "full_name": g["name"],
                 "count": g["count"],
-                "x": _PAD + column * (_NODE_W + _GAP_X),
-                "y": _PAD + row * (_NODE_H + _GAP_Y),
+                "x": _PAD + (column % _GROUP_COLS) * (_NODE_W + _GAP_X),
+                "y": _PAD + (column // _GROUP_COLS) * block + row * (_NODE_H + _GAP_Y),
                 "w": _NODE_W,
                 "h": _NODE_H,
                 "cls": present[0] if present else "wait",
@@ -321,15 +326,15 @@ def _condensed(
                 "mapped": m,
             }
         )
-    tallest = min(max(rows.values(), default=1), _GROUP_ROWS)
+    blocks = -(-max(col, 1) // _GROUP_COLS)
     return {
         "nodes": nodes,
         "edges": lines,
         "groups": len(groups),
         "groups_cut": len(groups) - len(kept),
         "tasks_cut": sum(groups[k]["count"] for k in groups if k not in kept),
-        "width": _PAD * 2 + max(col, 1) * (_NODE_W + _GAP_X) - _GAP_X,
-        "height": _PAD * 2 + tallest * (_NODE_H + _GAP_Y) - _GAP_Y,
+        "width": _PAD * 2 + min(max(col, 1), _GROUP_COLS) * (_NODE_W + _GAP_X) - _GAP_X,
+        "height": _PAD * 2 + (blocks - 1) * block + tallest * (_NODE_H + _GAP_Y) - _GAP_Y,
     }
 
 
