@@ -17,7 +17,8 @@ by ``ferroflow.ui.RunStoreUI`` (uvicorn on 127.0.0.1, the same app as the server
 
 Measure a release build (``make build-release``)::
 
-    .venv/bin/python benches/ui_bench.py [--children N] [--runs N]
+    .venv/bin/python benches/ui_bench.py [--children N] [--runs N] [--log-children N]
+        [--chains 1000,2500,10000] [--no-live]
 """
 
 from __future__ import annotations
@@ -173,15 +174,61 @@ def log_figures(url: str, children: int) -> list[tuple[str, float]]:
     runs = json.loads(get(f"{url}api/runs?limit=1"))["runs"]
     page = f"{url}runs/{runs[0]['id']}"
     get(page)  # fold the journal once
+    # The last line's time, through the UI (this process reads the store with the
+    # UI's sqlite3 only: a second SQLite library on the same file would break its locks).
+    twin = json.loads(get(f"{url}api/runs/{runs[0]['id']}?log_offset={children - 1}"))
+    tail = f"/live?log_since={twin['logs'][-1]['at']!r}&log_offset=1"
     return [
         (what, best_ms(lambda q=q: get(page + q)))
         for what, q in [
             ("run page", ""),
             ("level ERROR", "?level=ERROR"),
+            ("level WARNING", "?level=WARNING"),
+            ("level INFO", "?level=INFO"),
             ("search one line", f"?q=child%20{children - 1}"),
             ("logs half-way", f"?log_offset={children // 2}"),
+            ("logs, last page", f"?log_offset={children - 100}"),
+            ("live JSON following the end", tail),
+            ("a task run's page", f"/task-runs/{children // 2}"),
         ]
     ]
+
+
+CHAIN_FLOW = """
+import sys
+from ferroflow import Flow, task
+
+@task
+def inc(x: int) -> int:
+    return x + 1
+
+n = int(sys.argv[1])
+with Flow(f"ui-bench-chain-{n}") as flow:
+    x = inc(0)
+    for _ in range(n - 1):
+        x = inc(x)
+assert flow.run().is_successful()
+"""
+
+
+def chain_figures(url: str, sizes: list[int]) -> list[tuple[int, str, float, int]]:
+    """The run page of a chain of ``n`` ``inc`` for each size (run in a process of its
+    own, as runs are): its schematic's form, the page's server time (best of 5) and
+    its HTML size."""
+    import subprocess
+    import sys
+
+    out = []
+    for n in sizes:
+        subprocess.run([sys.executable, "-c", CHAIN_FLOW, str(n)], check=True)
+        runs = json.loads(get(f"{url}api/runs?limit=1"))["runs"]
+        run_id = runs[0]["id"]
+        assert runs[0]["flow_name"] == f"ui-bench-chain-{n}", runs[0]
+        page = f"{url}runs/{run_id}"
+        mode = json.loads(get(f"{url}api/runs/{run_id}"))["schematic"]["mode"]
+        get(page)  # fold the journal once
+        out.append((n, mode, best_ms(lambda page=page: get(page)), len(get(page))))
+    return out
 
 
 def main() -> None:
@@ -193,6 +240,14 @@ def main() -> None:
         type=int,
         default=0,
         help="also time the run page of a map whose N children each log a line",
+    )
+    parser.add_argument(
+        "--chains",
+        default="",
+        help="also time the run page of a chain of N inc, for each N (comma-separated)",
+    )
+    parser.add_argument(
+        "--no-live", action="store_true", help="skip the Chromium live-update figure"
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ferroflow-ui-bench-") as tmp:
@@ -216,10 +271,13 @@ def main() -> None:
             assert total == args.children + 2, total  # numbers, check's own run, children
             children = best_ms(lambda: get(f"{page}?task=1&offset={args.children // 2}"))
             live = best_ms(lambda: get(f"{page}/live"))
+            live_size = len(get(f"{page}/live"))
             dash = best_ms(lambda: get(url))
             dash_size = len(get(url))
             logged = log_figures(url, args.log_children) if args.log_children else []
-            chromium = os.path.exists("/usr/bin/chromium")
+            sizes = [int(n) for n in args.chains.split(",") if n.strip()]
+            chains = chain_figures(url, sizes) if sizes else []
+            chromium = os.path.exists("/usr/bin/chromium") and not args.no_live
             delays = live_delays(url, Path(tmp)) if chromium else []
 
         def verdict(ok: bool) -> str:
@@ -235,7 +293,7 @@ def main() -> None:
             f"(target < 500: {verdict(size < 500 * 1024)})"
         )
         print(f"  a task's children, offset {args.children // 2:,} {children:8.1f} ms")
-        print(f"  live JSON (polled each second) {live:8.1f} ms")
+        print(f"  live JSON (polled each second) {live:8.1f} ms {live_size / 1024:8.1f} KB")
         print(f"Dashboard of a {args.runs + 1:,}-run store (best of 5):")
         print(
             f"  dashboard                      {dash:8.1f} ms (target < 200: {verdict(dash < 200)})"
@@ -245,6 +303,14 @@ def main() -> None:
             print(f"Run page of a {args.log_children:,}-child map, one log line each (best of 5):")
             for what, ms in logged:
                 print(f"  {what:<30} {ms:8.1f} ms")
+        if chains:
+            print("Run page of a chain of N tasks (its schematic's form; best of 5):")
+            for n, mode, ms, size in chains:
+                print(
+                    f"  {n:>6,} tasks ({mode:<9})        {ms:8.1f} ms {size / 1024:8.1f} KB "
+                    f"(targets < 300 ms: {verdict(ms < 300)}, < 500 KB: "
+                    f"{verdict(size < 500 * 1024)})"
+                )
         if delays:
             worst = max(delays)
             print("A state change on an open run page (Chromium, 5 times):")

@@ -196,7 +196,7 @@ def test_a_version_2_store_is_migrated_keeping_every_run(tmp_path: Path) -> None
     con.close()
 
     db = SqliteDatabase(old)
-    assert db.schema_version() == SCHEMA_VERSION == 7
+    assert db.schema_version() == SCHEMA_VERSION == 8
     got = gql(
         db,
         "{ flow_runs(order_by: STARTED_ASC) { id state version labels "

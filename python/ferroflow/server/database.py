@@ -271,6 +271,12 @@ CREATE TABLE secrets(
 );
 """
 
+_V8_LOG_INDEX = """
+CREATE INDEX logs_by_time ON logs(flow_run_id, time);
+CREATE INDEX logs_by_task_run ON logs(flow_run_id, task_run_id, time);
+CREATE INDEX logs_by_level ON logs(flow_run_id, level, time) WHERE level >= 30;
+"""
+
 #: ``(version, DDL)``: running every step whose version is above the database's brings
 #: a PostgreSQL database to :data:`SCHEMA_VERSION` (the Rust store's steps, in
 #: PostgreSQL types).
@@ -282,6 +288,7 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, str], ...] = (
     (5, _V5_AUTH),
     (6, _V6_OPS),
     (7, _V7_SECRETS),
+    (8, _V8_LOG_INDEX),
 )
 
 if POSTGRES_MIGRATIONS[-1][0] != SCHEMA_VERSION:  # pragma: no cover - a build mismatch

@@ -1014,6 +1014,14 @@ def write_run_logs(db: Database, logs: Sequence[dict[str, Any]]) -> int:
     return len(logs)
 
 
+#: Lines at or above this level are in the partial index ``logs_by_level`` (schema 8).
+LEVEL_INDEX_FROM = 30
+
+#: A level filter that leaves fewer lines than this reads them by level (then sorts
+#: them); a wider one walks the run's lines in time order and stops after a page.
+NARROW_LEVEL = 20_000
+
+
 def list_logs(
     db: Database,
     flow_run_id: str,
@@ -1023,26 +1031,66 @@ def list_logs(
     search: str | None = None,
     limit: int = 100,
     offset: int = 0,
+    since: float | None = None,
 ) -> list[dict[str, Any]]:
     """The log lines of a flow run (or one of its task runs), oldest first; with
-    ``search``, only those whose message contains it (case-insensitive)."""
+    ``search``, only those whose message contains it (case-insensitive); with
+    ``since``, only those at or after that time (``offset`` then counts from there: a
+    page that follows the logs asks for the lines after the last one it shows).
+
+    Each form reads an index of schema version 8 rather than sorting the run's lines:
+    a task run's lines by ``logs_by_task_run``, a narrow level filter (warnings and
+    worse, fewer than :data:`NARROW_LEVEL` lines) by ``logs_by_level``, anything else by
+    ``logs_by_time``, walked in order until a page is found."""
     limit, offset = _page(limit, offset)
     run = get_flow_run(db, flow_run_id)
-    where, args = ["flow_run_id = ?", "level >= ?"], [run["id"], min_level]
+    min_level = int(min_level)
+    source = "logs"
+    where, args = ["flow_run_id = ?"], [run["id"]]
     if task_run_id is not None:
         where.append("task_run_id = ?")
         args.append(task_run_id)
+    if since is not None:
+        where.append("time >= ?")
+        args.append(float(since))
+    if min_level > 0:
+        # A literal level (an int) lets the planner use the partial index, which SQLite
+        # does only when the query repeats the index's condition; ``+level`` keeps the
+        # level off every index, for the forms that read another one.
+        level = f"level >= {LEVEL_INDEX_FROM} AND level >= {min_level}"
+        narrow = (
+            task_run_id is None
+            and min_level >= LEVEL_INDEX_FROM
+            and _count_upto(db, [*where, level], args, NARROW_LEVEL) < NARROW_LEVEL
+        )
+        where.append(level if narrow else f"+level >= {min_level}")
+        if narrow and db.dialect == "sqlite":
+            # Without statistics SQLite may prefer walking the time index to a sort of
+            # the few lines found: it is told (PostgreSQL plans from its statistics).
+            source = "logs INDEXED BY logs_by_level"
     if search:
-        where.append("LOWER(message) LIKE ? ESCAPE '\\'")
+        # SQLite's LIKE ignores ASCII case as its LOWER() does (neither folds other
+        # letters), without making a lowered copy of each message.
+        column = "message" if db.dialect == "sqlite" else "LOWER(message)"
+        where.append(f"{column} LIKE ? ESCAPE '\\'")
         args.append("%" + _like_escape(search.lower()) + "%")
     # SQLite keeps the order written in rowid; PostgreSQL rows have no such order, so
     # lines of one instant come back in storage order there.
     tie = "rowid" if db.dialect == "sqlite" else "ctid"
     return db.fetchall(
-        "SELECT flow_run_id, task_run_id, level, time AS at, message FROM logs "
+        f"SELECT flow_run_id, task_run_id, level, time AS at, message FROM {source} "
         f"WHERE {' AND '.join(where)} ORDER BY time, {tie} LIMIT ? OFFSET ?",
         (*args, limit, offset),
     )
+
+
+def _count_upto(db: Database, where: list[str], args: list[Any], most: int) -> int:
+    """How many log lines match ``where``, counting no further than ``most``."""
+    row = db.fetchone(
+        f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM logs WHERE {' AND '.join(where)} LIMIT ?) AS t",
+        (*args, most),
+    )
+    return int(row["n"]) if row else 0
 
 
 # ------------------------------------------------------------------------------ agents

@@ -1116,6 +1116,7 @@ fn upgrade_keeps_everything(version: i64) {
         )
         .expect("auth tables exist");
     assert_eq!(auth, 0);
+    assert_eq!(log_indexes(&conn), V8_LOG_INDEXES);
     drop(conn);
     // A new run records into the upgraded store as into a fresh one.
     let rec = Recorder::start(&path).expect("start");
@@ -1125,6 +1126,67 @@ fn upgrade_keeps_everything(version: i64) {
     rec.close().expect("close");
     let store = Store::open(&path).expect("open");
     assert_eq!(store.logs("new").expect("logs")[0].message, "hello");
+}
+
+/// The indexes that version 8 added on `logs` (by time, by task run, by level).
+const V8_LOG_INDEXES: [&str; 3] = ["logs_by_level", "logs_by_task_run", "logs_by_time"];
+
+/// The names of the indexes on `logs` that schema version 8 added, sorted.
+fn log_indexes(conn: &rusqlite::Connection) -> Vec<String> {
+    conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'logs' \
+         AND name != 'logs_by_flow_run' AND sql IS NOT NULL ORDER BY name",
+    )
+    .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+    .expect("indexes")
+}
+
+#[test]
+fn a_version_7_store_gets_the_log_indexes() {
+    let dir = TempDir::new("upgrade-v7");
+    let path = dir.db();
+    let rec = Recorder::start(&path).expect("start");
+    let fr = id("fr");
+    rec.send(started(&fr, "f"));
+    rec.send(log(&fr, Some(3), 40, 2.0, "boom"));
+    rec.send(log(&fr, None, 20, 1.0, "first"));
+    rec.close().expect("close");
+    // As version 7 left it: no log index but the one by flow run.
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch(
+        "DROP INDEX logs_by_time; DROP INDEX logs_by_task_run; DROP INDEX logs_by_level; \
+         PRAGMA user_version = 7;",
+    )
+    .expect("as version 7");
+    assert!(log_indexes(&conn).is_empty());
+    drop(conn);
+    let store = Store::open(&path).expect("open upgrades");
+    let messages: Vec<String> = store
+        .logs("fr")
+        .expect("logs")
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    assert_eq!(messages, ["boom", "first"]);
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    assert_eq!(log_indexes(&conn), V8_LOG_INDEXES);
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, 8);
+    // A page of a run's lines in time order walks the index, with no sort.
+    let plan: Vec<String> = conn
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT message FROM logs WHERE flow_run_id = ?1 \
+             ORDER BY time, rowid LIMIT 200",
+        )
+        .and_then(|mut s| s.query_map(["fr"], |r| r.get(3))?.collect())
+        .expect("plan");
+    assert_eq!(
+        plan,
+        ["SEARCH logs USING INDEX logs_by_time (flow_run_id=?)"]
+    );
 }
 
 #[test]

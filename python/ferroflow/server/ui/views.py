@@ -383,6 +383,7 @@ def run_page(db: Database, run_id: str, query: Mapping[str, str]) -> dict[str, A
     )
     edges = data.flow_run_edges(db, row)
     spans = data.task_run_spans(db, row["key"])
+    shown_logs = _logs(logs)
     return {
         "flow_run": run,
         "task_run_count": sum(by_state.values()),
@@ -407,9 +408,10 @@ def run_page(db: Database, run_id: str, query: Mapping[str, str]) -> dict[str, A
         "failure_count": n_failed,
         "paused": [_task_run(p) for p in paused_rows],
         "paused_count": n_paused,
-        "logs": _logs(logs),
+        "logs": shown_logs,
         "log_offset": log_offset,
         "log_next": log_offset + 200 if len(logs) == 200 else None,
+        "log_follow": _follow_from(shown_logs, log_offset),
         "schematic": svg.schematic(tasks, edges),
         "timeline": svg.timeline(spans, tasks, row.get("started"), row.get("ended") or now),
         "states": sorted(STATE_STYLE, key=_rank),
@@ -417,17 +419,55 @@ def run_page(db: Database, run_id: str, query: Mapping[str, str]) -> dict[str, A
     }
 
 
+def _follow_from(logs: list[dict[str, Any]], offset: int) -> dict[str, Any]:
+    """Where a page that shows ``logs`` (from ``offset`` on) follows the logs from:
+    ``since`` the time of its last line and ``skip`` how many of its lines are at that
+    time (the live JSON reads by index from there), else the plain ``offset``."""
+    follow: dict[str, Any] = {"offset": offset + len(logs), "since": None, "skip": 0}
+    if logs:
+        last = logs[-1]["at"]
+        skip = 0
+        for line in reversed(logs):
+            if line["at"] != last:
+                break
+            skip += 1
+        # Lines of that instant on an earlier page are not known here: offsets then.
+        if skip < len(logs) or offset == 0:
+            follow.update(since=last, skip=skip)
+    return follow
+
+
+def _float(query: Mapping[str, str], name: str) -> float | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(f"{name} must be a number, not {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ApiError(f"{name} must be a finite number, not {raw!r}")
+    return value
+
+
 def live(db: Database, run_id: str, query: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The small JSON a live run page polls: the run's state and each task's state and
-    counts; with ``log_offset`` (and the page's ``level`` and ``q``), the log lines from
-    there on (at most 200: the page follows the logs)."""
+    """The small JSON a live run page polls: the run's state, each task's state and
+    counts, and the timeline (one bar per task, mapped children as one bar: its size
+    does not grow with the children); with ``log_offset`` or ``log_since`` (and the
+    page's ``level`` and ``q``), the log lines from there on (at most 200: the page
+    follows the logs). ``log_since`` is a time: the lines at or after it, the first
+    ``log_offset`` of them skipped (read by index, however long the logs)."""
     query = query or {}
+    now = time.time()
     row = models.get_flow_run(db, run_id)
-    run = _flow_run(row, time.time())
+    run = _flow_run(row, now)
     tasks = _tasks(models.task_run_counts(db, row["key"]))
     logs: list[dict[str, Any]] = []
-    if query.get("log_offset"):
+    since = _float(query, "log_since")
+    if query.get("log_offset") or since is not None:
         level_name = (query.get("level") or "").upper()
+        if level_name and level_name not in LOG_LEVELS:
+            raise ApiError(f"unknown log level {level_name!r}: one of {', '.join(LOG_LEVELS)}")
         logs = _logs(
             models.list_logs(
                 db,
@@ -436,8 +476,10 @@ def live(db: Database, run_id: str, query: Mapping[str, str] | None = None) -> d
                 search=query.get("q") or None,
                 limit=200,
                 offset=_int(query, "log_offset", 0),
+                since=since,
             )
         )
+    spans = data.task_run_spans(db, row["key"])
     return {
         "logs": logs,
         "id": run["id"],
@@ -457,6 +499,7 @@ def live(db: Database, run_id: str, query: Mapping[str, str] | None = None) -> d
             }
             for t in tasks[:LIVE_TASKS]
         },
+        "timeline": svg.timeline(spans, tasks, row.get("started"), row.get("ended") or now),
     }
 
 

@@ -38,7 +38,9 @@
 //!   `flow_limits`, `task_tag_limits`, `task_slots`, `notify_rules`,
 //!   `notifications`, and `flow_runs.backfill_id`;
 //! - `secrets` (schema version 7, `v7_secrets.sql`): name, Fernet ciphertext,
-//!   created, updated; the key is never in the store.
+//!   created, updated; the key is never in the store;
+//! - version 8 (`v8_log_index.sql`): indexes on `logs` by time, by task run and (warnings
+//!   and worse) by level, so a page of a big run's logs is read without a sort.
 //!
 //! A new store is created with `auto_vacuum = INCREMENTAL`, so that pruning old
 //! runs can give the space back in small steps (see
@@ -120,7 +122,7 @@ pub use writer::{
 };
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The store's file name inside `FERROFLOW_HOME`.
 pub const STORE_FILE_NAME: &str = "ferroflow.db";
@@ -672,6 +674,10 @@ const SCHEMA_V6: &str = include_str!("v6_ops.sql");
 /// never in the store).
 const SCHEMA_V7: &str = include_str!("v7_secrets.sql");
 
+/// Version 8: the indexes that read a page of a big run's logs without a sort
+/// (`v8_log_index.sql`).
+const SCHEMA_V8: &str = include_str!("v8_log_index.sql");
+
 /// The steps that bring a store up to [`SCHEMA_VERSION`]: a store at version `v`
 /// runs every step whose `from` is at least `v` (a fresh store first gets
 /// version 1's tables). Adding a version is one more line here.
@@ -685,6 +691,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, SCHEMA_V5),
     (5, SCHEMA_V6),
     (6, SCHEMA_V7),
+    (7, SCHEMA_V8),
 ];
 
 #[cfg(test)]

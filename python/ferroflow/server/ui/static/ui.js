@@ -83,21 +83,92 @@
       body.appendChild(tr);
     });
     logs.setAttribute("data-follow", String(Number(logs.getAttribute("data-follow")) + lines.length));
+    // Follow from the time of the last line shown (the server reads by index from
+    // there), skipping the lines of that instant already shown.
+    var last = lines[lines.length - 1].at, same = 0;
+    for (var i = lines.length - 1; i >= 0 && lines[i].at === last; i--) same++;
+    if (logs.hasAttribute("data-since") && Number(logs.getAttribute("data-since")) === last) {
+      same += Number(logs.getAttribute("data-skip") || "0");
+    }
+    if (same < lines.length || logs.hasAttribute("data-since") ||
+        logs.getAttribute("data-follow") === String(lines.length)) {
+      logs.setAttribute("data-since", String(last));
+      logs.setAttribute("data-skip", String(same));
+    }
   }
   function pollUrl() {
     if (!logs) return url;
+    var since = logs.getAttribute("data-since");
     var q = new URLSearchParams({
-      log_offset: logs.getAttribute("data-follow") || "0",
+      log_offset: since === null ? logs.getAttribute("data-follow") || "0"
+        : logs.getAttribute("data-skip") || "0",
       level: logs.getAttribute("data-level") || "",
       q: logs.getAttribute("data-q") || ""
     });
+    if (since !== null) q.set("log_since", since);
     return url + "?" + q.toString();
+  }
+  var SVG = "http://www.w3.org/2000/svg";
+  function svgEl(name, attrs, text) {
+    var el = document.createElementNS(SVG, name);
+    Object.keys(attrs).forEach(function (k) { el.setAttribute(k, attrs[k]); });
+    if (text !== undefined) el.textContent = text;
+    return el;
+  }
+  var timelineBox = document.getElementById("timeline-box");
+  function timeline(t) {
+    // Redraw the timeline from the live JSON: new bars, running bars grown to now.
+    if (!timelineBox || !t || !t.bars || !t.bars.length) return;
+    var href = timelineBox.getAttribute("data-task-href") || "";
+    var svg = svgEl("svg", {
+      id: "timeline-svg", viewBox: "0 0 " + t.width + " " + t.height, width: t.width,
+      height: t.height, role: "img", "aria-label": "when each task ran"
+    });
+    // The hatching of failed bars (as the page draws it).
+    var defs = svgEl("defs", {});
+    var hatch = svgEl("pattern", {
+      id: "hatch", width: 6, height: 6, patternUnits: "userSpaceOnUse",
+      patternTransform: "rotate(45)"
+    });
+    hatch.appendChild(svgEl("rect", { width: 6, height: 6, fill: "#c23b00" }));
+    hatch.appendChild(svgEl("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#fff", "stroke-width": 2 }));
+    defs.appendChild(hatch);
+    svg.appendChild(defs);
+    t.ticks.forEach(function (k, i) {
+      var lastTick = i === t.ticks.length - 1;
+      svg.appendChild(svgEl("line", { "class": "grid-line", x1: k.x, y1: 12, x2: k.x, y2: t.height }));
+      var attrs = { "class": "tick", x: lastTick ? k.x - 2 : k.x + 2, y: 10 };
+      if (lastTick) attrs["text-anchor"] = "end";
+      svg.appendChild(svgEl("text", attrs, k.label));
+    });
+    t.bars.forEach(function (b) {
+      var a = svgEl("a", { href: href.replace("task=TASK", "task=" + b.task) });
+      a.appendChild(svgEl("text", { "class": "lbl", x: 2, y: b.y + 11 }, b.label));
+      var rect = svgEl("rect", {
+        "class": "bar st-" + b.cls, x: b.x, y: b.y, width: b.w, height: 13, rx: 2,
+        "data-task": b.task
+      });
+      rect.appendChild(svgEl("title", {}, b.title));
+      a.appendChild(rect);
+      svg.appendChild(a);
+    });
+    var wrap = document.createElement("div");
+    wrap.className = "scroll";
+    wrap.appendChild(svg);
+    timelineBox.replaceChildren(wrap);
+    if (t.cut) {
+      var p = document.createElement("p");
+      p.className = "muted";
+      p.textContent = t.cut + " more rows not drawn.";
+      timelineBox.appendChild(p);
+    }
   }
   function tick() {
     fetch(pollUrl(), { headers: { Accept: "application/json" }, cache: "no-store" })
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (d) {
         if (d) follow(d.logs);
+        if (d) timeline(d.timeline);
         if (d && apply(d)) return;
         setTimeout(tick, 1000);
       })
