@@ -162,6 +162,9 @@ def test_a_receiver_that_hangs_fails_or_is_gone_leaves_the_run_alone(
     }[mode]
     messages = [r.getMessage() for r in caplog.records]
     assert any(expected in m for m in messages), messages
+    if mode == "hang":  # whichever timeout notices first: "did not answer", once per call
+        assert sum(expected in m for m in messages) == 1, messages
+        assert not any("failed" in m for m in messages), messages
 
 
 def test_bad_notifier_arguments() -> None:

@@ -122,6 +122,12 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {reason if reason is not None else exc}"
 
 
+def _is_timeout(exc: BaseException) -> bool:
+    """Whether a failure of :func:`post_json` is the receiver not answering in time."""
+    reason = getattr(exc, "reason", None)
+    return isinstance(exc, TimeoutError) or isinstance(reason, TimeoutError)
+
+
 def _state_classes(states: Iterable[Any] | None, what: str) -> tuple[type, ...] | None:
     from ferroflow.states import State
 
@@ -188,25 +194,42 @@ def webhook_notifier(
         }
         body = slack_message(kind, name, type(new_state).__name__, new_state.message, fields)
         problem: list[str] = []
+        # One warning per call: a receiver that does not answer in time is "did not
+        # answer" whether the join or urlopen's own timeout notices it first.
+        said = threading.Lock()
+        told: list[bool] = []
 
-        def send() -> None:
-            try:
-                post_json(url, body, timeout)
-            except Exception as exc:  # any failure of the receiver: logged, never raised
-                problem.append(describe_error(exc))
-                log.warning("webhook %s for %s %r failed: %s", url, kind.lower(), name, problem[0])
+        def warn(message: str, *args: Any) -> None:
+            with said:
+                if told:
+                    return
+                told.append(True)
+            log.warning(message, *args)
 
-        sender = threading.Thread(target=send, name="ferroflow-webhook", daemon=True)
-        sender.start()
-        sender.join(timeout)
-        if sender.is_alive():
-            log.warning(
+        def slow() -> None:
+            warn(
                 "webhook %s for %s %r did not answer within %s s: the run goes on",
                 url,
                 kind.lower(),
                 name,
                 timeout,
             )
+
+        def send() -> None:
+            try:
+                post_json(url, body, timeout)
+            except Exception as exc:  # any failure of the receiver: logged, never raised
+                if _is_timeout(exc):
+                    slow()
+                    return
+                problem.append(describe_error(exc))
+                warn("webhook %s for %s %r failed: %s", url, kind.lower(), name, problem[0])
+
+        sender = threading.Thread(target=send, name="ferroflow-webhook", daemon=True)
+        sender.start()
+        sender.join(timeout)
+        if sender.is_alive():
+            slow()
         return new_state
 
     handler.__name__ = "webhook_notifier"
