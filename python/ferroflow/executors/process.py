@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -135,9 +136,10 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
         except (EOFError, OSError):
             return
         if kind == "stop":
-            from ferroflow._checkpoint import PACKS
-
-            PACKS.close_run(info.flow_run_id)
+            # Packs are opened only by a checkpointed task, which imported the module.
+            checkpoints = sys.modules.get("ferroflow._checkpoint")
+            if checkpoints is not None:
+                checkpoints.PACKS.close_run(info.flow_run_id)
             return
         if kind == "tasks":
             for task_id, (func, task_obj) in payload.items():
@@ -229,6 +231,28 @@ def _without_main() -> Iterator[None]:
             spawn.get_preparation_data = real
 
 
+# What a worker imports before its first run. A forkserver started by ferroflow imports
+# them once, so each worker it forks starts with them loaded.
+_WORKER_MODULES = ("ferroflow.executors.process", "ferroflow.engine", "cloudpickle")
+
+
+def _preload_forkserver(ctx: Any) -> None:
+    """Have the forkserver import the workers' modules, if it has not started yet.
+
+    Modules the program asked to preload stay in the list; a forkserver that is
+    already running keeps what it has (workers then import the modules themselves).
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is not None:
+        return
+    current = list(getattr(server, "_preload_modules", None) or [])
+    wanted = current + [m for m in _WORKER_MODULES if m not in current]
+    if wanted != current:
+        ctx.set_forkserver_preload(wanted)
+
+
 class _Worker:
     def __init__(self, ctx: Any, info_blob: bytes) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
@@ -303,6 +327,8 @@ class ProcessExecutor:
         import cloudpickle
 
         ctx = multiprocessing.get_context(self.mp_context)
+        if self.mp_context == "forkserver":
+            _preload_forkserver(ctx)
         try:
             info_blob = cloudpickle.dumps(run.remote_info())
         except Exception as exc:
