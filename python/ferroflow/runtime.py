@@ -71,7 +71,30 @@ def _current() -> tuple[Any, tuple[Any, ...] | None]:
         if run is not None:
             return run, cur
     # In a worker process the executor sets both on this thread.
-    return getattr(_LOCAL, "run", None), getattr(_LOCAL, "cur", None)
+    cur = getattr(_LOCAL, "cur", None)
+    if type(cur) is _SegmentCursor:
+        cur = cur.current()
+    return getattr(_LOCAL, "run", None), cur
+
+
+class _SegmentCursor:
+    """In a worker process: the task run a segment of plain runs is at (``i``), read as
+    the task-run tuple only when the context is asked for (moving it costs one
+    attribute write per run)."""
+
+    __slots__ = ("i", "map_indexes", "run_counts", "runs", "task")
+
+    def __init__(self, task: int, runs: Any, map_indexes: Any, run_counts: Any) -> None:
+        self.task = task
+        self.runs = runs
+        self.map_indexes = map_indexes
+        self.run_counts = run_counts  # an int when the same for every run
+        self.i = 0
+
+    def current(self) -> tuple[Any, ...]:
+        i, counts = self.i, self.run_counts
+        count = counts if type(counts) is int else counts[i]
+        return (0, self.runs[i], self.task, self.map_indexes[i], count, 0, None)
 
 
 class RemoteRunInfo:

@@ -8,6 +8,13 @@ to a worker over a pipe with cloudpickle (a task's function travels once per wor
 not once per run), and reports results back to the core as they arrive. Workers
 execute their batch in order and send results back in small groups.
 
+Plain runs (no handlers, timeout, keyword arguments or loop around the call: a mapped
+``inc`` for one) travel packed: consecutive runs of one task as one segment, the task
+once and a list per field (run ids, map indexes, run counts, arguments); their results
+come back as one list per group, handed to the core in one native call. Other runs
+travel one tuple each. A forkserver that ferroflow starts preloads the workers'
+modules, so each worker starts with them imported.
+
 Faults: each worker publishes the id of the run it is executing in shared memory.
 When a worker dies (segfault, ``os._exit``, SIGKILL, out-of-memory kill) the driver
 sees its sentinel, charges the death to that one run (Failed "worker process died:
@@ -150,17 +157,21 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
         out: list[tuple[Any, ...]] = []
         monotonic = time.monotonic
         last = monotonic()
-        for (
-            run_id,
-            task_id,
-            map_index,
-            run_count,
-            loop_count,
-            hooked,
-            args,
-            kwargs,
-            loop_result,
-        ) in payload:
+        for entry in payload:
+            if len(entry) == 6:
+                last = _run_segment(entry, funcs, info, current, cloudpickle, send, out, last)
+                continue
+            (
+                run_id,
+                task_id,
+                map_index,
+                run_count,
+                loop_count,
+                hooked,
+                args,
+                kwargs,
+                loop_result,
+            ) = entry
             now = monotonic()
             if out and now - last > _FLUSH_S:
                 send(out, runtime._take_remote_logs())
@@ -197,6 +208,171 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
             else:
                 out.append(_encode(cloudpickle, run_id, hooked, ok, value))
         send(out, runtime._take_remote_logs())
+
+
+def _run_segment(
+    segment: tuple[Any, ...],
+    funcs: dict[int, Any],
+    info: Any,
+    current: Any,
+    cloudpickle: Any,
+    send: Any,
+    out: list[tuple[Any, ...]],
+    last: float,
+) -> float:
+    """In a worker: call the plain runs of one segment, in order; their results go to
+    ``out`` as ``(runs, values, specials)`` groups (``specials``: ``(index, encoded)``
+    for a run that raised or returned a value of another type than ``_PLAIN``'s).
+    Returns when results were last sent.
+
+    Finished results are sent at least every ``_FLUSH_S``; the clock is read every
+    ``stride`` runs, a stride sized to about a tenth of that from the runs so far.
+    ``current`` names the run being called, and the run that last returned until the
+    next one starts (a death between two runs is charged to the one before).
+    """
+    from ferroflow import runtime
+
+    task_id, runs, map_indexes, run_counts, argss, unary = segment
+    func = funcs[task_id]
+    cursor = runtime._SegmentCursor(task_id, runs, map_indexes, run_counts)
+    runtime._enter_remote(info, None)
+    runtime._LOCAL.cur = cursor
+    monotonic = time.monotonic
+    plain = _PLAIN
+    values: list[Any] = []
+    specials: list[tuple[int, tuple[Any, ...]]] = []
+    start = 0
+    check = 0  # the index at which the clock is read next
+    stride = 1
+    checked_i, checked_t = 0, monotonic()
+    i = 0
+    try:
+        for i, run_id in enumerate(runs):
+            if i >= check:
+                now = monotonic()
+                if i > checked_i:
+                    per_run = (now - checked_t) / (i - checked_i)
+                    stride = max(1, min(64, int(_FLUSH_S / 10 / per_run) if per_run else 64))
+                checked_i, checked_t, check = i, now, i + stride
+                if now - last > _FLUSH_S and (out or i > start):
+                    if i > start:
+                        out.append((runs[start:i], values, specials))
+                        values, specials, start = [], [], i
+                    send(out, runtime._take_remote_logs())
+                    out.clear()
+                    last = monotonic()
+            current.value = run_id
+            cursor.i = i
+            try:
+                value = func(argss[i]) if unary else func(*argss[i])
+            except BaseException as exc:
+                specials.append((i - start, _encode(cloudpickle, run_id, False, False, exc)))
+                values.append(None)
+                continue
+            if type(value) in plain:
+                values.append(value)
+            else:
+                specials.append((i - start, _encode(cloudpickle, run_id, False, True, value)))
+                values.append(None)
+    finally:
+        current.value = -1
+        runtime._LOCAL.cur = cursor.current() if len(runs) else None
+    if len(runs) > start:
+        out.append((runs[start:] if start else runs, values, specials))
+    return last
+
+
+class _Seg:
+    """Consecutive plain runs of one task, as the driver keeps them (the fields of a
+    ``Runner.take_segments`` segment: ``runs`` and ``map_indexes`` a range or a list,
+    ``run_counts`` an int or a list, ``args`` the argument tuples or, ``unary``, the
+    single arguments); ``pos``: how many of them the worker has reported."""
+
+    __slots__ = ("args", "func", "map_indexes", "pos", "run_counts", "runs", "task", "unary")
+
+    def __init__(
+        self,
+        task: int,
+        func: Any,
+        runs: Any,
+        map_indexes: Any,
+        run_counts: Any,
+        args: list[Any],
+        unary: bool,
+    ) -> None:
+        self.task = task
+        self.func = func
+        self.runs = runs
+        self.map_indexes = map_indexes
+        self.run_counts = run_counts
+        self.args = args
+        self.unary = unary
+        self.pos = 0
+
+    def part(self, lo: int, hi: int) -> _Seg:
+        """Runs ``lo:hi`` of this segment, as a new one."""
+        counts = self.run_counts
+        return _Seg(
+            self.task,
+            self.func,
+            self.runs[lo:hi],
+            self.map_indexes[lo:hi],
+            counts if type(counts) is int else counts[lo:hi],
+            self.args[lo:hi],
+            self.unary,
+        )
+
+    def pick(self, keep: list[int]) -> _Seg:
+        """The runs at the indexes ``keep`` of this segment, as a new one."""
+        counts = self.run_counts
+        return _Seg(
+            self.task,
+            self.func,
+            [self.runs[i] for i in keep],
+            [self.map_indexes[i] for i in keep],
+            counts if type(counts) is int else [counts[i] for i in keep],
+            [self.args[i] for i in keep],
+            self.unary,
+        )
+
+    def wire(self) -> tuple[Any, ...]:
+        return (self.task, self.runs, self.map_indexes, self.run_counts, self.args, self.unary)
+
+
+def _size(entry: Any) -> int:
+    """How many runs an entry of a batch holds (unreported ones, for a segment)."""
+    return len(entry.runs) - entry.pos if type(entry) is _Seg else 1
+
+
+def _head_run(entry: Any) -> int:
+    """The run id an entry's worker reports next."""
+    return entry.runs[entry.pos] if type(entry) is _Seg else entry[0]
+
+
+def _chunks(entries: list[Any], size: int, n: int) -> tuple[list[list[Any]], list[Any]]:
+    """Up to ``n`` chunks of ``size`` runs each from ``entries`` (segments split where
+    needed), and the entries left over."""
+    chunks: list[list[Any]] = []
+    chunk: list[Any] = []
+    room = size
+    i = 0
+    while i < len(entries) and len(chunks) < n:
+        entry = entries[i]
+        k = _size(entry)
+        if k <= room:
+            chunk.append(entry)
+            room -= k
+            i += 1
+        else:
+            chunk.append(entry.part(0, room))
+            entries[i] = entry.part(room, len(entry.runs))
+            room = 0
+        if room == 0:
+            chunks.append(chunk)
+            chunk, room = [], size
+    if chunk and len(chunks) < n:
+        chunks.append(chunk)
+    return chunks, entries[i:]
 
 
 _LAUNCH_LOCK = threading.Lock()
@@ -269,7 +445,8 @@ class _Worker:
         child.close()
         self.known: set[int] = set()
         # Items sent and not yet reported, in the order the worker runs them.
-        self.inflight: deque[tuple[Any, ...]] = deque()
+        self.inflight: deque[Any] = deque()  # item tuples and segments (_Seg)
+        self.pending = 0  # runs sent and not reported
         self.batches = 0
         # Runs in flight that have a timeout (their clock starts in the worker).
         self.timed: set[int] = set()
@@ -363,7 +540,7 @@ class _Driver:
         self.info_blob = info_blob
         self.n = n
         self.workers: list[_Worker] = []
-        self.requeue: deque[tuple[Any, ...]] = deque()
+        self.requeue: deque[Any] = deque()  # item tuples and segments (_Seg)
         self.func_blobs: dict[int, Any] = {}
 
     def start(self) -> None:
@@ -404,54 +581,59 @@ class _Driver:
             self.func_blobs[task_id] = blob
         return blob
 
-    def _items(self, max_n: int) -> list[tuple[Any, ...]]:
-        items: list[tuple[Any, ...]] = []
-        while self.requeue and len(items) < max_n:
-            items.append(self.requeue.popleft())
-        if len(items) < max_n:
-            items.extend(self.runner.take(max_n - len(items)))
+    def _items(self, max_n: int) -> list[Any]:
+        """Up to ``max_n`` runs to send: sent-back ones first, then ready ones."""
+        items: list[Any] = []
+        n = 0
+        requeue = self.requeue
+        while requeue and n < max_n:
+            entry = requeue.popleft()
+            k = _size(entry)
+            if n + k > max_n:
+                cut = max_n - n
+                requeue.appendleft(entry.part(cut, len(entry.runs)))
+                entry = entry.part(0, cut)
+                k = cut
+            items.append(entry)
+            n += k
+        if n < max_n:
+            for entry in self.runner.take_segments(max_n - n):
+                items.append(_Seg(*entry) if len(entry) == 7 else entry)
         return items
 
-    def _send(self, w: _Worker, items: list[tuple[Any, ...]]) -> None:
+    def _send(self, w: _Worker, items: list[Any]) -> None:
         cp = self.cloudpickle
         new_tasks: dict[int, Any] = {}
         batch: list[tuple[Any, ...]] = []
-        kept: list[tuple[Any, ...]] = []
+        kept: list[Any] = []
         seen: dict[int, Any] = {}  # task id -> its payload, for this batch
         for item in items:
-            # item: (run, task, map_index, run_count, loop_count, hooked, func, args,
-            # kwargs, loop_result); the function travels once per worker, not per run.
-            task_id = item[1]
+            # item: a segment of plain runs, or (run, task, map_index, run_count,
+            # loop_count, hooked, func, args, kwargs, loop_result); the function
+            # travels once per worker, not per run.
+            seg = type(item) is _Seg
+            task_id = item.task if seg else item[1]
             blob = seen.get(task_id)
             if blob is None:
-                blob = seen[task_id] = self._task_payload(task_id, item[5], item[6])
+                if seg:
+                    blob = self._task_payload(task_id, False, item.func)
+                else:
+                    blob = self._task_payload(task_id, item[5], item[6])
+                seen[task_id] = blob
                 if task_id not in w.known and not isinstance(blob, Exception):
                     new_tasks[task_id] = blob
             if isinstance(blob, Exception):
-                self.runner.report_failure(item[0], str(blob), blob)
+                for run_id in item.runs if seg else (item[0],):
+                    self.runner.report_failure(run_id, str(blob), blob)
                 continue
-            batch.append(item[:6] + item[7:])
+            batch.append(item.wire() if seg else item[:6] + item[7:])
             kept.append(item)
         if not batch:
             return
         try:
             data = cp.dumps(("batch", batch))
         except Exception:
-            good_batch, good_items = [], []
-            for b, item in zip(batch, kept, strict=False):
-                try:
-                    cp.dumps(b)
-                except Exception as exc:
-                    name = self.tasks[b[1]].name
-                    msg = (
-                        f"the inputs of task '{name}' could not be sent to a worker process: "
-                        f"{exc!r}"
-                    )
-                    self.runner.report_failure(b[0], msg, ExecutorError(msg))
-                else:
-                    good_batch.append(b)
-                    good_items.append(item)
-            batch, kept = good_batch, good_items
+            batch, kept = self._picklable(kept)
             if not batch:
                 return
             data = cp.dumps(("batch", batch))
@@ -464,10 +646,56 @@ class _Driver:
         except OSError:
             pass  # the worker just died: its sentinel sends these runs elsewhere
         w.inflight.extend(kept)
+        w.pending += sum(_size(item) for item in kept)
         if self._has_timeouts():
             tasks = self.tasks
-            w.timed.update(item[0] for item in kept if tasks[item[1]].timeout is not None)
+            w.timed.update(
+                item[0]
+                for item in kept
+                if type(item) is not _Seg and tasks[item[1]].timeout is not None
+            )
         w.batches += 1
+
+    def _picklable(self, items: list[Any]) -> tuple[list[tuple[Any, ...]], list[Any]]:
+        """The runs of ``items`` whose inputs pickle, as a batch and as items; each
+        other run is failed with the reason."""
+        cp = self.cloudpickle
+        batch: list[tuple[Any, ...]] = []
+        kept: list[Any] = []
+
+        def fail(run_id: int, task_id: int, exc: Exception) -> None:
+            name = self.tasks[task_id].name
+            msg = f"the inputs of task '{name}' could not be sent to a worker process: {exc!r}"
+            self.runner.report_failure(run_id, msg, ExecutorError(msg))
+
+        for item in items:
+            if type(item) is _Seg:
+                try:
+                    cp.dumps(item.args)
+                except Exception:
+                    good: list[int] = []
+                    for i, args in enumerate(item.args):
+                        try:
+                            cp.dumps(args)
+                        except Exception as exc:
+                            fail(item.runs[i], item.task, exc)
+                        else:
+                            good.append(i)
+                    if not good:
+                        continue
+                    item = item.pick(good)
+                batch.append(item.wire())
+                kept.append(item)
+                continue
+            b = item[:6] + item[7:]
+            try:
+                cp.dumps(b)
+            except Exception as exc:
+                fail(b[0], b[1], exc)
+            else:
+                batch.append(b)
+                kept.append(item)
+        return batch, kept
 
     def _fill(self) -> None:
         slots = [w for w in self.workers for _ in range(_DEPTH - min(w.batches, _DEPTH))]
@@ -482,16 +710,14 @@ class _Driver:
         # Few ready runs go out one per message, so a worker that finishes early takes
         # the next one (a handful of long runs keeps every worker busy); many ready runs
         # go in batches, for throughput.
-        if len(items) >= per * len(slots):
+        n = sum(_size(item) for item in items)
+        if n >= per * len(slots):
             size = per
         else:
-            size = max(1, min(per, len(items) // (len(slots) * 4)))
-        for i, w in enumerate(slots):
-            chunk = items[i * size : (i + 1) * size]
-            if not chunk:
-                break
+            size = max(1, min(per, n // (len(slots) * 4)))
+        chunks, rest = _chunks(items, size, len(slots))
+        for w, chunk in zip(slots, chunks, strict=False):
             self._send(w, chunk)
-        rest = items[len(slots) * size :]
         self.requeue.extendleft(reversed(rest))
 
     def _has_timeouts(self) -> bool:
@@ -514,42 +740,84 @@ class _Driver:
             runtime._add_remote_logs(logs)
         if not results:
             return True  # log lines only, sent while a task runs
-        inflight, timed, report = w.inflight, w.timed, self.runner.report
-        for run_id, hooked, ok, payload in results:
+        inflight, timed = w.inflight, w.timed
+        report_values = self.runner.report_values
+        for entry in results:
             # Results arrive in the order the worker ran them.
-            while inflight and inflight[0][0] != run_id:
-                inflight.popleft()
+            first = entry[0][0] if len(entry) == 3 else entry[0]
+            while inflight and _head_run(inflight[0]) != first:
+                w.pending -= _size(inflight.popleft())
+            if len(entry) == 4:
+                if inflight:
+                    inflight.popleft()
+                    w.pending -= 1
+                run_id, hooked, ok, payload = entry
+                if timed:
+                    timed.discard(run_id)
+                self._report_one(run_id, hooked, ok, payload)
+                continue
+            runs, values, specials = entry
             if inflight:
-                inflight.popleft()
-            if timed:
-                timed.discard(run_id)
-            if ok == _RAW:
-                if report(run_id, False, True, payload):
+                head = inflight[0]
+                head.pos += len(runs)
+                if head.pos >= len(head.runs):
+                    inflight.popleft()
+                w.pending -= len(runs)
+            done = 0
+            for i, encoded in specials:
+                if i > done and report_values(runs[done:i], values[done:i]):
                     raise KeyboardInterrupt
-                continue
-            if ok is None:
-                msg, shown = payload
-                self.runner.report_failure(run_id, msg, shown)
-                continue
-            try:
-                value = cp.loads(payload)
-            except Exception as exc:
-                msg = f"the task's result could not be unpickled in the driver: {exc!r}"
-                self.runner.report_failure(run_id, msg, repr(exc))
-                continue
-            if report(run_id, hooked, ok, value):
-                raise KeyboardInterrupt
+                self._report_one(*encoded)
+                done = i + 1
+            if done < len(runs):
+                rest = (runs, values) if done == 0 else (runs[done:], values[done:])
+                if report_values(*rest):
+                    raise KeyboardInterrupt
         if not w.inflight:
             w.batches = 0
+            w.pending = 0
         else:
-            w.batches = min(w.batches, (len(w.inflight) + _BATCH - 1) // _BATCH)
+            w.batches = min(w.batches, (w.pending + _BATCH - 1) // _BATCH)
         return True
+
+    def _report_one(self, run_id: int, hooked: bool, ok: Any, payload: Any) -> None:
+        """Hand one result from a worker to the core."""
+        if ok == _RAW:
+            if self.runner.report(run_id, False, True, payload):
+                raise KeyboardInterrupt
+            return
+        if ok is None:
+            msg, shown = payload
+            self.runner.report_failure(run_id, msg, shown)
+            return
+        try:
+            value = self.cloudpickle.loads(payload)
+        except Exception as exc:
+            msg = f"the task's result could not be unpickled in the driver: {exc!r}"
+            self.runner.report_failure(run_id, msg, repr(exc))
+            return
+        if self.runner.report(run_id, hooked, ok, value):
+            raise KeyboardInterrupt
 
     def _on_death(self, w: _Worker) -> None:
         w.proc.join(1)
         running = w.current.value
         cause = _death_name(w.proc.exitcode)
         for item in w.inflight:
+            if type(item) is _Seg:
+                lo = item.pos
+                for i in range(item.pos, len(item.runs)):
+                    if item.runs[i] == running:
+                        if i > lo:
+                            self.requeue.append(item.part(lo, i))
+                        msg = f"worker process died: {cause}"
+                        self.runner.report_failure(
+                            running, msg, RuntimeError(msg), cause=_native.CAUSE_WORKER_LOST
+                        )
+                        lo = i + 1
+                if lo < len(item.runs):
+                    self.requeue.append(item.part(lo, len(item.runs)))
+                continue
             run_id = item[0]
             if run_id == running:
                 if w.killed_for == run_id:
@@ -576,7 +844,7 @@ class _Driver:
             if running not in w.timed:
                 continue
             start = w.started.value
-            item = next((i for i in w.inflight if i[0] == running), None)
+            item = next((i for i in w.inflight if type(i) is not _Seg and i[0] == running), None)
             if item is None:
                 continue
             deadline = start + float(self.tasks[item[1]].timeout)
