@@ -41,7 +41,9 @@ from ferroflow import _native
 from ferroflow.exceptions import ExecutorError
 from ferroflow.executors import _check_workers, _shown, _wait_idle
 
-_BATCH = 256  # runs per message to a worker
+_BATCH = 256  # runs per message to a worker, before any run time is known
+_BATCH_MAX = 4096  # the most runs in one message
+_BATCH_S = 0.002  # once the run time is known: about this much work per message
 _DEPTH = 2  # batches in flight per worker
 _FLUSH_S = 0.002  # a worker sends finished results at least this often
 # Results of these exact types travel inside their batch's message, not pickled one by
@@ -221,20 +223,22 @@ def _run_segment(
     last: float,
 ) -> float:
     """In a worker: call the plain runs of one segment, in order; their results go to
-    ``out`` as ``(runs, values, specials)`` groups (``specials``: ``(index, encoded)``
-    for a run that raised or returned a value of another type than ``_PLAIN``'s).
+    ``out`` as ``(runs, values, specials, seconds)`` groups (``specials``: ``(index,
+    encoded)`` for a run that raised or returned a value of another type than
+    ``_PLAIN``'s; ``seconds``: how long the group's runs took).
     Returns when results were last sent.
 
     Finished results are sent at least every ``_FLUSH_S``; the clock is read every
     ``stride`` runs, a stride sized to about a tenth of that from the runs so far.
     ``current`` names the run being called, and the run that last returned until the
-    next one starts (a death between two runs is charged to the one before).
+    next one starts (a death between two runs is charged to the one before); the
+    task-run context reads it through a ``runtime._SegmentCursor``.
     """
     from ferroflow import runtime
 
     task_id, runs, map_indexes, run_counts, argss, unary = segment
     func = funcs[task_id]
-    cursor = runtime._SegmentCursor(task_id, runs, map_indexes, run_counts)
+    cursor = runtime._SegmentCursor(task_id, runs, map_indexes, run_counts, current)
     runtime._enter_remote(info, None)
     runtime._LOCAL.cur = cursor
     monotonic = time.monotonic
@@ -245,7 +249,7 @@ def _run_segment(
     check = 0  # the index at which the clock is read next
     stride = 1
     checked_i, checked_t = 0, monotonic()
-    i = 0
+    began = checked_t  # when the group in `values` began
     try:
         for i, run_id in enumerate(runs):
             if i >= check:
@@ -256,13 +260,12 @@ def _run_segment(
                 checked_i, checked_t, check = i, now, i + stride
                 if now - last > _FLUSH_S and (out or i > start):
                     if i > start:
-                        out.append((runs[start:i], values, specials))
+                        out.append((runs[start:i], values, specials, now - began))
                         values, specials, start = [], [], i
                     send(out, runtime._take_remote_logs())
                     out.clear()
-                    last = monotonic()
+                    last = began = monotonic()
             current.value = run_id
-            cursor.i = i
             try:
                 value = func(argss[i]) if unary else func(*argss[i])
             except BaseException as exc:
@@ -275,10 +278,10 @@ def _run_segment(
                 specials.append((i - start, _encode(cloudpickle, run_id, False, True, value)))
                 values.append(None)
     finally:
+        runtime._LOCAL.cur = cursor.current() if current.value >= 0 else None
         current.value = -1
-        runtime._LOCAL.cur = cursor.current() if len(runs) else None
     if len(runs) > start:
-        out.append((runs[start:] if start else runs, values, specials))
+        out.append((runs[start:] if start else runs, values, specials, monotonic() - began))
     return last
 
 
@@ -542,6 +545,7 @@ class _Driver:
         self.workers: list[_Worker] = []
         self.requeue: deque[Any] = deque()  # item tuples and segments (_Seg)
         self.func_blobs: dict[int, Any] = {}
+        self.per_run: float | None = None  # seconds a plain run takes in a worker, lately
 
     def start(self) -> None:
         try:
@@ -703,7 +707,7 @@ class _Driver:
             return
         # Runs with a timeout travel alone, so that a worker stopped for one does not
         # hold many others.
-        per = 1 if self._has_timeouts() else _BATCH
+        per = 1 if self._has_timeouts() else self._per_batch()
         items = self._items(per * len(slots))
         if not items:
             return
@@ -719,6 +723,23 @@ class _Driver:
         for w, chunk in zip(slots, chunks, strict=False):
             self._send(w, chunk)
         self.requeue.extendleft(reversed(rest))
+
+    def _per_batch(self) -> int:
+        """Runs per message: ``_BATCH`` at first, then about ``_BATCH_S`` of work by the
+        time plain runs took in the workers lately (fewer messages for quick runs,
+        finer sharing for slow ones)."""
+        per_run = self.per_run
+        if per_run is None:
+            return _BATCH
+        if per_run <= _BATCH_S / _BATCH_MAX:
+            return _BATCH_MAX
+        return max(1, int(_BATCH_S / per_run))
+
+    def _observe(self, seconds: float, n: int) -> None:
+        """Learn from ``n`` plain runs that took ``seconds`` in a worker."""
+        per_run = seconds / n
+        old = self.per_run
+        self.per_run = per_run if old is None else 0.5 * old + 0.5 * per_run
 
     def _has_timeouts(self) -> bool:
         cached = getattr(self, "_timeouts", None)
@@ -744,10 +765,12 @@ class _Driver:
         report_values = self.runner.report_values
         for entry in results:
             # Results arrive in the order the worker ran them.
-            first = entry[0][0] if len(entry) == 3 else entry[0]
+            # An item's result starts with its run id; a plain group with its runs.
+            item = type(entry[0]) is int
+            first = entry[0] if item else entry[0][0]
             while inflight and _head_run(inflight[0]) != first:
                 w.pending -= _size(inflight.popleft())
-            if len(entry) == 4:
+            if item:
                 if inflight:
                     inflight.popleft()
                     w.pending -= 1
@@ -756,7 +779,8 @@ class _Driver:
                     timed.discard(run_id)
                 self._report_one(run_id, hooked, ok, payload)
                 continue
-            runs, values, specials = entry
+            runs, values, specials, seconds = entry
+            self._observe(seconds, len(runs))
             if inflight:
                 head = inflight[0]
                 head.pos += len(runs)
@@ -777,7 +801,8 @@ class _Driver:
             w.batches = 0
             w.pending = 0
         else:
-            w.batches = min(w.batches, (w.pending + _BATCH - 1) // _BATCH)
+            per = self._per_batch()
+            w.batches = min(w.batches, (w.pending + per - 1) // per)
         return True
 
     def _report_one(self, run_id: int, hooked: bool, ok: Any, payload: Any) -> None:
