@@ -545,7 +545,10 @@ class _Driver:
         self.workers: list[_Worker] = []
         self.requeue: deque[Any] = deque()  # item tuples and segments (_Seg)
         self.func_blobs: dict[int, Any] = {}
-        self.per_run: float | None = None  # seconds a plain run takes in a worker, lately
+        # Per task: (seconds, runs) its plain runs took in the workers lately, and the
+        # task of the runs taken last (the next ones are most likely of it too).
+        self.seen: dict[int, tuple[float, float]] = {}
+        self.last_task = -1
 
     def start(self) -> None:
         try:
@@ -714,32 +717,38 @@ class _Driver:
         # Few ready runs go out one per message, so a worker that finishes early takes
         # the next one (a handful of long runs keeps every worker busy); many ready runs
         # go in batches, for throughput.
+        # Runs whose time is known go at least a quarter of `per` (about 0.5 ms of
+        # work) per message, so the end of a map of quick runs is not cut into many.
         n = sum(_size(item) for item in items)
         if n >= per * len(slots):
             size = per
         else:
-            size = max(1, min(per, n // (len(slots) * 4)))
+            least = per // 4 if self.last_task in self.seen else 1
+            size = max(1, least, min(per, n // (len(slots) * 4)))
+        last = items[-1]
+        self.last_task = last.task if type(last) is _Seg else last[1]
         chunks, rest = _chunks(items, size, len(slots))
         for w, chunk in zip(slots, chunks, strict=False):
             self._send(w, chunk)
         self.requeue.extendleft(reversed(rest))
 
     def _per_batch(self) -> int:
-        """Runs per message: ``_BATCH`` at first, then about ``_BATCH_S`` of work by the
-        time plain runs took in the workers lately (fewer messages for quick runs,
-        finer sharing for slow ones)."""
-        per_run = self.per_run
-        if per_run is None:
+        """Runs per message: ``_BATCH`` for a task not seen yet, then about ``_BATCH_S``
+        of work by the time its plain runs took in the workers lately (fewer messages
+        for quick runs, finer sharing for slow ones)."""
+        seen = self.seen.get(self.last_task)
+        if seen is None:
             return _BATCH
-        if per_run <= _BATCH_S / _BATCH_MAX:
+        seconds, n = seen
+        if seconds * _BATCH_MAX <= _BATCH_S * n:
             return _BATCH_MAX
-        return max(1, int(_BATCH_S / per_run))
+        return max(1, int(_BATCH_S * n / seconds))
 
-    def _observe(self, seconds: float, n: int) -> None:
-        """Learn from ``n`` plain runs that took ``seconds`` in a worker."""
-        per_run = seconds / n
-        old = self.per_run
-        self.per_run = per_run if old is None else 0.5 * old + 0.5 * per_run
+    def _observe(self, task: int, seconds: float, n: int) -> None:
+        """Learn from ``n`` plain runs of ``task`` that took ``seconds`` in a worker
+        (weighted by runs; older groups count half as much at each new one)."""
+        old_s, old_n = self.seen.get(task, (0.0, 0.0))
+        self.seen[task] = (0.5 * old_s + seconds, 0.5 * old_n + n)
 
     def _has_timeouts(self) -> bool:
         cached = getattr(self, "_timeouts", None)
@@ -780,9 +789,9 @@ class _Driver:
                 self._report_one(run_id, hooked, ok, payload)
                 continue
             runs, values, specials, seconds = entry
-            self._observe(seconds, len(runs))
             if inflight:
                 head = inflight[0]
+                self._observe(head.task, seconds, len(runs))
                 head.pos += len(runs)
                 if head.pos >= len(head.runs):
                     inflight.popleft()
