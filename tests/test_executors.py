@@ -347,3 +347,23 @@ def test_inputs_that_cannot_travel_fail_only_their_mapped_child() -> None:
     assert [type(c).__name__ for c in children] == ["Success", "Failed", "Success"]
     assert "could not be sent to a worker" in children[1].message
     assert [children[0].result, children[2].result] == [1, 2]
+
+
+@task(max_retries=1, retry_delay=0)
+def odd_fails_once(x: int) -> Any:
+    if x % 2 and context.task_run_count == 1:
+        raise RuntimeError("odd, first attempt")
+    return (x, context.map_index, context.task_run_count)
+
+
+def test_retried_children_of_a_map_keep_their_context_on_processes() -> None:
+    # The retried (odd) children are not consecutive runs: they travel as one segment
+    # whose run ids are a list, and each reads its own map index and run count.
+    with Flow("packed-retries") as flow:
+        m = odd_fails_once.map(list(range(12)))
+    local = flow.run(executor=LocalExecutor())
+    processes = flow.run(executor=ProcessExecutor(max_workers=2))
+    assert summary(processes.result[m]) == summary(local.result[m])
+    assert [c.result for c in processes.result[m].map_states] == [
+        (x, x, 2 if x % 2 else 1) for x in range(12)
+    ]
