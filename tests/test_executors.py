@@ -302,3 +302,68 @@ def test_unpicklable_callable_fails_that_task_before_it_is_sent() -> None:
     assert type(state.result[bad]).__name__ == "Failed"
     assert "task 'locked' could not be sent to a worker process" in state.result[bad].message
     assert state.result[good].result == 2
+
+
+@task
+def mixed(x: int, y: int) -> Any:
+    """Plain values, other values and a failure side by side in one map."""
+    if x == 5:
+        raise ValueError("five")
+    if x % 3 == 0:
+        return [x, y]
+    if x % 3 == 1:
+        return float(x + y)
+    return (context.map_index, context.task_run_count, context.task_full_name)
+
+
+def test_packed_map_gives_the_states_of_the_local_executor() -> None:
+    # Plain runs travel to the workers packed (one segment per task) and come back
+    # as one list per group: values of plain types, other values and a failure in
+    # one segment, one argument (unary) and two, with the context of each child.
+    with Flow("packed") as flow:
+        xs = list(range(40))
+        one = inc.map(xs)
+        two = mixed.map(xs, [10 * x for x in xs])
+        after = inc.map(two)
+    states = {
+        name: flow.run(executor=make()) for name, make in EXECUTORS.items() if name != "threads"
+    }
+    local, processes = states["local"], states["processes"]
+    for t in (one, two, after):
+        assert summary(processes.result[t]) == summary(local.result[t])
+    children = processes.result[two].map_states
+    assert children[2].result == (2, 1, "mixed[2]")
+    assert "five" in children[5].message
+    assert type(processes.result[after].map_states[3]).__name__ == "Failed"  # inc([3, 30])
+
+
+def test_inputs_that_cannot_travel_fail_only_their_mapped_child() -> None:
+    import threading
+
+    with Flow("packed-pickling") as flow:
+        m = fragile.map([1, threading.Lock(), 2])
+    state = flow.run(executor=ProcessExecutor(max_workers=2))
+    children = state.result[m].map_states
+    assert [type(c).__name__ for c in children] == ["Success", "Failed", "Success"]
+    assert "could not be sent to a worker" in children[1].message
+    assert [children[0].result, children[2].result] == [1, 2]
+
+
+@task(max_retries=1, retry_delay=0)
+def odd_fails_once(x: int) -> Any:
+    if x % 2 and context.task_run_count == 1:
+        raise RuntimeError("odd, first attempt")
+    return (x, context.map_index, context.task_run_count)
+
+
+def test_retried_children_of_a_map_keep_their_context_on_processes() -> None:
+    # The retried (odd) children are not consecutive runs: they travel as one segment
+    # whose run ids are a list, and each reads its own map index and run count.
+    with Flow("packed-retries") as flow:
+        m = odd_fails_once.map(list(range(12)))
+    local = flow.run(executor=LocalExecutor())
+    processes = flow.run(executor=ProcessExecutor(max_workers=2))
+    assert summary(processes.result[m]) == summary(local.result[m])
+    assert [c.result for c in processes.result[m].map_states] == [
+        (x, x, 2 if x % 2 else 1) for x in range(12)
+    ]

@@ -111,6 +111,15 @@ class Runner:
     def take(self, max: int) -> list[tuple[Any, ...]]:
         """Up to ``max`` ready runs for an external executor: ``(run, task, map_index,
         run_count, loop_count, hooked, func, args, kwargs, loop_result)``."""
+    def take_segments(self, max: int) -> list[tuple[Any, ...]]:
+        """``take`` with plain runs packed: consecutive plain runs of one task as one
+        ``(task, func, runs, map_indexes, run_counts, args, unary)`` segment (``runs``,
+        ``map_indexes``: a range when consecutive, else a list; ``run_counts``: an int
+        when the same for all, else a list; ``args``: argument tuples, or the single
+        arguments when ``unary``); any other run as the item ``take`` gives."""
+    def report_values(self, runs: Sequence[int], values: list[Any]) -> bool:
+        """Report plain runs from ``take_segments`` that returned ``values``; True when
+        the flow run must stop."""
     def report(self, run: int, hooked: bool, ok: bool, value: Any) -> bool:
         """Report a run handed out by ``take``; True when the flow run must stop."""
     def report_failure(

@@ -71,7 +71,41 @@ def _current() -> tuple[Any, tuple[Any, ...] | None]:
         if run is not None:
             return run, cur
     # In a worker process the executor sets both on this thread.
-    return getattr(_LOCAL, "run", None), getattr(_LOCAL, "cur", None)
+    cur = getattr(_LOCAL, "cur", None)
+    if type(cur) is _SegmentCursor:
+        cur = cur.current()
+    return getattr(_LOCAL, "run", None), cur
+
+
+class _SegmentCursor:
+    """In a worker process: the task run a segment of plain runs is at, read as the
+    task-run tuple only when the context is asked for. ``shared`` is the shared value
+    the worker sets to the id of the run it calls (so moving on costs nothing more)."""
+
+    __slots__ = ("index", "map_indexes", "run_counts", "runs", "shared", "task")
+
+    def __init__(
+        self, task: int, runs: Any, map_indexes: Any, run_counts: Any, shared: Any
+    ) -> None:
+        self.task = task
+        self.runs = runs  # a range, or a list of run ids
+        self.map_indexes = map_indexes
+        self.run_counts = run_counts  # an int when the same for every run
+        self.shared = shared
+        self.index: dict[int, int] | None = None
+
+    def current_index(self) -> int:
+        run, runs = self.shared.value, self.runs
+        if type(runs) is range:
+            return run - runs.start
+        if self.index is None:
+            self.index = {r: i for i, r in enumerate(runs)}
+        return self.index[run]
+
+    def current(self) -> tuple[Any, ...]:
+        i, counts = self.current_index(), self.run_counts
+        count = counts if type(counts) is int else counts[i]
+        return (0, self.runs[i], self.task, self.map_indexes[i], count, 0, None)
 
 
 class RemoteRunInfo:

@@ -8,6 +8,13 @@ to a worker over a pipe with cloudpickle (a task's function travels once per wor
 not once per run), and reports results back to the core as they arrive. Workers
 execute their batch in order and send results back in small groups.
 
+Plain runs (no handlers, timeout, keyword arguments or loop around the call: a mapped
+``inc`` for one) travel packed: consecutive runs of one task as one segment, the task
+once and a list per field (run ids, map indexes, run counts, arguments); their results
+come back as one list per group, handed to the core in one native call. Other runs
+travel one tuple each. A forkserver that ferroflow starts preloads the workers'
+modules, so each worker starts with them imported.
+
 Faults: each worker publishes the id of the run it is executing in shared memory.
 When a worker dies (segfault, ``os._exit``, SIGKILL, out-of-memory kill) the driver
 sees its sentinel, charges the death to that one run (Failed "worker process died:
@@ -23,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -34,7 +42,9 @@ from ferroflow.exceptions import ExecutorError
 from ferroflow.executors import _check_workers, _driver_tasks, _run_in_driver, _shown, _wait_idle
 from ferroflow.runtime import _MASK_LIST
 
-_BATCH = 256  # runs per message to a worker
+_BATCH = 256  # runs per message to a worker, before any run time is known
+_BATCH_MAX = 4096  # the most runs in one message
+_BATCH_S = 0.002  # once the run time is known: about this much work per message
 _DEPTH = 2  # batches in flight per worker
 _FLUSH_S = 0.002  # a worker sends finished results at least this often
 # Results of these exact types travel inside their batch's message, not pickled one by
@@ -136,9 +146,10 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
         except (EOFError, OSError):
             return
         if kind == "stop":
-            from ferroflow._checkpoint import PACKS
-
-            PACKS.close_run(info.flow_run_id)
+            # Packs are opened only by a checkpointed task, which imported the module.
+            checkpoints = sys.modules.get("ferroflow._checkpoint")
+            if checkpoints is not None:
+                checkpoints.PACKS.close_run(info.flow_run_id)
             return
         if kind == "masks":  # secret values the driver masks: masked here too
             runtime._adopt_masks(payload)
@@ -152,17 +163,21 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
         out: list[tuple[Any, ...]] = []
         monotonic = time.monotonic
         last = monotonic()
-        for (
-            run_id,
-            task_id,
-            map_index,
-            run_count,
-            loop_count,
-            hooked,
-            args,
-            kwargs,
-            loop_result,
-        ) in payload:
+        for entry in payload:
+            if len(entry) == 6:
+                last = _run_segment(entry, funcs, info, current, cloudpickle, send, out, last)
+                continue
+            (
+                run_id,
+                task_id,
+                map_index,
+                run_count,
+                loop_count,
+                hooked,
+                args,
+                kwargs,
+                loop_result,
+            ) = entry
             now = monotonic()
             if out and now - last > _FLUSH_S:
                 send(out, runtime._take_remote_logs())
@@ -201,6 +216,182 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
         send(out, runtime._take_remote_logs())
 
 
+def _run_segment(
+    segment: tuple[Any, ...],
+    funcs: dict[int, Any],
+    info: Any,
+    current: Any,
+    cloudpickle: Any,
+    send: Any,
+    out: list[tuple[Any, ...]],
+    last: float,
+) -> float:
+    """In a worker: call the plain runs of one segment, in order; their results go to
+    ``out`` as ``(runs, values, specials, seconds)`` groups (``specials``: ``(index,
+    encoded)`` for a run that raised or returned a value of another type than
+    ``_PLAIN``'s; ``seconds``: how long the group's runs took).
+    Returns when results were last sent.
+
+    Finished results are sent at least every ``_FLUSH_S``; the clock is read every
+    ``stride`` runs, a stride sized to about a tenth of that from the runs so far.
+    ``current`` names the run being called, and the run that last returned until the
+    next one starts (a death between two runs is charged to the one before); the
+    task-run context reads it through a ``runtime._SegmentCursor``.
+    """
+    from ferroflow import runtime
+
+    task_id, runs, map_indexes, run_counts, argss, unary = segment
+    func = funcs[task_id]
+    cursor = runtime._SegmentCursor(task_id, runs, map_indexes, run_counts, current)
+    runtime._enter_remote(info, None)
+    runtime._LOCAL.cur = cursor
+    monotonic = time.monotonic
+    plain = _PLAIN
+    values: list[Any] = []
+    specials: list[tuple[int, tuple[Any, ...]]] = []
+    start = 0
+    check = 0  # the index at which the clock is read next
+    stride = 1
+    checked_i, checked_t = 0, monotonic()
+    began = checked_t  # when the group in `values` began
+    try:
+        for i, run_id in enumerate(runs):
+            if i >= check:
+                now = monotonic()
+                if i > checked_i:
+                    per_run = (now - checked_t) / (i - checked_i)
+                    stride = max(1, min(64, int(_FLUSH_S / 10 / per_run) if per_run else 64))
+                checked_i, checked_t, check = i, now, i + stride
+                if now - last > _FLUSH_S and (out or i > start):
+                    if i > start:
+                        out.append((runs[start:i], values, specials, now - began))
+                        values, specials, start = [], [], i
+                    send(out, runtime._take_remote_logs())
+                    out.clear()
+                    last = began = monotonic()
+            current.value = run_id
+            try:
+                value = func(argss[i]) if unary else func(*argss[i])
+            except BaseException as exc:
+                specials.append((i - start, _encode(cloudpickle, run_id, False, False, exc)))
+                values.append(None)
+                continue
+            if type(value) in plain:
+                values.append(value)
+            else:
+                specials.append((i - start, _encode(cloudpickle, run_id, False, True, value)))
+                values.append(None)
+    finally:
+        runtime._LOCAL.cur = cursor.current() if current.value >= 0 else None
+        current.value = -1
+    if len(runs) > start:
+        out.append((runs[start:] if start else runs, values, specials, monotonic() - began))
+    return last
+
+
+class _Seg:
+    """Consecutive plain runs of one task, as the driver keeps them (the fields of a
+    ``Runner.take_segments`` segment: ``runs`` and ``map_indexes`` a range or a list,
+    ``run_counts`` an int or a list, ``args`` the argument tuples or, ``unary``, the
+    single arguments); ``pos``: how many of them the worker has reported."""
+
+    __slots__ = ("args", "func", "map_indexes", "pos", "run_counts", "runs", "task", "unary")
+
+    def __init__(
+        self,
+        task: int,
+        func: Any,
+        runs: Any,
+        map_indexes: Any,
+        run_counts: Any,
+        args: list[Any],
+        unary: bool,
+    ) -> None:
+        self.task = task
+        self.func = func
+        self.runs = runs
+        self.map_indexes = map_indexes
+        self.run_counts = run_counts
+        self.args = args
+        self.unary = unary
+        self.pos = 0
+
+    def part(self, lo: int, hi: int) -> _Seg:
+        """Runs ``lo:hi`` of this segment, as a new one."""
+        counts = self.run_counts
+        return _Seg(
+            self.task,
+            self.func,
+            self.runs[lo:hi],
+            self.map_indexes[lo:hi],
+            counts if type(counts) is int else counts[lo:hi],
+            self.args[lo:hi],
+            self.unary,
+        )
+
+    def pick(self, keep: list[int]) -> _Seg:
+        """The runs at the indexes ``keep`` of this segment, as a new one."""
+        counts = self.run_counts
+        return _Seg(
+            self.task,
+            self.func,
+            [self.runs[i] for i in keep],
+            [self.map_indexes[i] for i in keep],
+            counts if type(counts) is int else [counts[i] for i in keep],
+            [self.args[i] for i in keep],
+            self.unary,
+        )
+
+    def wire(self) -> tuple[Any, ...]:
+        return (self.task, self.runs, self.map_indexes, self.run_counts, self.args, self.unary)
+
+
+def _unpacked(seg: _Seg) -> Iterator[tuple[Any, ...]]:
+    """A segment's runs as ``Runner.take`` tuples (plain runs: not hooked, no keyword
+    arguments, not a loop iteration)."""
+    counts = seg.run_counts
+    for i, run_id in enumerate(seg.runs):
+        args = (seg.args[i],) if seg.unary else tuple(seg.args[i])
+        count = counts if type(counts) is int else counts[i]
+        yield (run_id, seg.task, seg.map_indexes[i], count, 0, False, seg.func, args, None, None)
+
+
+def _size(entry: Any) -> int:
+    """How many runs an entry of a batch holds (unreported ones, for a segment)."""
+    return len(entry.runs) - entry.pos if type(entry) is _Seg else 1
+
+
+def _head_run(entry: Any) -> int:
+    """The run id an entry's worker reports next."""
+    return entry.runs[entry.pos] if type(entry) is _Seg else entry[0]
+
+
+def _chunks(entries: list[Any], size: int, n: int) -> tuple[list[list[Any]], list[Any]]:
+    """Up to ``n`` chunks of ``size`` runs each from ``entries`` (segments split where
+    needed), and the entries left over."""
+    chunks: list[list[Any]] = []
+    chunk: list[Any] = []
+    room = size
+    i = 0
+    while i < len(entries) and len(chunks) < n:
+        entry = entries[i]
+        k = _size(entry)
+        if k <= room:
+            chunk.append(entry)
+            room -= k
+            i += 1
+        else:
+            chunk.append(entry.part(0, room))
+            entries[i] = entry.part(room, len(entry.runs))
+            room = 0
+        if room == 0:
+            chunks.append(chunk)
+            chunk, room = [], size
+    if chunk and len(chunks) < n:
+        chunks.append(chunk)
+    return chunks, entries[i:]
+
+
 _LAUNCH_LOCK = threading.Lock()
 
 
@@ -233,6 +424,28 @@ def _without_main() -> Iterator[None]:
             spawn.get_preparation_data = real
 
 
+# What a worker imports before its first run. A forkserver started by ferroflow imports
+# them once, so each worker it forks starts with them loaded.
+_WORKER_MODULES = ("ferroflow.executors.process", "ferroflow.engine", "cloudpickle")
+
+
+def _preload_forkserver(ctx: Any) -> None:
+    """Have the forkserver import the workers' modules, if it has not started yet.
+
+    Modules the program asked to preload stay in the list; a forkserver that is
+    already running keeps what it has (workers then import the modules themselves).
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is not None:
+        return
+    current = list(getattr(server, "_preload_modules", None) or [])
+    wanted = current + [m for m in _WORKER_MODULES if m not in current]
+    if wanted != current:
+        ctx.set_forkserver_preload(wanted)
+
+
 class _Worker:
     def __init__(self, ctx: Any, info_blob: bytes) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
@@ -249,7 +462,8 @@ class _Worker:
         child.close()
         self.known: set[int] = set()
         # Items sent and not yet reported, in the order the worker runs them.
-        self.inflight: deque[tuple[Any, ...]] = deque()
+        self.inflight: deque[Any] = deque()  # item tuples and segments (_Seg)
+        self.pending = 0  # runs sent and not reported
         self.batches = 0
         # Runs in flight that have a timeout (their clock starts in the worker).
         self.timed: set[int] = set()
@@ -308,6 +522,8 @@ class ProcessExecutor:
         import cloudpickle
 
         ctx = multiprocessing.get_context(self.mp_context)
+        if self.mp_context == "forkserver":
+            _preload_forkserver(ctx)
         try:
             info_blob = cloudpickle.dumps(run.remote_info())
         except Exception as exc:
@@ -342,10 +558,14 @@ class _Driver:
         self.info_blob = info_blob
         self.n = n
         self.workers: list[_Worker] = []
-        self.requeue: deque[tuple[Any, ...]] = deque()
+        self.requeue: deque[Any] = deque()  # item tuples and segments (_Seg)
         self.func_blobs: dict[int, Any] = {}
         # Tasks that run here, not in a worker (secret tasks: see _run_here).
         self.in_driver = _driver_tasks(self.tasks)
+        # Per task: (seconds, runs) its plain runs took in the workers lately, and the
+        # task of the runs taken last (the next ones are most likely of it too).
+        self.seen: dict[int, tuple[float, float]] = {}
+        self.last_task = -1
 
     def start(self) -> None:
         try:
@@ -385,71 +605,83 @@ class _Driver:
             self.func_blobs[task_id] = blob
         return blob
 
-    def _items(self, max_n: int) -> list[tuple[Any, ...]]:
-        items: list[tuple[Any, ...]] = []
-        while self.requeue and len(items) < max_n:
-            items.append(self.requeue.popleft())
-        while len(items) < max_n:
-            got = self.runner.take(max_n - len(items))
+    def _items(self, max_n: int) -> list[Any]:
+        """Up to ``max_n`` runs to send: sent-back ones first, then ready ones (runs of
+        ``in_driver`` tasks are executed here meanwhile, see _run_here)."""
+        items: list[Any] = []
+        n = 0
+        requeue = self.requeue
+        while requeue and n < max_n:
+            entry = requeue.popleft()
+            k = _size(entry)
+            if n + k > max_n:
+                cut = max_n - n
+                requeue.appendleft(entry.part(cut, len(entry.runs)))
+                entry = entry.part(0, cut)
+                k = cut
+            items.append(entry)
+            n += k
+        while n < max_n:
+            got = [
+                _Seg(*entry) if len(entry) == 7 else entry
+                for entry in self.runner.take_segments(max_n - n)
+            ]
             rest = self._run_here(got) if got and self.in_driver else got
             items.extend(rest)
+            n += sum(_size(entry) for entry in rest)
             if len(rest) == len(got):
                 break  # nothing ran here, so nothing new is ready
         return items
 
-    def _run_here(self, items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    def _run_here(self, items: list[Any]) -> list[Any]:
         """Execute the runs of ``in_driver`` tasks among ``items`` in this process, as the
         local executor would; the other items. A secret task runs here so that it reads
         its value with this process's credentials and the value is masked here before
         anything that used it is recorded (workers get it before their next batch)."""
         rest = []
         for item in items:
-            if item[1] not in self.in_driver:
+            seg = type(item) is _Seg
+            if (item.task if seg else item[1]) not in self.in_driver:
                 rest.append(item)
-            elif _run_in_driver(self.run, item):
-                raise KeyboardInterrupt
+                continue
+            for one in _unpacked(item) if seg else (item,):
+                if _run_in_driver(self.run, one):
+                    raise KeyboardInterrupt
         return rest
 
-    def _send(self, w: _Worker, items: list[tuple[Any, ...]]) -> None:
+    def _send(self, w: _Worker, items: list[Any]) -> None:
         cp = self.cloudpickle
         new_tasks: dict[int, Any] = {}
         batch: list[tuple[Any, ...]] = []
-        kept: list[tuple[Any, ...]] = []
+        kept: list[Any] = []
         seen: dict[int, Any] = {}  # task id -> its payload, for this batch
         for item in items:
-            # item: (run, task, map_index, run_count, loop_count, hooked, func, args,
-            # kwargs, loop_result); the function travels once per worker, not per run.
-            task_id = item[1]
+            # item: a segment of plain runs, or (run, task, map_index, run_count,
+            # loop_count, hooked, func, args, kwargs, loop_result); the function
+            # travels once per worker, not per run.
+            seg = type(item) is _Seg
+            task_id = item.task if seg else item[1]
             blob = seen.get(task_id)
             if blob is None:
-                blob = seen[task_id] = self._task_payload(task_id, item[5], item[6])
+                if seg:
+                    blob = self._task_payload(task_id, False, item.func)
+                else:
+                    blob = self._task_payload(task_id, item[5], item[6])
+                seen[task_id] = blob
                 if task_id not in w.known and not isinstance(blob, Exception):
                     new_tasks[task_id] = blob
             if isinstance(blob, Exception):
-                self.runner.report_failure(item[0], str(blob), blob)
+                for run_id in item.runs if seg else (item[0],):
+                    self.runner.report_failure(run_id, str(blob), blob)
                 continue
-            batch.append(item[:6] + item[7:])
+            batch.append(item.wire() if seg else item[:6] + item[7:])
             kept.append(item)
         if not batch:
             return
         try:
             data = cp.dumps(("batch", batch))
         except Exception:
-            good_batch, good_items = [], []
-            for b, item in zip(batch, kept, strict=False):
-                try:
-                    cp.dumps(b)
-                except Exception as exc:
-                    name = self.tasks[b[1]].name
-                    msg = (
-                        f"the inputs of task '{name}' could not be sent to a worker process: "
-                        f"{exc!r}"
-                    )
-                    self.runner.report_failure(b[0], msg, ExecutorError(msg))
-                else:
-                    good_batch.append(b)
-                    good_items.append(item)
-            batch, kept = good_batch, good_items
+            batch, kept = self._picklable(kept)
             if not batch:
                 return
             data = cp.dumps(("batch", batch))
@@ -465,10 +697,56 @@ class _Driver:
         except OSError:
             pass  # the worker just died: its sentinel sends these runs elsewhere
         w.inflight.extend(kept)
+        w.pending += sum(_size(item) for item in kept)
         if self._has_timeouts():
             tasks = self.tasks
-            w.timed.update(item[0] for item in kept if tasks[item[1]].timeout is not None)
+            w.timed.update(
+                item[0]
+                for item in kept
+                if type(item) is not _Seg and tasks[item[1]].timeout is not None
+            )
         w.batches += 1
+
+    def _picklable(self, items: list[Any]) -> tuple[list[tuple[Any, ...]], list[Any]]:
+        """The runs of ``items`` whose inputs pickle, as a batch and as items; each
+        other run is failed with the reason."""
+        cp = self.cloudpickle
+        batch: list[tuple[Any, ...]] = []
+        kept: list[Any] = []
+
+        def fail(run_id: int, task_id: int, exc: Exception) -> None:
+            name = self.tasks[task_id].name
+            msg = f"the inputs of task '{name}' could not be sent to a worker process: {exc!r}"
+            self.runner.report_failure(run_id, msg, ExecutorError(msg))
+
+        for item in items:
+            if type(item) is _Seg:
+                try:
+                    cp.dumps(item.args)
+                except Exception:
+                    good: list[int] = []
+                    for i, args in enumerate(item.args):
+                        try:
+                            cp.dumps(args)
+                        except Exception as exc:
+                            fail(item.runs[i], item.task, exc)
+                        else:
+                            good.append(i)
+                    if not good:
+                        continue
+                    item = item.pick(good)
+                batch.append(item.wire())
+                kept.append(item)
+                continue
+            b = item[:6] + item[7:]
+            try:
+                cp.dumps(b)
+            except Exception as exc:
+                fail(b[0], b[1], exc)
+            else:
+                batch.append(b)
+                kept.append(item)
+        return batch, kept
 
     def _fill(self) -> None:
         slots = [w for w in self.workers for _ in range(_DEPTH - min(w.batches, _DEPTH))]
@@ -476,24 +754,45 @@ class _Driver:
             return
         # Runs with a timeout travel alone, so that a worker stopped for one does not
         # hold many others.
-        per = 1 if self._has_timeouts() else _BATCH
+        per = 1 if self._has_timeouts() else self._per_batch()
         items = self._items(per * len(slots))
         if not items:
             return
         # Few ready runs go out one per message, so a worker that finishes early takes
         # the next one (a handful of long runs keeps every worker busy); many ready runs
         # go in batches, for throughput.
-        if len(items) >= per * len(slots):
+        # Runs whose time is known go at least a quarter of `per` (about 0.5 ms of
+        # work) per message, so the end of a map of quick runs is not cut into many.
+        n = sum(_size(item) for item in items)
+        if n >= per * len(slots):
             size = per
         else:
-            size = max(1, min(per, len(items) // (len(slots) * 4)))
-        for i, w in enumerate(slots):
-            chunk = items[i * size : (i + 1) * size]
-            if not chunk:
-                break
+            least = per // 4 if self.last_task in self.seen else 1
+            size = max(1, least, min(per, n // (len(slots) * 4)))
+        last = items[-1]
+        self.last_task = last.task if type(last) is _Seg else last[1]
+        chunks, rest = _chunks(items, size, len(slots))
+        for w, chunk in zip(slots, chunks, strict=False):
             self._send(w, chunk)
-        rest = items[len(slots) * size :]
         self.requeue.extendleft(reversed(rest))
+
+    def _per_batch(self) -> int:
+        """Runs per message: ``_BATCH`` for a task not seen yet, then about ``_BATCH_S``
+        of work by the time its plain runs took in the workers lately (fewer messages
+        for quick runs, finer sharing for slow ones)."""
+        seen = self.seen.get(self.last_task)
+        if seen is None:
+            return _BATCH
+        seconds, n = seen
+        if seconds * _BATCH_MAX <= _BATCH_S * n:
+            return _BATCH_MAX
+        return max(1, int(_BATCH_S * n / seconds))
+
+    def _observe(self, task: int, seconds: float, n: int) -> None:
+        """Learn from ``n`` plain runs of ``task`` that took ``seconds`` in a worker
+        (weighted by runs; older groups count half as much at each new one)."""
+        old_s, old_n = self.seen.get(task, (0.0, 0.0))
+        self.seen[task] = (0.5 * old_s + seconds, 0.5 * old_n + n)
 
     def _has_timeouts(self) -> bool:
         cached = getattr(self, "_timeouts", None)
@@ -515,42 +814,88 @@ class _Driver:
             runtime._add_remote_logs(logs)
         if not results:
             return True  # log lines only, sent while a task runs
-        inflight, timed, report = w.inflight, w.timed, self.runner.report
-        for run_id, hooked, ok, payload in results:
+        inflight, timed = w.inflight, w.timed
+        report_values = self.runner.report_values
+        for entry in results:
             # Results arrive in the order the worker ran them.
-            while inflight and inflight[0][0] != run_id:
-                inflight.popleft()
+            # An item's result starts with its run id; a plain group with its runs.
+            item = type(entry[0]) is int
+            first = entry[0] if item else entry[0][0]
+            while inflight and _head_run(inflight[0]) != first:
+                w.pending -= _size(inflight.popleft())
+            if item:
+                if inflight:
+                    inflight.popleft()
+                    w.pending -= 1
+                run_id, hooked, ok, payload = entry
+                if timed:
+                    timed.discard(run_id)
+                self._report_one(run_id, hooked, ok, payload)
+                continue
+            runs, values, specials, seconds = entry
             if inflight:
-                inflight.popleft()
-            if timed:
-                timed.discard(run_id)
-            if ok == _RAW:
-                if report(run_id, False, True, payload):
+                head = inflight[0]
+                self._observe(head.task, seconds, len(runs))
+                head.pos += len(runs)
+                if head.pos >= len(head.runs):
+                    inflight.popleft()
+                w.pending -= len(runs)
+            done = 0
+            for i, encoded in specials:
+                if i > done and report_values(runs[done:i], values[done:i]):
                     raise KeyboardInterrupt
-                continue
-            if ok is None:
-                msg, shown = payload
-                self.runner.report_failure(run_id, msg, shown)
-                continue
-            try:
-                value = cp.loads(payload)
-            except Exception as exc:
-                msg = f"the task's result could not be unpickled in the driver: {exc!r}"
-                self.runner.report_failure(run_id, msg, repr(exc))
-                continue
-            if report(run_id, hooked, ok, value):
-                raise KeyboardInterrupt
+                self._report_one(*encoded)
+                done = i + 1
+            if done < len(runs):
+                rest = (runs, values) if done == 0 else (runs[done:], values[done:])
+                if report_values(*rest):
+                    raise KeyboardInterrupt
         if not w.inflight:
             w.batches = 0
+            w.pending = 0
         else:
-            w.batches = min(w.batches, (len(w.inflight) + _BATCH - 1) // _BATCH)
+            per = self._per_batch()
+            w.batches = min(w.batches, (w.pending + per - 1) // per)
         return True
+
+    def _report_one(self, run_id: int, hooked: bool, ok: Any, payload: Any) -> None:
+        """Hand one result from a worker to the core."""
+        if ok == _RAW:
+            if self.runner.report(run_id, False, True, payload):
+                raise KeyboardInterrupt
+            return
+        if ok is None:
+            msg, shown = payload
+            self.runner.report_failure(run_id, msg, shown)
+            return
+        try:
+            value = self.cloudpickle.loads(payload)
+        except Exception as exc:
+            msg = f"the task's result could not be unpickled in the driver: {exc!r}"
+            self.runner.report_failure(run_id, msg, repr(exc))
+            return
+        if self.runner.report(run_id, hooked, ok, value):
+            raise KeyboardInterrupt
 
     def _on_death(self, w: _Worker) -> None:
         w.proc.join(1)
         running = w.current.value
         cause = _death_name(w.proc.exitcode)
         for item in w.inflight:
+            if type(item) is _Seg:
+                lo = item.pos
+                for i in range(item.pos, len(item.runs)):
+                    if item.runs[i] == running:
+                        if i > lo:
+                            self.requeue.append(item.part(lo, i))
+                        msg = f"worker process died: {cause}"
+                        self.runner.report_failure(
+                            running, msg, RuntimeError(msg), cause=_native.CAUSE_WORKER_LOST
+                        )
+                        lo = i + 1
+                if lo < len(item.runs):
+                    self.requeue.append(item.part(lo, len(item.runs)))
+                continue
             run_id = item[0]
             if run_id == running:
                 if w.killed_for == run_id:
@@ -577,7 +922,7 @@ class _Driver:
             if running not in w.timed:
                 continue
             start = w.started.value
-            item = next((i for i in w.inflight if i[0] == running), None)
+            item = next((i for i in w.inflight if type(i) is not _Seg and i[0] == running), None)
             if item is None:
                 continue
             deadline = start + float(self.tasks[item[1]].timeout)

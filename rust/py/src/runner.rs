@@ -47,7 +47,7 @@ use ferroflow_core::{
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyList, PySequence, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyRange, PySequence, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{PyErrKind, ff_error, to_py};
@@ -1422,6 +1422,67 @@ struct Done {
     ended: Instant,
 }
 
+/// Consecutive plain runs of one task handed out together by `take_segments`.
+struct Segment {
+    task: u32,
+    func: Py<PyAny>,
+    runs: Vec<u32>,
+    map_indexes: Vec<i64>,
+    run_counts: Vec<u32>,
+    args: Vec<Py<PyTuple>>,
+}
+
+impl Segment {
+    /// `(task, func, runs, map_indexes, run_counts, args, unary)`, as compact as
+    /// the runs allow (see `take_segments`).
+    fn into_py(self, py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+        fn consecutive<T: Copy + Into<i64>>(xs: &[T]) -> Option<(isize, isize)> {
+            let first: i64 = (*xs.first()?).into();
+            let ok = xs
+                .iter()
+                .enumerate()
+                .all(|(i, &x)| x.into() == first + i as i64);
+            let start = isize::try_from(first).ok()?;
+            let stop = isize::try_from(first + xs.len() as i64).ok()?;
+            ok.then_some((start, stop))
+        }
+        let runs = match consecutive(&self.runs) {
+            Some((a, b)) => PyRange::new(py, a, b)?.into_any(),
+            None => PyList::new(py, &self.runs)?.into_any(),
+        };
+        let map_indexes = match consecutive(&self.map_indexes) {
+            Some((a, b)) => PyRange::new(py, a, b)?.into_any(),
+            None => PyList::new(py, &self.map_indexes)?.into_any(),
+        };
+        let run_counts = match self.run_counts.first() {
+            Some(&k) if self.run_counts.iter().all(|&c| c == k) => k.into_pyobject(py)?.into_any(),
+            _ => PyList::new(py, &self.run_counts)?.into_any(),
+        };
+        let unary = self.args.iter().all(|a| a.bind(py).len() == 1);
+        let args = if unary {
+            PyList::new(
+                py,
+                self.args
+                    .iter()
+                    .map(|a| a.bind(py).get_item(0))
+                    .collect::<PyResult<Vec<_>>>()?,
+            )?
+        } else {
+            PyList::new(py, self.args)?
+        };
+        (
+            self.task,
+            self.func,
+            runs,
+            map_indexes,
+            run_counts,
+            args,
+            unary,
+        )
+            .into_pyobject(py)
+    }
+}
+
 /// Result of settling a run without calling it.
 type Settled = (Outcome, Option<Py<PyAny>>);
 
@@ -2188,6 +2249,113 @@ impl PyRunner {
             inner.send_records(py);
         }
         Ok(out)
+    }
+
+    /// `take`, with plain runs packed: up to `max` ready runs, as a list of
+    /// segments. Consecutive runs of one task that need nothing but the call
+    /// (not hooked, no keyword arguments, not a loop iteration) come as one
+    /// `(task, func, runs, map_indexes, run_counts, args, unary)` segment: `runs`
+    /// and `map_indexes` are a `range` when consecutive (else a list),
+    /// `run_counts` an int when the same for all (else a list), and `args` the
+    /// list of argument tuples, or with `unary` the list of the single
+    /// arguments. Every other run comes as the item `take` gives. Report plain
+    /// runs that returned with `report_values`, anything else as for `take`.
+    fn take_segments<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyList>> {
+        let mut inner = self.lock(py)?;
+        let out = PyList::empty(py);
+        let now = Instant::now();
+        let mut taken = 0;
+        let mut seg: Option<Segment> = None;
+        while taken < max {
+            let Next::Call(w, _) = inner.next_work(py, now)? else {
+                break;
+            };
+            taken += 1;
+            let c = &w.current;
+            let hooked = w.hooked() || inner.is_pack(TaskId(c.task)) || w.timeout.is_some();
+            if !hooked && w.kwargs.is_none() && c.loop_count == 0 {
+                match seg.as_mut() {
+                    Some(open) if open.task == c.task => {}
+                    _ => {
+                        if let Some(done) = seg.take() {
+                            out.append(done.into_py(py)?)?;
+                        }
+                        seg = Some(Segment {
+                            task: c.task,
+                            func: w.func.clone_ref(py),
+                            runs: Vec::new(),
+                            map_indexes: Vec::new(),
+                            run_counts: Vec::new(),
+                            args: Vec::new(),
+                        });
+                    }
+                }
+                if let Some(open) = seg.as_mut() {
+                    open.runs.push(c.run);
+                    open.map_indexes.push(c.map_index);
+                    open.run_counts.push(c.run_count);
+                    open.args.push(w.args);
+                }
+                continue;
+            }
+            if let Some(done) = seg.take() {
+                out.append(done.into_py(py)?)?;
+            }
+            let kwargs = w
+                .kwargs
+                .as_ref()
+                .map_or_else(|| py.None(), |k| k.clone_ref(py).into_any());
+            out.append((
+                c.run,
+                c.task,
+                c.map_index,
+                c.run_count,
+                c.loop_count,
+                hooked,
+                w.func.clone_ref(py),
+                w.args.clone_ref(py),
+                kwargs,
+                c.loop_result(py),
+            ))?;
+        }
+        if let Some(done) = seg.take() {
+            out.append(done.into_py(py)?)?;
+        }
+        if taken < max {
+            inner.send_records(py);
+        }
+        Ok(out)
+    }
+
+    /// Report plain runs handed out by `take_segments` that returned: `values[i]`
+    /// is what the call of `runs[i]` returned. Returns True when the run must stop
+    /// (the runs after the one that said so are not reported). Reports for runs
+    /// that are no longer running (after a cancel) are ignored.
+    fn report_values(
+        &self,
+        py: Python<'_>,
+        runs: Bound<'_, PyAny>,
+        values: Bound<'_, PyList>,
+    ) -> PyResult<bool> {
+        let runs: Vec<u32> = runs.extract()?;
+        if runs.len() != values.len() {
+            return Err(PyValueError::new_err(format!(
+                "report_values: {} runs but {} values",
+                runs.len(),
+                values.len()
+            )));
+        }
+        let mut inner = self.lock(py)?;
+        for (run, value) in runs.into_iter().zip(values.iter()) {
+            if inner.run().state(RunId(run)).ok() != Some(StateKind::Running) {
+                continue;
+            }
+            let settled = inner.interpret(py, RunId(run), false, Ok(value.unbind()));
+            if inner.settle(py, RunId(run), settled, None)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Report a run handed out by `take`: `ok` means `value` is what the call
