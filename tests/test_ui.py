@@ -216,14 +216,14 @@ def test_bad_requests_are_readable_errors(ui: str) -> None:
     status, _kind, body = _get(f"{ui}nowhere")
     assert status == 404 and "nothing at /nowhere" in body
     status, _kind, body = _get(f"{ui}runs?limit=lots")
-    assert status == 400 and "limit must be a number" in body
+    assert status == 400 and "limit must be a whole number" in body
     failed_id, _ = _record_runs()
     status, _kind, body = _get(f"{ui}runs/{failed_id}?level=LOUD")
     assert status == 400 and "unknown log level &#39;LOUD&#39;" in body
     status, _kind, body = _get(f"{ui}api/runs/{failed_id}?task=99")
     assert status == 400 and json.loads(body)["error"].endswith("has no task 99")
     status, _kind, body = _get(f"{ui}runs/{failed_id}?offset=x&task=0")
-    assert status == 400 and "offset must be a number" in body
+    assert status == 400 and "offset must be a whole number" in body
     status, _kind, body = _get(f"{ui}api/runs?limit=-1")
     assert status == 400 and "limit" in json.loads(body)["error"]
 

@@ -117,7 +117,7 @@ def tokens_create_cmd(
 @_api_option
 def tokens_ls_cmd(as_json: bool, database_url: str | None, api: str | None) -> int:
     """List the tokens (names, roles, dates; never their values)."""
-    from ferroflow.server.auth import list_tokens
+    from ferroflow.server.auth import list_tokens, token_status
 
     if api is not None:
         from ferroflow.client import Client
@@ -137,12 +137,7 @@ def tokens_ls_cmd(as_json: bool, database_url: str | None, api: str | None) -> i
         table.add_column(col, no_wrap=True)
     now = time.time()
     for t in tokens:
-        if t["revoked"] is not None:
-            status = "revoked"
-        elif t["expires"] is not None and t["expires"] <= now:
-            status = "expired"
-        else:
-            status = "active"
+        status = token_status(t, now)
         table.add_row(
             Text(t["name"]),
             t["role"],

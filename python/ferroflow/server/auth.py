@@ -84,6 +84,7 @@ __all__ = [
     "session_of",
     "signin_routes",
     "signout_form",
+    "token_status",
     "tokens_exist",
 ]
 
@@ -302,6 +303,16 @@ def list_tokens(db: Database) -> list[dict[str, Any]]:
     for r in rows:
         r["active"] = r["revoked"] is None and (r["expires"] is None or r["expires"] > now)
     return rows
+
+
+def token_status(row: dict[str, Any], now: float | None = None) -> str:
+    """``"revoked"``, ``"expired"`` or ``"active"``: a :func:`list_tokens` row at ``now``
+    [the current time]."""
+    if row["revoked"] is not None:
+        return "revoked"
+    if row["expires"] is not None and row["expires"] <= (_now() if now is None else now):
+        return "expired"
+    return "active"
 
 
 def revoke_token(db: Database, name: str) -> None:

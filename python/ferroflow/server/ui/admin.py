@@ -21,6 +21,7 @@ from ferroflow.exceptions import ApiError, SecretError, SecretKeyError
 from ferroflow.server import auth, models
 from ferroflow.server import secrets as server_secrets
 from ferroflow.server.database import Database
+from ferroflow.server.ui.views import _int
 
 __all__ = [
     "AUDIT_PAGE",
@@ -42,12 +43,7 @@ def _when(ts: float | None) -> str | None:
 
 
 def _token(row: dict[str, Any], now: float, me: str | None) -> dict[str, Any]:
-    if row["revoked"] is not None:
-        status = "revoked"
-    elif row["expires"] is not None and row["expires"] <= now:
-        status = "expired"
-    else:
-        status = "active"
+    status = auth.token_status(row, now)
     return {
         "name": row["name"],
         "role": row["role"],
@@ -206,16 +202,3 @@ def _detail_text(detail: Any) -> str:
     if isinstance(detail, dict):
         return ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in sorted(detail.items()))
     return json.dumps(detail, default=str)
-
-
-def _int(query: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(f"{name} must be a whole number, not {raw[:50]!r}") from None
-    if value < low:
-        raise ApiError(f"{name} must be {low} or more, not {value}")
-    return value

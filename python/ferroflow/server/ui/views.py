@@ -124,13 +124,15 @@ def _took(seconds: float | None) -> str:
 
 
 def _int(query: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
+    """Query parameter ``name`` as a whole number >= ``low`` (``default`` when absent);
+    ApiError (a 400) for anything else."""
     raw = query.get(name)
     if raw is None or raw == "":
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise ApiError(f"{name} must be a number, not {raw!r}") from None
+        raise ApiError(f"{name} must be a whole number, not {raw[:50]!r}") from None
     if value < low:
         raise ApiError(f"{name} must be {low} or more, not {value}")
     return value
