@@ -586,6 +586,30 @@ with Flow("secretive") as secretive:
 """
 
 
+def run_answers(
+    client: Any, run_id: str, responses: list[str]
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """A finished run as the API shows it: its task runs by name and its log lines; every
+    answer (the run, each task run's transitions) is added to ``responses`` (grepped
+    for the secret's value later)."""
+    got = client.graphql(
+        "query($id: String!) { flow_run(id: $id) { state message "
+        "task_runs(limit: 100) { items { id task_name state message result_location } } "
+        "logs(limit: 1000) { message } } }",
+        {"id": run_id},
+    )
+    responses.append(json.dumps(got))
+    items = {t["task_name"]: t for t in got["flow_run"]["task_runs"]["items"]}
+    for t in items.values():
+        detail = client.graphql(
+            "query($r: String!, $i: Int!) { task_run(flow_run_id: $r, id: $i) "
+            "{ transitions { state message } } }",
+            {"r": run_id, "i": t["id"]},
+        )
+        responses.append(json.dumps(detail))
+    return items, [x["message"] for x in got["flow_run"]["logs"]]
+
+
 def test_a_flow_under_an_agent_gets_the_value_and_nothing_else_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -607,29 +631,14 @@ def test_a_flow_under_an_agent_gets_the_value_and_nothing_else_does(
         # The value reached the task: the ledger holds its hash.
         assert ledger.items() == [hashlib.sha256(value.encode()).hexdigest()]
 
-        everything = (
-            "query($id: String!) { flow_run(id: $id) { state message "
-            "task_runs(limit: 100) { items { id task_name state message result_location } } "
-            "logs(limit: 1000) { message } } }"
-        )
-        got = client.graphql(everything, {"id": run_id})
-        responses.append(json.dumps(got))
-        items = {t["task_name"]: t for t in got["flow_run"]["task_runs"]["items"]}
+        items, logs = run_answers(client, run_id, responses)
         assert items["DB_PASSWORD"]["state"] == "Success"
         assert items["DB_PASSWORD"]["result_location"] is None
         assert items["use"]["result_location"] is not None  # it did checkpoint
         assert "refused ****" in (items["explode"]["message"] or "")
         assert items["NOT_THERE"]["state"] == "Failed"
         assert "no secret named 'NOT_THERE'" in (items["NOT_THERE"]["message"] or "")
-        logs = [x["message"] for x in got["flow_run"]["logs"]]
         assert any("using ****" in x for x in logs), logs
-        for t in items.values():
-            detail = client.graphql(
-                "query($r: String!, $i: Int!) { task_run(flow_run_id: $r, id: $i) "
-                "{ transitions { state message } } }",
-                {"r": run_id, "i": t["id"]},
-            )
-            responses.append(json.dumps(detail))
         responses.append(json.dumps(client.graphql("{ secrets { name created updated } }")))
         # The run is over: nobody gets the value now.
         with pytest.raises(ApiError, match="not held by an agent") as err:
@@ -917,26 +926,11 @@ def test_under_an_agent_on_dask_or_processes_the_task_gets_the_server_value_and_
         digest = hashlib.sha256(value.encode()).hexdigest()
         assert ledger.items() == [(len(value), digest, "****")], output
 
-        everything = (
-            "query($id: String!) { flow_run(id: $id) { state message "
-            "task_runs(limit: 100) { items { id task_name state message result_location } } "
-            "logs(limit: 1000) { message } } }"
-        )
-        got = client.graphql(everything, {"id": run_id})
-        responses.append(json.dumps(got))
-        items = {t["task_name"]: t for t in got["flow_run"]["task_runs"]["items"]}
+        items, logs = run_answers(client, run_id, responses)
         assert items["DB_PASSWORD"]["state"] == "Success"
         assert items["length"]["state"] == "Success"
         assert "refused ****" in (items["explode"]["message"] or "")
-        logs = [x["message"] for x in got["flow_run"]["logs"]]
         assert any("telling ****" in x for x in logs), logs
-        for t in items.values():
-            detail = client.graphql(
-                "query($r: String!, $i: Int!) { task_run(flow_run_id: $r, id: $i) "
-                "{ transitions { state message } } }",
-                {"r": run_id, "i": t["id"]},
-            )
-            responses.append(json.dumps(detail))
         responses.append(json.dumps(client.get_logs(run_id)))
     finally:
         if agent is not None:
