@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from ferroflow import Flow, task
 from ferroflow.cli import load_module
 from ferroflow.client import Client
 from ferroflow.store import open_store
+from test_agent import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -130,17 +130,6 @@ def _newest(flow_name: str) -> Any:
         return next(r for r in store.list_flow_runs(100) if r.flow_name == flow_name)
 
 
-def _wait(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def _started(flow_name: str, state: str = "Running") -> Any:
     def check() -> Any:
         try:
@@ -152,7 +141,7 @@ def _started(flow_name: str, state: str = "Running") -> Any:
                 return run if run.state == "Running" and store.task_runs(run.id) else None
             return run if any(t.state == state for t in store.task_runs(run.id)) else None
 
-    return _wait(f"a {state} run of {flow_name}", check)
+    return wait_for(f"a {state} run of {flow_name}", check)
 
 
 def _ferroflow(*args: str) -> subprocess.Popen[str]:
