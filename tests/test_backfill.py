@@ -83,22 +83,30 @@ def test_parse_instant() -> None:
             parse_instant(bad, "--start")
 
 
-def test_a_backfill_creates_one_run_per_scheduled_time_once(
-    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    register(server, tmp_path, FLOWS, "daily")
-    api = ("--api", server.url)
-    code, out, err = cli(
+def backfill_cli(
+    server: Server, capsys: pytest.CaptureFixture[str], start: str, end: str, *extra: str
+) -> tuple[int, str, str]:
+    """``ferroflow flows backfill daily --start START --end END [extra] --api URL``."""
+    return cli(
         "flows",
         "backfill",
         "daily",
         "--start",
-        "2026-11-01",
+        start,
         "--end",
-        "2026-11-30",
-        *api,
+        end,
+        *extra,
+        "--api",
+        server.url,
         capsys=capsys,
     )
+
+
+def test_a_backfill_creates_one_run_per_scheduled_time_once(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    register(server, tmp_path, FLOWS, "daily")
+    code, out, err = backfill_cli(server, capsys, "2026-11-01", "2026-11-30")
     assert code == 0, err
     assert "created 30 run(s)" in out and "0 scheduled time(s) had a run already" in out
     runs = [r for r in runs_of(server) if r["name"] and r["name"].startswith("backfill")]
@@ -106,31 +114,9 @@ def test_a_backfill_creates_one_run_per_scheduled_time_once(
     assert all(r["parameters"] == {"n": 7} and r["state"] == "Scheduled" for r in runs)
     assert runs[0]["name"].startswith("backfill 2026-11-")
     # Again, and a range that overlaps it: nothing that exists is made twice.
-    code, out, _ = cli(
-        "flows",
-        "backfill",
-        "daily",
-        "--start",
-        "2026-11-01",
-        "--end",
-        "2026-11-30",
-        "--json",
-        *api,
-        capsys=capsys,
-    )
+    code, out, _ = backfill_cli(server, capsys, "2026-11-01", "2026-11-30", "--json")
     assert code == 0 and json.loads(out)["created"] == 0 and json.loads(out)["existing"] == 30
-    code, out, _ = cli(
-        "flows",
-        "backfill",
-        "daily",
-        "--start",
-        "2026-10-30",
-        "--end",
-        "2026-11-02",
-        "--json",
-        *api,
-        capsys=capsys,
-    )
+    code, out, _ = backfill_cli(server, capsys, "2026-10-30", "2026-11-02", "--json")
     got = json.loads(out)
     assert code == 0 and (got["created"], got["existing"]) == (2, 2)
     counts = per_instant(runs_of(server))
@@ -223,20 +209,8 @@ def test_max_concurrent_bounds_the_runs_agents_hold(
     server: Server, tmp_path: Path, agents: Any, ledger: Ledger, capsys: pytest.CaptureFixture[str]
 ) -> None:
     register(server, tmp_path, FLOWS, "daily")
-    code, out, err = cli(
-        "flows",
-        "backfill",
-        "daily",
-        "--start",
-        "2026-11-01",
-        "--end",
-        "2026-11-06",
-        "--max-concurrent",
-        "2",
-        "--json",
-        "--api",
-        server.url,
-        capsys=capsys,
+    code, out, err = backfill_cli(
+        server, capsys, "2026-11-01", "2026-11-06", "--max-concurrent", "2", "--json"
     )
     assert code == 0, err
     created = json.loads(out)["flow_run_ids"]
