@@ -78,27 +78,25 @@ release-check: check-wheel stubtest
 # a private server from its binaries) and Chromium (Debian's `chromium`, which Playwright
 # drives for the UI's browser tests; never `playwright install`). Installed with apt-get when root, else the command
 # is printed and make stops.
+# $(call system_package,PACKAGE,CHECK,WHO): nothing when CHECK succeeds; else apt-get
+# installs PACKAGE when root (updating the lists once if the first try fails), or the
+# command is printed and make stops.
+define system_package
+	@if $(2); then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing $(1) (for $(3))"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null \
+			|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null; }; \
+	else \
+		echo "$(3) need $(1): run  sudo apt-get install -y $(1)" >&2; \
+		exit 1; \
+	fi
+endef
+
 sysdeps:
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
-		:; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing postgresql (for the server tests)"; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
-			|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }; \
-	else \
-		echo "the tests need PostgreSQL: run  sudo apt-get install -y postgresql" >&2; \
-		exit 1; \
-	fi
-	@if [ -x /usr/bin/chromium ]; then \
-		:; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing chromium (for the UI's browser tests)"; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
-			|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
-	else \
-		echo "the UI tests need Chromium: run  sudo apt-get install -y chromium" >&2; \
-		exit 1; \
-	fi
+	$(call system_package,postgresql,ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null,the server tests)
+	$(call system_package,chromium,[ -x /usr/bin/chromium ],the UI's browser tests)
 
 test: venv sysdeps
 	cargo test -p ferroflow-core
