@@ -500,19 +500,29 @@ def test_results_stay_on_the_cluster(cluster: LocalCluster, dask_ex: DaskExecuto
 
 def test_describe_and_lazy_lengths(cluster: LocalCluster) -> None:
     """Values the core measures without a batched description are described on demand."""
-    assert ffdask._describe([[1, 2], 3, "ab"], (), 2) == ("meta", 3, "list", [2, "int", 2])
-    assert ffdask._describe([[1, 2]], (0,), 1) == ("meta", 2, "list", None)
-    assert ffdask._describe(None, (), 1) == ("meta", None, "NoneType", None)
+    got = ffdask._describe([[1, 2], 3, "ab"], (), 2)
+    assert got == ("meta", 3, "list", [2, "int", 2], None)
+    assert ffdask._describe([[1, 2]], (0,), 1) == ("meta", 2, "list", None, None)
+    assert ffdask._describe(None, (), 1) == ("meta", None, "NoneType", None, None)
+    # Small plain elements come with the description (a map sends them in its tasks).
+    plain = (1, 2.5, "ab", b"x", None, True, 1j)
+    assert ffdask._describe(plain, (), 1) == ("meta", 7, "tuple", None, list(plain))
+    assert ffdask._describe(list(range(5)), (), 0)[4] is None  # a probe: length only
+    assert ffdask._describe([1, [2]], (), 1)[4] is None  # not all plain
+    assert ffdask._describe(["x" * ffdask._INLINE_BYTES], (), 1)[4] is None  # too big
+    assert ffdask._describe(range(3), (), 1)[4] is None  # not a list or tuple
     out = ffdask._Outcome(ffdask._Outcome.RAISED, ValueError("x"))
     assert ffdask._describe(out, (), 1)[0] == "outcome"
     with Client(cluster, set_as_default=False) as c:
         sized = ffdask._RemoteLazy(c.submit(make.run, 3, pure=False))
         assert len(sized) == 3
         assert isinstance(sized, ffdask._RemoteSized)
-        item = sized[1]
-        assert isinstance(item, ffdask._Item) and item.path == (1,)
+        assert sized[1] == 1 and type(sized[1]) is int  # sent with its description
         lists = ffdask._RemoteLazy(c.submit(nested.run, pure=False))
-        assert len(lists[2]) == 3
+        assert len(lists) == 3
+        item = lists[2]
+        assert isinstance(item, ffdask._Item) and item.path == (2,)
+        assert len(item) == 3
         unsized = ffdask._RemoteLazy(c.submit(nothing.run, pure=False))
         with pytest.raises(TypeError, match="a NoneType is not a sized sequence"):
             len(unsized)
