@@ -498,6 +498,46 @@ def test_results_stay_on_the_cluster(cluster: LocalCluster, dask_ex: DaskExecuto
             time.sleep(0.1)
 
 
+def test_a_map_over_small_plain_values_sends_each_element_in_its_childs_task(
+    dask_ex: DaskExecutor,
+) -> None:
+    """The children's Dask tasks carry their elements (not a dependency on the whole
+    source value), and the final values stored near the end are fetched while the last
+    run computes; with release_results nothing is fetched early."""
+    specs: list[Any] = []
+    prefetched: list[int] = []
+    real_submit = ffdask._Driver._submit
+    real_prefetched = ffdask._Driver._prefetched
+
+    def spy_submit(self: Any, batch: list[Any]) -> Any:
+        specs.extend(b[1] for b in batch)
+        return real_submit(self, batch)
+
+    def spy_prefetched(self: Any) -> None:
+        real_prefetched(self)
+        prefetched.append(len(self.prefetched))
+
+    with Flow("inline") as flow:
+        xs = make(600)
+        ys = inc.map(xs)
+        s = total(ys)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ffdask._Driver, "_submit", spy_submit)
+        mp.setattr(ffdask._Driver, "_prefetched", spy_prefetched)
+        state = flow.run(executor=dask_ex)
+        assert state.is_successful()
+        assert state.result[ys].result == list(range(1, 601))
+        assert state.result[s].result == sum(range(1, 601))
+        children = [spec for spec in specs if spec[2] >= 0]  # map_index
+        assert len(children) == 600
+        assert all(type(spec[6][0]) is int and spec[9] is None for spec in children)
+        assert prefetched and max(prefetched) >= ffdask._PREFETCH_MIN  # fetched early
+        prefetched.clear()
+        state = flow.run(executor=dask_ex, release_results=True)
+        assert state.result[s].result == sum(range(1, 601))
+        assert not prefetched
+
+
 def test_describe_and_lazy_lengths(cluster: LocalCluster) -> None:
     """Values the core measures without a batched description are described on demand."""
     got = ffdask._describe([[1, 2], 3, "ab"], (), 2)

@@ -13,7 +13,12 @@ run is taken, the proxies in its arguments are swapped for their futures, so Das
 moves the data from worker to worker and the driver never sees it. The core measures a
 result it maps over with ``len(proxy)`` and indexes it with ``proxy[i]``: results of
 tasks that are mapped over are described on the worker (their length, one small extra
-Dask task) and indexing gives a marker that the worker resolves before the call.
+Dask task) and indexing gives a marker that the worker resolves before the call. A list
+or tuple of small plain values (numbers, short strings, None: ``_small_items``) comes
+with its description, and indexing it gives the element itself, so each child of such
+a map carries its element in its own Dask task, as ``client.map(f, values)`` does,
+instead of depending on the whole value. Ready runs go out in graphs of up to 1,024
+runs (a map's children in one ``client.map`` call).
 
 Send-ahead: a run of a plain task (no hooks, timeout or retries, the default trigger,
 not mapped, every input from one run of a task on the cluster) is submitted as soon as
@@ -35,7 +40,9 @@ never raise, so workers do not log ``Compute Failed`` for failed or skipped runs
 Futures are released once nothing needs them: they live only in the proxies the core
 stores, which the core drops when results are released (``release_results``) or the run
 ends. At the end, the values still stored are gathered in one call, so every
-``state.result[task].result`` holds the real value. (A custom trigger, which runs in the
+``state.result[task].result`` holds the real value; near the end (few runs in flight,
+results not released) the values already stored are fetched in a helper thread while
+the last runs compute, and the end fetches only the rest. (A custom trigger, which runs in the
 driver during the run, sees proxies as its upstream states' results.)
 
 Start-up: an address gets a one-second connection attempt; when it fails, a plain TCP
