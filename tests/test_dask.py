@@ -498,21 +498,71 @@ def test_results_stay_on_the_cluster(cluster: LocalCluster, dask_ex: DaskExecuto
             time.sleep(0.1)
 
 
+def test_a_map_over_small_plain_values_sends_each_element_in_its_childs_task(
+    dask_ex: DaskExecutor,
+) -> None:
+    """The children's Dask tasks carry their elements (not a dependency on the whole
+    source value), and the final values stored near the end are fetched while the last
+    run computes; with release_results nothing is fetched early."""
+    specs: list[Any] = []
+    prefetched: list[int] = []
+    real_submit = ffdask._Driver._submit
+    real_prefetched = ffdask._Driver._prefetched
+
+    def spy_submit(self: Any, batch: list[Any]) -> Any:
+        specs.extend(b[1] for b in batch)
+        return real_submit(self, batch)
+
+    def spy_prefetched(self: Any) -> None:
+        real_prefetched(self)
+        prefetched.append(len(self.prefetched))
+
+    with Flow("inline") as flow:
+        xs = make(600)
+        ys = inc.map(xs)
+        s = total(ys)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ffdask._Driver, "_submit", spy_submit)
+        mp.setattr(ffdask._Driver, "_prefetched", spy_prefetched)
+        state = flow.run(executor=dask_ex)
+        assert state.is_successful()
+        assert state.result[ys].result == list(range(1, 601))
+        assert state.result[s].result == sum(range(1, 601))
+        children = [spec for spec in specs if spec[2] >= 0]  # map_index
+        assert len(children) == 600
+        assert all(type(spec[6][0]) is int and spec[9] is None for spec in children)
+        assert prefetched and max(prefetched) >= ffdask._PREFETCH_MIN  # fetched early
+        prefetched.clear()
+        state = flow.run(executor=dask_ex, release_results=True)
+        assert state.result[s].result == sum(range(1, 601))
+        assert not prefetched
+
+
 def test_describe_and_lazy_lengths(cluster: LocalCluster) -> None:
     """Values the core measures without a batched description are described on demand."""
-    assert ffdask._describe([[1, 2], 3, "ab"], (), 2) == ("meta", 3, "list", [2, "int", 2])
-    assert ffdask._describe([[1, 2]], (0,), 1) == ("meta", 2, "list", None)
-    assert ffdask._describe(None, (), 1) == ("meta", None, "NoneType", None)
+    got = ffdask._describe([[1, 2], 3, "ab"], (), 2)
+    assert got == ("meta", 3, "list", [2, "int", 2], None)
+    assert ffdask._describe([[1, 2]], (0,), 1) == ("meta", 2, "list", None, None)
+    assert ffdask._describe(None, (), 1) == ("meta", None, "NoneType", None, None)
+    # Small plain elements come with the description (a map sends them in its tasks).
+    plain = (1, 2.5, "ab", b"x", None, True, 1j)
+    assert ffdask._describe(plain, (), 1) == ("meta", 7, "tuple", None, list(plain))
+    assert ffdask._describe(list(range(5)), (), 0)[4] is None  # a probe: length only
+    assert ffdask._describe([1, [2]], (), 1)[4] is None  # not all plain
+    assert ffdask._describe(["x" * ffdask._INLINE_BYTES], (), 1)[4] is None  # too big
+    assert ffdask._describe(range(3), (), 1)[4] is None  # not a list or tuple
     out = ffdask._Outcome(ffdask._Outcome.RAISED, ValueError("x"))
     assert ffdask._describe(out, (), 1)[0] == "outcome"
     with Client(cluster, set_as_default=False) as c:
         sized = ffdask._RemoteLazy(c.submit(make.run, 3, pure=False))
         assert len(sized) == 3
         assert isinstance(sized, ffdask._RemoteSized)
-        item = sized[1]
-        assert isinstance(item, ffdask._Item) and item.path == (1,)
+        assert sized[1] == 1 and type(sized[1]) is int  # sent with its description
         lists = ffdask._RemoteLazy(c.submit(nested.run, pure=False))
-        assert len(lists[2]) == 3
+        assert len(lists) == 3
+        item = lists[2]
+        assert isinstance(item, ffdask._Item) and item.path == (2,)
+        assert len(item) == 3
         unsized = ffdask._RemoteLazy(c.submit(nothing.run, pure=False))
         with pytest.raises(TypeError, match="a NoneType is not a sized sequence"):
             len(unsized)

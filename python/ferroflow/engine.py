@@ -269,6 +269,7 @@ class FlowRun:
         self.flow = flow
         self.plan = plan
         self.parameters = parameters
+        self.release_results = release_results
         self.flow_run_id = _uuid4()
         self.token = next(_TOKENS)
         self.started = datetime.now(timezone.utc)

@@ -13,7 +13,12 @@ run is taken, the proxies in its arguments are swapped for their futures, so Das
 moves the data from worker to worker and the driver never sees it. The core measures a
 result it maps over with ``len(proxy)`` and indexes it with ``proxy[i]``: results of
 tasks that are mapped over are described on the worker (their length, one small extra
-Dask task) and indexing gives a marker that the worker resolves before the call.
+Dask task) and indexing gives a marker that the worker resolves before the call. A list
+or tuple of small plain values (numbers, short strings, None: ``_small_items``) comes
+with its description, and indexing it gives the element itself, so each child of such
+a map carries its element in its own Dask task, as ``client.map(f, values)`` does,
+instead of depending on the whole value. Ready runs go out in graphs of up to 1,024
+runs (a map's children in one ``client.map`` call).
 
 Send-ahead: a run of a plain task (no hooks, timeout or retries, the default trigger,
 not mapped, every input from one run of a task on the cluster) is submitted as soon as
@@ -35,7 +40,9 @@ never raise, so workers do not log ``Compute Failed`` for failed or skipped runs
 Futures are released once nothing needs them: they live only in the proxies the core
 stores, which the core drops when results are released (``release_results``) or the run
 ends. At the end, the values still stored are gathered in one call, so every
-``state.result[task].result`` holds the real value. (A custom trigger, which runs in the
+``state.result[task].result`` holds the real value; near the end (few runs in flight,
+results not released) the values already stored are fetched in a helper thread while
+the last runs compute, and the end fetches only the rest. (A custom trigger, which runs in the
 driver during the run, sees proxies as its upstream states' results.)
 
 Start-up: an address gets a one-second connection attempt; when it fails, a plain TCP
@@ -82,14 +89,16 @@ __all__ = ["DaskExecutor"]
 
 _INSTALL_HINT = "DaskExecutor needs dask.distributed: pip install 'ferroflow[dask]'"
 _SUCCESS = Success.code
-_BATCH = 512  # runs taken from the core per submission
+_BATCH = 1024  # runs taken from the core per submission
 _PER_THREAD = 8  # runs in flight per worker thread (at least _MIN_INFLIGHT)
-_MIN_INFLIGHT = 64
+_MIN_INFLIGHT = 1024
 _CONNECT_TIMEOUT = 10.0  # seconds, for an address (the SPEC allows 15 s in all)
 _FIRST_TRY = 1.0  # seconds of the first connection attempt before probing the address
 _REAL, _CONTAINER, _RUN = 0, 1, 2
 _CALL_PLAIN, _CALL_VALUE, _CALL_LIST, _CALL_TUPLE = 0, 2, 3, 4  # call kinds of engine._Plan
 _DRAIN_S = 1.0  # seconds between collections of the workers' log lines
+_PREFETCH_MIN = 256  # values stored since the last prefetch before prefetching again
+_INLINE_BYTES = 1 << 20  # elements of a mapped value sent to the driver with its length
 
 
 def _load_distributed() -> Any:
@@ -109,12 +118,13 @@ class _RemoteBase:
     Every proxy class has the same slots, so a proxy can change class in place once its
     value is described (the core keeps the object it was given)."""
 
-    __slots__ = ("future", "length", "sub")
+    __slots__ = ("future", "items", "length", "sub")
 
     def __init__(self, future: Any) -> None:
         self.future = future
         self.length: int | None = None
         self.sub: list[Any] | None = None
+        self.items: list[Any] | None = None
 
     def __repr__(self) -> str:
         return f"<ferroflow value on Dask {getattr(self.future, 'key', None)!r}>"
@@ -152,6 +162,8 @@ class _RemoteSized(_RemoteBase):
         n = self.length or 0
         if not isinstance(i, int) or not 0 <= i < n:
             raise IndexError(i)
+        if self.items is not None:  # small plain elements, sent with the description
+            return self.items[i]
         sub = self.sub
         if sub is None:
             return _Item(self.future, (i,), None)
@@ -186,7 +198,7 @@ class _Item(_ItemBase):
 
     def __len__(self) -> int:
         if self.length is None:
-            n, tname, _sub = _blocking_describe(self.future, self.path, 1)
+            n, tname, _sub, _items = _blocking_describe(self.future, self.path, 1)
             if n is None:
                 raise TypeError(f"a {tname} is not a sized sequence (use a list or tuple)")
             self.length = n
@@ -221,11 +233,11 @@ def _unsized_class(tname: str, item: bool) -> type:
 
 def _morph(p: _RemoteBase, meta: tuple[Any, ...]) -> None:
     """Give a proxy the class its description calls for."""
-    n, tname, sub = meta
+    n, tname, sub, items = meta
     if n is None:
         p.__class__ = _unsized_class(tname, False)
     else:
-        p.length, p.sub = n, sub
+        p.length, p.sub, p.items = n, sub, items
         p.__class__ = _RemoteSized
 
 
@@ -242,7 +254,7 @@ def _blocking_describe(future: Any, path: tuple[int, ...], need: int) -> tuple[A
     desc = client.submit(_describe, future, path, need, pure=False)
     kind, *rest = desc.result()
     if kind == "outcome":  # pragma: no cover - a successful run's value is never one
-        return (None, "_Outcome", None)
+        return (None, "_Outcome", None, None)
     return tuple(rest)
 
 
@@ -449,21 +461,48 @@ def _is_sequence(v: Any) -> bool:
 
 
 def _describe(value: Any, path: tuple[int, ...], need: int) -> tuple[Any, ...]:
-    """``("outcome", outcome)`` or ``("meta", length or None, type name, sub)`` where
-    ``sub`` (when ``need == 2``) gives each element's length, or its type name when the
-    element is not a sized sequence."""
+    """``("outcome", outcome)`` or ``("meta", length or None, type name, sub, items)``
+    where ``sub`` (when ``need == 2``) gives each element's length, or its type name when
+    the element is not a sized sequence, and ``items`` (see ``_small_items``) the
+    elements themselves when the value is a list or tuple of a few small plain values."""
     if isinstance(value, _Outcome):
         return ("outcome", value)
     for i in path:
         value = value[i]
     tname = type(value).__name__
     if not _is_sequence(value):
-        return ("meta", None, tname, None)
+        return ("meta", None, tname, None, None)
     n = len(value)
     sub = None
     if need >= 2:
         sub = [len(x) if _is_sequence(x) else type(x).__name__ for x in value]
-    return ("meta", n, tname, sub)
+    items = _small_items(value) if need >= 1 and not path else None
+    return ("meta", n, tname, sub, items)
+
+
+def _small_items(value: Any) -> list[Any] | None:
+    """The elements of a list or tuple of plain values (numbers, short strings, None)
+    that weigh little in all (``_INLINE_BYTES``), else None.
+
+    A map over such a value gets its elements with the description, so each child's
+    element travels inside its Dask task, as in ``client.map(f, values)``, instead of
+    every child depending on the whole value and indexing it on its worker (a
+    dependency per child costs the scheduler about as much as the child itself). The
+    elements are immutable and pickle to equal values, so the child sees the same."""
+    if type(value) is not list and type(value) is not tuple:
+        return None
+    budget = _INLINE_BYTES
+    for x in value:
+        t = type(x)
+        if t is str or t is bytes:
+            budget -= 16 + len(x)
+        elif t in _PLAIN:
+            budget -= 16
+        else:
+            return None
+        if budget < 0:
+            return None
+    return list(value)
 
 
 # --- the executor --------------------------------------------------------------------------
@@ -597,6 +636,7 @@ class DaskExecutor(Executor):
             try:
                 driver.start()
                 driver.loop()
+                driver.drain_at_end()
                 driver.finalize()
             except KeyboardInterrupt:
                 driver.cancel_all()
@@ -743,6 +783,14 @@ class _Driver:
         self.low = 4
         self.watchers: set[Any] = set()
         self.drained = time.monotonic()
+        self.draining: tuple[threading.Thread, list[Any]] | None = None
+        self.drained_at_end = False  # the collection in progress began after the runs
+        # Values fetched before the end (see _prefetch_tail), by Dask key.
+        self.prefetched: dict[Any, Any] = {}
+        self.prefetching: tuple[threading.Thread, list[Any], list[Any]] | None = None
+        self.release = bool(getattr(run, "release_results", False))
+        self.n_ok = 0  # runs reported successful
+        self.n_prefetched = 0  # n_ok when values were last prefetched
         # Tasks that run here, not on the cluster (secret tasks: see _run_here).
         self.in_driver = _driver_tasks(self.tasks)
         self.masks_sent = 0  # values of runtime._MASK_LIST in the context future
@@ -1216,6 +1264,7 @@ class _Driver:
             self._fetch(fetch)
 
     def _report_ok(self, rec: _Sub, value: Any) -> None:
+        self.n_ok += 1
         if rec.hooked:
             value = (_SUCCESS, value, None, _native.CAUSE_INTERNAL)
         if self.runner.report(rec.run_id, rec.hooked, True, value):
@@ -1232,7 +1281,7 @@ class _Driver:
                 if value[0] == "outcome":
                     self._report_outcome(rec, value[1])
                 else:
-                    self._report_ok(rec, _proxy(rec.run_future, tuple(value[1:4])))
+                    self._report_ok(rec, _proxy(rec.run_future, tuple(value[1:5])))
             else:
                 self._report_outcome(rec, value)
 
@@ -1315,17 +1364,109 @@ class _Driver:
 
     def drain_logs(self) -> None:
         """Bring the run-logger lines collected on the workers to this process, where
-        they go to the run store with the rest of the run (about once a second, and at
-        the end)."""
+        they go to the run store with the rest of the run (at the end; during the run,
+        ``_drain_soon`` collects them about once a second without waiting)."""
+        if self._drain_applied(wait=True) and not self.restarts:
+            return  # collected after the last run ended (drain_at_end)
+        self.drained = time.monotonic()
+        self._apply_logs(self._take_logs())
+
+    def drain_at_end(self) -> None:
+        """Every run has ended: collect the workers' last lines while ``finalize``
+        fetches the values (``drain_logs`` then only adds them)."""
+        self._drain_applied(wait=True)
+        self._drain_soon()
+        self.drained_at_end = True
+
+    def _take_logs(self) -> Any:
         from ferroflow import runtime
 
-        self.drained = time.monotonic()
         try:
-            got = self.client.run(runtime._take_remote_logs, self.run.flow_run_id)
+            return self.client.run(runtime._take_remote_logs, self.run.flow_run_id)
         except Exception:
-            return  # workers gone: their lines went with them
-        for lines in got.values():
+            return None  # workers gone: their lines went with them
+
+    def _apply_logs(self, got: Any) -> None:
+        from ferroflow import runtime
+
+        for lines in (got or {}).values():
             runtime._add_remote_logs(lines)
+
+    def _drain_soon(self) -> None:
+        """Collect the workers' lines in a helper thread (the round trip to every worker
+        would stall the loop); the loop adds them to the run here, in this thread."""
+        if self._drain_applied(wait=False):
+            return
+        self.drained = time.monotonic()
+        box: list[Any] = []
+        t = threading.Thread(
+            target=lambda: box.append(self._take_logs()), name="ferroflow-dask-logs", daemon=True
+        )
+        self.draining = (t, box)
+        t.start()
+
+    def _drain_applied(self, wait: bool) -> bool:
+        """Add the lines of a collection in progress when it is done (or once it is, with
+        ``wait``, which returns whether that collection began after every run ended);
+        without ``wait``, True while one is still in progress."""
+        if self.draining is None:
+            return False
+        t, box = self.draining
+        if wait:
+            t.join()
+        elif t.is_alive():
+            return True
+        self.draining = None
+        self._apply_logs(box[0] if box else None)
+        at_end, self.drained_at_end = self.drained_at_end, False
+        return wait and at_end
+
+    # --- prefetching the final values -----------------------------------------------------
+    def _prefetched(self) -> None:
+        """Keep the values of the prefetch in progress (once it is done)."""
+        if self.prefetching is None:
+            return
+        t, box, futs = self.prefetching
+        t.join()
+        self.prefetching = None
+        if box:
+            self.prefetched.update(zip([f.key for f in futs], box[0], strict=True))
+
+    def _prefetch_tail(self) -> None:
+        """Near the end of a run (few runs in flight), fetch the values already stored in
+        a helper thread while the last runs compute: ``finalize`` would fetch them anyway
+        once they end (not when results are released: those may never be fetched)."""
+        if self.prefetching is not None:
+            if self.prefetching[0].is_alive():
+                return
+            self._prefetched()
+        if self.release or self.n_ok - self.n_prefetched < _PREFETCH_MIN:
+            return
+        if len(self.inflight) > self.low:
+            return
+        self.n_prefetched = self.n_ok
+        runner = self.runner
+        proxies: list[Any] = []
+        for v in runner.results(0, runner.n_runs()):
+            if _has_proxy(v):
+                _collect(v, proxies)
+        done = self.prefetched
+        futs = list({p.future.key: p.future for p in proxies if p.future.key not in done}.values())
+        futs = [f for f in futs if f.status == "finished"]
+        if not futs:
+            return
+        box: list[Any] = []
+        client, direct = self.client, self.direct
+
+        def fetch() -> None:
+            try:
+                box.append(client.gather(futs, direct=direct))
+            except Exception:
+                pass  # finalize fetches them
+
+        t = threading.Thread(target=fetch, name="ferroflow-dask-prefetch", daemon=True)
+        self.prefetching = (t, box, futs)
+        t.start()
 
     def join_restarts(self) -> None:
         for t in self.restarts:
@@ -1339,7 +1480,8 @@ class _Driver:
         while True:
             self._fill()
             if time.monotonic() - self.drained > _DRAIN_S:
-                self.drain_logs()
+                self._drain_soon()
+            self._prefetch_tail()
             if not self.inflight:
                 if not _wait_idle(runner):
                     return
@@ -1388,8 +1530,16 @@ class _Driver:
         for v in found.values():
             _collect(v, proxies)
         unique = list({id(p): p for p in proxies}.values())
-        values = _gather(self.client, [p.future for p in unique], _identity, direct=self.direct)
-        resolved = {id(p): val for p, val in zip(unique, values, strict=True)}
+        if self.prefetching is not None:
+            self._prefetched()
+        done = self.prefetched
+        rest = [p for p in unique if p.future.key not in done]
+        values = _gather(self.client, [p.future for p in rest], _identity, direct=self.direct)
+        resolved = {id(p): val for p, val in zip(rest, values, strict=True)}
+        for p in unique:
+            if p.future.key in done:
+                resolved[id(p)] = done[p.future.key]
+        self.prefetched = {}
         self.final = {rid: _replace(v, resolved) for rid, v in found.items()}
         for p in unique:
             p.future = None  # release the cluster's memory now
