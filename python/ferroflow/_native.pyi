@@ -23,6 +23,7 @@ __all__ = [
     "error_classes",
     "find_cycle",
     "journal_encode_transitions",
+    "journal_mask",
     "journal_transitions",
     "mask_text",
     "mask_value",
