@@ -14,7 +14,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,9 @@ from ferroflow import _native
 from ferroflow.server import models
 from ferroflow.server.database import SqliteDatabase
 from ferroflow.store import open_store, store_path
-from ferroflow.ui import RunStoreUI
+from test_ui import ui
+
+__all__ = ["ui"]  # a fixture, used by name
 
 CHROMIUM = "/usr/bin/chromium"
 WAIT = 60_000  # ms: a hang guard for what the page must come to show, not a speed check
@@ -36,15 +37,6 @@ def _get(url: str) -> tuple[int, str]:
             return r.status, r.read().decode("utf-8")
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode("utf-8")
-
-
-@pytest.fixture
-def ui() -> Iterator[str]:
-    server = RunStoreUI(port=0)
-    try:
-        yield server.start()
-    finally:
-        server.close()
 
 
 LOGGED = "feed0100-0000-4000-8000-000000000001"
