@@ -1429,10 +1429,31 @@ struct Segment {
     runs: Vec<u32>,
     map_indexes: Vec<i64>,
     run_counts: Vec<u32>,
-    args: Vec<Py<PyTuple>>,
+    /// The single arguments while `unary`, else the argument tuples.
+    args: Vec<Py<PyAny>>,
+    unary: bool,
 }
 
 impl Segment {
+    /// Add a run's arguments. A single argument is kept without its tuple, which
+    /// is dropped at once: thousands of live tuples would set off Python's cyclic
+    /// garbage collector (tuples are tracked, small ints and strings are not).
+    fn push_args(&mut self, py: Python<'_>, args: Py<PyTuple>) -> PyResult<()> {
+        let args = args.into_bound(py);
+        if self.unary && args.len() != 1 {
+            self.unary = false;
+            for a in &mut self.args {
+                *a = PyTuple::new(py, [a.bind(py)])?.into_any().unbind();
+            }
+        }
+        if self.unary {
+            self.args.push(args.get_item(0)?.unbind());
+        } else {
+            self.args.push(args.into_any().unbind());
+        }
+        Ok(())
+    }
+
     /// `(task, func, runs, map_indexes, run_counts, args, unary)`, as compact as
     /// the runs allow (see `take_segments`).
     fn into_py(self, py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
@@ -1458,18 +1479,8 @@ impl Segment {
             Some(&k) if self.run_counts.iter().all(|&c| c == k) => k.into_pyobject(py)?.into_any(),
             _ => PyList::new(py, &self.run_counts)?.into_any(),
         };
-        let unary = self.args.iter().all(|a| a.bind(py).len() == 1);
-        let args = if unary {
-            PyList::new(
-                py,
-                self.args
-                    .iter()
-                    .map(|a| a.bind(py).get_item(0))
-                    .collect::<PyResult<Vec<_>>>()?,
-            )?
-        } else {
-            PyList::new(py, self.args)?
-        };
+        let unary = self.unary;
+        let args = PyList::new(py, self.args)?;
         (
             self.task,
             self.func,
@@ -2287,6 +2298,7 @@ impl PyRunner {
                             map_indexes: Vec::new(),
                             run_counts: Vec::new(),
                             args: Vec::new(),
+                            unary: true,
                         });
                     }
                 }
@@ -2294,7 +2306,7 @@ impl PyRunner {
                     open.runs.push(c.run);
                     open.map_indexes.push(c.map_index);
                     open.run_counts.push(c.run_count);
-                    open.args.push(w.args);
+                    open.push_args(py, w.args)?;
                 }
                 continue;
             }
