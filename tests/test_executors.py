@@ -367,3 +367,94 @@ def test_retried_children_of_a_map_keep_their_context_on_processes() -> None:
     assert [c.result for c in processes.result[m].map_states] == [
         (x, x, 2 if x % 2 else 1) for x in range(12)
     ]
+
+
+_WORKER_ONLY_FAILURE = """
+import multiprocessing
+from ferroflow import task
+if multiprocessing.parent_process() is not None:
+    raise ImportError("this module cannot be imported in a worker process")
+def unloadable_fn(x):
+    return x
+{name} = task(unloadable_fn)  # the function itself is importable: pickled by reference
+"""
+
+
+def _worker_modules(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """Two task modules on ``sys.path``: ``ahead_fine`` imports anywhere, ``ahead_broken``
+    raises ImportError in a worker process (and only there)."""
+    (tmp_path / "ahead_fine.py").write_text(
+        "from ferroflow import task\n\n"
+        "def twice_fn(x):\n    return 2 * x\n\n"
+        "twice = task(twice_fn)\n"
+    )
+    (tmp_path / "ahead_broken.py").write_text(_WORKER_ONLY_FAILURE.format(name="unloadable"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import ahead_broken
+    import ahead_fine
+
+    return ahead_fine.twice, ahead_broken.unloadable
+
+
+@task
+def worker_modules(_: Any) -> tuple[int, bool, bool]:
+    """The worker's pid and whether it has imported the two task modules."""
+    import sys
+
+    return os.getpid(), "ahead_fine" in sys.modules, "ahead_broken" in sys.modules
+
+
+def test_workers_import_the_tasks_modules_ahead_best_effort(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers import the modules of the flow's tasks before those tasks run (here: one
+    that never runs); a module that fails to import in a worker does not harm it."""
+    twice, unloadable = _worker_modules(tmp_path, monkeypatch)
+    with Flow("import-ahead") as flow:
+        go = Parameter("go", default=False)
+        first = inc(1)
+        seen = worker_modules(first)
+        with case(go, True):
+            twice(unloadable(1))
+    state = flow.run(executor=ProcessExecutor(max_workers=2))
+    assert state.is_successful(), state
+    pid, fine, broken = state.result[seen].result
+    assert pid != os.getpid()
+    assert fine and not broken  # imported though `twice` never ran; the other failed quietly
+
+
+def test_a_task_that_cannot_be_loaded_in_a_worker_fails_alone(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task whose function cannot be unpickled in a worker (its module fails to import
+    there) fails with the reason; its worker lives on and the other tasks run. (It used
+    to kill its worker at every attempt, and the run never ended.)"""
+    twice, unloadable = _worker_modules(tmp_path, monkeypatch)
+    with Flow("unloadable") as flow:
+        bad = unloadable(1)
+        mapped = unloadable.map([1, 2, 3])
+        good = twice.map([1, 2, 3])
+        after = inc(4, upstream_tasks=[bad])
+    state = flow.run(executor=ProcessExecutor(max_workers=2))
+    assert type(state).__name__ == "Failed"
+    failed = state.result[bad]
+    assert type(failed).__name__ == "Failed"
+    assert "could not be loaded in the worker process" in failed.message
+    assert "ImportError: this module cannot be imported in a worker process" in failed.message
+    assert [type(s).__name__ for s in state.result[mapped].map_states] == ["Failed"] * 3
+    assert state.result[good].result == [2, 4, 6]
+    assert type(state.result[after]).__name__ == "TriggerFailed"
+
+
+def test_workers_exit_after_the_run() -> None:
+    """The run returns without waiting for its workers to exit, and they do exit."""
+    with Flow("pids") as flow:
+        pids = worker_modules.map([1, 2, 3, 4])
+    state = flow.run(executor=ProcessExecutor(max_workers=2))
+    assert state.is_successful(), state
+    seen = {pid for pid, _, _ in state.result[pids].result}
+    assert seen and os.getpid() not in seen
+    deadline = time.monotonic() + 30
+    while any(os.path.exists(f"/proc/{pid}") for pid in seen):  # gone, zombies too
+        assert time.monotonic() < deadline, f"worker processes {seen} still exist after 30 s"
+        time.sleep(0.05)

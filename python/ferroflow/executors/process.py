@@ -13,7 +13,11 @@ Plain runs (no handlers, timeout, keyword arguments or loop around the call: a m
 once and a list per field (run ids, map indexes, run counts, arguments); their results
 come back as one list per group, handed to the core in one native call. Other runs
 travel one tuple each. A forkserver that ferroflow starts preloads the workers'
-modules, so each worker starts with them imported.
+modules, so each worker starts with them imported. The first worker starts first and
+gets the first batch while the others start; each worker is then sent the modules the
+flow's tasks are defined in, to import while it waits (best effort: a module that
+fails to import in a worker fails only the runs of its tasks, with the reason). The
+run returns without waiting for the workers to exit; a helper thread reaps them.
 
 Faults: each worker publishes the id of the run it is executing in shared memory.
 When a worker dies (segfault, ``os._exit``, SIGKILL, out-of-memory kill) the driver
@@ -43,8 +47,8 @@ from ferroflow.executors import _check_workers, _driver_tasks, _run_in_driver, _
 from ferroflow.runtime import _MASK_LIST
 
 _BATCH = 256  # runs per message to a worker, before any run time is known
-_BATCH_MAX = 4096  # the most runs in one message
-_BATCH_S = 0.002  # once the run time is known: about this much work per message
+_BATCH_MAX = 8192  # the most runs in one message
+_BATCH_S = 0.004  # once the run time is known: about this much work per message
 _DEPTH = 2  # batches in flight per worker
 _FLUSH_S = 0.002  # a worker sends finished results at least this often
 # Results of these exact types travel inside their batch's message, not pickled one by
@@ -135,6 +139,7 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
     info = cloudpickle.loads(info_blob)
     funcs: dict[int, Any] = {}
     tasks: dict[int, Any] = {}
+    broken: set[int] = set()  # tasks whose function or task could not be unpickled here
     parent = os.getppid()
     while True:
         try:
@@ -154,8 +159,16 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
         if kind == "masks":  # secret values the driver masks: masked here too
             runtime._adopt_masks(payload)
             continue
+        if kind == "imports":  # the tasks' modules, imported ahead of their first run
+            _import_ahead(payload)
+            continue
         if kind == "tasks":
-            for task_id, (func, task_obj) in payload.items():
+            for task_id, blob in payload.items():
+                try:
+                    func, task_obj = cloudpickle.loads(blob)
+                except BaseException as exc:  # each of its runs fails with the reason
+                    func, task_obj = _unloadable(exc), None
+                    broken.add(task_id)
                 funcs[task_id] = func
                 if task_obj is not None:
                     tasks[task_id] = task_obj
@@ -192,7 +205,7 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
             )
             value: Any
             try:
-                if hooked:
+                if hooked and task_id not in broken:
                     value = run_task(
                         tasks[task_id],
                         run_count,
@@ -214,6 +227,53 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
             else:
                 out.append(_encode(cloudpickle, run_id, hooked, ok, value))
         send(out, runtime._take_remote_logs())
+
+
+def _unloadable(exc: BaseException) -> Any:
+    """In a worker: what stands for a task whose function (or task) could not be
+    unpickled here (its module fails to import in a worker, say): a function that raises
+    the reason, so that each run of the task fails with it and the worker lives on."""
+    msg = f"the task could not be loaded in the worker process: {_exc_text(exc)}"
+
+    def unloadable(*args: Any, **kwargs: Any) -> Any:
+        raise ExecutorError(msg) from exc
+
+    return unloadable
+
+
+def _import_ahead(names: list[str]) -> None:
+    """In a worker: import the modules the flow's tasks are defined in, before a run of
+    them arrives (unpickling a task's function imports its module; done here, that
+    happens while the worker has nothing else to do). Best effort: a module that fails
+    to import is left alone, and the task's first run reports the error as it would."""
+    import importlib
+
+    for name in names:
+        if name not in sys.modules:
+            try:
+                importlib.import_module(name)
+            except BaseException:  # reported by the first run of its task, if one runs
+                continue
+
+
+def _task_modules(tasks: Any, skip: frozenset[int]) -> list[str]:
+    """The importable modules (other than ``__main__`` and what workers preload) that
+    define the functions and classes of ``tasks``, except those at the indexes ``skip``:
+    what a worker imports when it unpickles them."""
+    names: dict[str, None] = {}
+    for i, t in enumerate(tasks):
+        if i in skip:
+            continue
+        for obj in (getattr(t, "run", None), type(t)):
+            name = getattr(obj, "__module__", None)
+            if (
+                isinstance(name, str)
+                and name != "__main__"
+                and name not in _WORKER_MODULES
+                and getattr(sys.modules.get(name), "__file__", None)
+            ):
+                names[name] = None
+    return list(names)
 
 
 def _run_segment(
@@ -469,11 +529,21 @@ class _Worker:
         self.timed: set[int] = set()
         self.killed_for: int | None = None
         self.masks = 0  # values of runtime._MASK_LIST this worker was sent
+        self.imported = False  # sent the tasks' modules to import (_import_ahead)
 
     def kill(self) -> None:
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(5)
+
+
+def _reap(workers: list[_Worker]) -> None:
+    """Wait for stopped workers to exit; kill one still running after 5 s."""
+    for w in workers:
+        w.proc.join(5)
+        if w.proc.is_alive():
+            w.kill()
+        w.conn.close()
 
 
 class ProcessExecutor:
@@ -566,28 +636,51 @@ class _Driver:
         # task of the runs taken last (the next ones are most likely of it too).
         self.seen: dict[int, tuple[float, float]] = {}
         self.last_task = -1
+        self.modules: list[str] | None = None  # see _task_modules
 
-    def start(self) -> None:
+    def start(self, n: int = 1) -> None:
+        """Start workers until there are ``n`` (at most ``self.n``); each is sent the
+        modules of the flow's tasks to import while it waits for its first batch."""
         try:
-            self.workers = [_Worker(self.ctx, self.info_blob) for _ in range(self.n)]
+            while len(self.workers) < min(n, self.n):
+                self.workers.append(self._new_worker())
         except Exception as exc:
             self.kill_all()
             raise ExecutorError(f"could not start worker processes: {exc!r}") from exc
+
+    def _new_worker(self) -> _Worker:
+        return _Worker(self.ctx, self.info_blob)
+
+    def _import_ahead(self) -> None:
+        """Send each worker that has not had them the modules of the flow's tasks to
+        import (after its first batch, if it has one: that batch runs first)."""
+        if self.modules is None:
+            self.modules = _task_modules(self.tasks, self.in_driver)
+        for w in self.workers:
+            if not w.imported:
+                w.imported = True
+                if self.modules:
+                    try:
+                        w.conn.send_bytes(self.cloudpickle.dumps(("imports", self.modules)))
+                    except OSError:
+                        pass  # the worker just died: its sentinel says so
 
     def kill_all(self) -> None:
         for w in self.workers:
             w.kill()
 
     def stop(self) -> None:
+        """Tell the workers to stop; a helper thread waits for them to exit (killing one
+        that is still there after 5 s), so the run's result does not wait on it."""
+        stop = self.cloudpickle.dumps(("stop", None))
         for w in self.workers:
             try:
-                w.conn.send_bytes(self.cloudpickle.dumps(("stop", None)))
+                w.conn.send_bytes(stop)
             except OSError:
                 pass
-        for w in self.workers:
-            w.proc.join(5)
-            if w.proc.is_alive():
-                w.kill()
+        threading.Thread(
+            target=_reap, args=(list(self.workers),), name="ferroflow-reap", daemon=True
+        ).start()
 
     # --- sending ---------------------------------------------------------------------
     def _task_payload(self, task_id: int, hooked: bool, func: Any) -> Any:
@@ -690,8 +783,7 @@ class _Driver:
                 w.conn.send_bytes(cp.dumps(("masks", _MASK_LIST[w.masks :])))
                 w.masks = len(_MASK_LIST)
             if new_tasks:
-                payload = {tid: cp.loads(blob) for tid, blob in new_tasks.items()}
-                w.conn.send_bytes(cp.dumps(("tasks", payload)))
+                w.conn.send_bytes(cp.dumps(("tasks", new_tasks)))
                 w.known.update(new_tasks)
             w.conn.send_bytes(data)
         except OSError:
@@ -754,10 +846,19 @@ class _Driver:
             return
         # Runs with a timeout travel alone, so that a worker stopped for one does not
         # hold many others.
-        per = 1 if self._has_timeouts() else self._per_batch()
+        timed = self._has_timeouts()
+        per = 1 if timed else self._per_batch()
         items = self._items(per * len(slots))
         if not items:
             return
+        first = items[0].task if type(items[0]) is _Seg else items[0][1]
+        if not timed and first != self.last_task:
+            # The size was a guess from the task taken last; these runs are of another.
+            self.last_task = first
+            wanted = self._per_batch()
+            if wanted > per:
+                items += self._items((wanted - per) * len(slots))
+                per = wanted
         # Few ready runs go out one per message, so a worker that finishes early takes
         # the next one (a handful of long runs keeps every worker busy); many ready runs
         # go in batches, for throughput.
@@ -911,7 +1012,7 @@ class _Driver:
                 self.requeue.append(item)
         w.conn.close()
         idx = self.workers.index(w)
-        self.workers[idx] = _Worker(self.ctx, self.info_blob)
+        self.workers[idx] = self._new_worker()
 
     def _check_timeouts(self) -> float | None:
         """Kill workers whose current run is past its timeout; the next deadline."""
@@ -938,6 +1039,12 @@ class _Driver:
 
         while True:
             self._fill()
+            if len(self.workers) < self.n:
+                # The first worker has its first batch; the others start meanwhile.
+                self.start(self.n)
+                continue
+            if not self.workers[-1].imported or not self.workers[0].imported:
+                self._import_ahead()
             busy = any(w.inflight for w in self.workers)
             if not busy and not self.requeue:
                 if not _wait_idle(self.runner):
