@@ -15,17 +15,19 @@ already set), so benchmark runs never write into the user's ``~/.ferroflow``.
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
+# Worker processes (ProcessExecutor, Dask) import this module to unpickle the tasks'
+# functions, so it imports only what they need; the rest is imported where it is used.
 if "FERROFLOW_HOME" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
     _home = tempfile.mkdtemp(prefix="ferroflow-bench-")
     os.environ["FERROFLOW_HOME"] = _home
     atexit.register(shutil.rmtree, _home, ignore_errors=True)
@@ -367,12 +369,16 @@ def loop_map(n: int, stages: int = 1) -> int:
 
 def loop_sleep_pool(n: int, workers: int) -> int:
     """The "plain" baseline for the I/O workload: a ``ThreadPoolExecutor`` map."""
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return total(list(pool.map(nap, range(n))))
 
 
 def loop_cpu_pool(n: int, k: int, workers: int) -> int:
     """The same CPU-bound calls on a bare ``ProcessPoolExecutor``: what the machine allows."""
+    from concurrent.futures import ProcessPoolExecutor
+
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return total(list(pool.map(burn, [k] * n)))
 
