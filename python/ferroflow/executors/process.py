@@ -486,7 +486,12 @@ def _without_main() -> Iterator[None]:
 
 # What a worker imports before its first run. A forkserver started by ferroflow imports
 # them once, so each worker it forks starts with them loaded.
-_WORKER_MODULES = ("ferroflow.executors.process", "ferroflow.engine", "cloudpickle")
+_WORKER_MODULES = (
+    "ferroflow.executors.process",
+    "ferroflow.engine",
+    "cloudpickle",
+    "multiprocessing.sharedctypes",  # to unpickle the RawValues a worker is given (ctypes)
+)
 
 
 def _preload_forkserver(ctx: Any) -> None:
