@@ -160,7 +160,7 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
             runtime._adopt_masks(payload)
             continue
         if kind == "imports":  # the tasks' modules, imported ahead of their first run
-            _import_ahead(payload)
+            _import_ahead(payload, conn)
             continue
         if kind == "tasks":
             for task_id, blob in payload.items():
@@ -241,14 +241,18 @@ def _unloadable(exc: BaseException) -> Any:
     return unloadable
 
 
-def _import_ahead(names: list[str]) -> None:
+def _import_ahead(names: list[str], conn: Any) -> None:
     """In a worker: import the modules the flow's tasks are defined in, before a run of
     them arrives (unpickling a task's function imports its module; done here, that
-    happens while the worker has nothing else to do). Best effort: a module that fails
-    to import is left alone, and the task's first run reports the error as it would."""
+    happens while the worker has nothing else to do). It stops as soon as a message
+    waits on ``conn`` (the rest are imported when a run needs them). Best effort: a
+    module that fails to import is left alone, and the task's first run reports the
+    error as it would."""
     import importlib
 
     for name in names:
+        if conn.poll():
+            return
         if name not in sys.modules:
             try:
                 importlib.import_module(name)
