@@ -478,3 +478,39 @@ def test_workers_exit_after_the_run() -> None:
     while any(os.path.exists(f"/proc/{pid}") for pid in seen):  # gone, zombies too
         assert time.monotonic() < deadline, f"worker processes {seen} still exist after 30 s"
         time.sleep(0.05)
+
+
+@task
+def kind_of(x: Any) -> str:
+    return type(x).__name__
+
+
+def test_inputs_that_cannot_be_unpickled_in_a_worker_fail_only_their_runs(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An input that pickles in the driver but cannot be unpickled in a worker (its
+    class's module fails to import there) fails only the run that takes it, with the
+    reason; the runs that travelled in the same batch run. (Its batch used to kill the
+    worker at every attempt, and the run never ended.)"""
+    (tmp_path / "driver_only.py").write_text(
+        "import multiprocessing\n\n"
+        "if multiprocessing.parent_process() is not None:\n"
+        "    raise ImportError('driver_only cannot be imported in a worker process')\n\n"
+        "class Token:\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from driver_only import Token
+
+    with Flow("undecodable") as flow:
+        kinds = kind_of.map([1, "two", Token(), 4.0])
+        alone = kind_of(Token())
+        fine = inc(1)
+    state = flow.run(executor=ProcessExecutor(max_workers=2))
+    assert type(state).__name__ == "Failed"
+    children = state.result[kinds].map_states
+    assert [type(s).__name__ for s in children] == ["Success", "Success", "Failed", "Success"]
+    assert [s.result for i, s in enumerate(children) if i != 2] == ["int", "str", "float"]
+    for failed in (children[2], state.result[alone]):
+        assert "could not be unpickled in the worker process" in failed.message
+        assert "driver_only cannot be imported in a worker process" in failed.message
+    assert state.result[fine].result == 2

@@ -55,6 +55,9 @@ _FLUSH_S = 0.002  # a worker sends finished results at least this often
 # one (``ok`` is then ``_RAW``): pickling them cannot fail, and a batch is pickled once.
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 _RAW = 2
+# A batch travels as this byte, its id (8 bytes, little-endian) and its pickle, so that
+# a worker that cannot unpickle it can say which one (every other message is a pickle).
+_BATCH_TAG = b"B"
 
 
 def _death_name(exitcode: int | None) -> str:
@@ -147,9 +150,20 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
             while not conn.poll(1.0):
                 if os.getppid() != parent:
                     return
-            kind, payload = cloudpickle.loads(conn.recv_bytes())
+            raw = conn.recv_bytes()
         except (EOFError, OSError):
             return
+        if raw[:1] == _BATCH_TAG:
+            bid = int.from_bytes(raw[1:9], "little")
+            try:
+                kind, payload = "batch", cloudpickle.loads(memoryview(raw)[9:])
+            except BaseException as exc:  # an input that cannot be unpickled here
+                data = cloudpickle.dumps((None, (bid, _exc_text(exc))))
+                with sending:
+                    conn.send_bytes(data)
+                continue
+        else:
+            kind, payload = cloudpickle.loads(raw)
         if kind == "stop":
             # Packs are opened only by a checkpointed task, which imported the module.
             checkpoints = sys.modules.get("ferroflow._checkpoint")
@@ -539,6 +553,8 @@ class _Worker:
         self.killed_for: int | None = None
         self.masks = 0  # values of runtime._MASK_LIST this worker was sent
         self.imported = False  # sent the tasks' modules to import (_import_ahead)
+        # The last batches sent: (id, items, sent alone), for _undecodable.
+        self.recent: deque[tuple[int, list[Any], bool]] = deque(maxlen=_DEPTH + 2)
 
     def kill(self) -> None:
         if self.proc.is_alive():
@@ -646,6 +662,9 @@ class _Driver:
         self.seen: dict[int, tuple[float, float]] = {}
         self.last_task = -1
         self.modules: list[str] | None = None  # see _task_modules
+        self.batch_id = 0
+        # Runs to send one per batch (their batch could not be unpickled in a worker).
+        self.solo: deque[Any] = deque()
 
     def start(self, n: int = 1) -> None:
         """Start workers until there are ``n`` (at most ``self.n``); each is sent the
@@ -751,7 +770,9 @@ class _Driver:
                     raise KeyboardInterrupt
         return rest
 
-    def _send(self, w: _Worker, items: list[Any]) -> None:
+    def _send(self, w: _Worker, items: list[Any], alone: bool = False) -> None:
+        """Send ``items`` to ``w`` as one batch (``alone``: a run sent by itself after a
+        batch that held it could not be unpickled in the worker, see _undecodable)."""
         cp = self.cloudpickle
         new_tasks: dict[int, Any] = {}
         batch: list[tuple[Any, ...]] = []
@@ -781,12 +802,14 @@ class _Driver:
         if not batch:
             return
         try:
-            data = cp.dumps(("batch", batch))
+            data = cp.dumps(batch)
         except Exception:
             batch, kept = self._picklable(kept)
             if not batch:
                 return
-            data = cp.dumps(("batch", batch))
+            data = cp.dumps(batch)
+        bid = self.batch_id = self.batch_id + 1
+        w.recent.append((bid, kept, alone))
         try:
             if len(_MASK_LIST) > w.masks:
                 w.conn.send_bytes(cp.dumps(("masks", _MASK_LIST[w.masks :])))
@@ -794,7 +817,7 @@ class _Driver:
             if new_tasks:
                 w.conn.send_bytes(cp.dumps(("tasks", new_tasks)))
                 w.known.update(new_tasks)
-            w.conn.send_bytes(data)
+            w.conn.send_bytes(_BATCH_TAG + bid.to_bytes(8, "little") + data)
         except OSError:
             pass  # the worker just died: its sentinel sends these runs elsewhere
         w.inflight.extend(kept)
@@ -851,6 +874,8 @@ class _Driver:
 
     def _fill(self) -> None:
         slots = [w for w in self.workers for _ in range(_DEPTH - min(w.batches, _DEPTH))]
+        while self.solo and slots:
+            self._send(slots.pop(0), [self.solo.popleft()], alone=True)
         if not slots:
             return
         # Runs with a timeout travel alone, so that a worker stopped for one does not
@@ -918,6 +943,9 @@ class _Driver:
             results, logs = cp.loads(w.conn.recv_bytes())
         except (EOFError, OSError):
             return False  # the sentinel reports the death
+        if results is None:
+            self._undecodable(w, *logs)
+            return True
         if logs:
             from ferroflow import runtime
 
@@ -967,6 +995,37 @@ class _Driver:
             per = self._per_batch()
             w.batches = min(w.batches, (w.pending + per - 1) // per)
         return True
+
+    def _undecodable(self, w: _Worker, bid: int, why: str) -> None:
+        """The worker could not unpickle batch ``bid`` (an input of one of its runs
+        cannot be unpickled there: its class's module fails to import in a worker, say).
+        A run sent alone fails with the reason; the runs of a larger batch are sent
+        again one by one, so that only the runs whose inputs cannot travel fail."""
+        sent = next((entry for entry in w.recent if entry[0] == bid), None)
+        if sent is None:  # pragma: no cover - at most _DEPTH batches are in flight
+            return
+        _, kept, alone = sent
+        ids = {id(item) for item in kept}
+        w.inflight = deque(item for item in w.inflight if id(item) not in ids)
+        w.pending -= sum(_size(item) for item in kept)
+        w.batches = max(0, w.batches - 1)
+        runs: list[Any] = []
+        for item in kept:
+            if type(item) is _Seg:
+                runs.extend(item.part(i, i + 1) for i in range(len(item.runs)))
+            else:
+                w.timed.discard(item[0])
+                runs.append(item)
+        if not alone and len(runs) > 1:
+            self.solo.extend(runs)
+            return
+        for item in runs:
+            run_id, task_id = (item.runs[0], item.task) if type(item) is _Seg else item[:2]
+            msg = (
+                f"the inputs of task '{self.tasks[task_id].name}' could not be unpickled "
+                f"in the worker process: {why}"
+            )
+            self.runner.report_failure(run_id, msg, ExecutorError(msg))
 
     def _report_one(self, run_id: int, hooked: bool, ok: Any, payload: Any) -> None:
         """Hand one result from a worker to the core."""
@@ -1055,7 +1114,7 @@ class _Driver:
             if not self.workers[-1].imported or not self.workers[0].imported:
                 self._import_ahead()
             busy = any(w.inflight for w in self.workers)
-            if not busy and not self.requeue:
+            if not busy and not self.requeue and not self.solo:
                 if not _wait_idle(self.runner):
                     return
                 continue
