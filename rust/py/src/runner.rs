@@ -667,8 +667,21 @@ impl Inner {
         &mut self,
         py: Python<'_>,
         run: RunId,
-        (outcome, value): Settled,
+        settled: Settled,
         called: Option<(Instant, Instant)>,
+    ) -> PyResult<bool> {
+        let when = called.map_or_else(|| Settle::At(Instant::now()), |(s, e)| Settle::Called(s, e));
+        self.settle_when(py, run, settled, when)
+    }
+
+    /// [`Inner::settle`] at a given instant: a group of results that arrived
+    /// together is settled at one reading of the clock.
+    fn settle_when(
+        &mut self,
+        py: Python<'_>,
+        run: RunId,
+        (outcome, value): Settled,
+        when: Settle,
     ) -> PyResult<bool> {
         if let Some(v) = value {
             if matches!(outcome, Outcome::Loop(_)) {
@@ -684,9 +697,9 @@ impl Inner {
             }
             self.results[run.idx()] = Some(v);
         }
-        let stop = match called {
-            Some((started, ended)) => self.driver.complete(run, outcome, started, ended),
-            None => self.driver.settle(run, outcome, Instant::now()),
+        let stop = match when {
+            Settle::Called(started, ended) => self.driver.complete(run, outcome, started, ended),
+            Settle::At(now) => self.driver.settle(run, outcome, now),
         }
         .map_err(|e| to_py(py, e))?;
         self.journal(py, true)?;
@@ -1492,6 +1505,15 @@ impl Segment {
         )
             .into_pyobject(py)
     }
+}
+
+/// When a run's outcome came about (see `Inner::settle_when`).
+#[derive(Clone, Copy)]
+enum Settle {
+    /// A call that ran from the first instant to the second.
+    Called(Instant, Instant),
+    /// Settled without a call here (reported by a worker, decided by the core).
+    At(Instant),
 }
 
 /// Result of settling a run without calling it.
@@ -2358,12 +2380,13 @@ impl PyRunner {
             )));
         }
         let mut inner = self.lock(py)?;
+        let now = Settle::At(Instant::now());
         for (run, value) in runs.into_iter().zip(values.iter()) {
             if inner.run().state(RunId(run)).ok() != Some(StateKind::Running) {
                 continue;
             }
             let settled = inner.interpret(py, RunId(run), false, Ok(value.unbind()));
-            if inner.settle(py, RunId(run), settled, None)? {
+            if inner.settle_when(py, RunId(run), settled, now)? {
                 return Ok(true);
             }
         }
