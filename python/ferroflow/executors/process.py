@@ -1111,7 +1111,7 @@ class _Driver:
                 # The first worker has its first batch; the others start meanwhile.
                 self.start(self.n)
                 continue
-            if not self.workers[-1].imported or not self.workers[0].imported:
+            if not all(w.imported for w in self.workers):  # new or replaced workers
                 self._import_ahead()
             busy = any(w.inflight for w in self.workers)
             if not busy and not self.requeue and not self.solo:
