@@ -514,3 +514,37 @@ def test_inputs_that_cannot_be_unpickled_in_a_worker_fail_only_their_runs(
         assert "could not be unpickled in the worker process" in failed.message
         assert "driver_only cannot be imported in a worker process" in failed.message
     assert state.result[fine].result == 2
+
+
+def _exit_in_worker(x: int) -> int:
+    """Called when a ``CrashesWorkerOnLoad`` is unpickled: ends a worker process."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        os._exit(3)
+    return x
+
+
+class CrashesWorkerOnLoad:
+    """Pickles anywhere; unpickling it in a worker process ends that process."""
+
+    def __reduce__(self) -> Any:
+        return (_exit_in_worker, (7,))
+
+
+def test_an_input_that_crashes_its_worker_when_unpickled_fails_only_its_run() -> None:
+    """A worker that dies while unpickling its batch (no run started) is replaced and
+    the runs sent again; after three such deaths they go one per batch, and the run
+    whose input crashes a worker fails after three more, with the reason. (The run used
+    to go from worker to worker forever.)"""
+    with Flow("crash-on-load") as flow:
+        kinds = kind_of.map([1, CrashesWorkerOnLoad(), 3.0])
+        fine = inc(1)
+    state = flow.run(executor=ProcessExecutor(max_workers=2))
+    assert type(state).__name__ == "Failed"
+    children = state.result[kinds].map_states
+    assert [type(s).__name__ for s in children] == ["Success", "Failed", "Success"]
+    assert [children[0].result, children[2].result] == ["int", "float"]
+    assert "died 3 times before starting a run of task 'kind_of'" in children[1].message
+    assert "exit code 3" in children[1].message
+    assert state.result[fine].result == 2

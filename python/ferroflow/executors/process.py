@@ -58,6 +58,9 @@ _RAW = 2
 # A batch travels as this byte, its id (8 bytes, little-endian) and its pickle, so that
 # a worker that cannot unpickle it can say which one (every other message is a pickle).
 _BATCH_TAG = b"B"
+# Deaths of workers between runs with the same run next in line before its batch is
+# split (and, for a run sent alone, before it fails): see _Driver._died_before_starting.
+_IDLE_DEATHS = 3
 
 
 def _death_name(exitcode: int | None) -> str:
@@ -444,6 +447,17 @@ def _head_run(entry: Any) -> int:
     return entry.runs[entry.pos] if type(entry) is _Seg else entry[0]
 
 
+def _singles(entries: Any) -> list[Any]:
+    """The unreported runs of ``entries`` (item tuples and segments), one entry each."""
+    out: list[Any] = []
+    for entry in entries:
+        if type(entry) is _Seg:
+            out.extend(entry.part(i, i + 1) for i in range(entry.pos, len(entry.runs)))
+        else:
+            out.append(entry)
+    return out
+
+
 def _chunks(entries: list[Any], size: int, n: int) -> tuple[list[list[Any]], list[Any]]:
     """Up to ``n`` chunks of ``size`` runs each from ``entries`` (segments split where
     needed), and the entries left over."""
@@ -665,6 +679,8 @@ class _Driver:
         self.batch_id = 0
         # Runs to send one per batch (their batch could not be unpickled in a worker).
         self.solo: deque[Any] = deque()
+        # Per run: how many workers died while it was next in line (_died_before_starting).
+        self.idle_deaths: dict[int, int] = {}
 
     def start(self, n: int = 1) -> None:
         """Start workers until there are ``n`` (at most ``self.n``); each is sent the
@@ -996,6 +1012,30 @@ class _Driver:
             w.batches = min(w.batches, (w.pending + per - 1) // per)
         return True
 
+    def _died_before_starting(self, w: _Worker, cause: str) -> bool:
+        """A worker died between runs (or while unpickling a batch) with ``w.inflight``
+        unreported. The ``_IDLE_DEATHS``-th such death with the same run next in line
+        (something in its batch crashes a worker when unpickled) sends that batch's runs
+        again one per batch, or, for a run already alone, fails it. True when this
+        handled ``w.inflight`` (the caller drops it)."""
+        head = _head_run(w.inflight[0])
+        deaths = self.idle_deaths[head] = self.idle_deaths.get(head, 0) + 1
+        if deaths < _IDLE_DEATHS:
+            return False
+        runs = _singles(w.inflight)
+        if len(runs) > 1:
+            self.solo.extend(runs)
+            return True
+        item = runs[0]
+        run_id, task_id = (item.runs[0], item.task) if type(item) is _Seg else item[:2]
+        msg = (
+            f"worker process died {deaths} times before starting a run of task "
+            f"'{self.tasks[task_id].name}' (last: {cause}); an input of it may crash a "
+            "worker process when unpickled"
+        )
+        self.runner.report_failure(run_id, msg, RuntimeError(msg), cause=_native.CAUSE_WORKER_LOST)
+        return True
+
     def _undecodable(self, w: _Worker, bid: int, why: str) -> None:
         """The worker could not unpickle batch ``bid`` (an input of one of its runs
         cannot be unpickled there: its class's module fails to import in a worker, say).
@@ -1009,13 +1049,10 @@ class _Driver:
         w.inflight = deque(item for item in w.inflight if id(item) not in ids)
         w.pending -= sum(_size(item) for item in kept)
         w.batches = max(0, w.batches - 1)
-        runs: list[Any] = []
         for item in kept:
-            if type(item) is _Seg:
-                runs.extend(item.part(i, i + 1) for i in range(len(item.runs)))
-            else:
+            if type(item) is not _Seg:
                 w.timed.discard(item[0])
-                runs.append(item)
+        runs = _singles(kept)
         if not alone and len(runs) > 1:
             self.solo.extend(runs)
             return
@@ -1050,6 +1087,8 @@ class _Driver:
         w.proc.join(1)
         running = w.current.value
         cause = _death_name(w.proc.exitcode)
+        if running < 0 and w.inflight and self._died_before_starting(w, cause):
+            w.inflight.clear()
         for item in w.inflight:
             if type(item) is _Seg:
                 lo = item.pos
