@@ -26,7 +26,10 @@ SIGKILL", retried if the task allows retries; ``retry_on`` does not filter a dea
 sends the runs it had not started to the other workers, and starts a replacement.
 Timeouts are enforced for real: a run past its task's ``timeout`` has its worker
 killed, ends ``TimedOut`` and the worker is replaced. Ctrl-C kills the workers and
-cancels the flow run.
+cancels the flow run. A task or an input that cannot be unpickled in a worker fails
+only the runs that need it, with the reason: a worker that cannot unpickle a batch
+says so, one that dies doing it (no run started) is noticed after three such deaths;
+either way the batch's runs are sent again one by one.
 """
 
 from __future__ import annotations
