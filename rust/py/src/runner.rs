@@ -1453,6 +1453,8 @@ impl Segment {
     /// garbage collector (tuples are tracked, small ints and strings are not).
     fn push_args(&mut self, py: Python<'_>, args: Py<PyTuple>) -> PyResult<()> {
         let args = args.into_bound(py);
+        // A task's runs all take as many arguments (its call's slots are fixed), so
+        // this stays as the first run set it; the conversion is only a safeguard.
         if self.unary && args.len() != 1 {
             self.unary = false;
             for a in &mut self.args {
