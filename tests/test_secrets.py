@@ -56,6 +56,14 @@ from test_agent import AgentProcess, Server, finished, register, wait_for
 TESTS = Path(__file__).parent
 
 
+def _workers_find_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Put this directory on PYTHONPATH, so worker processes started meanwhile can import
+    the tasks defined in these modules."""
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    )
+
+
 def fresh_value() -> str:
     """A value that appears nowhere unless something leaks it."""
     return f"s3cr3t-{uuid.uuid4().hex}"
@@ -471,9 +479,7 @@ def test_ferroflow_secret_locally_reads_the_env_var_and_is_masked_everywhere(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    )
+    _workers_find_tests(monkeypatch)
     value = fresh_value()
     monkeypatch.setenv("FERROFLOW__CONTEXT__SECRETS__API_TOKEN", value)
     results = tmp_path / "results"
@@ -755,9 +761,7 @@ def _dask_executor(cluster: Any) -> Any:
 def test_secret_tasks_run_in_the_driver_and_workers_mask_the_value(
     executor: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    )
+    _workers_find_tests(monkeypatch)
     if executor == "dask":
         # The session's workers started before this variable was set: a secret task
         # that ran on one of them would fail with "not set".
@@ -1056,9 +1060,7 @@ def _names() -> list[str]:
 def test_a_mapped_secret_task_reads_names_computed_on_the_workers(
     executor: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    )
+    _workers_find_tests(monkeypatch)
     values = {"MAPPED_A": fresh_value(), "MAPPED_B": fresh_value() + "-longer"}
     for name, value in values.items():
         monkeypatch.setenv(f"FERROFLOW__CONTEXT__SECRETS__{name}", value)
