@@ -629,24 +629,24 @@ pub(crate) fn transitions_of(
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trip() {
+    /// A journal of a parent (run 0) and three mapped children (5-7): run 6 started
+    /// and failed with `failed`, run 7 succeeded with `succeeded` (at a NaN time),
+    /// run 5 has a result location. Not finished, so a test can add records.
+    fn sample(failed: &str, succeeded: Option<&str>) -> Encoder {
         let mut e = Encoder::new();
         e.task_name(1, "child");
         e.register(0, 0, None);
         e.register_range(5, 3, 1, Some(0));
         e.transition(6, StateKind::Running, 1, 1000.0, None, None);
-        e.transition(
-            6,
-            StateKind::Failed,
-            1,
-            1000.5,
-            Some("boom \"x\""),
-            Some("r/6"),
-        );
-        e.transition(7, StateKind::Success, 2, f64::NAN, None, None);
+        e.transition(6, StateKind::Failed, 1, 1000.5, Some(failed), Some("r/6"));
+        e.transition(7, StateKind::Success, 2, f64::NAN, succeeded, None);
         e.result_location(5, "r/5");
-        let blob = e.finish();
+        e
+    }
+
+    #[test]
+    fn round_trip() {
+        let blob = sample("boom \"x\"", None).finish();
         let mut f = Fold::default();
         f.apply(&blob).expect("decodes");
         assert_eq!(f.names.get(&1).map(String::as_str), Some("child"));
@@ -681,21 +681,7 @@ mod tests {
 
     #[test]
     fn masking_a_blob_changes_only_the_messages() {
-        let mut e = Encoder::new();
-        e.task_name(1, "child");
-        e.register(0, 0, None);
-        e.register_range(5, 3, 1, Some(0));
-        e.transition(6, StateKind::Running, 1, 1000.0, None, None);
-        e.transition(
-            6,
-            StateKind::Failed,
-            1,
-            1000.5,
-            Some("no s3cr3t-x here"),
-            Some("r/6"),
-        );
-        e.transition(7, StateKind::Success, 2, f64::NAN, Some("fine"), None);
-        e.result_location(5, "r/5");
+        let mut e = sample("no s3cr3t-x here", Some("fine"));
         e.pack_locations("runs/x/t-1.pack", &[item(0, 4, 5), item(7, 13, 2)]);
         let blob = e.finish();
         let values = ["s3cr3t".to_string(), "s3cr3t-x".to_string()];
