@@ -450,6 +450,11 @@ def _head_run(entry: Any) -> int:
     return entry.runs[entry.pos] if type(entry) is _Seg else entry[0]
 
 
+def _task_of(entry: Any) -> int:
+    """The task id of an entry's runs (a segment or an item tuple)."""
+    return entry.task if type(entry) is _Seg else entry[1]
+
+
 def _singles(entries: Any) -> list[Any]:
     """The unreported runs of ``entries`` (item tuples and segments), one entry each."""
     out: list[Any] = []
@@ -781,7 +786,7 @@ class _Driver:
         rest = []
         for item in items:
             seg = type(item) is _Seg
-            if (item.task if seg else item[1]) not in self.in_driver:
+            if _task_of(item) not in self.in_driver:
                 rest.append(item)
                 continue
             for one in _unpacked(item) if seg else (item,):
@@ -904,7 +909,7 @@ class _Driver:
         items = self._items(per * len(slots))
         if not items:
             return
-        first = items[0].task if type(items[0]) is _Seg else items[0][1]
+        first = _task_of(items[0])
         if not timed and first != self.last_task:
             # The size was a guess from the task taken last; these runs are of another.
             self.last_task = first
@@ -924,7 +929,7 @@ class _Driver:
             least = per // 4 if self.last_task in self.seen else 1
             size = max(1, least, min(per, n // (len(slots) * 4)))
         last = items[-1]
-        self.last_task = last.task if type(last) is _Seg else last[1]
+        self.last_task = _task_of(last)
         chunks, rest = _chunks(items, size, len(slots))
         for w, chunk in zip(slots, chunks, strict=False):
             self._send(w, chunk)
@@ -1030,7 +1035,7 @@ class _Driver:
             self.solo.extend(runs)
             return True
         item = runs[0]
-        run_id, task_id = (item.runs[0], item.task) if type(item) is _Seg else item[:2]
+        run_id, task_id = _head_run(item), _task_of(item)
         msg = (
             f"worker process died {deaths} times before starting a run of task "
             f"'{self.tasks[task_id].name}' (last: {cause}); an input of it may crash a "
@@ -1060,7 +1065,7 @@ class _Driver:
             self.solo.extend(runs)
             return
         for item in runs:
-            run_id, task_id = (item.runs[0], item.task) if type(item) is _Seg else item[:2]
+            run_id, task_id = _head_run(item), _task_of(item)
             msg = (
                 f"the inputs of task '{self.tasks[task_id].name}' could not be unpickled "
                 f"in the worker process: {why}"
