@@ -17,7 +17,10 @@ modules, so each worker starts with them imported. The first worker starts first
 gets the first batch while the others start; each worker is then sent the modules the
 flow's tasks are defined in, to import while it waits (best effort: a module that
 fails to import in a worker fails only the runs of its tasks, with the reason). The
-run returns without waiting for the workers to exit; a helper thread reaps them.
+run returns without waiting for the workers to exit; a helper thread reaps them. Used
+as a context manager, the executor keeps its idle workers for the next run of the block
+instead: a kept worker is sent the new run's context, forgets the tasks it had (task ids
+are positions in a flow's plan) and closes the last run's checkpoint packs.
 
 Faults: each worker publishes the id of the run it is executing in shared memory.
 When a worker dies (segfault, ``os._exit``, SIGKILL, out-of-memory kill) the driver
@@ -171,11 +174,15 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
         else:
             kind, payload = cloudpickle.loads(raw)
         if kind == "stop":
-            # Packs are opened only by a checkpointed task, which imported the module.
-            checkpoints = sys.modules.get("ferroflow._checkpoint")
-            if checkpoints is not None:
-                checkpoints.PACKS.close_run(info.flow_run_id)
+            _end_run(info)
             return
+        if kind == "run":  # a kept worker (ProcessExecutor as a context manager): next run
+            _end_run(info)
+            info = cloudpickle.loads(payload)
+            funcs.clear()  # task ids are the positions of the tasks in a flow's plan
+            tasks.clear()
+            broken.clear()
+            continue
         if kind == "masks":  # secret values the driver masks: masked here too
             runtime._adopt_masks(payload)
             continue
@@ -247,6 +254,18 @@ def _worker_main(conn: Any, current: Any, started: Any, info_blob: bytes) -> Non
             else:
                 out.append(_encode(cloudpickle, run_id, hooked, ok, value))
         send(out, runtime._take_remote_logs())
+
+
+def _end_run(info: Any) -> None:
+    """In a worker: forget a flow run that is over (its checkpoint packs are closed;
+    log lines that threads of its tasks still write are dropped)."""
+    from ferroflow import runtime
+
+    runtime._REMOTE_RUNS.discard(info.flow_run_id)
+    # Packs are opened only by a checkpointed task, which imported the module.
+    checkpoints = sys.modules.get("ferroflow._checkpoint")
+    if checkpoints is not None:
+        checkpoints.PACKS.close_run(info.flow_run_id)
 
 
 def _unloadable(exc: BaseException) -> Any:
@@ -565,6 +584,11 @@ class _Worker:
         with _without_main():
             self.proc.start()
         child.close()
+        self.masks = 0  # values of runtime._MASK_LIST this worker was sent
+        self.reset()
+
+    def reset(self) -> None:
+        """Start the driver's bookkeeping of this worker afresh (for a new flow run)."""
         self.known: set[int] = set()
         # Items sent and not yet reported, in the order the worker runs them.
         self.inflight: deque[Any] = deque()  # item tuples and segments (_Seg)
@@ -573,7 +597,6 @@ class _Worker:
         # Runs in flight that have a timeout (their clock starts in the worker).
         self.timed: set[int] = set()
         self.killed_for: int | None = None
-        self.masks = 0  # values of runtime._MASK_LIST this worker was sent
         self.imported = False  # sent the tasks' modules to import (_import_ahead)
         # The last batches sent: (id, items, sent alone), for _undecodable.
         self.recent: deque[tuple[int, list[Any], bool]] = deque(maxlen=_DEPTH + 2)
@@ -582,6 +605,22 @@ class _Worker:
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(5)
+
+
+def _stop_workers(workers: list[_Worker], cloudpickle: Any) -> None:
+    """Tell ``workers`` to stop; a helper thread waits for them to exit (killing one
+    that is still there after 5 s), so that the caller does not wait on it."""
+    if not workers:
+        return
+    stop = cloudpickle.dumps(("stop", None))
+    for w in workers:
+        try:
+            w.conn.send_bytes(stop)
+        except OSError:
+            pass
+    threading.Thread(
+        target=_reap, args=(list(workers),), name="ferroflow-reap", daemon=True
+    ).start()
 
 
 def _reap(workers: list[_Worker]) -> None:
@@ -608,6 +647,16 @@ class ProcessExecutor:
             the child, and a forked child would share the parent's SQLite
             connections. Workers started either way open nothing of the parent's.
 
+    Each flow run starts its own workers and stops them at its end. Used as a context
+    manager, the executor keeps its workers between the runs made inside the ``with``
+    block instead, so that many short runs (a parameter sweep, tests) do not each pay
+    for starting processes: a run hands its live, idle workers to the next (a worker
+    that died, was stopped for a timeout or still holds work is replaced by a fresh
+    one). Kept workers share what a process keeps between runs: modules imported,
+    their globals, threads a task left running. The block's end (or :meth:`close`)
+    stops them. A run made while another one uses the kept workers (from another
+    thread) starts its own.
+
     Raises:
         ExecutorError: ``max_workers`` is not a whole number >= 1, or ``mp_context``
             is not a start method of this platform.
@@ -616,6 +665,12 @@ class ProcessExecutor:
         >>> from ferroflow.executors import ProcessExecutor
         >>> ProcessExecutor(max_workers=2)
         ProcessExecutor(max_workers=2)
+
+        Workers kept for several runs::
+
+            with ProcessExecutor(max_workers=2) as executor:
+                for n in range(100):
+                    flow.run(parameters={"n": n}, executor=executor)
     """
 
     def __init__(self, max_workers: int | None = None, mp_context: str | None = None) -> None:
@@ -628,9 +683,60 @@ class ProcessExecutor:
         if mp_context not in methods:
             raise ExecutorError(f"mp_context must be one of {methods}, got {mp_context!r}")
         self.mp_context = mp_context
+        # Inside `with`: the workers kept for the next run (None outside), and whether
+        # a run has them now.
+        self._kept: list[_Worker] | None = None
+        self._lent = False
+        self._kept_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ProcessExecutor(max_workers={self.max_workers})"
+
+    def __reduce__(self) -> Any:
+        # A flow that names its executor travels with it (registration, workers): as
+        # its settings, without kept workers.
+        return (type(self), (self.max_workers, self.mp_context))
+
+    def __enter__(self) -> ProcessExecutor:
+        with self._kept_lock:
+            if self._kept is not None:
+                raise ExecutorError("this ProcessExecutor is already in a with block")
+            self._kept = []
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers kept between runs (the end of the ``with`` block does this).
+        A run still using them stops them when it ends. Runs made afterwards start
+        their own workers, as outside a ``with`` block. Closing twice is harmless."""
+        with self._kept_lock:
+            kept, self._kept = self._kept, None
+        if kept:
+            import cloudpickle
+
+            _stop_workers(kept, cloudpickle)
+
+    def _borrow(self) -> list[_Worker] | None:
+        """The kept workers for a run to use (an empty list when there are none yet),
+        or None when this run must start its own (outside ``with``, or another run
+        has them)."""
+        with self._kept_lock:
+            if self._kept is None or self._lent:
+                return None
+            self._lent = True
+            kept, self._kept = self._kept, []
+            return kept
+
+    def _give_back(self, workers: list[_Worker], cloudpickle: Any) -> None:
+        """Keep ``workers`` for the next run, or stop them if the block has ended."""
+        with self._kept_lock:
+            self._lent = False
+            if self._kept is not None:
+                self._kept.extend(workers)
+                return
+        _stop_workers(workers, cloudpickle)
 
     def execute(self, run: Any) -> None:
         """Run ``run`` to the end on the worker processes."""
@@ -647,7 +753,8 @@ class ProcessExecutor:
             raise ExecutorError(
                 f"could not prepare the flow run for worker processes: {exc!r}"
             ) from exc
-        driver = _Driver(run, ctx, info_blob, self.max_workers)
+        kept = self._borrow()
+        driver = _Driver(run, ctx, info_blob, self.max_workers, kept)
         try:
             driver.start()
             driver.loop()
@@ -659,12 +766,18 @@ class ProcessExecutor:
             driver.kill_all()
             run.runner.close("The executor failed.")
             raise
-        driver.stop()
+        finally:
+            if kept is not None:
+                self._give_back(driver.release(), cloudpickle)
+        if kept is None:
+            driver.stop()
         run.runner.close(None)
 
 
 class _Driver:
-    def __init__(self, run: Any, ctx: Any, info_blob: bytes, n: int) -> None:
+    def __init__(
+        self, run: Any, ctx: Any, info_blob: bytes, n: int, kept: list[_Worker] | None = None
+    ) -> None:
         import cloudpickle
 
         self.cloudpickle = cloudpickle
@@ -675,6 +788,9 @@ class _Driver:
         self.info_blob = info_blob
         self.n = n
         self.workers: list[_Worker] = []
+        # Idle workers of earlier runs to use before starting new ones (ProcessExecutor
+        # as a context manager), or None: this run's workers stop at its end.
+        self.kept = kept
         self.requeue: deque[Any] = deque()  # item tuples and segments (_Seg)
         self.func_blobs: dict[int, Any] = {}
         # Tasks that run here, not in a worker (secret tasks: see _run_here).
@@ -701,7 +817,32 @@ class _Driver:
             raise ExecutorError(f"could not start worker processes: {exc!r}") from exc
 
     def _new_worker(self) -> _Worker:
+        """A kept worker told about this run, or a new worker."""
+        while self.kept:
+            w = self.kept.pop(0)
+            if w.proc.is_alive() and not w.conn.closed:
+                w.reset()
+                try:
+                    w.conn.send_bytes(self.cloudpickle.dumps(("run", self.info_blob)))
+                    return w
+                except OSError:
+                    pass  # it just died
+            w.kill()
+            w.conn.close()
         return _Worker(self.ctx, self.info_blob)
+
+    def release(self) -> list[_Worker]:
+        """At the end of the run: the workers the next run can use (alive, nothing in
+        flight, not stopped for a timeout); the others are stopped."""
+        keep: list[_Worker] = []
+        drop: list[_Worker] = []
+        for w in self.workers + (self.kept or []):
+            usable = not w.conn.closed and not w.inflight and w.killed_for is None
+            (keep if usable and w.proc.is_alive() else drop).append(w)
+        self.workers = []
+        self.kept = []
+        _stop_workers(drop, self.cloudpickle)
+        return keep
 
     def _import_ahead(self) -> None:
         """Send each worker that has not had them the modules of the flow's tasks to
@@ -724,15 +865,7 @@ class _Driver:
     def stop(self) -> None:
         """Tell the workers to stop; a helper thread waits for them to exit (killing one
         that is still there after 5 s), so the run's result does not wait on it."""
-        stop = self.cloudpickle.dumps(("stop", None))
-        for w in self.workers:
-            try:
-                w.conn.send_bytes(stop)
-            except OSError:
-                pass
-        threading.Thread(
-            target=_reap, args=(list(self.workers),), name="ferroflow-reap", daemon=True
-        ).start()
+        _stop_workers(self.workers, self.cloudpickle)
 
     # --- sending ---------------------------------------------------------------------
     def _task_payload(self, task_id: int, hooked: bool, func: Any) -> Any:
