@@ -303,3 +303,44 @@ def test_flatten_over_something_that_is_not_nested(executor: Any) -> None:
     reduced = state.result[reduced_flat]
     assert isinstance(reduced, Failed)
     assert "inputs" in reduced.message and "int" in reduced.message
+
+
+class _Shouting(list):  # type: ignore[type-arg]
+    """A list whose items read through its own ``__getitem__`` (as mapped inputs must)."""
+
+    def __getitem__(self, i: Any) -> Any:
+        return f"{super().__getitem__(i)}!"
+
+
+class _Doubled(tuple):  # type: ignore[type-arg]
+    def __getitem__(self, i: Any) -> Any:
+        return 2 * super().__getitem__(i)
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda: [1, 2, 3], [1, 2, 3]),
+        (lambda: (1, 2, 3), [1, 2, 3]),
+        (lambda: range(1, 4), [1, 2, 3]),
+        (lambda: _Shouting([1, 2, 3]), ["1!", "2!", "3!"]),
+        (lambda: _Doubled((1, 2, 3)), [2, 4, 6]),
+    ],
+    ids=["list", "tuple", "range", "list-subclass", "tuple-subclass"],
+)
+def test_a_map_reads_each_element_as_its_sequence_gives_it(make: Any, expected: Any) -> None:
+    """Exact lists and tuples are read directly; any other sequence through its
+    ``__getitem__`` (a subclass that overrides it is honoured), flattened ones too."""
+
+    @task
+    def same(x: Any) -> Any:
+        return x
+
+    with Flow("kinds") as flow:
+        src = task(make, name="src")()
+        ys = same.map(src)
+        flat = same.map(flatten(task(lambda: [make()], name="nested")()))
+    state = flow.run()
+    assert state.is_successful(), state
+    assert state.result[ys].result == expected
+    assert state.result[flat].result == expected

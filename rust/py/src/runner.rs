@@ -47,7 +47,9 @@ use ferroflow_core::{
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyList, PyRange, PySequence, PyString, PyTuple};
+use pyo3::types::{
+    PyBytes, PyDict, PyList, PyRange, PyRangeMethods, PySequence, PyString, PyTuple,
+};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{PyErrKind, ff_error, to_py};
@@ -381,10 +383,21 @@ impl Inner {
     }
 
     fn value_of<'py>(&self, py: Python<'py>, e: EdgeId, run: RunId) -> PyResult<Bound<'py, PyAny>> {
+        /// `v[i]`: read straight from an exact list or tuple (no index object, no
+        /// `__getitem__` dispatch); any other sequence through `__getitem__`.
+        fn item_at<'py>(v: &Bound<'py, PyAny>, i: u32) -> PyResult<Bound<'py, PyAny>> {
+            if let Ok(list) = v.cast_exact::<PyList>() {
+                return list.get_item(i as usize);
+            }
+            if let Ok(tuple) = v.cast_exact::<PyTuple>() {
+                return tuple.get_item(i as usize);
+            }
+            v.get_item(i)
+        }
         let v = match self.run().source(e, run) {
             Source::Run(r) => self.result(py, r),
-            Source::Item(r, i) => self.result(py, r).get_item(i)?,
-            Source::Nested(r, k, i) => self.result(py, r).get_item(k)?.get_item(i)?,
+            Source::Item(r, i) => item_at(&self.result(py, r), i)?,
+            Source::Nested(r, k, i) => item_at(&item_at(&self.result(py, r), k)?, i)?,
             Source::Children(base, n) => {
                 PyList::new(py, (base.0..base.0 + n).map(|r| self.result(py, RunId(r))))?.into_any()
             }
@@ -2373,7 +2386,17 @@ impl PyRunner {
         runs: Bound<'_, PyAny>,
         values: Bound<'_, PyList>,
     ) -> PyResult<bool> {
-        let runs: Vec<u32> = runs.extract()?;
+        // A range (what `take_segments` hands out for consecutive runs) is read as its
+        // bounds, not element by element.
+        let runs: Vec<u32> = match runs.cast_exact::<PyRange>() {
+            Ok(r) if r.step()? == 1 => {
+                let bad = |_| PyValueError::new_err("report_values: a run id out of range");
+                let start = u32::try_from(r.start()?).map_err(bad)?;
+                let stop = u32::try_from(r.stop()?).map_err(bad)?;
+                (start..stop).collect()
+            }
+            _ => runs.extract()?,
+        };
         if runs.len() != values.len() {
             return Err(PyValueError::new_err(format!(
                 "report_values: {} runs but {} values",
