@@ -233,7 +233,10 @@ def slow(x):
 with Flow("interrupt-me") as flow:
     slow.map(list(range(2000)))
 
-executor = {"threads": ThreadExecutor(4), "processes": ProcessExecutor(2)}[sys.argv[1]]
+kind = sys.argv[1]
+executor = {"threads": ThreadExecutor(4)}.get(kind) or ProcessExecutor(2)
+if kind == "processes-kept":  # inside a with block: workers kept between runs
+    executor.__enter__()
 print("READY", flush=True)
 try:
     flow.run(executor=executor, record=False)
@@ -241,10 +244,16 @@ except KeyboardInterrupt as exc:  # re-raised after the run was cancelled
     state = exc.state
 done = sum(1 for s in state.result[flow.get_tasks(name="slow")[0]].map_states if s.is_successful())
 print("STATE", type(state).__name__, done, flush=True)
+if kind == "processes-kept":  # the block goes on: the next run gets fresh workers
+    with Flow("after") as after:
+        again = slow.map([1, 2])
+    state = after.run(executor=executor, record=False)
+    print("AGAIN", type(state).__name__, state.result[again].result, flush=True)
+    executor.close()
 """
 
 
-@pytest.mark.parametrize("kind", ["threads", "processes"])
+@pytest.mark.parametrize("kind", ["threads", "processes", "processes-kept"])
 def test_ctrl_c_cancels_on_every_executor(kind: str, tmp_path: Any) -> None:
     import subprocess
     import sys
@@ -272,6 +281,8 @@ def test_ctrl_c_cancels_on_every_executor(kind: str, tmp_path: Any) -> None:
     _, name, done = line.split()
     assert name == "Cancelled", err
     assert 0 < int(done) < 2000  # finished work keeps its states
+    if kind == "processes-kept":
+        assert "AGAIN Success [1, 2]" in out.splitlines(), err
 
 
 class _HoldsALock:
