@@ -165,6 +165,41 @@ def test_runs_from_two_threads_share_one_block() -> None:
     assert all(len(state.result[out].result) == 4 for state in results)
 
 
+def test_a_resume_in_the_block_restores_what_kept_workers_checkpointed(tmp_path: Any) -> None:
+    """Checkpoints written by kept workers (their packs stay open until the next run
+    tells them the last one is over) restore in a resume made on the same workers."""
+    from ferroflow.results import LocalResult
+    from ferroflow.store import open_store
+
+    calls, broken = tmp_path / "calls.txt", tmp_path / "broken"
+    broken.touch()
+
+    @task(checkpoint=True, result=LocalResult(dir=str(tmp_path / "results")))
+    def work(x: int) -> int:
+        with open(calls, "a") as f:
+            f.write(f"{x}\n")
+        if x == 3 and broken.exists():
+            raise RuntimeError("transient")
+        return x * x
+
+    @task
+    def add_up(xs: list[int]) -> int:
+        return sum(xs)
+
+    with Flow("resumable-kept") as flow:
+        s = add_up(work.map(list(range(6))))
+    with ProcessExecutor(max_workers=2) as executor:
+        assert flow.run(executor=executor).is_failed()
+        with open_store() as store:
+            (old,) = store.list_flow_runs()
+        broken.unlink()
+        calls.unlink()
+        second = flow.run(resume=old.id, executor=executor)
+    assert second.is_successful(), second
+    assert second.result[s].result == sum(x * x for x in range(6))
+    assert calls.read_text().split() == ["3"]  # the rest was restored, not run again
+
+
 def test_an_executor_pickles_as_its_settings_even_in_a_block() -> None:
     """A flow that names its executor is pickled with it (registration, workers)."""
     import cloudpickle
