@@ -175,6 +175,34 @@ struct Call {
     timeout: Option<(Duration, String)>,
 }
 
+impl Call {
+    /// The one slot of a call of one positional argument read from an upstream run
+    /// (no keywords, not all constants).
+    fn single_slot(&self) -> Option<&Slot> {
+        match (self.pos.as_slice(), self.kw.is_empty(), &self.const_args) {
+            ([slot], true, None) => Some(slot),
+            _ => None,
+        }
+    }
+}
+
+/// The positional arguments of a call. A call of one argument keeps the argument
+/// itself: a packed segment (`take_segments`) ships it without ever making the
+/// 1-tuple; whatever needs a tuple makes it then.
+enum Args {
+    One(Py<PyAny>),
+    Many(Py<PyTuple>),
+}
+
+impl Args {
+    fn tuple<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        match self {
+            Args::One(a) => PyTuple::new(py, [a.bind(py)]),
+            Args::Many(t) => Ok(t.bind(py).clone()),
+        }
+    }
+}
+
 struct Inner {
     driver: Driver,
     calls: Vec<Call>,
@@ -561,7 +589,17 @@ impl Inner {
         if call.kind == Kind::Value {
             return Err((Outcome::Success, Some(call.func.clone_ref(py))));
         }
-        let (args, kwargs) = match self.args(py, call, ready.run) {
+        let assembled = match call.single_slot() {
+            // A call of one positional argument: no tuple is made for it here (a packed
+            // segment keeps the argument itself; see `Args`).
+            Some(slot) => self
+                .slot(py, slot, ready.run)
+                .map(|a| (Args::One(a.unbind()), None)),
+            None => self
+                .args(py, call, ready.run)
+                .map(|(a, k)| (Args::Many(a.unbind()), k)),
+        };
+        let (args, kwargs) = match assembled {
             Ok(a) => a,
             Err(e) => {
                 let msg = format!("Could not assemble the inputs of the task: {e}");
@@ -570,11 +608,18 @@ impl Inner {
         };
         match call.kind {
             Kind::List => {
-                let list = PyList::new(py, args.iter())
+                let list = args
+                    .tuple(py)
+                    .and_then(|t| PyList::new(py, t.iter()))
                     .map_or_else(|_| py.None(), |l| l.into_any().unbind());
                 return Err((Outcome::Success, Some(list)));
             }
-            Kind::Tuple => return Err((Outcome::Success, Some(args.into_any().unbind()))),
+            Kind::Tuple => {
+                let tuple = args
+                    .tuple(py)
+                    .map_or_else(|_| py.None(), |t| t.into_any().unbind());
+                return Err((Outcome::Success, Some(tuple)));
+            }
             _ => {}
         }
         let map_index = ready.map_index.map_or(-1, i64::from);
@@ -593,11 +638,7 @@ impl Inner {
             None
         };
         let timeout = call.timeout.as_ref().map(|(d, _)| *d);
-        let (func, args, kwargs) = (
-            call.func.clone_ref(py),
-            args.unbind(),
-            kwargs.map(Bound::unbind),
-        );
+        let (func, kwargs) = (call.func.clone_ref(py), kwargs.map(Bound::unbind));
         Ok(Work {
             current: Current {
                 token: self.token,
@@ -1430,7 +1471,7 @@ struct Work {
     /// The Python run hook, for tasks that need one (it calls `func` itself).
     hook: Option<Py<PyAny>>,
     func: Py<PyAny>,
-    args: Py<PyTuple>,
+    args: Args,
     kwargs: Option<Py<PyDict>>,
     /// A plain task with a timeout: it is called on a helper thread (see [`PyLane`]).
     timeout: Option<Duration>,
@@ -1464,8 +1505,14 @@ impl Segment {
     /// Add a run's arguments. A single argument is kept without its tuple, which
     /// is dropped at once: thousands of live tuples would set off Python's cyclic
     /// garbage collector (tuples are tracked, small ints and strings are not).
-    fn push_args(&mut self, py: Python<'_>, args: Py<PyTuple>) -> PyResult<()> {
-        let args = args.into_bound(py);
+    fn push_args(&mut self, py: Python<'_>, args: Args) -> PyResult<()> {
+        let args = match args {
+            Args::One(a) if self.unary => {
+                self.args.push(a);
+                return Ok(());
+            }
+            args => args.tuple(py)?,
+        };
         // A task's runs all take as many arguments (its call's slots are fixed), so
         // this stays as the first run set it; the conversion is only a safeguard.
         if self.unary && args.len() != 1 {
@@ -1557,8 +1604,8 @@ impl Work {
             current.loop_count,
         );
         set_current(Some(current));
-        match hook {
-            Some(hook) => hook
+        match (hook, args) {
+            (Some(hook), args) => hook
                 .bind(py)
                 .call1((
                     c.0,
@@ -1566,14 +1613,15 @@ impl Work {
                     c.2,
                     c.3,
                     c.4,
-                    args.bind(py),
+                    args.tuple(py)?,
                     kwargs.as_ref().map(|k| k.bind(py)),
                     func.bind(py),
                 ))
                 .map(Bound::unbind),
-            None => func
+            (None, Args::One(a)) => func.bind(py).call1((a,)).map(Bound::unbind),
+            (None, Args::Many(t)) => func
                 .bind(py)
-                .call(args.bind(py), kwargs.as_ref().map(|k| k.bind(py)))
+                .call(t.bind(py), kwargs.as_ref().map(|k| k.bind(py)))
                 .map(Bound::unbind),
         }
     }
@@ -1747,7 +1795,7 @@ impl PyLane {
         drop(st);
         set_current(Some(current));
         let kwargs = kwargs.map_or_else(|| py.None(), Py::into_any);
-        Ok(Some((func, args, kwargs).into_pyobject(py)?))
+        Ok(Some((func, args.tuple(py)?, kwargs).into_pyobject(py)?))
     }
 
     fn finish<'py>(
@@ -2286,7 +2334,7 @@ impl PyRunner {
                 // A timed task too: the executor enforces the timeout.
                 w.hooked() || inner.is_pack(TaskId(c.task)) || w.timeout.is_some(),
                 w.func.clone_ref(py),
-                w.args.clone_ref(py),
+                w.args.tuple(py)?,
                 kwargs,
                 c.loop_result(py),
             )
@@ -2362,7 +2410,7 @@ impl PyRunner {
                 c.loop_count,
                 hooked,
                 w.func.clone_ref(py),
-                w.args.clone_ref(py),
+                w.args.tuple(py)?,
                 kwargs,
                 c.loop_result(py),
             ))?;
