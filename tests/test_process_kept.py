@@ -113,35 +113,29 @@ def test_the_block_end_stops_the_kept_workers_and_later_runs_start_their_own() -
     _wait_gone(later)
 
 
-def test_a_worker_that_died_is_replaced_for_the_next_run() -> None:
-    with Flow("death") as dying:
-        m = exits_on_one.map([0, 1, 2])
+@pytest.mark.parametrize(
+    ("breaker", "kinds", "said"),
+    [
+        (exits_on_one, ["Success", "Failed", "Success"], "worker process died: exit code 3"),
+        (sleeps_on_one, ["Success", "TimedOut", "Success"], "its worker process was stopped"),
+    ],
+    ids=["died", "stopped-for-a-timeout"],
+)
+def test_a_lost_worker_is_replaced_and_the_replacement_kept(
+    breaker: Any, kinds: list[str], said: str
+) -> None:
+    with Flow("breaks") as breaking:
+        m = breaker.map([0, 1, 2])
     flow, out = _pid_flow()
     with ProcessExecutor(max_workers=2) as executor:
         before = _pids(flow, out, executor)
-        state = dying.run(executor=executor)
-        children = state.result[m].map_states
-        assert [type(c).__name__ for c in children] == ["Success", "Failed", "Success"]
-        assert "worker process died: exit code 3" in children[1].message
+        children = breaking.run(executor=executor).result[m].map_states
+        assert [type(c).__name__ for c in children] == kinds
+        assert said in children[1].message
         after = _pids(flow, out, executor)
-        dead = {pid for pid in before if not os.path.exists(f"/proc/{pid}")}
-        assert len(before) == 2 and len(dead) == 1 and not after & dead
+        gone = {pid for pid in before if not os.path.exists(f"/proc/{pid}")}
+        assert len(before) == 2 and len(gone) == 1 and not after & gone
         # Its replacement is kept too, for the runs after that.
-        assert _pids(flow, out, executor) == after
-
-
-def test_a_worker_stopped_for_a_timeout_is_replaced() -> None:
-    with Flow("timeouts") as timed:
-        m = sleeps_on_one.map([0, 1, 2])
-    flow, out = _pid_flow()
-    with ProcessExecutor(max_workers=2) as executor:
-        before = _pids(flow, out, executor)
-        state = timed.run(executor=executor)
-        kinds = [type(c).__name__ for c in state.result[m].map_states]
-        assert kinds == ["Success", "TimedOut", "Success"]
-        after = _pids(flow, out, executor)
-        stopped = {pid for pid in before if not os.path.exists(f"/proc/{pid}")}
-        assert len(before) == 2 and len(stopped) == 1 and not after & stopped
         assert _pids(flow, out, executor) == after
 
 
