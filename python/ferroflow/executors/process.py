@@ -653,7 +653,8 @@ class ProcessExecutor:
     for starting processes: a run hands its live, idle workers to the next (a worker
     that died, was stopped for a timeout or still holds work is replaced by a fresh
     one). Kept workers share what a process keeps between runs: modules imported,
-    their globals, threads a task left running. The block's end (or :meth:`close`)
+    their globals, threads a task left running, and the ``sys.path``, working
+    directory and environment they started with. The block's end (or :meth:`close`)
     stops them. A run made while another one uses the kept workers (from another
     thread) starts its own.
 
