@@ -60,6 +60,25 @@ def test_dataflow_constants_and_collections(executor: Any) -> None:
     assert set(state.result) == set(flow.tasks)
 
 
+@task
+def same(x: Any) -> Any:
+    return x
+
+
+def test_collections_of_one_upstream_value_keep_their_type(executor: Any) -> None:
+    """A list, tuple or dict around a single task result is still that collection (a
+    call of one argument keeps its argument without a tuple until one is needed)."""
+    with Flow("ones") as flow:
+        a = same([inc(1)])
+        b = same((inc(2),))
+        c = same({"k": inc(3)})
+    state = flow.run(executor=executor)
+    assert state.is_successful(), state
+    assert state.result[a].result == [2]
+    assert state.result[b].result == (3,)
+    assert state.result[c].result == {"k": 4}
+
+
 def test_parameters_defaults_required_and_types() -> None:
     with Flow("params") as flow:
         n = Parameter("n", default=3, type=int)
