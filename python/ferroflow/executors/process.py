@@ -768,10 +768,13 @@ class ProcessExecutor:
             run.runner.close("The executor failed.")
             raise
         finally:
+            # The workers that can serve another run: kept inside a block, else stopped
+            # (killed ones are stopped either way).
+            usable = driver.release()
             if kept is not None:
-                self._give_back(driver.release(), cloudpickle)
-        if kept is None:
-            driver.stop()
+                self._give_back(usable, cloudpickle)
+            else:
+                _stop_workers(usable, cloudpickle)
         run.runner.close(None)
 
 
@@ -862,11 +865,6 @@ class _Driver:
     def kill_all(self) -> None:
         for w in self.workers:
             w.kill()
-
-    def stop(self) -> None:
-        """Tell the workers to stop; a helper thread waits for them to exit (killing one
-        that is still there after 5 s), so the run's result does not wait on it."""
-        _stop_workers(self.workers, self.cloudpickle)
 
     # --- sending ---------------------------------------------------------------------
     def _task_payload(self, task_id: int, hooked: bool, func: Any) -> Any:

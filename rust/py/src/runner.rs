@@ -195,6 +195,7 @@ enum Args {
 }
 
 impl Args {
+    /// The arguments as the tuple a call, a hook or an item handed out needs.
     fn tuple<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         match self {
             Args::One(a) => PyTuple::new(py, [a.bind(py)]),
