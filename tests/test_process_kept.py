@@ -139,12 +139,38 @@ def test_a_lost_worker_is_replaced_and_the_replacement_kept(
         assert _pids(flow, out, executor) == after
 
 
-def test_runs_from_two_threads_share_one_block() -> None:
-    """A run made while another uses the kept workers starts its own; both finish."""
-    with Flow("slow") as flow:
-        out = pid_of.map(list(range(4)))
+@task
+def meet(where: str, wanted: int) -> int:
+    """Wait until ``wanted`` flow runs have a task here at the same time; the pid."""
+    os.makedirs(where, exist_ok=True)
+    open(os.path.join(where, context.flow_run_id), "w").close()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(where)) < wanted:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {os.listdir(where)} came to {where}")
+        time.sleep(0.01)
+    return os.getpid()
+
+
+@task
+def wait_for(path: str) -> int:
+    """Say it started (``path``.started), wait for ``path`` to exist; the pid."""
+    open(path + ".started", "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never came")
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def test_runs_from_two_threads_share_one_block(tmp_path: Any) -> None:
+    """Two runs at the same time in one block: one takes the kept workers, the other
+    starts its own; both finish, and the next run is on the workers the first kept."""
+    with Flow("meet") as flow:
+        out = meet(str(tmp_path / "met"), 2)
     results: list[Any] = []
-    with ProcessExecutor(max_workers=2) as executor:
+    with ProcessExecutor(max_workers=1) as executor:
         threads = [
             threading.Thread(target=lambda: results.append(flow.run(executor=executor)))
             for _ in range(2)
@@ -154,9 +180,40 @@ def test_runs_from_two_threads_share_one_block() -> None:
         for t in threads:
             t.join(120)
         assert not any(t.is_alive() for t in threads)
-    assert len(results) == 2
-    assert all(state.is_successful() for state in results)
-    assert all(len(state.result[out].result) == 4 for state in results)
+        assert len(results) == 2 and all(state.is_successful() for state in results)
+        pids = {state.result[out].result for state in results}
+        assert len(pids) == 2 and os.getpid() not in pids  # one worker each
+        with Flow("after") as after:
+            again = pid_of(0)
+        kept = after.run(executor=executor).result[again].result
+    assert kept in pids  # the borrowing run's worker was kept, the other one stopped
+    _wait_gone(pids)
+
+
+def test_closing_the_block_while_a_run_uses_its_workers(tmp_path: Any) -> None:
+    """``close()`` while a run uses the block's workers does not wait for that run (it
+    would hang here: the run waits for the gate opened after ``close()``); the run
+    still finishes on its worker, which is not kept and exits."""
+    gate = str(tmp_path / "go")
+    with Flow("gated") as flow:
+        out = wait_for(gate)
+    executor = ProcessExecutor(max_workers=1)
+    results: list[Any] = []
+    with executor:
+        thread = threading.Thread(target=lambda: results.append(flow.run(executor=executor)))
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate + ".started"):
+            assert time.monotonic() < deadline, "the gated task never started"
+            time.sleep(0.01)
+        executor.close()  # the block ends for the executor; the run goes on
+        open(gate, "w").close()
+        thread.join(120)
+        assert not thread.is_alive()
+    (state,) = results
+    assert state.is_successful(), state
+    assert executor._kept is None
+    _wait_gone({state.result[out].result})
 
 
 def test_a_resume_in_the_block_restores_what_kept_workers_checkpointed(tmp_path: Any) -> None:
