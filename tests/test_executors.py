@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -489,6 +490,62 @@ def test_workers_exit_after_the_run() -> None:
     while any(os.path.exists(f"/proc/{pid}") for pid in seen):  # gone, zombies too
         assert time.monotonic() < deadline, f"worker processes {seen} still exist after 30 s"
         time.sleep(0.05)
+
+
+def _unix_socket_buffers() -> list[tuple[int, int]]:
+    """(send, receive) buffer sizes of this process's Unix sockets."""
+    import socket
+
+    sizes = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            with socket.socket(fileno=os.dup(int(name))) as sock:
+                if sock.family == socket.AF_UNIX:
+                    sizes.append(
+                        (
+                            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+                            sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                        )
+                    )
+        except OSError:
+            continue  # closed meanwhile
+    return sizes
+
+
+@task
+def socket_buffers() -> list[tuple[int, int]]:
+    return _unix_socket_buffers()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc (Linux)")
+def test_both_ends_of_a_workers_pipe_hold_a_large_value_at_once() -> None:
+    """A worker's pipe gets socket buffers of _PIPE_BUFFER on both ends (the kernel caps
+    them at net.core.wmem_max / rmem_max and reports twice what was set), so a large
+    batch or result does not cross in turns of the default ~200 kB."""
+    from ferroflow.executors import process
+
+    def sysctl(name: str) -> int:
+        with open(f"/proc/sys/net/core/{name}") as f:
+            return int(f.read())
+
+    want = 2 * min(process._PIPE_BUFFER, sysctl("wmem_max"), sysctl("rmem_max"))
+    with Flow("buffers") as flow:
+        sizes = socket_buffers()
+    with ProcessExecutor(max_workers=1) as executor:
+        state = flow.run(executor=executor)
+        assert state.is_successful(), state
+        (worker,) = executor._kept
+        with socket.socket(fileno=os.dup(worker.conn.fileno())) as sock:
+            driver_end = (
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+            )
+    worker_end = state.result[sizes].result
+    assert worker_end, "the worker has no Unix socket"
+    for snd, rcv in [driver_end, *worker_end]:
+        assert snd >= want and rcv >= want, (driver_end, worker_end, want)
 
 
 @task
