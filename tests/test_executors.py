@@ -492,6 +492,46 @@ def test_workers_exit_after_the_run() -> None:
         time.sleep(0.05)
 
 
+_BOOT_SCRIPT = """
+import sys
+from ferroflow import Flow, task
+from ferroflow.executors import ProcessExecutor
+
+@task
+def double(x):
+    return 2 * x
+
+with Flow("boot") as flow:
+    doubled = double.map(list(range(8)))
+
+for mark in ("first run", "second run"):
+    print(f"-- {mark}", file=sys.stderr, flush=True)
+    state = flow.run(executor=ProcessExecutor(max_workers=2))
+    assert state.result[doubled].result == [2 * x for x in range(8)], state
+print("-- done", file=sys.stderr, flush=True)
+"""
+
+
+def test_workers_of_the_forkserver_start_without_importing_a_module(tmp_path: Any) -> None:
+    """The forkserver ferroflow starts preloads what a worker needs to start and run
+    plain tasks, so a worker imports nothing of its own before its first batch (an
+    import there is on the path of the run's first result). The first run starts the
+    forkserver; the second run's workers are forked from it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "boot.py"
+    script.write_text(_BOOT_SCRIPT)
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "FERROFLOW_RECORD": "0"}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    second = done.stderr.split("-- second run\n", 1)[1].split("-- done\n", 1)[0]
+    imported = [line for line in second.splitlines() if line.startswith("import time:")]
+    assert not imported, "\n".join(imported)
+
+
 def _unix_socket_buffers() -> list[tuple[int, int]]:
     """(send, receive) buffer sizes of this process's Unix sockets."""
     import socket

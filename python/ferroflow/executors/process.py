@@ -550,6 +550,7 @@ _WORKER_MODULES = (
     "ferroflow.engine",
     "cloudpickle",
     "multiprocessing.sharedctypes",  # to unpickle the RawValues a worker is given (ctypes)
+    "multiprocessing.popen_forkserver",  # its _DupFd: to unpickle the worker's pipe
 )
 
 
