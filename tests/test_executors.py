@@ -589,6 +589,34 @@ def test_both_ends_of_a_workers_pipe_hold_a_large_value_at_once() -> None:
 
 
 @task
+def linger(x: int) -> int:
+    """Leaves a non-daemon thread behind: its worker cannot exit when told to stop."""
+    import threading
+
+    threading.Thread(target=time.sleep, args=(120,), daemon=False).start()
+    return os.getpid()
+
+
+def test_a_worker_that_does_not_exit_when_stopped_is_killed() -> None:
+    """A worker still there after its grace period (a task left a thread that keeps
+    the process alive) is killed by the reaper, also when runs before and after it
+    stopped other workers meanwhile."""
+    with Flow("linger") as flow:
+        pids = linger.map([1, 2])
+    with Flow("plain") as other:
+        total(inc.map([1, 2, 3]))
+    state = flow.run(executor=ProcessExecutor(max_workers=2))
+    assert state.is_successful(), state
+    for _ in range(2):
+        assert other.run(executor=ProcessExecutor(max_workers=2)).is_successful()
+    seen = set(state.result[pids].result)
+    deadline = time.monotonic() + 60
+    while any(os.path.exists(f"/proc/{pid}") for pid in seen):  # gone, zombies too
+        assert time.monotonic() < deadline, f"worker processes {seen} still exist after 60 s"
+        time.sleep(0.1)
+
+
+@task
 def kind_of(x: Any) -> str:
     return type(x).__name__
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import sys
 import threading
@@ -626,9 +627,18 @@ class _Worker:
         self.proc.join(5)
 
 
+_STOP_GRACE_S = 5.0  # seconds a stopped worker has to exit before it is killed
+# The helper thread that reaps stopped workers: (the process it runs in, its queue of
+# (deadline, workers)). One per process, started with the first stop, so that the end
+# of a run hands its workers over without starting a thread.
+_reaper: tuple[int, queue.SimpleQueue[tuple[float, list[_Worker]]]] | None = None
+_reaper_lock = threading.Lock()
+
+
 def _stop_workers(workers: list[_Worker], cloudpickle: Any) -> None:
     """Tell ``workers`` to stop; a helper thread waits for them to exit (killing one
-    that is still there after 5 s), so that the caller does not wait on it."""
+    that is still there after _STOP_GRACE_S), so that the caller does not wait on it."""
+    global _reaper
     if not workers:
         return
     stop = cloudpickle.dumps(("stop", None))
@@ -637,18 +647,24 @@ def _stop_workers(workers: list[_Worker], cloudpickle: Any) -> None:
             w.conn.send_bytes(stop)
         except OSError:
             pass
-    threading.Thread(
-        target=_reap, args=(list(workers),), name="ferroflow-reap", daemon=True
-    ).start()
+    with _reaper_lock:
+        if _reaper is None or _reaper[0] != os.getpid():  # none yet, or a forked child
+            todo: queue.SimpleQueue[tuple[float, list[_Worker]]] = queue.SimpleQueue()
+            threading.Thread(target=_reap, args=(todo,), name="ferroflow-reap", daemon=True).start()
+            _reaper = (os.getpid(), todo)
+        _reaper[1].put((time.monotonic() + _STOP_GRACE_S, list(workers)))
 
 
-def _reap(workers: list[_Worker]) -> None:
-    """Wait for stopped workers to exit; kill one still running after 5 s."""
-    for w in workers:
-        w.proc.join(5)
-        if w.proc.is_alive():
-            w.kill()
-        w.conn.close()
+def _reap(todo: queue.SimpleQueue[tuple[float, list[_Worker]]]) -> None:
+    """Wait for stopped workers to exit, in the order they were stopped; kill one still
+    running at its deadline."""
+    while True:
+        deadline, workers = todo.get()
+        for w in workers:
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+            if w.proc.is_alive():
+                w.kill()
+            w.conn.close()
 
 
 class ProcessExecutor:
