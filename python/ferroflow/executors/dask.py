@@ -48,7 +48,9 @@ driver during the run, sees proxies as its upstream states' results.)
 Start-up: an address gets a one-second connection attempt; when it fails, a plain TCP
 probe tells "connection refused" or "unknown host" at once, and otherwise the client
 gets the rest of ``client_kwargs["timeout"]`` (10 s). A cluster that cannot be reached
-or started raises ``ExecutorError`` and cancels the flow run.
+or started raises ``ExecutorError`` and cancels the flow run. Each run connects (or starts
+a ``LocalCluster``) and closes it at its end; used as a context manager, the executor
+keeps the client and its cluster for every run of the ``with`` block (``_Session``).
 
 Faults: Dask reruns the runs of a worker that dies and recomputes results that were lost
 with it (up to the scheduler's ``distributed.scheduler.allowed-failures``); when Dask
@@ -541,10 +543,25 @@ class DaskExecutor(Executor):
         ExecutorError: dask.distributed is not installed, or the options are not valid.
             ``flow.run`` raises it too when the cluster cannot be reached or started.
 
+    Each run connects its own client (and starts its own ``LocalCluster`` without
+    ``address``) and closes it at its end. Used as a context manager, the executor keeps
+    them for every run of the ``with`` block instead: the first run connects (or starts
+    the cluster), the next ones use that client, also at the same time from several
+    threads; the block's end (or ``close()``) closes them, once the runs using them have
+    ended. A client that lost its scheduler is replaced at the next run; a run that was
+    interrupted (Ctrl-C) or whose executor failed closes them when it ends (a thread Dask
+    could not interrupt is stopped with its cluster), and the next run connects afresh.
+
     Example:
         >>> from ferroflow.executors import DaskExecutor
         >>> DaskExecutor(address="tcp://127.0.0.1:8786")
         DaskExecutor(address='tcp://127.0.0.1:8786')
+
+        One cluster for several runs::
+
+            with DaskExecutor(cluster_kwargs={"n_workers": 2}) as executor:
+                for n in range(10):
+                    flow.run(parameters={"n": n}, executor=executor)
     """
 
     def __init__(
@@ -580,6 +597,72 @@ class DaskExecutor(Executor):
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
         ):
             raise ExecutorError(f"client_kwargs['timeout'] must be seconds > 0, got {timeout!r}")
+        # Inside `with`: the client (and cluster) the block's runs share, once connected.
+        self._in_block = False
+        self._session: _Session | None = None
+        self._session_lock = threading.Lock()
+
+    def __reduce__(self) -> Any:
+        # A flow that names its executor travels with it (registration, agents): as its
+        # settings, without a kept client.
+        return (
+            type(self),
+            (self.address, self.cluster_kwargs or None, self.client_kwargs or None),
+        )
+
+    def __enter__(self) -> DaskExecutor:
+        with self._session_lock:
+            if self._in_block:
+                raise ExecutorError("this DaskExecutor is already in a with block")
+            self._in_block = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the client (and the cluster it started) kept for the runs of the
+        ``with`` block (its end does this); runs still using them close them when they
+        end. Runs made afterwards connect their own, as outside a block. Closing twice
+        is harmless."""
+        with self._session_lock:
+            self._in_block = False
+            session, self._session = self._session, None
+            idle = session is not None and session.users == 0
+        if idle and session is not None:
+            session.close()
+
+    def _open_session(self, distributed: Any) -> _Session:
+        """The client (and cluster) for a run: the block's, when it has a usable one,
+        else a new one (which becomes the block's inside a block)."""
+        with self._session_lock:
+            kept = self._session
+            if self._in_block and kept is not None and kept.usable():
+                kept.users += 1
+                return kept
+        client, cluster = self._connect(distributed)
+        session = _Session(client, cluster)
+        stale = None
+        with self._session_lock:
+            kept = self._session
+            if self._in_block and (kept is None or not kept.usable()):
+                self._session = session
+                if kept is not None and kept.users == 0:
+                    stale = kept
+        if stale is not None:
+            stale.close()
+        return session
+
+    def _close_session(self, session: _Session, drop: bool) -> None:
+        """A run is done with ``session``: close it unless the block keeps it (``drop``:
+        the block does not keep it any more)."""
+        with self._session_lock:
+            session.users -= 1
+            if drop and self._session is session:
+                self._session = None
+            idle = session.users == 0 and self._session is not session
+        if idle:
+            session.close()
 
     def __repr__(self) -> str:
         if self.address is not None:
@@ -624,14 +707,16 @@ class DaskExecutor(Executor):
         runner = run.runner
         try:
             distributed = _load_distributed()
-            client, cluster = self._connect(distributed)
+            session = self._open_session(distributed)
         except KeyboardInterrupt:
             runner.close("Flow run interrupted (KeyboardInterrupt).")
             return
         except BaseException:
             runner.close("The executor could not start.")
             raise
-        driver = _Driver(run, client, local=cluster is not None or _loopback(self.address))
+        local = session.cluster is not None or _loopback(self.address)
+        driver = _Driver(run, session.client, local=local)
+        drop = True  # after an interrupt or a failure, the block does not keep them
         try:
             try:
                 driver.start()
@@ -648,12 +733,11 @@ class DaskExecutor(Executor):
                 raise
             runner.close(None)
             driver.install_results()
+            drop = False
         finally:
             driver.join_restarts()
             driver.drain_logs()
-            _quiet_close(client)
-            if cluster is not None:
-                _quiet_close(cluster)
+            self._close_session(session, drop)
 
 
 def _why(exc: BaseException) -> str:
@@ -739,6 +823,25 @@ def _quiet_close(obj: Any) -> None:
         obj.close()
     except Exception:
         pass
+
+
+class _Session:
+    """A client and the cluster it was started with (None for an address), and how
+    many runs use them now (see ``DaskExecutor._open_session``)."""
+
+    def __init__(self, client: Any, cluster: Any) -> None:
+        self.client = client
+        self.cluster = cluster
+        self.users = 1
+
+    def usable(self) -> bool:
+        """Whether the client is still connected to its scheduler."""
+        return getattr(self.client, "status", None) == "running"
+
+    def close(self) -> None:
+        _quiet_close(self.client)
+        if self.cluster is not None:
+            _quiet_close(self.cluster)
 
 
 class _Sub:
