@@ -146,6 +146,27 @@ def test_an_interrupted_run_closes_the_blocks_client_and_the_next_run_connects(
     assert spy.closed == ["Client", "Client"]
 
 
+def test_a_run_whose_driver_cannot_start_closes_the_blocks_client(
+    dask_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = _Spy(monkeypatch)
+    flow, out = _sweep_flow()
+    real_analyse = ffdask._Driver._analyse
+
+    def broken(self: Any) -> None:
+        raise RuntimeError("the plan cannot be analysed")
+
+    with DaskExecutor(address=dask_cluster.scheduler_address) as executor:
+        monkeypatch.setattr(ffdask._Driver, "_analyse", broken)
+        with pytest.raises(RuntimeError, match="cannot be analysed"):
+            flow.run(parameters={"n": 2}, executor=executor)
+        assert spy.closed == ["Client"]
+        assert executor._session is None
+        monkeypatch.setattr(ffdask._Driver, "_analyse", real_analyse)
+        assert flow.run(parameters={"n": 3}, executor=executor).result[out].result == 6
+        assert spy.connects == 2
+
+
 def test_a_client_that_lost_its_scheduler_is_replaced(
     dask_cluster: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -714,9 +714,14 @@ class DaskExecutor(Executor):
         except BaseException:
             runner.close("The executor could not start.")
             raise
-        local = session.cluster is not None or _loopback(self.address)
-        driver = _Driver(run, session.client, local=local)
         drop = True  # after an interrupt or a failure, the block does not keep them
+        try:
+            local = session.cluster is not None or _loopback(self.address)
+            driver = _Driver(run, session.client, local=local)
+        except BaseException:
+            self._close_session(session, drop)
+            runner.close("The executor could not start.")
+            raise
         try:
             try:
                 driver.start()

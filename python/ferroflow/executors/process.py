@@ -583,10 +583,18 @@ def _widen(*conns: Any) -> None:
     import socket
 
     for conn in conns:
-        with contextlib.suppress(OSError):
-            with socket.socket(fileno=os.dup(conn.fileno())) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _PIPE_BUFFER)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _PIPE_BUFFER)
+        try:
+            fd = os.dup(conn.fileno())
+        except OSError:
+            continue
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:  # not a socket (another platform's pipe)
+            os.close(fd)
+            continue
+        with sock, contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _PIPE_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _PIPE_BUFFER)
 
 
 class _Worker:
