@@ -616,6 +616,37 @@ def test_a_worker_that_does_not_exit_when_stopped_is_killed() -> None:
         time.sleep(0.1)
 
 
+def test_the_reaper_goes_on_after_a_worker_it_cannot_wait_for() -> None:
+    """A stopped worker whose process handle fails does not stop the reaping of the
+    workers stopped after it."""
+    import cloudpickle
+
+    from ferroflow.executors import process
+
+    class Broken:
+        def join(self, timeout: float | None = None) -> None:
+            raise OSError("the handle is gone")
+
+    class Conn:
+        closed = False
+
+        def send_bytes(self, data: bytes) -> None:
+            pass
+
+    broken = process._Worker.__new__(process._Worker)
+    broken.proc, broken.conn = Broken(), Conn()  # type: ignore[assignment]
+    process._stop_workers([broken], cloudpickle)
+    with Flow("after") as flow:
+        pids = worker_modules.map([1, 2])
+    state = flow.run(executor=ProcessExecutor(max_workers=2))
+    assert state.is_successful(), state
+    seen = {pid for pid, _, _ in state.result[pids].result}
+    deadline = time.monotonic() + 30
+    while any(os.path.exists(f"/proc/{pid}") for pid in seen):  # reaped: zombies gone too
+        assert time.monotonic() < deadline, f"worker processes {seen} still exist after 30 s"
+        time.sleep(0.05)
+
+
 @task
 def kind_of(x: Any) -> str:
     return type(x).__name__

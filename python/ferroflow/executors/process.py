@@ -669,10 +669,13 @@ def _reap(todo: queue.SimpleQueue[tuple[float, list[_Worker]]]) -> None:
     while True:
         deadline, workers = todo.get()
         for w in workers:
-            w.proc.join(max(0.0, deadline - time.monotonic()))
-            if w.proc.is_alive():
-                w.kill()
-            w.conn.close()
+            try:
+                w.proc.join(max(0.0, deadline - time.monotonic()))
+                if w.proc.is_alive():
+                    w.kill()
+                w.conn.close()
+            except Exception:  # one broken handle must not stop the reaping of the rest
+                continue
 
 
 class ProcessExecutor:
