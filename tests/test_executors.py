@@ -486,9 +486,15 @@ def test_workers_exit_after_the_run() -> None:
     assert state.is_successful(), state
     seen = {pid for pid, _, _ in state.result[pids].result}
     assert seen and os.getpid() not in seen
-    deadline = time.monotonic() + 30
-    while any(os.path.exists(f"/proc/{pid}") for pid in seen):  # gone, zombies too
-        assert time.monotonic() < deadline, f"worker processes {seen} still exist after 30 s"
+    _wait_until_gone(seen, 30)
+
+
+def _wait_until_gone(pids: set[int], seconds: float) -> None:
+    """Wait until the processes ``pids`` are gone, zombies too (reaped); fail after
+    ``seconds`` (waiting for an event, not timing it)."""
+    deadline = time.monotonic() + seconds
+    while any(os.path.exists(f"/proc/{pid}") for pid in pids):
+        assert time.monotonic() < deadline, f"processes {pids} still exist after {seconds} s"
         time.sleep(0.05)
 
 
@@ -532,23 +538,26 @@ def test_workers_of_the_forkserver_start_without_importing_a_module(tmp_path: An
     assert not imported, "\n".join(imported)
 
 
+def _buffers(fd: int) -> tuple[int, int] | None:
+    """(send, receive) buffer sizes of the Unix socket ``fd``; None for another kind."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        if sock.family != socket.AF_UNIX:
+            return None
+        return (
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+        )
+
+
 def _unix_socket_buffers() -> list[tuple[int, int]]:
     """(send, receive) buffer sizes of this process's Unix sockets."""
-    import socket
-
     sizes = []
     for name in os.listdir("/proc/self/fd"):
         try:
-            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
-                continue
-            with socket.socket(fileno=os.dup(int(name))) as sock:
-                if sock.family == socket.AF_UNIX:
-                    sizes.append(
-                        (
-                            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
-                            sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-                        )
-                    )
+            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                got = _buffers(int(name))
+                if got is not None:
+                    sizes.append(got)
         except OSError:
             continue  # closed meanwhile
     return sizes
@@ -577,13 +586,9 @@ def test_both_ends_of_a_workers_pipe_hold_a_large_value_at_once() -> None:
         state = flow.run(executor=executor)
         assert state.is_successful(), state
         (worker,) = executor._kept
-        with socket.socket(fileno=os.dup(worker.conn.fileno())) as sock:
-            driver_end = (
-                sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
-                sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-            )
+        driver_end = _buffers(worker.conn.fileno())
     worker_end = state.result[sizes].result
-    assert worker_end, "the worker has no Unix socket"
+    assert driver_end is not None and worker_end, (driver_end, worker_end)
     for snd, rcv in [driver_end, *worker_end]:
         assert snd >= want and rcv >= want, (driver_end, worker_end, want)
 
@@ -609,11 +614,7 @@ def test_a_worker_that_does_not_exit_when_stopped_is_killed() -> None:
     assert state.is_successful(), state
     for _ in range(2):
         assert other.run(executor=ProcessExecutor(max_workers=2)).is_successful()
-    seen = set(state.result[pids].result)
-    deadline = time.monotonic() + 60
-    while any(os.path.exists(f"/proc/{pid}") for pid in seen):  # gone, zombies too
-        assert time.monotonic() < deadline, f"worker processes {seen} still exist after 60 s"
-        time.sleep(0.1)
+    _wait_until_gone(set(state.result[pids].result), 60)
 
 
 def test_the_reaper_goes_on_after_a_worker_it_cannot_wait_for() -> None:
@@ -640,11 +641,7 @@ def test_the_reaper_goes_on_after_a_worker_it_cannot_wait_for() -> None:
         pids = worker_modules.map([1, 2])
     state = flow.run(executor=ProcessExecutor(max_workers=2))
     assert state.is_successful(), state
-    seen = {pid for pid, _, _ in state.result[pids].result}
-    deadline = time.monotonic() + 30
-    while any(os.path.exists(f"/proc/{pid}") for pid in seen):  # reaped: zombies gone too
-        assert time.monotonic() < deadline, f"worker processes {seen} still exist after 30 s"
-        time.sleep(0.05)
+    _wait_until_gone({pid for pid, _, _ in state.result[pids].result}, 30)
 
 
 @task
