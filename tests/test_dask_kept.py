@@ -60,10 +60,12 @@ class _Spy:
         monkeypatch.setattr(ffdask, "_quiet_close", close)
 
 
-def test_the_runs_of_a_block_share_one_client(
-    dask_cluster: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spy = _Spy(monkeypatch)
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> _Spy:
+    return _Spy(monkeypatch)
+
+
+def test_the_runs_of_a_block_share_one_client(dask_cluster: Any, spy: _Spy) -> None:
     flow, out = _sweep_flow()
     with DaskExecutor(address=dask_cluster.scheduler_address) as executor:
         results = [flow.run(parameters={"n": n}, executor=executor) for n in (3, 5, 8)]
@@ -77,10 +79,7 @@ def test_the_runs_of_a_block_share_one_client(
     assert spy.closed == ["Client", "Client"]
 
 
-def test_a_cluster_the_executor_starts_serves_the_whole_block(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    spy = _Spy(monkeypatch)
+def test_a_cluster_the_executor_starts_serves_the_whole_block(spy: _Spy) -> None:
     with Flow("where") as flow:
         where = scheduler_of(Parameter("x"))
     options = {"n_workers": 1, "processes": False}
@@ -93,12 +92,9 @@ def test_a_cluster_the_executor_starts_serves_the_whole_block(
     assert spy.closed == ["Client", "LocalCluster"]
 
 
-def test_runs_from_two_threads_share_the_block(
-    dask_cluster: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_runs_from_two_threads_share_the_block(dask_cluster: Any, spy: _Spy) -> None:
     """Two runs at the same time in one block: both succeed; at most the first two
     connect (a run that finds no client yet connects its own), later ones reuse."""
-    spy = _Spy(monkeypatch)
     flow, out = _sweep_flow()
     got: dict[int, Any] = {}
     with DaskExecutor(address=dask_cluster.scheduler_address) as executor:
@@ -121,9 +117,8 @@ def test_runs_from_two_threads_share_the_block(
 
 
 def test_an_interrupted_run_closes_the_blocks_client_and_the_next_run_connects(
-    dask_cluster: Any, monkeypatch: pytest.MonkeyPatch
+    dask_cluster: Any, spy: _Spy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spy = _Spy(monkeypatch)
     flow, out = _sweep_flow()
     real_handle = ffdask._Driver._handle
     interrupt = {"on": False}
@@ -147,9 +142,8 @@ def test_an_interrupted_run_closes_the_blocks_client_and_the_next_run_connects(
 
 
 def test_a_run_whose_driver_cannot_start_closes_the_blocks_client(
-    dask_cluster: Any, monkeypatch: pytest.MonkeyPatch
+    dask_cluster: Any, spy: _Spy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spy = _Spy(monkeypatch)
     flow, out = _sweep_flow()
     real_analyse = ffdask._Driver._analyse
 
@@ -167,10 +161,7 @@ def test_a_run_whose_driver_cannot_start_closes_the_blocks_client(
         assert spy.connects == 2
 
 
-def test_a_client_that_lost_its_scheduler_is_replaced(
-    dask_cluster: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spy = _Spy(monkeypatch)
+def test_a_client_that_lost_its_scheduler_is_replaced(dask_cluster: Any, spy: _Spy) -> None:
     flow, out = _sweep_flow()
     with DaskExecutor(address=dask_cluster.scheduler_address) as executor:
         assert flow.run(parameters={"n": 2}, executor=executor).is_successful()
