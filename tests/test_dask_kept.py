@@ -116,8 +116,9 @@ def test_runs_from_two_threads_share_the_block(dask_cluster: Any, spy: _Spy) -> 
     assert spy.closed.count("Client") == connects
 
 
-def test_an_interrupted_run_closes_the_blocks_client_and_the_next_run_connects(
-    dask_cluster: Any, spy: _Spy, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError], ids=["ctrl-c", "failure"])
+def test_an_interrupted_or_failed_run_closes_the_blocks_client_and_the_next_run_connects(
+    dask_cluster: Any, spy: _Spy, monkeypatch: pytest.MonkeyPatch, stop: type[BaseException]
 ) -> None:
     flow, out = _sweep_flow()
     real_handle = ffdask._Driver._handle
@@ -126,19 +127,58 @@ def test_an_interrupted_run_closes_the_blocks_client_and_the_next_run_connects(
     def handle(self: Any, done: list[Any]) -> None:
         real_handle(self, done)
         if interrupt["on"]:
-            raise KeyboardInterrupt
+            raise stop("stopped in the executor")
 
     monkeypatch.setattr(ffdask._Driver, "_handle", handle)
     with DaskExecutor(address=dask_cluster.scheduler_address) as executor:
         assert flow.run(parameters={"n": 3}, executor=executor).is_successful()
         interrupt["on"] = True
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(stop):
             flow.run(parameters={"n": 3}, executor=executor)
         assert spy.closed == ["Client"]
         interrupt["on"] = False
         assert flow.run(parameters={"n": 4}, executor=executor).result[out].result == 10
         assert spy.connects == 2
     assert spy.closed == ["Client", "Client"]
+
+
+@task
+def wait_for_file(path: str) -> str:
+    """Returns once ``path`` exists (the test creates it); gives up after 60 s."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.02)
+    return path
+
+
+def test_closing_the_block_while_a_run_uses_its_client(
+    dask_cluster: Any, spy: _Spy, tmp_path: Any
+) -> None:
+    """``close()`` returns at once; the run still using the client finishes on it, and
+    its end closes it; later runs connect their own."""
+    gate = tmp_path / "go"
+    with Flow("gated") as flow:
+        out = wait_for_file(str(gate))
+    got: list[Any] = []
+    executor = DaskExecutor(address=dask_cluster.scheduler_address)
+    with executor:
+        runner = threading.Thread(target=lambda: got.append(flow.run(executor=executor)))
+        runner.start()
+        deadline = time.monotonic() + 60  # until the run holds the client (an event)
+        while executor._session is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert executor._session is not None
+    assert spy.closed == []  # the run still uses it
+    gate.write_text("")
+    runner.join(120)
+    assert got and got[0].result[out].result == str(gate)
+    assert spy.closed == ["Client"]
+    assert spy.connects == 1
 
 
 def test_a_run_whose_driver_cannot_start_closes_the_blocks_client(
