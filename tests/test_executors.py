@@ -593,6 +593,25 @@ def test_both_ends_of_a_workers_pipe_hold_a_large_value_at_once() -> None:
         assert snd >= want and rcv >= want, (driver_end, worker_end, want)
 
 
+def test_widening_a_pipe_that_is_not_a_socket_does_nothing_and_leaks_no_descriptor() -> None:
+    """Where a worker's pipe is not a socket (a one-way ``multiprocessing`` pipe is an
+    OS pipe), ``_widen`` leaves it as it is and closes the duplicate it made."""
+    import multiprocessing
+
+    from ferroflow.executors import process
+
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    try:
+        before = set(os.listdir("/proc/self/fd"))
+        process._widen(reader, writer)
+        assert set(os.listdir("/proc/self/fd")) == before
+        writer.send_bytes(b"still a pipe")
+        assert reader.recv_bytes() == b"still a pipe"
+    finally:
+        reader.close()
+        writer.close()
+
+
 @task
 def linger(x: int) -> int:
     """Leaves a non-daemon thread behind: its worker cannot exit when told to stop."""
