@@ -292,7 +292,8 @@ def test_two_agents_racing_run_each_run_once(
 
     done = wait_for("every run to finish", all_done, timeout=600)
     assert {r["id"] for r in done} == set(runs)
-    assert {r["state"] for r in done} == {"Success"}
+    failed = [(r["id"], r["state"], r.get("message")) for r in done if r["state"] != "Success"]
+    assert {r["state"] for r in done} == {"Success"}, failed
     assert sorted(ledger.items()) == list(range(n))  # type: ignore[type-var]
     holders = {r["agent_id"] for r in done}
     assert len(holders) == 2  # both agents took part
