@@ -277,6 +277,24 @@ def test_a_flow_that_no_longer_builds_fails_and_the_agent_carries_on(
     assert ledger.items() == [5]
 
 
+def test_a_source_file_left_partial_is_written_again(tmp_path: Path) -> None:
+    # A flow-run process killed while it wrote the flow's source (or another still
+    # writing it) left a partial file where every later run of that version looks:
+    # each of them failed with "defines no flow named ...".
+    from ferroflow.agent_run import build_flow
+
+    source = textwrap.dedent(FLOWS)
+    storage = {"type": "source", "source": source, "filename": "f.py", "flow_name": "doubler"}
+    work = tmp_path / "runs"
+    assert build_flow(storage, work).name == "doubler"
+    (written,) = (work / "flows").glob("*/f.py")
+    written.write_text(source[: len(source) // 3])
+    assert build_flow(storage, work).name == "doubler"
+    assert written.read_text() == source
+    left = sorted(p.name for p in written.parent.iterdir() if p.name != "__pycache__")
+    assert left == ["f.py"]  # no temporary file left beside it
+
+
 def test_two_agents_racing_run_each_run_once(
     server: Server, agents: Callable[..., AgentProcess], tmp_path: Path, ledger: Ledger
 ) -> None:

@@ -76,8 +76,7 @@ def build_flow(storage: dict[str, Any], work_dir: Path) -> Any:
             folder.mkdir(parents=True, exist_ok=True)
             filename = Path(str(storage.get("filename") or "flow.py")).name
             path = folder / filename
-            if not path.exists():
-                path.write_text(text, encoding="utf-8")
+            _write_source(path, text)
             from ferroflow.cli import load_module
 
             module = load_module(path)
@@ -104,6 +103,32 @@ def build_flow(storage: dict[str, Any], work_dir: Path) -> Any:
     except FerroflowError as exc:
         raise RegistrationError(f"the registered flow {name!r} does not build: {exc}") from exc
     return flow
+
+
+def _write_source(path: Path, text: str) -> None:
+    """Make ``path`` hold ``text``, never seen half-written: the flow-run processes of
+    one agent (``--max-concurrent``) build the same flow at the same moment, and one
+    that found the file while another was still writing it loaded a partial module
+    (the run failed: "defines no flow"). Written to a unique temporary file beside it
+    and renamed over it; a file left partial or different (a crash) is written again."""
+    import tempfile
+
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass  # missing or unreadable: write it
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _fetch_attempt(client: Any, run_id: str, local_id: str) -> None:
