@@ -734,3 +734,91 @@ def test_send_ahead_sends_a_chain_before_its_first_run_finishes(
     state = flow.run(executor=dask_ex)
     assert state.result[x].result == 4
     assert seen[0] == 4  # all four inc runs went out with the first one
+
+
+def test_send_ahead_sends_a_reduce_while_its_map_runs(
+    dask_ex: DaskExecutor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once every child of a map is on the cluster, the reduce of the map goes out with
+    their futures (as ``client.submit(total, futures)`` would), and the driver uses it
+    when the core hands the reduce out: it is not submitted again."""
+    gate = tmp_path / "go"
+
+    @task
+    def gated_inc(x: int) -> int:
+        deadline = time.monotonic() + 30
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return x + 1
+
+    with Flow("ahead-reduce") as flow:
+        out = total(gated_inc.map([1, 2, 3]))
+    ahead: list[set[str]] = []
+    submitted: list[str] = []
+    real_ahead, real_submit = ffdask._Driver._send_ahead, ffdask._Driver._submit
+
+    def spy_ahead(self: Any, done: list[int]) -> None:
+        real_ahead(self, done)
+        ahead.append({self.tasks[t].name for t in self.ahead})
+        gate.write_text("go")
+
+    def spy_submit(self: Any, batch: list[Any]) -> Any:
+        submitted.extend(self.tasks[spec[1]].name for _fn, spec, _key in batch)
+        return real_submit(self, batch)
+
+    monkeypatch.setattr(ffdask._Driver, "_send_ahead", spy_ahead)
+    monkeypatch.setattr(ffdask._Driver, "_submit", spy_submit)
+    state = flow.run(executor=dask_ex)
+    assert state.result[out].result == 2 + 3 + 4
+    assert ahead[0] == {"total"}  # sent with the children, before any of them ended
+    assert submitted == ["gated_inc"] * 3  # the reduce was not sent a second time
+
+
+@task
+def weighted(xs: list[int], k: int) -> int:
+    return sum(xs) * k
+
+
+def test_send_ahead_reduces_keep_the_states_of_every_executor(
+    dask_ex: DaskExecutor, tmp_path: Path
+) -> None:
+    """Reduces sent ahead of their maps: a failed child, a skipped child, a child
+    retried, an empty map, a reduce with another input and a keyword, two reduces of
+    one map and the reduce of a map over a map leave the states the local executor
+    gives."""
+    marks = tmp_path
+
+    @task(max_retries=1, retry_delay=0)
+    def flaky(x: int) -> int:
+        if x == 2 and context.task_run_count < 2:
+            (marks / "flaky").write_text("failed once")
+            raise RuntimeError("transient")
+        return x * 10
+
+    with Flow("ahead-reduces") as flow:
+        plain = total(inc.map([1, 2, 3]))
+        failed = total(fail_at.map([1, 2, 3], at=unmapped(2)))
+        skipped = total(skip_at.map([1, 2, 3], at=unmapped(2)))
+        retried = total(flaky.map([1, 2, 3]))
+        empty = total(inc.map(make(0)))
+        both = weighted(inc.map([1, 2]), k=inc(1))
+        shared = inc.map([5, 6])
+        one, two = total(shared), weighted(shared, k=3)
+        deep = total(inc.map(inc.map([1, 2, 3])))
+    tasks = [plain, failed, skipped, retried, empty, both, one, two, deep]
+    local = flow.run(executor=LocalExecutor())
+    (marks / "flaky").unlink()
+    state = flow.run(executor=dask_ex)
+    _same_states(local, state, tasks)
+    assert (marks / "flaky").exists()
+    assert [state.result[t].result for t in (plain, retried, empty, both, one, two, deep)] == [
+        9,
+        60,
+        0,
+        10,
+        13,
+        39,
+        12,
+    ]
+    assert type(state.result[failed]).__name__ == "TriggerFailed"
+    assert isinstance(state.result[skipped], Skipped)

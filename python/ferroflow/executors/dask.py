@@ -21,14 +21,15 @@ instead of depending on the whole value. Ready runs go out in graphs of up to 1,
 runs (a map's children in one ``client.map`` call).
 
 Send-ahead: a run of a plain task (no hooks, timeout or retries, the default trigger,
-not mapped, every input from one run of a task on the cluster) is submitted as soon as
-its upstream runs are, with their futures as arguments, so a chain runs on the cluster
-without waiting for the driver between steps. The core still decides every state: the
-driver uses such a run only when the core hands that run out with the same input
-futures (it then only waits for it); when an upstream run did not simply succeed, what
-was sent ahead of it is forgotten (a run sent ahead whose inputs failed calls nothing),
-and the core settles it as on every executor. Tasks without hooks that call the same
-function share one function future.
+not mapped, every input from one run of a task on the cluster, or from every child of a
+mapped task: a reduce) is submitted as soon as its upstream runs are, with their futures
+as arguments, so a chain runs on the cluster without waiting for the driver between
+steps, and a reduce starts when the last child of its map ends. The core still decides
+every state: the driver uses such a run only when the core hands that run out reading
+the same futures in the same places (it then only waits for it); when an upstream run
+did not simply succeed, what was sent ahead of it is forgotten (a run sent ahead whose
+inputs failed calls nothing), and the core settles it as on every executor. Tasks
+without hooks that call the same function share one function future.
 
 Completion notices are small. A run's Dask task returns the user's value itself when the
 run succeeded; the type of each finished key (which Dask reports to the client anyway)
@@ -949,12 +950,13 @@ class _Driver:
         self.walks = walks
         # Send-ahead (see _send_ahead): a plain call (no hooks, timeout, retries) with
         # the default trigger, not mapped, whose every input edge is a plain edge from
-        # one run of a task that executes on the cluster.
+        # a task that executes on the cluster: from its one run, or (a reduce) from
+        # every child of a mapped task.
         ups: list[list[int]] = [[] for _ in range(n)]
         plain_in = [True] * n
         for u, d, _key, mapped, flat in plan.edge_ids:
             ups[d].append(u)
-            if mapped or flat or kinds[u] != _RUN or plan.mapped_task[u] or u in self.in_driver:
+            if mapped or flat or kinds[u] != _RUN or u in self.in_driver:
                 plain_in[d] = False
         downs: list[list[int]] = [[] for _ in range(n)]
         ahead_ok = [False] * n
@@ -983,9 +985,11 @@ class _Driver:
         # Task id -> the future of its one run in flight (or sent ahead), while a
         # task that may be sent ahead depends on it.
         self.task_fut: dict[int, Any] = {}
-        # Task id -> (future, the upstream futures it was sent with) of a run sent
-        # ahead and not yet handed out by the core.
-        self.ahead: dict[int, tuple[Any, tuple[Any, ...]]] = {}
+        # Mapped task id -> {map index: the future of that child's run}, likewise.
+        self.map_futs: dict[int, dict[int, Any]] = {}
+        # Task id -> (future, the keys of the futures in the arguments it was sent
+        # with, in order) of a run sent ahead and not yet handed out by the core.
+        self.ahead: dict[int, tuple[Any, list[Any]]] = {}
         self.sent: set[int] = set()  # tasks that may be sent ahead, sent (either way)
 
     # --- start ------------------------------------------------------------------------------
@@ -1138,9 +1142,9 @@ class _Driver:
         for run_id, task_id, map_index, rc, lc, hooked, func, args, kwargs, lr in items:
             sent = self.ahead.pop(task_id, None)
             if sent is not None:
-                fut, deps = sent
-                if (run_id, map_index, rc, lc) == (task_id, -1, 1, 0) and self._same_inputs(
-                    task_id, args, kwargs, deps
+                fut, keys = sent
+                if (run_id, map_index, rc, lc) == (task_id, -1, 1, 0) and _sent_with(
+                    args, kwargs, keys
                 ):
                     self.inflight[fut.key] = _Sub(run_id, task_id, hooked, fut)
                     adopted.append(fut)
@@ -1162,8 +1166,11 @@ class _Driver:
         for fut, (_fn, spec, _key) in self._submit(batch):
             self.inflight[fut.key] = _Sub(spec[0], spec[1], spec[5], fut)
             futures.append(fut)
-            if self.downs[spec[1]] and spec[2] == -1:
-                self.task_fut[spec[1]] = fut
+            if self.downs[spec[1]]:
+                if spec[2] == -1:
+                    self.task_fut[spec[1]] = fut
+                else:  # a child of a mapped task
+                    self.map_futs.setdefault(spec[1], {})[spec[2]] = fut
             if self.ahead_ok[spec[1]]:
                 self._started(spec[1])
         self._track(futures)
@@ -1173,26 +1180,44 @@ class _Driver:
     def _inputs(self, task_id: int) -> tuple[Any, Any, tuple[Any, ...]] | None:
         """The arguments of a plain task's run built from its call spec and the futures
         of its upstream runs (``None`` when one is not on the cluster), and those
-        futures (its dependencies, ordering edges included)."""
+        futures (its dependencies, ordering edges included). An upstream mapped task
+        gives the list of its children's futures, once every child is on the cluster
+        (what the core passes a reduce: the children's values in map order)."""
         plan = self.plan
         call = plan.calls[task_id]
         edge_ids = plan.edge_ids
-        futs = self.task_fut
-        deps = []
+        values: dict[int, Any] = {}
+        deps: list[Any] = []
         for u in self.ups[task_id]:
-            f = futs.get(u)
-            if f is None:
-                return None
-            deps.append(f)
-        args = tuple(futs[edge_ids[v][0]] if k == 0 else v for k, v in call[2])
-        kwargs = {name: futs[edge_ids[v][0]] if k == 0 else v for name, (k, v) in call[3]}
+            if u in values:
+                continue
+            if plan.mapped_task[u]:
+                kids = self._children(u)
+                if kids is None:
+                    return None
+                values[u] = kids
+                deps.extend(kids)
+            else:
+                f = self.task_fut.get(u)
+                if f is None:
+                    return None
+                values[u] = f
+                deps.append(f)
+        args = tuple(values[edge_ids[v][0]] if k == 0 else v for k, v in call[2])
+        kwargs = {name: values[edge_ids[v][0]] if k == 0 else v for name, (k, v) in call[3]}
         return args, kwargs or None, tuple(deps)
 
-    def _same_inputs(self, task_id: int, args: Any, kwargs: Any, deps: tuple[Any, ...]) -> bool:
-        """Whether the run the core hands out reads what its send-ahead was sent with."""
-        got, _tagged = _swap(list(args) + list((kwargs or {}).values()))
-        keys = {getattr(d, "key", None) for d in deps}
-        return all(getattr(g, "key", None) in keys for g in got if hasattr(g, "key"))
+    def _children(self, task_id: int) -> list[Any] | None:
+        """The futures of every child of mapped task ``task_id`` in map order, or None
+        while the map is not expanded, has no children or some are not on the cluster
+        (not submitted yet, or settled by the core without a call)."""
+        got = self.map_futs.get(task_id)
+        if not got:
+            return None
+        span = self.runner.children(task_id)
+        if span is None or span[1] == 0 or len(got) != span[1]:
+            return None
+        return [got[i] for i in range(span[1])]
 
     def _send_ahead(self, submitted: list[int]) -> None:
         """Send the runs that depend only on runs now on the cluster with their
@@ -1217,7 +1242,7 @@ class _Driver:
                     continue
                 spec = (d, d, -1, 1, 0, False, args, kwargs, None, None)
                 key = f"{_key_name(task.name)}-{self.uid}-ahead-{d}"
-                level.append((d, (fn, spec, key), deps))
+                level.append((d, (fn, spec, key), deps, _future_keys(args, kwargs)))
             if not level:
                 return
             try:
@@ -1235,8 +1260,8 @@ class _Driver:
                 self._check_client(exc)
                 return  # sent the usual way when the core hands them out
             todo = []
-            for (d, _item, deps), fut in zip(level, futures, strict=True):
-                self.ahead[d] = (fut, deps)
+            for (d, _item, _deps, keys), fut in zip(level, futures, strict=True):
+                self.ahead[d] = (fut, keys)
                 self._started(d)
                 if self.downs[d]:
                     self.task_fut[d] = fut
@@ -1247,8 +1272,9 @@ class _Driver:
         task of which is on the cluster too is no longer needed here."""
         self.sent.add(task_id)
         for u in self.ups[task_id]:
-            if u in self.task_fut and all(d in self.sent for d in self.downs[u]):
-                del self.task_fut[u]
+            if all(d in self.sent for d in self.downs[u]):
+                self.task_fut.pop(u, None)
+                self.map_futs.pop(u, None)
 
     def _drop_ahead(self, task_id: int) -> None:
         """A run of ``task_id`` did not simply succeed: forget what was sent ahead of
@@ -1257,6 +1283,9 @@ class _Driver:
         while todo:
             t = todo.pop()
             self.task_fut.pop(t, None)
+            # A retried child then leaves the map incomplete here: its reduce is sent
+            # the usual way, when the core hands it out.
+            self.map_futs.pop(t, None)
             for d in self.downs[t]:
                 sent = self.ahead.pop(d, None)
                 if sent is not None:
@@ -1610,7 +1639,7 @@ class _Driver:
 
     def cancel_all(self) -> None:
         futs = [r.future for r in self.inflight.values()]
-        futs.extend(f for f, _deps in self.ahead.values())
+        futs.extend(f for f, _keys in self.ahead.values())
         self.inflight.clear()
         self.ahead.clear()
         self.task_fut.clear()
@@ -1626,9 +1655,10 @@ class _Driver:
         # Runs sent ahead that the core did not hand out (it skipped them, or the run
         # was cancelled): forgotten.
         if self.ahead:
-            self.client.cancel([f for f, _deps in self.ahead.values()])
+            self.client.cancel([f for f, _keys in self.ahead.values()])
             self.ahead.clear()
         self.task_fut.clear()
+        self.map_futs.clear()
         runner = self.runner
         stored = runner.results(0, runner.n_runs())
         found = {run_id: v for run_id, v in enumerate(stored) if _has_proxy(v)}
@@ -1722,6 +1752,34 @@ def _swap(v: Any) -> tuple[Any, bool]:
             return v, False
         return (out if t is list else tuple(out)), tagged
     return v, False
+
+
+def _future_keys(args: Any, kwargs: Any) -> list[Any]:
+    """The keys of the futures in a run's arguments (proxies swapped for futures), in
+    order, keyword arguments by name: a run the core hands out is the run sent ahead
+    of it only when these are the same."""
+    out: list[Any] = []
+
+    def walk(v: Any) -> None:
+        t = type(v)
+        if t is list or t is tuple:
+            for x in v:
+                walk(x)
+        elif hasattr(v, "key"):
+            out.append(v.key)
+
+    walk(args)
+    for name in sorted(kwargs or ()):
+        walk(kwargs[name])
+    return out
+
+
+def _sent_with(args: Any, kwargs: Any, keys: list[Any]) -> bool:
+    """Whether a run the core hands out (its arguments hold proxies) reads the futures
+    ``keys`` that its run sent ahead was sent with, in the same places."""
+    swapped = _swap(tuple(args))[0]
+    named = {name: _swap(v)[0] for name, v in (kwargs or {}).items()}
+    return _future_keys(swapped, named) == keys
 
 
 def _has_proxy(v: Any) -> bool:
