@@ -1227,7 +1227,7 @@ class _Driver:
         todo = [d for t in submitted for d in self.downs[t]]
         seen: set[int] = set()
         while todo:
-            level: list[tuple[int, Any, tuple[Any, ...]]] = []
+            level: list[tuple[int, Any, tuple[Any, ...], list[Any]]] = []
             for d in todo:
                 if d in seen or d in self.ahead or d in self.task_fut:
                     continue
