@@ -225,6 +225,52 @@ CTRL_C_SCRIPT = textwrap.dedent(
 )
 
 
+CTRL_C_IN_WRITE_SCRIPT = textwrap.dedent(
+    """
+    import sys, warnings
+    from ferroflow import Flow, task
+    from ferroflow.results import LocalResult, PackWriter
+
+    def interrupted_write(self, parts):
+        raise KeyboardInterrupt  # Ctrl-C pressed while a block of checkpoints is written
+
+    PackWriter.write_framed = interrupted_write
+
+    @task(checkpoint=True, result=LocalResult(dir=sys.argv[1]))
+    def slow(x):
+        return x
+
+    with Flow("interrupted-in-write") as flow:
+        slow.map(list(range(20000)))
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        try:
+            state = flow.run()
+            print("RETURNED", type(state).__name__)
+        except KeyboardInterrupt as exc:
+            print("STATE", type(exc.state).__name__)
+    print("WARNED", " | ".join(str(w.message) for w in seen))
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_checkpoints_are_written_still_cancels(tmp_path: Path) -> None:
+    # The pack's write saw the KeyboardInterrupt and the runner took it for a failed
+    # write: the checkpoints were reported lost and the run went on to its end.
+    script = tmp_path / "flow.py"
+    script.write_text(CTRL_C_IN_WRITE_SCRIPT)
+    got = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "STATE Cancelled" in got.stdout, (got.stdout, got.stderr)
+    assert "interrupted (Ctrl-C) while they were written" in got.stdout, got.stdout
+
+
 @pytest.mark.timeout(120)
 def test_ctrl_c_cancels_and_the_run_is_resumable(tmp_path: Path) -> None:
     script = tmp_path / "flow.py"

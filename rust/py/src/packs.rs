@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use ferroflow_core::RunId;
 use ferroflow_core::store::PackItem;
+use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 use pyo3::types::{
     PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString,
@@ -347,7 +348,11 @@ impl PackSink {
                     .collect(),
             ),
             Err(e) => {
-                let why = err_text(py, &e);
+                let why = if keep_interrupt(py, &e) {
+                    "the run was interrupted (Ctrl-C) while they were written".to_string()
+                } else {
+                    err_text(py, &e)
+                };
                 self.broken = Some(why.clone());
                 Written::Lost(why, items.len())
             }
@@ -365,4 +370,18 @@ impl PackSink {
         }
         visit.call(&self.slow)
     }
+}
+
+/// Whether `e` is a Ctrl-C (`KeyboardInterrupt`) that arrived while Python code ran
+/// under a call whose errors are handled here (a pack write, the progress callback);
+/// if so, it is raised again in the main thread at the run loop's next signal check,
+/// so that it still stops the run instead of passing for that call's failure.
+pub fn keep_interrupt(py: Python<'_>, e: &PyErr) -> bool {
+    if !e.is_instance_of::<PyKeyboardInterrupt>(py) {
+        return false;
+    }
+    if let Ok(thread) = py.import("_thread") {
+        let _ = thread.call_method0("interrupt_main");
+    }
+    true
 }

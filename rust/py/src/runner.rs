@@ -936,8 +936,11 @@ impl Inner {
         }
         self.last_progress = Instant::now();
         let counts = self.run().state_counts();
-        // A failing progress callback must not stop the flow run.
-        let _ = hook.bind(py).call1((counts.to_vec(),));
+        // A failing progress callback must not stop the flow run (Ctrl-C pressed
+        // while it ran still does).
+        if let Err(e) = hook.bind(py).call1((counts.to_vec(),)) {
+            crate::packs::keep_interrupt(py, &e);
+        }
     }
 
     /// Whether `task` checkpoints into its pack (`Kind::Pack`).
