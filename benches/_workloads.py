@@ -80,6 +80,25 @@ def native_build() -> tuple[str, bool, tuple[int, int, int]]:
 # -- the plain functions every shape calls -------------------------------------------------
 
 
+def bench_cluster() -> Any:
+    """The benches' Dask cluster: a ``LocalCluster`` of 2 worker processes with 1 thread
+    each on 127.0.0.1 (no dashboard), whose workers can import this directory's
+    modules. A context manager, as ``LocalCluster`` is."""
+    from distributed import LocalCluster
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {"PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+    return LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        scheduler_kwargs={"dashboard": False},
+        env=env,
+    )
+
+
 def inc(x: int) -> int:
     return x + 1
 

@@ -843,7 +843,7 @@ def part_dask(sizes: dict[str, int], quick: bool, notes: list[str]) -> list[Figu
     one 2-worker LocalCluster (processes, 127.0.0.1): A = source -> map of ``inc`` ->
     ``total``; B = chain of ``inc``; C = independent ``inc`` + ``total``. Interleaved,
     median of 5, recorded ferroflow runs (the default)."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from ferroflow.executors import DaskExecutor
 
@@ -881,15 +881,7 @@ def part_dask(sizes: dict[str, int], quick: bool, notes: list[str]) -> list[Figu
     )
     figures = []
     with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            scheduler_kwargs={"dashboard": False},
-            env=env,
-        ) as cluster,
+        w.bench_cluster() as cluster,
         Client(cluster) as client,
     ):
         executor = DaskExecutor(address=cluster.scheduler_address)

@@ -26,24 +26,14 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("FERROFLOW_HOME", tempfile.mkdtemp(prefix="ff-bench-"))
 
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    from _workloads import inc, total
+    from _workloads import bench_cluster, inc, total
     from ferroflow import Flow, Parameter, task
     from ferroflow.executors import DaskExecutor
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = {"PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
     with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            scheduler_kwargs={"dashboard": False},
-            env=env,
-        ) as cluster,
+        bench_cluster() as cluster,
         Client(cluster) as client,
     ):
         inc_task, total_task = task(inc), task(total)

@@ -18,7 +18,6 @@ with a message saying which.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ def main() -> None:
     for attr in ("_handle", "_children"):
         if not hasattr(D._Driver, attr):
             sys.exit(f"dask_reduce_tail: ferroflow.executors.dask._Driver has no {attr!r}")
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     real_handle, real_children = D._Driver._handle, D._Driver._children
     notices: list[tuple[float, list[str]]] = []
@@ -53,22 +52,12 @@ def main() -> None:
         return None  # the map never looks complete: the reduce goes the usual way
 
     D._Driver._handle = handle  # type: ignore[method-assign]
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = {"PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
     flow, out = w.build_map(opts.n)
     expected = w.expected_map(opts.n)
     tails: dict[str, list[float]] = {"sent ahead": [], "not sent ahead": []}
     runs: dict[str, list[float]] = {"sent ahead": [], "not sent ahead": []}
     with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            scheduler_kwargs={"dashboard": False},
-            env=env,
-        ) as cluster,
+        w.bench_cluster() as cluster,
         Client(cluster),
     ):
         executor = DaskExecutor(address=cluster.scheduler_address)
