@@ -273,9 +273,23 @@ class Agent:
             if code < 0 and held.cancel_sent is None:
                 # Killed: no longer renewed, the server queues it again as a resume.
                 logger.warning("flow run %s: its process was killed (%s)", run_id, code)
-            elif code != 0:
+            elif code != 0 and not self._refused(run_id, code):
                 self._settle(run_id, code, held.cancel_sent is not None)
             logger.info("flow run %s ended (exit status %s)", run_id, code)
+
+    @staticmethod
+    def _refused(run_id: str, code: int) -> bool:
+        """Whether the flow-run process ended because the server would not let it start
+        the run (``agent_run.EXIT_REFUSED``: the run changed since it was claimed, e.g.
+        another process holds it now). Then it is not this agent's to end: marking it
+        ``Failed`` would overwrite the state of whoever holds it; if nobody does, its
+        lease runs out and the server queues it again."""
+        from ferroflow.agent_run import EXIT_REFUSED
+
+        if code != EXIT_REFUSED:
+            return False
+        logger.warning("flow run %s: the server refused to start it here; left as it is", run_id)
+        return True
 
     def _settle(self, run_id: str, code: int, cancelled: bool) -> None:
         """A flow-run process that ended without finishing its run: record why."""
