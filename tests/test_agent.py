@@ -600,21 +600,24 @@ def test_a_bad_lease_timeout_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -
         serve(port=0)
 
 
+@pytest.mark.parametrize("ours", [False, True])
 def test_a_refused_flow_run_process_leaves_the_run_to_its_holder(
-    server: Server, tmp_path: Path
+    server: Server, tmp_path: Path, ours: bool
 ) -> None:
     # The flow-run process exits EXIT_REFUSED when the server will not let it start the
     # run (it changed since the claim: another process holds it). The agent marked the
-    # run Failed on top of whoever held it.
+    # run Failed on top of whoever held it. A run this agent still holds, Pending, is
+    # settled Failed as before (nobody else would end it).
     from ferroflow.agent import _Held
     from ferroflow.agent_run import EXIT_REFUSED
 
     flow_id = register(server, tmp_path, FLOWS, "doubler")["doubler"]
     run_id = server.client.create_flow_run(flow_id, parameters={"n": 1})
-    holder = server.client.register_agent("holder")
+    agent = Agent(api_url=server.url)
+    agent.agent_id = server.client.register_agent("this")
+    holder = agent.agent_id if ours else server.client.register_agent("holder")
     (queued,) = server.client.get_runs_in_queue(holder)
     server.client.claim_flow_run(holder, run_id, int(queued["version"]))
-    agent = Agent(api_url=server.url)
     refused = subprocess.Popen(
         [sys.executable, "-c", f"raise SystemExit({EXIT_REFUSED})"], start_new_session=True
     )
@@ -623,7 +626,11 @@ def test_a_refused_flow_run_process_leaves_the_run_to_its_holder(
     agent._reap()
     assert run_id not in agent.held
     run = server.client.get_flow_run(run_id)
-    assert (run["state"], run["agent_id"]) == ("Pending", holder), run
+    if ours:
+        assert run["state"] == "Failed", run
+        assert f"exited with status {EXIT_REFUSED}" in run["message"], run
+    else:
+        assert (run["state"], run["agent_id"]) == ("Pending", holder), run
 
 
 def _sleeper() -> subprocess.Popen[bytes]:

@@ -277,18 +277,29 @@ class Agent:
                 self._settle(run_id, code, held.cancel_sent is not None)
             logger.info("flow run %s ended (exit status %s)", run_id, code)
 
-    @staticmethod
-    def _refused(run_id: str, code: int) -> bool:
+    def _refused(self, run_id: str, code: int) -> bool:
         """Whether the flow-run process ended because the server would not let it start
-        the run (``agent_run.EXIT_REFUSED``: the run changed since it was claimed, e.g.
-        another process holds it now). Then it is not this agent's to end: marking it
-        ``Failed`` would overwrite the state of whoever holds it; if nobody does, its
-        lease runs out and the server queues it again."""
+        the run (``agent_run.EXIT_REFUSED``) and the run is no longer this agent's to
+        end: another agent holds it, or it is not ``Pending`` any more. Marking it
+        ``Failed`` would then overwrite the state of whoever has it. A run still
+        ``Pending`` and held by this agent is settled as usual (nobody else would)."""
         from ferroflow.agent_run import EXIT_REFUSED
 
         if code != EXIT_REFUSED:
             return False
-        logger.warning("flow run %s: the server refused to start it here; left as it is", run_id)
+        try:
+            run = self.client.get_flow_run(run_id)
+        except (ApiError, ServerUnavailableError):
+            return False  # _settle tries again and says why it could not
+        if run["state"] == "Pending" and run.get("agent_id") == self.agent_id:
+            return False
+        logger.warning(
+            "flow run %s: the server refused to start it here (it is %s, held by %s): "
+            "left as it is",
+            run_id,
+            run["state"],
+            run.get("agent_id"),
+        )
         return True
 
     def _settle(self, run_id: str, code: int, cancelled: bool) -> None:
