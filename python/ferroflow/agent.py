@@ -273,40 +273,32 @@ class Agent:
             if code < 0 and held.cancel_sent is None:
                 # Killed: no longer renewed, the server queues it again as a resume.
                 logger.warning("flow run %s: its process was killed (%s)", run_id, code)
-            elif code != 0 and not self._refused(run_id, code):
+            elif code != 0:
                 self._settle(run_id, code, held.cancel_sent is not None)
             logger.info("flow run %s ended (exit status %s)", run_id, code)
 
-    def _refused(self, run_id: str, code: int) -> bool:
-        """Whether the flow-run process ended because the server would not let it start
-        the run (``agent_run.EXIT_REFUSED``) and the run is no longer this agent's to
-        end: another agent holds it, or it is not ``Pending`` any more. Marking it
-        ``Failed`` would then overwrite the state of whoever has it. A run still
-        ``Pending`` and held by this agent is settled as usual (nobody else would)."""
+    def _settle(self, run_id: str, code: int, cancelled: bool) -> None:
+        """A flow-run process that ended without finishing its run: record why.
+
+        A process the server would not let start the run (``agent_run.EXIT_REFUSED``)
+        leaves it as it is unless the run is still ``Pending`` and held by this agent:
+        otherwise it changed since the claim (another agent holds it, say), and marking
+        it ``Failed`` would overwrite the state of whoever has it."""
         from ferroflow.agent_run import EXIT_REFUSED
 
-        if code != EXIT_REFUSED:
-            return False
-        try:
-            run = self.client.get_flow_run(run_id)
-        except (ApiError, ServerUnavailableError):
-            return False  # _settle tries again and says why it could not
-        if run["state"] == "Pending" and run.get("agent_id") == self.agent_id:
-            return False
-        logger.warning(
-            "flow run %s: the server refused to start it here (it is %s, held by %s): "
-            "left as it is",
-            run_id,
-            run["state"],
-            run.get("agent_id"),
-        )
-        return True
-
-    def _settle(self, run_id: str, code: int, cancelled: bool) -> None:
-        """A flow-run process that ended without finishing its run: record why."""
         try:
             run = self.client.get_flow_run(run_id)
             if run["state"] in FINISHED_STATES:
+                return
+            ours = run["state"] == "Pending" and run.get("agent_id") == self.agent_id
+            if code == EXIT_REFUSED and not ours:
+                logger.warning(
+                    "flow run %s: the server refused to start it here (it is %s, held by "
+                    "%s): left as it is",
+                    run_id,
+                    run["state"],
+                    run.get("agent_id"),
+                )
                 return
             state = "Cancelled" if cancelled else "Failed"
             self.client.set_flow_run_state(
