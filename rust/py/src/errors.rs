@@ -4,6 +4,7 @@
 
 use ferroflow_core::CoreError;
 use pyo3::call::PyCallArgs;
+use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 
 /// The `ferroflow.exceptions` classes the binding raises.
@@ -98,4 +99,18 @@ pub fn to_py(py: Python<'_>, err: CoreError) -> PyErr {
 #[pyfunction]
 pub fn error_classes() -> Vec<&'static str> {
     PyErrKind::ALL.iter().map(|k| k.class_name()).collect()
+}
+
+/// Whether `e` is a Ctrl-C (`KeyboardInterrupt`) that arrived while Python code ran
+/// under a call whose errors the binding handles (a pack write, the progress callback);
+/// if so, it is raised again in the main thread at the run loop's next signal check,
+/// so that it still stops the run instead of passing for that call's failure.
+pub fn keep_interrupt(py: Python<'_>, e: &PyErr) -> bool {
+    if !e.is_instance_of::<PyKeyboardInterrupt>(py) {
+        return false;
+    }
+    if let Ok(thread) = py.import("_thread") {
+        let _ = thread.call_method0("interrupt_main");
+    }
+    true
 }

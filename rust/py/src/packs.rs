@@ -22,7 +22,6 @@ use std::sync::Arc;
 
 use ferroflow_core::RunId;
 use ferroflow_core::store::PackItem;
-use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 use pyo3::types::{
     PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString,
@@ -30,7 +29,7 @@ use pyo3::types::{
 };
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::errors::{PyErrKind, ff_error};
+use crate::errors::{PyErrKind, ff_error, keep_interrupt};
 
 /// A block is written once it holds this many bytes...
 const BLOCK_BYTES: usize = 1 << 20;
@@ -370,18 +369,4 @@ impl PackSink {
         }
         visit.call(&self.slow)
     }
-}
-
-/// Whether `e` is a Ctrl-C (`KeyboardInterrupt`) that arrived while Python code ran
-/// under a call whose errors are handled here (a pack write, the progress callback);
-/// if so, it is raised again in the main thread at the run loop's next signal check,
-/// so that it still stops the run instead of passing for that call's failure.
-pub fn keep_interrupt(py: Python<'_>, e: &PyErr) -> bool {
-    if !e.is_instance_of::<PyKeyboardInterrupt>(py) {
-        return false;
-    }
-    if let Ok(thread) = py.import("_thread") {
-        let _ = thread.call_method0("interrupt_main");
-    }
-    true
 }

@@ -939,7 +939,7 @@ impl Inner {
         // A failing progress callback must not stop the flow run (Ctrl-C pressed
         // while it ran still does).
         if let Err(e) = hook.bind(py).call1((counts.to_vec(),)) {
-            crate::packs::keep_interrupt(py, &e);
+            crate::errors::keep_interrupt(py, &e);
         }
     }
 
