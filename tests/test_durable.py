@@ -255,20 +255,61 @@ CTRL_C_IN_WRITE_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.timeout(120)
-def test_ctrl_c_while_checkpoints_are_written_still_cancels(tmp_path: Path) -> None:
-    # The pack's write saw the KeyboardInterrupt and the runner took it for a failed
-    # write: the checkpoints were reported lost and the run went on to its end.
+CTRL_C_IN_PROGRESS_SCRIPT = textwrap.dedent(
+    """
+    import time
+    from ferroflow import Flow, task
+
+    calls = []
+
+    def progress(counts):
+        calls.append(counts)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # Ctrl-C pressed while the callback ran
+
+    @task
+    def nap(x):
+        time.sleep(0.001)
+        return x
+
+    with Flow("interrupted-in-progress") as flow:
+        nap.map(list(range(5000)))
+
+    try:
+        state = flow.run(progress=progress, record=False)
+        print("RETURNED", type(state).__name__)
+    except KeyboardInterrupt as exc:
+        print("STATE", type(exc.state).__name__)
+    """
+)
+
+
+def _run_script(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    """Run ``text`` as a script in a fresh interpreter (its argument: a results dir)."""
     script = tmp_path / "flow.py"
-    script.write_text(CTRL_C_IN_WRITE_SCRIPT)
-    got = subprocess.run(
+    script.write_text(text)
+    return subprocess.run(
         [sys.executable, str(script), str(tmp_path / "r")],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_checkpoints_are_written_still_cancels(tmp_path: Path) -> None:
+    # The pack's write saw the KeyboardInterrupt and the runner took it for a failed
+    # write: the checkpoints were reported lost and the run went on to its end.
+    got = _run_script(tmp_path, CTRL_C_IN_WRITE_SCRIPT)
     assert "STATE Cancelled" in got.stdout, (got.stdout, got.stderr)
     assert "interrupted (Ctrl-C) while they were written" in got.stdout, got.stdout
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_the_progress_callback_runs_still_cancels(tmp_path: Path) -> None:
+    # The runner ignores a failing progress callback; it ignored Ctrl-C with it.
+    got = _run_script(tmp_path, CTRL_C_IN_PROGRESS_SCRIPT)
+    assert "STATE Cancelled" in got.stdout, (got.stdout, got.stderr)
 
 
 @pytest.mark.timeout(120)
