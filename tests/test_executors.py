@@ -593,18 +593,39 @@ def test_both_ends_of_a_workers_pipe_hold_a_large_value_at_once() -> None:
         assert snd >= want and rcv >= want, (driver_end, worker_end, want)
 
 
-def test_widening_a_pipe_that_is_not_a_socket_does_nothing_and_leaks_no_descriptor() -> None:
+def test_widening_a_pipe_that_is_not_a_socket_does_nothing_and_leaks_no_descriptor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Where a worker's pipe is not a socket (a one-way ``multiprocessing`` pipe is an
-    OS pipe), ``_widen`` leaves it as it is and closes the duplicate it made."""
+    OS pipe), ``_widen`` leaves it as it is and closes the duplicate it made.
+
+    The descriptors ``_widen`` duplicates are followed through ``os.dup`` and
+    ``os.close``, not by listing the process's descriptors: other tests' helper threads
+    (a reaper, a closing cluster) may open and close their own meanwhile."""
     import multiprocessing
 
     from ferroflow.executors import process
 
+    made: list[int] = []
+    closed: list[int] = []
+    real_dup, real_close = os.dup, os.close
+
+    def dup(fd: int) -> int:
+        new = real_dup(fd)
+        made.append(new)
+        return new
+
+    def close(fd: int) -> None:
+        closed.append(fd)
+        real_close(fd)
+
     reader, writer = multiprocessing.Pipe(duplex=False)
     try:
-        before = set(os.listdir("/proc/self/fd"))
+        monkeypatch.setattr(os, "dup", dup)
+        monkeypatch.setattr(os, "close", close)
         process._widen(reader, writer)
-        assert set(os.listdir("/proc/self/fd")) == before
+        monkeypatch.undo()
+        assert len(made) == 2 and set(made) <= set(closed), (made, closed)
         writer.send_bytes(b"still a pipe")
         assert reader.recv_bytes() == b"still a pipe"
     finally:
